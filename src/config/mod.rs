@@ -1,0 +1,1 @@
+//! Config loading and validation (filled in by the config work).

@@ -1,0 +1,1 @@
+//! Outbound delivery (filled in by the delivery work).

@@ -1,0 +1,13 @@
+//! connector-relay: an SMTP relay that enforces Exchange-style connector policy.
+//!
+//! Data flow (see `shared/DESIGN.md`): `smtp` receives and asks `policy`, rewrites headers
+//! through `message`, hands finished messages to `queue` (durable spool, then 250);
+//! `queue` drives `delivery`, which asks `policy` for routes and `dns` for next hops.
+
+pub mod config;
+pub mod delivery;
+pub mod dns;
+pub mod message;
+pub mod policy;
+pub mod queue;
+pub mod smtp;

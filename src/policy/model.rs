@@ -1,0 +1,274 @@
+//! The validated, immutable policy model. Built once by `crate::config` from the TOML file;
+//! the SMTP server, the queue and the delivery engine only ever see these types
+//! (shared as `Arc<Policy>`), never raw configuration.
+//!
+//! Field names follow the Exchange parameter names in snake_case so that a reader can map
+//! each field to `shared/spec/config.md` at a glance.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub relay: RelaySettings,
+    pub inbound: Vec<InboundConnector>,
+    pub outbound: Vec<OutboundConnector>,
+    pub send: Vec<SendConnector>,
+}
+
+/// `[Relay]`.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub fqdn: String,
+    pub listen: Vec<SocketAddr>,
+    pub implicit_tls_listen: Vec<SocketAddr>,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    pub certificates: Vec<CertificateIdentity>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub revocation_lists: Vec<PathBuf>,
+    pub spool_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub accepted_domains: Vec<DomainPattern>,
+    /// Bytes.
+    pub max_message_size: u64,
+    pub max_recipients_per_message: usize,
+    /// Empty: the system resolver configuration.
+    pub dns_servers: Vec<SocketAddr>,
+    pub external_dns_servers: Vec<SocketAddr>,
+    pub delivery_port: u16,
+    pub message_expiration_timeout: Duration,
+    pub transient_failure_retry_interval: Duration,
+    pub max_retry_interval: Duration,
+    pub delay_notification_timeout: Duration,
+    pub admin_listen: SocketAddr,
+    pub admin_token_file: PathBuf,
+    pub protocol_log_dir: PathBuf,
+    pub trace_retention_days: u32,
+    pub srs_secret_file: PathBuf,
+    pub bare_newline_policy: BareNewlinePolicy,
+    pub max_inbound_connection: usize,
+    pub max_inbound_connection_per_source: usize,
+    pub connection_timeout: Duration,
+    pub connection_inactivity_timeout: Duration,
+    pub max_protocol_errors: u32,
+    /// Bytes.
+    pub max_header_size: u64,
+}
+
+/// One entry of `[Relay] Certificates`.
+#[derive(Debug, Clone)]
+pub struct CertificateIdentity {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewlinePolicy {
+    Reject,
+    Normalize,
+}
+
+/// A domain pattern as Exchange writes them: `contoso.com`, `*.contoso.com` (the domain and
+/// every subdomain), or `*` (every domain). Stored lower-case, without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DomainPattern {
+    Exact(String),
+    /// `*.suffix`: the suffix itself and every subdomain of it.
+    Subdomains(String),
+    Any,
+}
+
+impl DomainPattern {
+    /// Does this pattern match `domain` (any case, trailing dot ignored)?
+    pub fn matches(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.');
+        match self {
+            DomainPattern::Any => true,
+            DomainPattern::Exact(e) => d.eq_ignore_ascii_case(e),
+            DomainPattern::Subdomains(s) => {
+                if d.eq_ignore_ascii_case(s) {
+                    return true;
+                }
+                d.len() > s.len() + 1
+                    && d.as_bytes()[d.len() - s.len() - 1] == b'.'
+                    && d[d.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        }
+    }
+
+    /// Specificity for "most specific match wins": exact > longest `*.suffix` > `*`.
+    /// Higher is more specific.
+    pub fn specificity(&self) -> (u8, usize) {
+        match self {
+            DomainPattern::Exact(e) => (2, e.len()),
+            DomainPattern::Subdomains(s) => (1, s.len()),
+            DomainPattern::Any => (0, 0),
+        }
+    }
+}
+
+impl std::fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DomainPattern::Exact(e) => f.write_str(e),
+            DomainPattern::Subdomains(s) => write!(f, "*.{s}"),
+            DomainPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectorType {
+    Partner,
+    OnPremises,
+}
+
+/// `[[InboundConnector]]`.
+#[derive(Debug, Clone)]
+pub struct InboundConnector {
+    pub name: String,
+    pub enabled: bool,
+    pub connector_type: ConnectorType,
+    pub sender_domains: Vec<DomainPattern>,
+    pub sender_ip_addresses: Vec<IpNet>,
+    pub tls_sender_certificate_name: Option<DomainPattern>,
+    pub require_tls: bool,
+    pub restrict_domains_to_ip_addresses: bool,
+    pub restrict_domains_to_certificate: bool,
+    pub cloud_services_mail_enabled: bool,
+    pub treat_messages_as_internal: bool,
+    pub associated_accepted_domains: Vec<DomainPattern>,
+    pub comment: Option<String>,
+    pub connector_source: Option<String>,
+}
+
+/// A smart host entry. `port: None` means the connector's default port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmartHost {
+    /// An FQDN, resolved through A/AAAA at delivery time.
+    Name { host: String, port: Option<u16> },
+    /// An IP literal.
+    Ip { addr: IpAddr, port: Option<u16> },
+    /// An address range (Exchange Online accepts CIDR smart hosts).
+    Cidr { net: IpNet, port: Option<u16> },
+}
+
+/// The TLS validation levels (`TlsSettings` / `TlsAuthLevel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsLevel {
+    EncryptionOnly,
+    CertificateValidation,
+    DomainValidation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtaStsMode {
+    Opportunistic,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaneMode {
+    Opportunistic,
+    Mandatory,
+    None,
+}
+
+/// `[[OutboundConnector]]` (Exchange Online style route).
+#[derive(Debug, Clone)]
+pub struct OutboundConnector {
+    pub name: String,
+    pub enabled: bool,
+    pub connector_type: ConnectorType,
+    pub recipient_domains: Vec<DomainPattern>,
+    pub all_accepted_domains: bool,
+    pub use_mx_record: bool,
+    pub smart_hosts: Vec<SmartHost>,
+    pub tls_settings: Option<TlsLevel>,
+    pub tls_domain: Option<DomainPattern>,
+    pub route_all_messages_via_on_premises: bool,
+    pub cloud_services_mail_enabled: bool,
+    pub sender_rewriting_enabled: bool,
+    pub mta_sts_mode: MtaStsMode,
+    pub smtp_dane_mode: DaneMode,
+    pub test_mode: bool,
+    pub is_transport_rule_scoped: bool,
+    pub validation_recipients: Vec<String>,
+    pub is_validated: bool,
+    pub last_validation_timestamp: Option<String>,
+    pub comment: Option<String>,
+    pub connector_source: Option<String>,
+}
+
+/// One `AddressSpaces` entry: `SMTP:*.contoso.com;2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSpace {
+    pub domain: DomainPattern,
+    /// 1..=100, default 1.
+    pub cost: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMechanism {
+    None,
+    BasicAuth,
+    BasicAuthRequireTls,
+    ExternalAuthoritative,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub user_name: String,
+    /// The password lives in this file; it is read at delivery time and never logged.
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    Default,
+    DowngradeDnsFailures,
+    DowngradeCustomFailures,
+    UpgradeCustomFailures,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolLoggingLevel {
+    None,
+    Verbose,
+}
+
+/// `[[SendConnector]]` (Exchange Server style route).
+#[derive(Debug, Clone)]
+pub struct SendConnector {
+    pub name: String,
+    pub enabled: bool,
+    pub address_spaces: Vec<AddressSpace>,
+    pub dns_routing_enabled: bool,
+    pub smart_hosts: Vec<SmartHost>,
+    pub port: u16,
+    pub require_tls: bool,
+    pub tls_auth_level: Option<TlsLevel>,
+    pub tls_domain: Option<DomainPattern>,
+    pub ignore_starttls: bool,
+    pub force_helo: bool,
+    pub fqdn: Option<String>,
+    pub smart_host_auth_mechanism: AuthMechanism,
+    pub authentication_credential: Option<Credential>,
+    /// `None` = `"Unlimited"`.
+    pub max_message_size: Option<u64>,
+    pub smtp_max_messages_per_connection: u32,
+    pub connection_inactivity_timeout: Duration,
+    pub source_ip_address: Option<IpAddr>,
+    pub error_policies: Vec<ErrorPolicy>,
+    pub protocol_logging_level: ProtocolLoggingLevel,
+    pub tls_certificate_name: Option<String>,
+    pub domain_secure_enabled: bool,
+    pub cloud_services_mail_enabled: bool,
+    pub use_external_dns_servers_enabled: bool,
+    pub comment: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Route selection (filled in by the delivery work).

@@ -1,0 +1,1 @@
+//! Durable spool and queue manager.

@@ -1,0 +1,1 @@
+//! SMTP server: sans-IO parser and dot-reader, session, listeners.
