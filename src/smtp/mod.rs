@@ -1,1 +1,8 @@
-//! SMTP server: sans-IO parser and dot-reader, session, listeners.
+//! SMTP server: sans-IO command parser and dot-reader, the session state machine, and the
+//! listeners.
+
+pub mod command;
+pub mod data;
+pub mod reply;
+
+pub use reply::Reply;
