@@ -10,4 +10,6 @@ pub mod dns;
 pub mod message;
 pub mod policy;
 pub mod queue;
+pub mod relay;
+pub mod sink;
 pub mod smtp;

@@ -1,1 +1,3 @@
-//! Header rewriting.
+//! Header rewriting: the `Received:` header, DSNs.
+
+pub mod received;

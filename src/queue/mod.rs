@@ -1,1 +1,4 @@
 //! Durable spool and queue manager.
+
+pub mod spool;
+pub mod manager;

@@ -1,0 +1,412 @@
+//! The queue manager: one task owns the schedule (Stalwart's `queue/manager.rs` pattern).
+//! New messages and finished attempts arrive over a channel; due messages are handed to
+//! attempt tasks (bounded by a semaphore), which deliver, persist each recipient's
+//! outcome, send DSNs, and hand the message back with its next due time.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use super::spool::{Envelope, LogRecord, RcptState, Recovered, Spool, unix_now};
+use crate::delivery::{DeliveryJob, DeliveryStatus, RecipientOutcome};
+use crate::message::dsn::{DsnAction, DsnInput, DsnKind, DsnRecipient, build_dsn};
+use crate::message::received::rfc5322_date;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the queue needs from the delivery engine (a trait so the schedule can be tested
+/// without sockets).
+pub trait Transport: Send + Sync + 'static {
+    fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>>;
+}
+
+impl Transport for crate::delivery::Deliverer {
+    fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>> {
+        Box::pin(crate::delivery::Deliverer::deliver(self, job))
+    }
+}
+
+/// Timing of retries, notices and expiry (from `[Relay]`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub fqdn: String,
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    pub expiration: Duration,
+    pub delay_notice: Duration,
+    pub max_concurrent_attempts: usize,
+}
+
+impl QueueSettings {
+    /// Back-off after `attempts` failed attempts: doubling from the first interval, capped.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.retry_first.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// A message the queue is responsible for.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub env: Envelope,
+    pub states: Vec<RcptState>,
+    pub last_error: Vec<Option<String>>,
+    pub attempts: u32,
+    pub delay_notified: bool,
+}
+
+impl Entry {
+    pub fn new(id: String, env: Envelope) -> Entry {
+        let n = env.recipients.len();
+        Entry { id, env, states: vec![RcptState::Pending; n], last_error: vec![None; n], attempts: 0, delay_notified: false }
+    }
+
+    fn from_recovered(r: Recovered) -> Entry {
+        Entry {
+            id: r.id,
+            env: r.envelope,
+            states: r.states,
+            last_error: r.last_error,
+            attempts: r.attempts,
+            delay_notified: r.delay_notified,
+        }
+    }
+
+    fn pending(&self) -> Vec<usize> {
+        (0..self.states.len()).filter(|&i| self.states[i] == RcptState::Pending).collect()
+    }
+}
+
+enum Msg {
+    New(Box<Entry>),
+    /// An attempt finished; `None` when the message is done and removed.
+    Done(String, Option<(Box<Entry>, Duration)>),
+}
+
+/// The handle the SMTP side uses to hand over stored messages.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl QueueHandle {
+    /// Schedules a message that is already durably in the spool.
+    pub fn submit(&self, id: String, env: Envelope) {
+        let _ = self.tx.send(Msg::New(Box::new(Entry::new(id, env))));
+    }
+}
+
+/// Starts the queue manager on the recovered spool content.
+pub fn start(
+    spool: Arc<Spool>,
+    transport: Arc<dyn Transport>,
+    settings: QueueSettings,
+    recovered: Vec<Recovered>,
+    shutdown: watch::Receiver<bool>,
+) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle { tx };
+    let mgr = Manager {
+        spool,
+        transport,
+        settings: Arc::new(settings),
+        handle: handle.clone(),
+        schedule: BinaryHeap::new(),
+        waiting: HashMap::new(),
+        in_flight: 0,
+        permits: Arc::new(Semaphore::new(1)),
+    };
+    let join = tokio::spawn(mgr.run(rx, recovered, shutdown));
+    (handle, join)
+}
+
+struct Manager {
+    spool: Arc<Spool>,
+    transport: Arc<dyn Transport>,
+    settings: Arc<QueueSettings>,
+    handle: QueueHandle,
+    schedule: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Messages waiting for their due time (not in flight).
+    waiting: HashMap<String, (Entry, Instant)>,
+    in_flight: usize,
+    permits: Arc<Semaphore>,
+}
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        recovered: Vec<Recovered>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.permits = Arc::new(Semaphore::new(self.settings.max_concurrent_attempts.max(1)));
+        let now = Instant::now();
+        for r in recovered {
+            let e = Entry::from_recovered(r);
+            if e.pending().is_empty() {
+                // Everything was final but the removal did not happen before a crash.
+                let _ = self.spool.remove(&e.id);
+                continue;
+            }
+            self.schedule_at(e, now);
+        }
+        loop {
+            let next = self.schedule.peek().map(|Reverse((t, _))| *t);
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::New(e)) => self.schedule_at(*e, Instant::now()),
+                    Some(Msg::Done(_, Some((e, delay)))) => {
+                        self.in_flight -= 1;
+                        self.schedule_at(*e, Instant::now() + delay);
+                    }
+                    Some(Msg::Done(_, None)) => self.in_flight -= 1,
+                    None => break,
+                },
+                _ = sleep_until_opt(next) => self.start_due(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Attempts still running finish on their own; their outcomes are in the spool log.
+        tracing::info!(in_flight = self.in_flight, waiting = self.waiting.len(), "queue manager stopped");
+    }
+
+    fn schedule_at(&mut self, e: Entry, at: Instant) {
+        self.schedule.push(Reverse((at, e.id.clone())));
+        self.waiting.insert(e.id.clone(), (e, at));
+    }
+
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((t, _))) = self.schedule.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, id))) = self.schedule.pop() else { break };
+            // Stale heap entries (rescheduled since) are skipped.
+            if self.waiting.get(&id).is_none_or(|(_, due)| *due != t) {
+                continue;
+            }
+            let Some((entry, _)) = self.waiting.remove(&id) else { continue };
+            self.in_flight += 1;
+            let ctx = AttemptCtx {
+                spool: self.spool.clone(),
+                transport: self.transport.clone(),
+                settings: self.settings.clone(),
+                handle: self.handle.clone(),
+            };
+            let permits = self.permits.clone();
+            let tx = self.handle.tx.clone();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let id = entry.id.clone();
+                let next = ctx.attempt(entry).await;
+                let _ = tx.send(Msg::Done(id, next.map(|(e, d)| (Box::new(e), d))));
+            });
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AttemptCtx {
+    spool: Arc<Spool>,
+    transport: Arc<dyn Transport>,
+    settings: Arc<QueueSettings>,
+    handle: QueueHandle,
+}
+
+impl AttemptCtx {
+    /// One delivery attempt. Returns the entry and the delay until its next attempt, or
+    /// `None` when every recipient is final and the message left the spool.
+    async fn attempt(&self, mut entry: Entry) -> Option<(Entry, Duration)> {
+        let pending = entry.pending();
+        let spool = self.spool.clone();
+        let id = entry.id.clone();
+        let data = match tokio::task::spawn_blocking(move || spool.read(&id)).await {
+            Ok(Ok((_, data))) => data,
+            other => {
+                tracing::error!(id = %entry.id, error = ?other.err(), "cannot read spooled message; will retry");
+                return Some((entry, self.settings.retry_first));
+            }
+        };
+        let recipients: Vec<String> = pending.iter().map(|&i| entry.env.recipients[i].clone()).collect();
+        let job = DeliveryJob {
+            id: &entry.id,
+            mail_from: &entry.env.mail_from,
+            recipients: &recipients,
+            data: &data,
+            from_outside_org: entry.env.from_outside_org,
+        };
+        let outcomes = self.transport.deliver(&job).await;
+        let now = unix_now();
+        let mut records = Vec::new();
+        let mut failed = Vec::new();
+        for (slot, &i) in pending.iter().enumerate() {
+            let Some(o) = outcomes.get(slot) else { continue };
+            let via = o.connector.as_deref().map(|c| format!(" via connector \"{c}\"")).unwrap_or_default();
+            let host = o.remote_host.clone().unwrap_or_default();
+            match &o.status {
+                DeliveryStatus::Delivered { reply } => {
+                    tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
+                    entry.states[i] = RcptState::Delivered;
+                    records.push(LogRecord::Delivered { rcpt: i, detail: format!("{host}{via}: {reply}") });
+                }
+                DeliveryStatus::Permanent(f) => {
+                    tracing::warn!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "failed permanently");
+                    entry.states[i] = RcptState::Failed;
+                    records.push(LogRecord::Failed { rcpt: i, detail: describe(f) });
+                    failed.push(dsn_recipient(o, &f.enhanced, f, now));
+                }
+                DeliveryStatus::Temporary(f) => {
+                    tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "deferred");
+                    let d = describe(f);
+                    entry.last_error[i] = Some(format!("{d}{via}"));
+                    records.push(LogRecord::Deferred { rcpt: i, detail: d });
+                }
+            }
+        }
+        entry.attempts += 1;
+
+        // Expiry: what is still pending after MessageExpirationTimeout is returned (5.4.7).
+        let age = Duration::from_secs(now.saturating_sub(entry.env.arrived));
+        if age >= self.settings.expiration {
+            for i in entry.pending() {
+                let last = entry.last_error[i].clone().unwrap_or_else(|| "no attempt succeeded".into());
+                tracing::warn!(id = %entry.id, rcpt = %entry.env.recipients[i], last = %last, "expired");
+                entry.states[i] = RcptState::Failed;
+                records.push(LogRecord::Failed { rcpt: i, detail: format!("5.4.7 expired: {last}") });
+                failed.push(DsnRecipient {
+                    address: entry.env.recipients[i].clone(),
+                    action: DsnAction::Failed,
+                    status: "5.4.7".into(),
+                    diagnostic: Some(format!("smtp; delivery time expired; last error: {last}")),
+                    remote_mta: None,
+                    connector: None,
+                    last_attempt: Some(rfc5322_date(now)),
+                });
+            }
+        }
+
+        // DSNs go into the spool before the log records the outcome: a crash in between
+        // may repeat a DSN, but never lose one.
+        if !failed.is_empty() {
+            self.send_dsn(&entry, DsnKind::Failure, &failed, &data, now).await;
+        }
+        let still_pending = entry.pending();
+        if !still_pending.is_empty() && !entry.delay_notified && age >= self.settings.delay_notice {
+            let delayed: Vec<DsnRecipient> = still_pending
+                .iter()
+                .map(|&i| DsnRecipient {
+                    address: entry.env.recipients[i].clone(),
+                    action: DsnAction::Delayed,
+                    status: "4.4.7".into(),
+                    diagnostic: entry.last_error[i].as_ref().map(|e| format!("smtp; {e}")),
+                    remote_mta: None,
+                    connector: None,
+                    last_attempt: Some(rfc5322_date(now)),
+                })
+                .collect();
+            self.send_dsn(&entry, DsnKind::Delay, &delayed, &data, now).await;
+            entry.delay_notified = true;
+            records.push(LogRecord::DelayNotified);
+        }
+
+        let spool = self.spool.clone();
+        let id = entry.id.clone();
+        let done = still_pending.is_empty();
+        let io = tokio::task::spawn_blocking(move || {
+            spool.append_log(&id, &records)?;
+            if done { spool.remove(&id) } else { Ok(()) }
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = io.map_err(std::io::Error::other) {
+            tracing::error!(id = %entry.id, error = %e, "cannot record delivery outcome");
+        }
+        if done {
+            return None;
+        }
+        let mut delay = self.settings.backoff(entry.attempts);
+        // Never sleep past the expiry moment: the message must be returned on time.
+        let until_expiry = self.settings.expiration.saturating_sub(age);
+        if !until_expiry.is_zero() {
+            delay = delay.min(until_expiry);
+        }
+        if !entry.delay_notified {
+            let until_notice = self.settings.delay_notice.saturating_sub(age);
+            if !until_notice.is_zero() {
+                delay = delay.min(until_notice);
+            }
+        }
+        Some((entry, delay.max(Duration::from_millis(100))))
+    }
+
+    /// Builds a DSN and queues it, from the null sender, to the original sender. Never to
+    /// the null sender (RFC 5321 §4.5.5: no bounces of bounces).
+    async fn send_dsn(&self, entry: &Entry, kind: DsnKind, rcpts: &[DsnRecipient], original: &[u8], now: u64) {
+        if entry.env.mail_from.is_empty() {
+            return;
+        }
+        let dsn_id = self.spool.new_id();
+        let message_id = format!("<{dsn_id}@{}>", self.settings.fqdn);
+        let input = DsnInput {
+            kind,
+            reporting_mta: &self.settings.fqdn,
+            original_envelope_id: None,
+            original_sender: &entry.env.mail_from,
+            arrival_date: &rfc5322_date(entry.env.arrived),
+            date: &rfc5322_date(now),
+            message_id: &message_id,
+            recipients: rcpts,
+            original_headers: crate::message::header_block(original),
+        };
+        let data = build_dsn(&input);
+        let env = Envelope {
+            mail_from: String::new(),
+            recipients: vec![entry.env.mail_from.clone()],
+            arrived: now,
+            inbound_connector: None,
+            from_outside_org: false,
+            smtputf8: entry.env.smtputf8,
+        };
+        let spool = self.spool.clone();
+        let (id2, env2) = (dsn_id.clone(), env.clone());
+        match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
+            Ok(Ok(())) => {
+                tracing::info!(id = %entry.id, dsn = %dsn_id, to = %entry.env.mail_from, "DSN queued");
+                self.handle.submit(dsn_id, env);
+            }
+            other => tracing::error!(id = %entry.id, error = ?other, "cannot store DSN"),
+        }
+    }
+}
+
+fn describe(f: &crate::delivery::Failure) -> String {
+    match f.code {
+        Some(c) => format!("{c} {} {}", f.enhanced, f.text),
+        None => format!("{} {}", f.enhanced, f.text),
+    }
+}
+
+fn dsn_recipient(o: &RecipientOutcome, status: &str, f: &crate::delivery::Failure, now: u64) -> DsnRecipient {
+    DsnRecipient {
+        address: o.recipient.clone(),
+        action: DsnAction::Failed,
+        status: status.to_string(),
+        diagnostic: Some(format!("smtp; {}", describe(f))),
+        remote_mta: o.remote_host.clone(),
+        connector: o.connector.clone(),
+        last_attempt: Some(rfc5322_date(now)),
+    }
+}

@@ -1,0 +1,391 @@
+//! The durable spool. A message is answered 250 only after `Spool::store` returned: its
+//! envelope and data are in one file written to `tmp/`, fsynced, renamed into `msg/`, and
+//! the `msg/` directory fsynced (chasquid's safeio pattern), so neither a crash nor a power
+//! cut after the reply can lose it.
+//!
+//! Per-recipient progress goes to an append-only log `log/<id>` (one fsynced line per
+//! outcome), so a restart neither loses a recipient nor delivers one twice. A torn last
+//! line (crash mid-append) carries no newline and is ignored; its outcome is retried.
+//! When every recipient is final, the message file is removed first, then its log, so a
+//! crash in between leaves an orphan log (removed at start-up), never a message without
+//! its history.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &str = "connector-relay-spool 1";
+
+/// The envelope stored with each message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Empty for the null reverse-path `<>`.
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    /// Seconds since the Unix epoch when the message was accepted.
+    pub arrived: u64,
+    /// The inbound connector the session was attributed to, if any.
+    pub inbound_connector: Option<String>,
+    /// Whether the message came from outside the organization (no OnPremises attribution).
+    pub from_outside_org: bool,
+    pub smtputf8: bool,
+}
+
+/// The state of one recipient, as recovered from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// One line of a message's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogRecord {
+    Delivered { rcpt: usize, detail: String },
+    Failed { rcpt: usize, detail: String },
+    Deferred { rcpt: usize, detail: String },
+    DelayNotified,
+}
+
+/// A message recovered from the spool at start-up.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub id: String,
+    pub envelope: Envelope,
+    pub states: Vec<RcptState>,
+    /// The last temporary failure per recipient, for the NDR at expiry.
+    pub last_error: Vec<Option<String>>,
+    pub attempts: u32,
+    pub delay_notified: bool,
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    msg: PathBuf,
+    log: PathBuf,
+    tmp: PathBuf,
+    corrupt: PathBuf,
+    seq: AtomicU64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let spool = Spool {
+            root: root.to_path_buf(),
+            msg: root.join("msg"),
+            log: root.join("log"),
+            tmp: root.join("tmp"),
+            corrupt: root.join("corrupt"),
+            seq: AtomicU64::new(0),
+        };
+        for d in [&spool.msg, &spool.log, &spool.tmp, &spool.corrupt] {
+            fs::create_dir_all(d)?;
+        }
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new queue id: microsecond timestamp, a per-process sequence and random bits, so
+    /// ids sort by arrival and never collide across restarts.
+    pub fn new_id(&self) -> String {
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff;
+        let rnd: u16 = rand::random();
+        format!("{micros:014X}{seq:04X}{rnd:04X}")
+    }
+
+    /// Stores a message durably. Blocking: call from `spawn_blocking`.
+    pub fn store(&self, id: &str, env: &Envelope, data: &[u8]) -> io::Result<()> {
+        let tmp = self.tmp.join(id);
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(encode_envelope(id, env).as_bytes())?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.msg.join(id))?;
+            sync_dir(&self.msg)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Reads a stored message: its envelope and the message data.
+    pub fn read(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
+        let bytes = fs::read(self.msg.join(id))?;
+        let (env, offset) = decode_envelope(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok((env, bytes[offset..].to_vec()))
+    }
+
+    /// Appends outcome records to the message's log and fsyncs it.
+    pub fn append_log(&self, id: &str, records: &[LogRecord]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let path = self.log.join(id);
+        let new = !path.exists();
+        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut buf = String::new();
+        for r in records {
+            buf.push_str(&encode_record(r));
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes())?;
+        f.sync_data()?;
+        if new {
+            sync_dir(&self.log)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a finished message: the message file first, then its log (see module doc).
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.msg.join(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.msg)?;
+        match fs::remove_file(self.log.join(id)) {
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    /// Recovers every message in the spool. Corrupt message files are moved to `corrupt/`
+    /// and reported in the second list; leftovers of interrupted writes are removed (they
+    /// were never acknowledged).
+    pub fn recover(&self) -> io::Result<(Vec<Recovered>, Vec<(String, String)>)> {
+        for e in fs::read_dir(&self.tmp)? {
+            let _ = fs::remove_file(e?.path());
+        }
+        let mut out = Vec::new();
+        let mut corrupt = Vec::new();
+        let mut ids = Vec::new();
+        for e in fs::read_dir(&self.msg)? {
+            let e = e?;
+            if let Some(name) = e.file_name().to_str() {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        for id in ids {
+            match self.recover_one(&id) {
+                Ok(r) => out.push(r),
+                Err(reason) => {
+                    let _ = fs::rename(self.msg.join(&id), self.corrupt.join(&id));
+                    if self.log.join(&id).exists() {
+                        let _ = fs::rename(self.log.join(&id), self.corrupt.join(format!("{id}.log")));
+                    }
+                    corrupt.push((id, reason));
+                }
+            }
+        }
+        // Logs without a message: the message was finished and removed just before a crash.
+        for e in fs::read_dir(&self.log)? {
+            let e = e?;
+            if !self.msg.join(e.file_name()).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok((out, corrupt))
+    }
+
+    fn recover_one(&self, id: &str) -> Result<Recovered, String> {
+        let bytes = fs::read(self.msg.join(id)).map_err(|e| e.to_string())?;
+        let (envelope, _) = decode_envelope(&bytes)?;
+        let n = envelope.recipients.len();
+        let mut rec = Recovered {
+            id: id.to_string(),
+            states: vec![RcptState::Pending; n],
+            last_error: vec![None; n],
+            attempts: 0,
+            delay_notified: false,
+            envelope,
+        };
+        let log = match fs::read(self.log.join(id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.to_string()),
+        };
+        let text = String::from_utf8_lossy(&log);
+        // Only newline-terminated lines count: a torn final append is ignored.
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        for line in complete.lines() {
+            match decode_record(line) {
+                Some(LogRecord::Delivered { rcpt, .. }) if rcpt < n => rec.states[rcpt] = RcptState::Delivered,
+                Some(LogRecord::Failed { rcpt, .. }) if rcpt < n => rec.states[rcpt] = RcptState::Failed,
+                Some(LogRecord::Deferred { rcpt, detail }) if rcpt < n => {
+                    rec.last_error[rcpt] = Some(detail);
+                    rec.attempts = rec.attempts.max(1);
+                }
+                Some(LogRecord::DelayNotified) => rec.delay_notified = true,
+                _ => return Err(format!("bad log line {line:?}")),
+            }
+        }
+        Ok(rec)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Envelope fields can never hold a newline (the SMTP parser refuses control characters),
+/// but connector names come from config: newlines there are flattened defensively.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+fn encode_envelope(id: &str, env: &Envelope) -> String {
+    let mut s = format!("{MAGIC}\nid: {id}\narrived: {}\nfrom: {}\n", env.arrived, one_line(&env.mail_from));
+    for r in &env.recipients {
+        s.push_str(&format!("rcpt: {}\n", one_line(r)));
+    }
+    if let Some(c) = &env.inbound_connector {
+        s.push_str(&format!("inbound: {}\n", one_line(c)));
+    }
+    s.push_str(&format!(
+        "outside: {}\nsmtputf8: {}\n\n",
+        u8::from(env.from_outside_org),
+        u8::from(env.smtputf8)
+    ));
+    s
+}
+
+fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, usize), String> {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or("no end of envelope")?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "envelope is not UTF-8")?;
+    let mut lines = head.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err("not a spool file (bad magic line)".into());
+    }
+    let mut env = Envelope {
+        mail_from: String::new(),
+        recipients: Vec::new(),
+        arrived: 0,
+        inbound_connector: None,
+        from_outside_org: true,
+        smtputf8: false,
+    };
+    let mut seen_from = false;
+    for line in lines {
+        let (k, v) = line.split_once(": ").or_else(|| line.split_once(':').map(|(k, _)| (k, ""))).ok_or_else(|| format!("bad envelope line {line:?}"))?;
+        match k {
+            "id" => {}
+            "arrived" => env.arrived = v.parse().map_err(|_| "bad arrival time")?,
+            "from" => {
+                env.mail_from = v.to_string();
+                seen_from = true;
+            }
+            "rcpt" => env.recipients.push(v.to_string()),
+            "inbound" => env.inbound_connector = Some(v.to_string()),
+            "outside" => env.from_outside_org = v == "1",
+            "smtputf8" => env.smtputf8 = v == "1",
+            _ => return Err(format!("unknown envelope field {k:?}")),
+        }
+    }
+    if !seen_from || env.recipients.is_empty() || env.arrived == 0 {
+        return Err("incomplete envelope".into());
+    }
+    Ok((env, end + 2))
+}
+
+fn encode_record(r: &LogRecord) -> String {
+    match r {
+        LogRecord::Delivered { rcpt, detail } => format!("D {rcpt} {}", one_line(detail)),
+        LogRecord::Failed { rcpt, detail } => format!("F {rcpt} {}", one_line(detail)),
+        LogRecord::Deferred { rcpt, detail } => format!("T {rcpt} {}", one_line(detail)),
+        LogRecord::DelayNotified => "N".to_string(),
+    }
+}
+
+fn decode_record(line: &str) -> Option<LogRecord> {
+    if line == "N" {
+        return Some(LogRecord::DelayNotified);
+    }
+    let mut parts = line.splitn(3, ' ');
+    let kind = parts.next()?;
+    let rcpt: usize = parts.next()?.parse().ok()?;
+    let detail = parts.next().unwrap_or("").to_string();
+    match kind {
+        "D" => Some(LogRecord::Delivered { rcpt, detail }),
+        "F" => Some(LogRecord::Failed { rcpt, detail }),
+        "T" => Some(LogRecord::Deferred { rcpt, detail }),
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope {
+        Envelope {
+            mail_from: "a@b.test".into(),
+            recipients: vec!["x@y.test".into(), "z@y.test".into()],
+            arrived: 1_700_000_000,
+            inbound_connector: Some("From on-premises".into()),
+            from_outside_org: false,
+            smtputf8: false,
+        }
+    }
+
+    #[test]
+    fn store_read_recover_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = spool.new_id();
+        spool.store(&id, &env(), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let (e, data) = spool.read(&id).unwrap();
+        assert_eq!(e, env());
+        assert_eq!(data, b"Subject: x\r\n\r\nbody\r\n");
+        spool
+            .append_log(&id, &[LogRecord::Delivered { rcpt: 1, detail: "250 ok".into() }])
+            .unwrap();
+        // A torn append (no newline) must be ignored.
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("log").join(&id)).unwrap();
+        f.write_all(b"D 0 250 o").unwrap();
+        let (rec, corrupt) = spool.recover().unwrap();
+        assert!(corrupt.is_empty());
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].states, vec![RcptState::Pending, RcptState::Delivered]);
+        spool.remove(&id).unwrap();
+        let (rec, _) = spool.recover().unwrap();
+        assert!(rec.is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        fs::write(dir.path().join("msg").join("BAD"), b"garbage").unwrap();
+        let id = spool.new_id();
+        spool.store(&id, &env(), b"x\r\n").unwrap();
+        let (rec, corrupt) = spool.recover().unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(corrupt[0].0, "BAD");
+        assert!(dir.path().join("corrupt").join("BAD").exists());
+    }
+}

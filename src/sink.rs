@@ -1,0 +1,150 @@
+//! `connector-relay sink`: a capture SMTP server for labs, tests and benchmarks. Every
+//! accepted message is written as one file in the maildir: the envelope as `X-Sink-*`
+//! header lines, then the message exactly as received (unstuffed). Files are written to a
+//! temporary name and renamed, so a reader never sees half a message. (No fsync: the sink
+//! stands in for a downstream server, not for durable storage.)
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::policy::BareNewlinePolicy;
+use crate::smtp::command::Address;
+use crate::smtp::server::{self, Limits};
+use crate::smtp::session::{Backend, SessionConfig, SessionInfo, Transaction};
+use crate::smtp::{Reply, tls};
+
+/// A test hook deciding the reply to a recipient (`None`: accept).
+pub type RcptHook = Arc<dyn Fn(&str) -> Option<Reply> + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct SinkOptions {
+    pub listen: Option<SocketAddr>,
+    pub maildir: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    pub client_ca: Option<PathBuf>,
+    pub rcpt_hook: Option<RcptHook>,
+}
+
+pub struct SinkHandle {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    limits: Arc<Limits>,
+}
+
+impl SinkHandle {
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.limits.drain(Duration::from_secs(5)).await;
+    }
+}
+
+/// Binds and starts the sink.
+pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
+    std::fs::create_dir_all(&opts.maildir).map_err(|e| format!("{}: {e}", opts.maildir.display()))?;
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => Some(TlsAcceptor::from(sink_tls_config(c, k, opts.client_ca.as_deref())?)),
+        (None, None) if opts.require_tls || opts.client_ca.is_some() => {
+            return Err("--require-tls and --client-ca need --tls-cert and --tls-key".into());
+        }
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    let listen = opts.listen.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let cfg = Arc::new(SessionConfig {
+        fqdn: "sink.test".into(),
+        max_message_size: 1 << 30,
+        max_recipients: 100_000,
+        bare_newline: BareNewlinePolicy::Reject,
+        inactivity_timeout: Duration::from_secs(300),
+        session_timeout: Duration::from_secs(3600),
+        max_protocol_errors: 100,
+        tls,
+        require_tls: opts.require_tls,
+    });
+    let backend = Arc::new(SinkBackend { maildir: opts.maildir.clone(), seq: AtomicU64::new(0), hook: opts.rcpt_hook.clone() });
+    let limits = Limits::new(10_000, 10_000);
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(server::serve(listener, false, cfg, backend, limits.clone(), Arc::new(|_| true), rx));
+    Ok(SinkHandle { addr, shutdown: tx, limits })
+}
+
+fn sink_tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let Some(ca) = client_ca else { return tls::server_config(cert, key) };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::load_certs(ca)? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls::load_certs(cert)?, tls::load_key(key)?)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+struct SinkBackend {
+    maildir: PathBuf,
+    seq: AtomicU64,
+    hook: Option<RcptHook>,
+}
+
+impl Backend for SinkBackend {
+    fn rcpt(&self, _s: &SessionInfo, _tx: &Transaction, to: &Address) -> Result<(), Reply> {
+        match self.hook.as_ref().and_then(|h| h(&to.to_string())) {
+            Some(r) => Err(r),
+            None => Ok(()),
+        }
+    }
+
+    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+        let mut head = format!(
+            "X-Sink-Mail-From: <{}>\r\n",
+            tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default()
+        );
+        for r in &tx.recipients {
+            head.push_str(&format!("X-Sink-Rcpt-To: <{r}>\r\n"));
+        }
+        head.push_str(&format!("X-Sink-Client: {}\r\n", s.peer.ip()));
+        if let Some(t) = &s.tls {
+            head.push_str(&format!("X-Sink-Tls: {} {}\r\n", t.version, t.cipher));
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}-{}-{n:08}.eml",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0),
+            std::process::id()
+        );
+        let dir = self.maildir.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(&message);
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, dir.join(&name))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Reply::ok("Ok: stored"),
+            _ => Reply::local_error(),
+        }
+    }
+}

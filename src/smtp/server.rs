@@ -1,0 +1,142 @@
+//! Listeners (after mini-redis's `server.rs`): a semaphore caps concurrent sessions, a
+//! per-source counter caps sessions per client IP, a watch channel signals shutdown, and
+//! accept errors back off instead of spinning.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::reply::Reply;
+use super::session::{Backend, Session, SessionConfig};
+
+/// Shared by every listener of one server.
+pub struct Limits {
+    sessions: Arc<Semaphore>,
+    max_sessions: usize,
+    per_source_max: usize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Limits {
+    pub fn new(max_sessions: usize, per_source_max: usize) -> Arc<Limits> {
+        Arc::new(Limits {
+            sessions: Arc::new(Semaphore::new(max_sessions)),
+            max_sessions,
+            per_source_max,
+            per_source: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits until every session has ended, or `limit` has passed. True when drained.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.sessions.acquire_many(self.max_sessions as u32))
+            .await
+            .is_ok()
+    }
+
+    fn enter_source(self: &Arc<Self>, ip: IpAddr) -> Option<SourceGuard> {
+        let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.per_source_max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard { limits: self.clone(), ip })
+    }
+}
+
+struct SourceGuard {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut map = self.limits.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Decides whether a client IP is exempt from the per-source limit (OnPremises servers).
+pub type ExemptFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// Accepts connections on `listener` until shutdown is signalled.
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    implicit_tls: bool,
+    cfg: Arc<SessionConfig>,
+    backend: Arc<B>,
+    limits: Arc<Limits>,
+    exempt: ExemptFn,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if *shutdown.borrow() {
+            refuse(stream, Reply::service_unavailable());
+            continue;
+        }
+        let Ok(permit) = limits.sessions.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: MaxInboundConnection reached");
+            refuse(stream, Reply::service_unavailable());
+            continue;
+        };
+        let source = if exempt(peer.ip()) {
+            None
+        } else {
+            match limits.enter_source(peer.ip()) {
+                Some(g) => Some(g),
+                None => {
+                    tracing::warn!(%peer, "connection refused: MaxInboundConnectionPerSource reached");
+                    refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your host"));
+                    continue;
+                }
+            }
+        };
+        let local = stream.local_addr().unwrap_or(peer);
+        let session = Session::new(cfg.clone(), backend.clone(), peer, local, shutdown.clone());
+        tokio::spawn(async move {
+            session.run(stream, implicit_tls).await;
+            drop(source);
+            drop(permit);
+        });
+    }
+}
+
+/// Answers with `reply` and closes, without blocking the accept loop.
+fn refuse(mut stream: TcpStream, reply: Reply) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = stream.write_all(&reply.to_wire()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}

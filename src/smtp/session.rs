@@ -1,0 +1,515 @@
+//! The server side of one SMTP session (RFC 5321), generic over the stream so that the same
+//! code runs over TCP, over TLS and in memory. A state enum, one handler per command, and
+//! typed replies; policy decisions and message storage are delegated to a `Backend`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+
+use super::command::{self, Address, Command, MAX_COMMAND_LINE, MailParams};
+use super::data::{DataError, DataReader};
+use super::reply::Reply;
+use crate::policy::BareNewlinePolicy;
+
+/// What the session knows about its client. Handed to the backend at every decision.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub helo: Option<String>,
+    pub esmtp: bool,
+    pub tls: Option<TlsInfo>,
+}
+
+/// Facts about a TLS session, for the Received header, the trace and policy.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    /// DER of the client certificate chain, when the client presented one.
+    pub peer_certificates: Vec<Vec<u8>>,
+}
+
+/// One mail transaction: MAIL FROM, the accepted RCPT TOs.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    /// `None` inside `Some(..)`-less state means no MAIL yet; see `Session::tx`.
+    pub mail_from: Option<Address>,
+    pub params: MailParams,
+    pub recipients: Vec<Address>,
+}
+
+/// Session limits and features; built once from the policy and shared by all sessions.
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub fqdn: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub bare_newline: BareNewlinePolicy,
+    pub inactivity_timeout: Duration,
+    pub session_timeout: Duration,
+    pub max_protocol_errors: u32,
+    /// Present when STARTTLS is offered (and for implicit TLS listeners).
+    pub tls: Option<TlsAcceptor>,
+    /// Refuse MAIL until the session is under TLS (the sink's `--require-tls`).
+    pub require_tls: bool,
+}
+
+/// Decisions and storage, supplied by the relay or the sink.
+pub trait Backend: Send + Sync + 'static {
+    /// MAIL FROM: may refuse the sender.
+    fn mail(&self, _s: &SessionInfo, _from: Option<&Address>) -> Result<(), Reply> {
+        Ok(())
+    }
+    /// RCPT TO: may refuse the recipient.
+    fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply>;
+    /// End of DATA: store the message; the reply is the final answer to the client
+    /// (250 only once the message is safely stored).
+    fn data(
+        &self,
+        s: &SessionInfo,
+        tx: &Transaction,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Reply> + Send;
+}
+
+/// Why `serve_stream` returned.
+enum Exit {
+    /// QUIT, fatal error, timeout or shutdown: close the connection.
+    Close,
+    /// STARTTLS accepted: the caller upgrades the stream and starts over.
+    StartTls,
+}
+
+/// A buffered connection: the read buffer allows pipelined commands to be parsed
+/// without extra reads, the write buffer lets replies to a pipelined group go out in one
+/// write (RFC 2920 §3.2).
+struct Conn<S> {
+    stream: S,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S) -> Self {
+        Conn { stream, rbuf: Vec::with_capacity(1024), rpos: 0, wbuf: Vec::with_capacity(512) }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        self.wbuf.extend_from_slice(&reply.to_wire());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer. `Ok(0)` is end of stream.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > 4096 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await?;
+        self.rbuf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Drops every buffered input byte (after STARTTLS: CVE-2011-0411 command injection).
+    fn discard_input(&mut self) -> usize {
+        let n = self.rbuf.len() - self.rpos;
+        self.rbuf.clear();
+        self.rpos = 0;
+        n
+    }
+}
+
+/// The per-session state machine.
+pub struct Session<B: Backend> {
+    cfg: Arc<SessionConfig>,
+    backend: Arc<B>,
+    pub info: SessionInfo,
+    tx: Option<Transaction>,
+    errors: u32,
+    deadline: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<B: Backend> Session<B> {
+    pub fn new(
+        cfg: Arc<SessionConfig>,
+        backend: Arc<B>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let deadline = Instant::now() + cfg.session_timeout;
+        Session {
+            cfg,
+            backend,
+            info: SessionInfo { peer, local, helo: None, esmtp: false, tls: None },
+            tx: None,
+            errors: 0,
+            deadline,
+            shutdown,
+        }
+    }
+
+    /// Runs the whole session on a TCP connection: greeting, commands, STARTTLS upgrade.
+    pub async fn run(mut self, stream: TcpStream, implicit_tls: bool) {
+        let _ = stream.set_nodelay(true);
+        if implicit_tls {
+            let Some(acceptor) = self.cfg.tls.clone() else { return };
+            let Ok(Ok(tls)) = timeout(self.cfg.inactivity_timeout, acceptor.accept(stream)).await
+            else {
+                tracing::debug!(peer = %self.info.peer, "implicit TLS handshake failed");
+                return;
+            };
+            self.info.tls = Some(tls_info(tls.get_ref().1));
+            let mut conn = Conn::new(tls);
+            conn.queue(&Reply::greeting(&self.cfg.fqdn));
+            let _ = self.serve(&mut conn).await;
+            let _ = conn.stream.shutdown().await;
+            return;
+        }
+        let mut conn = Conn::new(stream);
+        conn.queue(&Reply::greeting(&self.cfg.fqdn));
+        match self.serve(&mut conn).await {
+            Ok(Exit::StartTls) => {}
+            _ => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+        }
+        let Some(acceptor) = self.cfg.tls.clone() else { return };
+        match timeout(self.cfg.inactivity_timeout, acceptor.accept(conn.stream)).await {
+            Ok(Ok(tls)) => {
+                // RFC 3207 §4.2: the session starts over; the client must EHLO again.
+                self.info.tls = Some(tls_info(tls.get_ref().1));
+                self.info.helo = None;
+                self.info.esmtp = false;
+                self.tx = None;
+                let mut conn = Conn::new(tls);
+                let _ = self.serve(&mut conn).await;
+                let _ = conn.stream.shutdown().await;
+            }
+            Ok(Err(e)) => tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out"),
+        }
+    }
+
+    /// Serves commands until the session ends or STARTTLS is accepted.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> std::io::Result<Exit> {
+        loop {
+            let line = match self.next_line(conn).await? {
+                Line::Command(l) => l,
+                Line::TooLong => {
+                    conn.queue(&Reply::line_too_long());
+                    if self.count_error(conn) {
+                        conn.flush().await?;
+                        return Ok(Exit::Close);
+                    }
+                    continue;
+                }
+                Line::Closed => return Ok(Exit::Close),
+                Line::Stop(reply) => {
+                    conn.queue(&reply);
+                    conn.flush().await?;
+                    return Ok(Exit::Close);
+                }
+            };
+            let cmd = match command::parse(&line) {
+                Ok(c) => c,
+                Err(reply) => {
+                    conn.queue(&reply);
+                    if self.count_error(conn) {
+                        conn.flush().await?;
+                        return Ok(Exit::Close);
+                    }
+                    continue;
+                }
+            };
+            match cmd {
+                Command::Ehlo(name) => self.ehlo(conn, name, true),
+                Command::Helo(name) => self.ehlo(conn, name, false),
+                Command::Mail(from, params) => self.mail(conn, from, params),
+                Command::Rcpt(to) => self.rcpt(conn, to),
+                Command::Data => {
+                    if let Some(exit) = self.data(conn).await? {
+                        return Ok(exit);
+                    }
+                }
+                Command::Rset => {
+                    self.tx = None;
+                    conn.queue(&Reply::ok("Flushed"));
+                }
+                Command::Noop => conn.queue(&Reply::ok("OK")),
+                Command::Vrfy => conn.queue(&Reply::new(
+                    252,
+                    "2.5.0",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                )),
+                Command::Help => conn.queue(&Reply::new(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+                )),
+                Command::Quit => {
+                    conn.queue(&Reply::bye(&self.cfg.fqdn));
+                    conn.flush().await?;
+                    return Ok(Exit::Close);
+                }
+                Command::StartTls => {
+                    if self.info.tls.is_some() {
+                        conn.queue(&Reply::bad_sequence("TLS already active"));
+                    } else if self.cfg.tls.is_none() {
+                        conn.queue(&Reply::not_implemented("STARTTLS not available"));
+                    } else {
+                        conn.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+                        conn.flush().await?;
+                        let dropped = conn.discard_input();
+                        if dropped > 0 {
+                            tracing::warn!(peer = %self.info.peer, bytes = dropped,
+                                "discarded input pipelined after STARTTLS (command injection attempt)");
+                        }
+                        return Ok(Exit::StartTls);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a protocol error; true when the session must be dropped (421).
+    fn count_error<S>(&mut self, conn: &mut Conn<S>) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_protocol_errors {
+            conn.queue(&Reply::too_many_errors());
+            return true;
+        }
+        false
+    }
+
+    fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, name: String, esmtp: bool) {
+        // RFC 5321 §4.1.4: EHLO resets any transaction in progress.
+        self.tx = None;
+        self.info.helo = Some(name.clone());
+        self.info.esmtp = esmtp;
+        if !esmtp {
+            conn.queue(&Reply::new(250, "", self.cfg.fqdn.clone()));
+            return;
+        }
+        let mut lines = vec![
+            format!("{} Hello {} [{}]", self.cfg.fqdn, name, self.info.peer.ip()),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        if self.cfg.tls.is_some() && self.info.tls.is_none() {
+            lines.push("STARTTLS".to_string());
+        }
+        // RFC 2034 §3: no enhanced codes on the EHLO reply.
+        conn.queue(&Reply::new(250, "", lines.join("\n")));
+    }
+
+    fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        from: Option<Address>,
+        params: MailParams,
+    ) {
+        let reply = (|| {
+            if self.info.helo.is_none() {
+                return Reply::bad_sequence("Send EHLO or HELO first");
+            }
+            if self.tx.is_some() {
+                return Reply::bad_sequence("Nested MAIL command");
+            }
+            if self.cfg.require_tls && self.info.tls.is_none() {
+                return Reply::tls_required();
+            }
+            // RFC 1870 §6: a declared size over the limit is refused at MAIL.
+            if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+                return Reply::message_too_big();
+            }
+            if let Err(r) = self.backend.mail(&self.info, from.as_ref()) {
+                return r;
+            }
+            self.tx = Some(Transaction { mail_from: from, params, recipients: Vec::new() });
+            Reply::new(250, "2.1.0", "Sender OK")
+        })();
+        conn.queue(&reply);
+    }
+
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, to: Address) {
+        let Some(tx) = self.tx.as_mut() else {
+            conn.queue(&Reply::bad_sequence("Need MAIL before RCPT"));
+            return;
+        };
+        if tx.recipients.len() >= self.cfg.max_recipients {
+            conn.queue(&Reply::too_many_recipients());
+            return;
+        }
+        let mut to = to;
+        if to.domain.is_empty() {
+            // <postmaster> (RFC 5321 §4.5.1) is the relay's own postmaster.
+            to.domain = self.cfg.fqdn.clone();
+        }
+        match self.backend.rcpt(&self.info, tx, &to) {
+            Ok(()) => {
+                tx.recipients.push(to);
+                conn.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
+            }
+            Err(r) => conn.queue(&r),
+        }
+    }
+
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> std::io::Result<Option<Exit>> {
+        match &self.tx {
+            None => {
+                conn.queue(&Reply::bad_sequence("Need MAIL command"));
+                return Ok(None);
+            }
+            Some(tx) if tx.recipients.is_empty() => {
+                // RFC 2920 §3.1: DATA after all RCPTs failed.
+                conn.queue(&Reply::new(554, "5.5.1", "No valid recipients"));
+                return Ok(None);
+            }
+            Some(_) => {}
+        }
+        conn.queue(&Reply::start_data());
+        conn.flush().await?;
+
+        let mut reader = DataReader::new(self.cfg.max_message_size, self.cfg.bare_newline);
+        let mut message = Vec::with_capacity(8192);
+        loop {
+            let (used, done) = reader.feed(conn.buffered(), &mut message);
+            conn.rpos += used;
+            if done {
+                break;
+            }
+            // Every read has a timeout (the session is in DATA: shutdown does not cut it).
+            let deadline = (Instant::now() + self.cfg.inactivity_timeout).min(self.deadline);
+            match timeout_at(deadline, conn.fill()).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(Exit::Close)),
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    conn.queue(&Reply::timeout());
+                    conn.flush().await?;
+                    return Ok(Some(Exit::Close));
+                }
+            }
+        }
+        let tx = self.tx.take().unwrap_or_default();
+        let reply = match reader.error() {
+            Some(DataError::TooBig) => Reply::message_too_big(),
+            Some(DataError::LineTooLong) => Reply::line_too_long(),
+            Some(DataError::BareNewline) => Reply::bare_newline(),
+            None => self.backend.data(&self.info, &tx, message).await,
+        };
+        conn.queue(&reply);
+        Ok(None)
+    }
+
+    /// The next command line, reading (and flushing pending replies) as needed.
+    async fn next_line<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> std::io::Result<Line> {
+        let mut discarding = false;
+        loop {
+            let buf = conn.buffered();
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let too_long = discarding || i + 1 > MAX_COMMAND_LINE;
+                let mut line = &buf[..i];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                let line = line.to_vec();
+                conn.rpos += i + 1;
+                return Ok(if too_long { Line::TooLong } else { Line::Command(line) });
+            }
+            if buf.len() > MAX_COMMAND_LINE {
+                // Keep reading until the end of the over-long line, without storing it.
+                discarding = true;
+                conn.discard_input();
+            }
+            // No complete command buffered: the replies to the pipelined group go out now.
+            conn.flush().await?;
+            if *self.shutdown.borrow() && self.tx.is_none() {
+                return Ok(Line::Stop(Reply::service_unavailable()));
+            }
+            let deadline = (Instant::now() + self.cfg.inactivity_timeout).min(self.deadline);
+            let read = async {
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    r = conn.fill() => Some(r),
+                    _ = shutdown.changed(), if self.tx.is_none() => None,
+                }
+            };
+            match timeout_at(deadline, read).await {
+                Err(_) => return Ok(Line::Stop(Reply::timeout())),
+                Ok(None) => continue, // shutdown signalled: re-checked above
+                Ok(Some(Ok(0))) => return Ok(Line::Closed),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e),
+            }
+        }
+    }
+}
+
+enum Line {
+    Command(Vec<u8>),
+    TooLong,
+    Closed,
+    /// End the session with this reply (timeout, shutdown).
+    Stop(Reply),
+}
+
+fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "unknown".to_string(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|c| format!("{:?}", c.suite()))
+        .unwrap_or_default();
+    let peer_certificates = conn
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
+    TlsInfo { version, cipher, peer_certificates }
+}
