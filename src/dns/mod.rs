@@ -1,6 +1,8 @@
 //! DNS lookups behind a trait, so the delivery engine can be unit-tested with a mock and
 //! integration tests can point the real resolver (hickory) at a DNS server on loopback.
 
+pub mod hickory;
+
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
