@@ -1,0 +1,196 @@
+//! Shared test harness: in-process relay and sinks on loopback, a lettre client, a raw
+//! SMTP dialog helper that asserts exact replies, and maildir polling.
+#![allow(dead_code)]
+
+pub mod dns;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector_relay::relay::{self, RelayHandle};
+use connector_relay::sink::{self, SinkHandle, SinkOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+pub fn certs(name: &str) -> String {
+    format!("{}/certs-test/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Loads a config from TOML text (the same loader `connector-relay check` uses).
+pub fn policy(toml: &str) -> connector_relay::policy::Policy {
+    match connector_relay::config::load_str(toml, Path::new("test.toml")) {
+        Ok(l) => l.policy,
+        Err(errors) => panic!(
+            "test config invalid:\n{}\n{toml}",
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        ),
+    }
+}
+
+/// Starts the relay in-process, resolving through `dns` when given.
+pub async fn start_relay(toml: &str, dns: Option<SocketAddr>) -> RelayHandle {
+    let policy = Arc::new(policy(toml));
+    let resolver: Arc<dyn connector_relay::dns::Resolver> = Arc::new(
+        connector_relay::dns::hickory::HickoryResolver::with_timeout(
+            &dns.map(|d| vec![d]).unwrap_or_default(),
+            Duration::from_secs(2),
+        )
+        .expect("resolver"),
+    );
+    relay::start_with_resolver(policy, resolver).await.expect("relay starts")
+}
+
+pub struct Sink {
+    pub handle: SinkHandle,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+    pub fn maildir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub async fn start_sink_with(listen: SocketAddr, tls: bool, hook: Option<sink::RcptHook>) -> Sink {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SinkOptions {
+        listen: Some(listen),
+        maildir: dir.path().to_path_buf(),
+        tls_cert: tls.then(|| certs("sink.test.crt").into()),
+        tls_key: tls.then(|| certs("sink.test.key").into()),
+        require_tls: false,
+        client_ca: None,
+        rcpt_hook: hook,
+    };
+    Sink { handle: sink::start(opts).await.expect("sink starts"), dir }
+}
+
+pub async fn start_sink() -> Sink {
+    start_sink_with("127.0.0.1:0".parse().unwrap(), false, None).await
+}
+
+/// A port that is free on every 127.0.0.x address right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Messages (file contents) in a maildir, sorted by name.
+pub fn messages(dir: &Path) -> Vec<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+}
+
+/// Waits until the maildir holds at least `n` messages (bounded wait; the assertion that
+/// follows decides pass or fail).
+pub async fn wait_messages(dir: &Path, n: usize, limit: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let m = messages(dir);
+        if m.len() >= n || tokio::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A raw SMTP client that asserts exact reply codes.
+pub struct Dialog {
+    reader: BufReader<tokio::io::ReadHalf<TcpStream>>,
+    writer: tokio::io::WriteHalf<TcpStream>,
+}
+
+impl Dialog {
+    /// Connects from `source` (a 127.0.0.x address plays a distinct sending host).
+    pub async fn connect_from(source: IpAddr, to: SocketAddr) -> Dialog {
+        let sock = if to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.unwrap();
+        sock.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = sock.connect(to).await.expect("connect");
+        let (r, w) = tokio::io::split(stream);
+        let mut d = Dialog { reader: BufReader::new(r), writer: w };
+        let greeting = d.read_reply().await;
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        d
+    }
+
+    pub async fn connect(to: SocketAddr) -> Dialog {
+        Self::connect_from("127.0.0.1".parse().unwrap(), to).await
+    }
+
+    /// Reads one (possibly multi-line) reply; returns all its lines joined by '\n'.
+    pub async fn read_reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
+                .await
+                .expect("reply within 20 s")
+                .unwrap();
+            if n == 0 {
+                return all + "<closed>";
+            }
+            all.push_str(line.trim_end());
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command and asserts the reply starts with `expect` (e.g. "250 2.1.5").
+    pub async fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        let reply = self.read_reply().await;
+        let last = reply.lines().last().unwrap_or("");
+        assert!(last.starts_with(expect), "{line:?}: expected {expect:?}, got {reply:?}");
+        reply
+    }
+}
+
+/// Sends one message with lettre (plain SMTP, or STARTTLS required when `tls`).
+pub async fn lettre_send(
+    relay: SocketAddr,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+    tls: bool,
+) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
+    use lettre::message::Mailbox;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let mut builder = Message::builder()
+        .from(from.parse::<Mailbox>().unwrap())
+        .subject(subject);
+    for t in to {
+        builder = builder.to(t.parse::<Mailbox>().unwrap());
+    }
+    let msg = builder.body(format!("Hello from the connector-relay tests.\r\nSubject was {subject}.\r\n")).unwrap();
+    let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(relay.ip().to_string())
+        .port(relay.port())
+        .hello_name(lettre::transport::smtp::extension::ClientId::Domain("client.test".into()));
+    if tls {
+        let ca = Certificate::from_pem(&std::fs::read(certs("ca.crt")).unwrap()).unwrap();
+        let params = TlsParameters::builder("relay.contoso.test".into())
+            .add_root_certificate(ca)
+            .build_rustls()
+            .unwrap();
+        t = t.tls(Tls::Required(params));
+    }
+    t.timeout(Some(Duration::from_secs(20))).build().send(msg).await
+}
