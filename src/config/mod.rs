@@ -80,8 +80,13 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded, Vec<ConfigError>> {
         Ok(doc) => doc,
         Err(e) => {
             let line = ctx.line(e.span());
+            let column = ctx.column(e.span());
             let message = e.message().trim().replace('\n', "; ");
-            ctx.error(line, "", format!("TOML syntax error: {message}"));
+            ctx.error(
+                line,
+                "",
+                format!("TOML syntax error at column {column}: {message}"),
+            );
             return Err(ctx.errors);
         }
     };
@@ -229,15 +234,16 @@ fn connector_tables<'a>(
 }
 
 fn unknown_section(ctx: &mut Ctx, key: &str, item: &Item, line: usize) {
-    let expected =
-        "expected [Relay], [[InboundConnector]], [[OutboundConnector]] or [[SendConnector]]";
+    let valid = "the valid sections are [Relay], [[InboundConnector]], [[OutboundConnector]] and [[SendConnector]]";
     let hint = suggest(key, &SECTIONS)
         .map(|s| format!("did you mean {s:?}? "))
         .unwrap_or_default();
     let reason = if item.is_table_like() || item.is_array_of_tables() {
-        format!("unknown section; {hint}{expected}")
+        format!("unknown section; {hint}{valid}")
     } else {
-        format!("unknown top-level key; keys belong in a section, {hint}{expected}")
+        format!(
+            "is outside any section; every key belongs under a section header such as [Relay] ({valid})"
+        )
     };
     ctx.error(line, key, reason);
 }

@@ -16,6 +16,7 @@ use super::ConfigError;
 /// Collects errors and warnings and turns byte offsets into line numbers.
 pub(crate) struct Ctx {
     file: PathBuf,
+    text: String,
     line_starts: Vec<usize>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
@@ -28,6 +29,7 @@ impl Ctx {
             .collect();
         Ctx {
             file: file.to_path_buf(),
+            text: text.to_string(),
             line_starts,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -39,6 +41,19 @@ impl Ctx {
         span.map_or(0, |s| {
             self.line_starts.partition_point(|&start| start <= s.start)
         })
+    }
+
+    /// 1-based column (in characters) of a byte span; 0 when unknown.
+    pub fn column(&self, span: Option<Range<usize>>) -> usize {
+        let line = self.line(span.clone());
+        match (span, line) {
+            (Some(s), 1..) => {
+                let start = self.line_starts[line - 1];
+                let end = s.start.min(self.text.len()).max(start);
+                self.text[start..end].chars().count() + 1
+            }
+            _ => 0,
+        }
     }
 
     fn make(&self, line: usize, key: &str, reason: String) -> ConfigError {
@@ -293,9 +308,14 @@ impl<'a> Reader<'a> {
                 0 => self.lines.header,
                 n => n,
             };
-            let hint = suggest(key, &self.known)
-                .map(|k| format!("; did you mean {k:?}? (key names are case-sensitive)"))
-                .unwrap_or_default();
+            let hint = match suggest(key, &self.known) {
+                Some(k) => format!("; did you mean {k:?}? (key names are case-sensitive)"),
+                // Small nested tables: listing the valid keys is the quickest help.
+                None if self.known.len() <= 4 => {
+                    format!("; the valid keys are {}", self.known.join(" and "))
+                }
+                None => String::new(),
+            };
             ctx.error(
                 line,
                 &self.name(key),

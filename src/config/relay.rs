@@ -17,6 +17,7 @@ const BARE_NEWLINE: [(&str, BareNewlinePolicy); 2] = [
 ];
 
 pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> RelaySettings {
+    let errors_before = ctx.errors.len();
     let mut r = Reader::new(table, header, "");
     let fqdn = r
         .parsed(ctx, "Fqdn", host_name)
@@ -108,7 +109,11 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         max_protocol_errors,
         max_header_size,
     };
-    rules(ctx, &settings, &lines);
+    // Rules between keys only once every value parsed, so that one bad value is not also
+    // reported as a missing one.
+    if ctx.errors.len() == errors_before {
+        rules(ctx, &settings, &lines);
+    }
     settings
 }
 
@@ -181,16 +186,22 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
 /// only wastes a setting, so those are warnings.
 fn retry_rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
     if s.transient_failure_retry_interval > s.max_retry_interval {
-        let key = if lines.has("TransientFailureRetryInterval") || !lines.has("MaxRetryInterval") {
-            "TransientFailureRetryInterval"
+        let reason = "the first retry delay must not exceed the cap on later delays";
+        if lines.has("TransientFailureRetryInterval") || !lines.has("MaxRetryInterval") {
+            let key = "TransientFailureRetryInterval";
+            ctx.error(
+                lines.of(key),
+                key,
+                format!("is longer than MaxRetryInterval; {reason}"),
+            );
         } else {
-            "MaxRetryInterval"
-        };
-        ctx.error(
-            lines.of(key),
-            key,
-            "TransientFailureRetryInterval (the first retry delay) must not be longer than MaxRetryInterval (the cap on later delays)",
-        );
+            let key = "MaxRetryInterval";
+            ctx.error(
+                lines.of(key),
+                key,
+                format!("is shorter than TransientFailureRetryInterval; {reason}"),
+            );
+        }
     }
     if s.max_retry_interval >= s.message_expiration_timeout {
         ctx.warn(
@@ -324,29 +335,31 @@ fn certificates(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<CertificateIdentity> {
 
 fn certificate(ctx: &mut Ctx, table: &dyn TableLike, line: usize) -> Option<CertificateIdentity> {
     let mut r = Reader::new(table, line, "Certificates.");
-    let file = |ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str| {
-        let name = r.name(key);
-        match r.string(ctx, key) {
+    let certificate = r.string(ctx, "Certificate");
+    let private_key = r.string(ctx, "PrivateKey");
+    let lines = r.lines.clone();
+    // Unknown keys first: a misspelt key explains the "missing" message that follows.
+    r.finish(ctx, "a Certificates entry");
+    let file = |ctx: &mut Ctx, value: Option<(String, usize)>, key: &str| {
+        let name = format!("Certificates.{key}");
+        match value {
             Some((s, kline)) => {
                 let path = PathBuf::from(s);
                 check_file(ctx, kline, &name, &path);
                 Some(path)
             }
             None => {
-                if !r.lines.has(key) {
-                    ctx.error(
-                        line,
-                        &name,
-                        "missing; each Certificates entry needs Certificate and PrivateKey",
-                    );
+                if !lines.has(key) {
+                    let reason =
+                        "missing; each Certificates entry needs Certificate and PrivateKey";
+                    ctx.error(line, &name, reason);
                 }
                 None
             }
         }
     };
-    let certificate = file(ctx, &mut r, "Certificate");
-    let private_key = file(ctx, &mut r, "PrivateKey");
-    r.finish(ctx, "a Certificates entry");
+    let certificate = file(ctx, certificate, "Certificate");
+    let private_key = file(ctx, private_key, "PrivateKey");
     Some(CertificateIdentity {
         certificate: certificate?,
         private_key: private_key?,

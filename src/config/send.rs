@@ -109,24 +109,24 @@ pub(crate) fn build(
 fn credential(ctx: &mut Ctx, r: &mut Reader<'_>) -> Option<Credential> {
     let (table, line) = r.table(ctx, "AuthenticationCredential")?;
     let mut inner = Reader::new(table, line, "AuthenticationCredential.");
-    let required = |ctx: &mut Ctx, inner: &mut Reader<'_>, key: &'static str| {
-        let value = inner.string(ctx, key);
-        if value.is_none() && !inner.lines.has(key) {
+    let user = inner.string(ctx, "UserName");
+    let password_file = inner.string(ctx, "PasswordFile");
+    let lines = inner.lines.clone();
+    // Unknown keys first: `Password = "..."` explains the missing PasswordFile that follows.
+    inner.finish(ctx, "AuthenticationCredential");
+    for (key, value) in [("UserName", &user), ("PasswordFile", &password_file)] {
+        if value.is_none() && !lines.has(key) {
             ctx.error(
                 line,
-                &inner.name(key),
+                &format!("AuthenticationCredential.{key}"),
                 "missing; AuthenticationCredential needs UserName and PasswordFile",
             );
         }
-        value
-    };
-    let user = required(ctx, &mut inner, "UserName");
-    let password_file = required(ctx, &mut inner, "PasswordFile");
-    inner.finish(ctx, "AuthenticationCredential");
-    let (user_name, _) = user?;
-    if user_name.is_empty() {
+    }
+    let (user_name, user_line) = user?;
+    if user_name.trim().is_empty() {
         ctx.error(
-            line,
+            user_line,
             "AuthenticationCredential.UserName",
             "must not be empty",
         );
@@ -290,7 +290,7 @@ fn routing_rules(ctx: &mut Ctx, c: &SendConnector, lines: &Lines) {
         ctx.error(
             lines.of("SmartHosts"),
             "SmartHosts",
-            "require DNSRoutingEnabled = false (DNS routing is the default); set it or remove SmartHosts",
+            "are only used when DNSRoutingEnabled = false (DNS routing is on by default); set DNSRoutingEnabled = false or remove SmartHosts",
         );
     }
     if !c.dns_routing_enabled && c.smart_hosts.is_empty() {

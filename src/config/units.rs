@@ -9,8 +9,7 @@ use std::time::Duration;
 /// Hours must be below 24 and minutes and seconds below 60, so that `"25:00:00"` (which .NET
 /// reads in surprising ways) is rejected instead of guessed at.
 pub fn parse_timespan(s: &str) -> Result<Duration, String> {
-    let expected =
-        "expected a time span such as \"00:10:00\" (hh:mm:ss) or \"1.00:00:00\" (d.hh:mm:ss)";
+    let expected = "write hh:mm:ss (such as \"00:10:00\") or d.hh:mm:ss (such as \"2.00:00:00\")";
     let bad = || format!("{s:?} is not a valid time span; {expected}");
     if s.starts_with('-') {
         return Err(format!("{s:?} is negative; {expected}"));
@@ -49,7 +48,7 @@ pub fn parse_timespan(s: &str) -> Result<Duration, String> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || {
         format!(
-            "{s:?} is not a valid size; expected bytes or a number with a unit B, KB, MB, GB or TB, such as \"25MB\""
+            "{s:?} is not a valid size; write a number of bytes, or a number with the unit B, KB, MB, GB or TB (such as \"25MB\")"
         )
     };
     let text = s.trim();

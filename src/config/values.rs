@@ -25,7 +25,7 @@ pub fn domain_pattern(s: &str) -> Result<DomainPattern, String> {
     if let Some(suffix) = lower.strip_prefix("*.") {
         if suffix.contains('*') {
             return Err(format!(
-                "{s:?} has a wildcard inside the name; {WILDCARD_RULE}"
+                "{s:?} has a wildcard in the wrong place; {WILDCARD_RULE}"
             ));
         }
         check_domain(s, suffix)?;
@@ -33,7 +33,7 @@ pub fn domain_pattern(s: &str) -> Result<DomainPattern, String> {
     }
     if lower.contains('*') {
         return Err(format!(
-            "{s:?} has a wildcard inside the name; {WILDCARD_RULE}"
+            "{s:?} has a wildcard in the wrong place; {WILDCARD_RULE}"
         ));
     }
     check_domain(s, &lower)?;
@@ -324,7 +324,7 @@ mod tests {
         assert!(domain_pattern(&long_name).is_err());
         assert_eq!(
             domain_pattern("contoso.*").unwrap_err(),
-            "\"contoso.*\" has a wildcard inside the name; only a leading \"*.\" (the domain and all its subdomains) or \"*\" alone (every domain) is allowed"
+            "\"contoso.*\" has a wildcard in the wrong place; only a leading \"*.\" (the domain and all its subdomains) or \"*\" alone (every domain) is allowed"
         );
     }
 
