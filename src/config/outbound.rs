@@ -1,0 +1,175 @@
+//! `[[OutboundConnector]]`: Set-/New-OutboundConnector (Exchange Online).
+
+use toml_edit::TableLike;
+
+use super::reader::{Ctx, Lines, Reader};
+use super::values::{domain_pattern, smart_host};
+use super::{CONNECTOR_SOURCES, CONNECTOR_TYPES, connector_name, text};
+use crate::policy::{ConnectorType, DaneMode, MtaStsMode, OutboundConnector, TlsLevel};
+
+pub(crate) const TLS_LEVELS: [(&str, TlsLevel); 3] = [
+    ("EncryptionOnly", TlsLevel::EncryptionOnly),
+    ("CertificateValidation", TlsLevel::CertificateValidation),
+    ("DomainValidation", TlsLevel::DomainValidation),
+];
+
+const MTA_STS: [(&str, MtaStsMode); 2] = [
+    ("Opportunistic", MtaStsMode::Opportunistic),
+    ("None", MtaStsMode::None),
+];
+
+const DANE: [(&str, DaneMode); 3] = [
+    ("Opportunistic", DaneMode::Opportunistic),
+    ("Mandatory", DaneMode::Mandatory),
+    ("None", DaneMode::None),
+];
+
+pub(crate) fn build(
+    ctx: &mut Ctx,
+    table: &dyn TableLike,
+    header: usize,
+) -> (OutboundConnector, Lines) {
+    let errors_before = ctx.errors.len();
+    let mut r = Reader::new(table, header, "");
+    let c = OutboundConnector {
+        name: connector_name(ctx, &mut r, "OutboundConnector"),
+        enabled: r.bool(ctx, "Enabled", true),
+        connector_type: r
+            .choice(ctx, "ConnectorType", &CONNECTOR_TYPES)
+            .unwrap_or(ConnectorType::Partner),
+        recipient_domains: r
+            .parsed_list(ctx, "RecipientDomains", domain_pattern)
+            .unwrap_or_default(),
+        all_accepted_domains: r.bool(ctx, "AllAcceptedDomains", false),
+        use_mx_record: r.bool(ctx, "UseMXRecord", true),
+        smart_hosts: r
+            .parsed_list(ctx, "SmartHosts", smart_host)
+            .unwrap_or_default(),
+        tls_settings: r.choice(ctx, "TlsSettings", &TLS_LEVELS),
+        tls_domain: r.parsed(ctx, "TlsDomain", domain_pattern),
+        route_all_messages_via_on_premises: r.bool(ctx, "RouteAllMessagesViaOnPremises", false),
+        cloud_services_mail_enabled: r.bool(ctx, "CloudServicesMailEnabled", false),
+        sender_rewriting_enabled: r.bool(ctx, "SenderRewritingEnabled", false),
+        mta_sts_mode: r
+            .choice(ctx, "MtaStsMode", &MTA_STS)
+            .unwrap_or(MtaStsMode::Opportunistic),
+        smtp_dane_mode: r
+            .choice(ctx, "SmtpDaneMode", &DANE)
+            .unwrap_or(DaneMode::Opportunistic),
+        test_mode: r.bool(ctx, "TestMode", false),
+        is_transport_rule_scoped: r.bool(ctx, "IsTransportRuleScoped", false),
+        validation_recipients: r
+            .parsed_list(ctx, "ValidationRecipients", email_address)
+            .unwrap_or_default(),
+        is_validated: r.bool(ctx, "IsValidated", false),
+        last_validation_timestamp: last_validation_timestamp(ctx, &mut r),
+        comment: text(ctx, &mut r, "Comment"),
+        connector_source: r
+            .choice(ctx, "ConnectorSource", &CONNECTOR_SOURCES)
+            .map(String::from),
+    };
+    let lines = r.lines.clone();
+    r.finish(ctx, "[[OutboundConnector]]");
+    if ctx.errors.len() == errors_before {
+        rules(ctx, &c, &lines);
+    }
+    (c, lines)
+}
+
+/// A string (`"2016-05-06 14:30:00z"`, as the cmdlet documents) or a TOML date-time; kept as
+/// text because the relay only displays it.
+fn last_validation_timestamp(ctx: &mut Ctx, r: &mut Reader<'_>) -> Option<String> {
+    let (item, line) = r.item(ctx, "LastValidationTimestamp")?;
+    if let Some(s) = item.as_str() {
+        return Some(s.to_string());
+    }
+    if let Some(dt) = item.as_datetime() {
+        return Some(dt.to_string());
+    }
+    ctx.error(
+        line,
+        "LastValidationTimestamp",
+        format!(
+            "expected a date-time such as \"2016-05-06 14:30:00z\", found {}",
+            super::reader::describe(item)
+        ),
+    );
+    None
+}
+
+/// `ValidationRecipients`: mailbox addresses `local@domain`.
+pub(crate) fn email_address(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not an email address such as \"postmaster@contoso.com\"");
+    let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let domain = super::values::host_name(domain).map_err(|_| bad())?;
+    Ok(format!("{local}@{domain}"))
+}
+
+fn rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines) {
+    routing_rules(ctx, c, lines);
+    // AllAcceptedDomains: "You can only use this value when the ConnectorType parameter value
+    // is OnPremises"; RouteAllMessagesViaOnPremises and SenderRewritingEnabled: "This setting
+    // requires ... OnPremises for the ConnectorType value".
+    if c.connector_type != ConnectorType::OnPremises {
+        for (key, set) in [
+            ("AllAcceptedDomains", c.all_accepted_domains),
+            (
+                "RouteAllMessagesViaOnPremises",
+                c.route_all_messages_via_on_premises,
+            ),
+            ("SenderRewritingEnabled", c.sender_rewriting_enabled),
+        ] {
+            if set {
+                ctx.error(
+                    lines.of(key),
+                    key,
+                    "requires ConnectorType = \"OnPremises\"",
+                );
+            }
+        }
+    }
+    // TlsDomain: "This parameter is only used if the TlsSettings parameter is set to
+    // DomainValidation" -- harmless otherwise, so a warning.
+    if c.tls_domain.is_some() && c.tls_settings != Some(TlsLevel::DomainValidation) {
+        ctx.warn(
+            lines.of("TlsDomain"),
+            "TlsDomain",
+            "is ignored unless TlsSettings = \"DomainValidation\"",
+        );
+    }
+    if c.recipient_domains.is_empty()
+        && !c.all_accepted_domains
+        && !c.route_all_messages_via_on_premises
+    {
+        ctx.warn(
+            lines.header,
+            "RecipientDomains",
+            format!(
+                "connector {:?} has no RecipientDomains, AllAcceptedDomains or RouteAllMessagesViaOnPremises, so it routes no mail",
+                c.name
+            ),
+        );
+    }
+}
+
+/// UseMXRecord: "$false: The connector delivers email to one or more smart hosts. This
+/// setting requires one or more smart hosts"; SmartHosts are used only without MX routing.
+fn routing_rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines) {
+    if !c.use_mx_record && c.smart_hosts.is_empty() {
+        ctx.error(
+            lines.of("UseMXRecord"),
+            "UseMXRecord",
+            "is false, so SmartHosts must list at least one smart host",
+        );
+    }
+    if c.use_mx_record && !c.smart_hosts.is_empty() {
+        ctx.error(
+            lines.of("SmartHosts"),
+            "SmartHosts",
+            "are only used when UseMXRecord = false; set UseMXRecord = false or remove SmartHosts",
+        );
+    }
+}

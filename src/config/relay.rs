@@ -1,0 +1,367 @@
+//! `[Relay]`: the server itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml_edit::TableLike;
+
+use super::check_file;
+use super::reader::{Ctx, Reader, describe, describe_value};
+use super::units::{parse_size, parse_timespan};
+use super::values::{dns_server, domain_pattern, host_name, socket_addr};
+use crate::policy::{BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings};
+
+const BARE_NEWLINE: [(&str, BareNewlinePolicy); 2] = [
+    ("Reject", BareNewlinePolicy::Reject),
+    ("Normalize", BareNewlinePolicy::Normalize),
+];
+
+pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> RelaySettings {
+    let errors_before = ctx.errors.len();
+    let mut r = Reader::new(table, header, "");
+    let fqdn = r
+        .parsed(ctx, "Fqdn", host_name)
+        .unwrap_or_else(default_fqdn);
+    let listen = r
+        .parsed_list(ctx, "Listen", socket_addr)
+        .unwrap_or_else(|| vec!["127.0.0.1:2525".parse().expect("valid literal")]);
+    let implicit_tls_listen = r
+        .parsed_list(ctx, "ImplicitTlsListen", socket_addr)
+        .unwrap_or_default();
+    let tls_certificate = existing_file(ctx, &mut r, "TlsCertificate");
+    let tls_private_key = existing_file(ctx, &mut r, "TlsPrivateKey");
+    let certificates = certificates(ctx, &mut r);
+    let trusted_ca_file = existing_file(ctx, &mut r, "TrustedCaFile");
+    let revocation_lists = existing_files(ctx, &mut r, "RevocationLists");
+    let spool_dir = path(ctx, &mut r, "SpoolDir", "var/spool");
+    let data_dir = path(ctx, &mut r, "DataDir", "var");
+    let accepted_domains = r
+        .parsed_list(ctx, "AcceptedDomains", domain_pattern)
+        .unwrap_or_default();
+    let max_message_size = size(ctx, &mut r, "MaxMessageSize", "25MB");
+    let max_recipients_per_message =
+        r.int(ctx, "MaxRecipientsPerMessage", 500, 1, i64::MAX) as usize;
+    let dns_servers = r
+        .parsed_list(ctx, "DnsServers", dns_server)
+        .unwrap_or_default();
+    let external_dns_servers = r
+        .parsed_list(ctx, "ExternalDnsServers", dns_server)
+        .unwrap_or_default();
+    let delivery_port = r.int(ctx, "DeliveryPort", 25, 1, 65535) as u16;
+    let message_expiration_timeout =
+        timespan(ctx, &mut r, "MessageExpirationTimeout", "2.00:00:00");
+    let transient_failure_retry_interval =
+        timespan(ctx, &mut r, "TransientFailureRetryInterval", "00:05:00");
+    let max_retry_interval = timespan(ctx, &mut r, "MaxRetryInterval", "01:00:00");
+    let delay_notification_timeout = timespan(ctx, &mut r, "DelayNotificationTimeout", "04:00:00");
+    let admin_listen = r
+        .parsed(ctx, "AdminListen", socket_addr)
+        .unwrap_or_else(|| "127.0.0.1:8025".parse().expect("valid literal"));
+    let admin_token_file = path(ctx, &mut r, "AdminTokenFile", "var/admin.token");
+    let protocol_log_dir = path(ctx, &mut r, "ProtocolLogDir", "var/log/protocol");
+    let trace_retention_days = r.int(ctx, "TraceRetentionDays", 30, 1, i64::from(u32::MAX)) as u32;
+    let srs_secret_file = path(ctx, &mut r, "SrsSecretFile", "var/srs.key");
+    let bare_newline_policy = r
+        .choice(ctx, "BareNewlinePolicy", &BARE_NEWLINE)
+        .unwrap_or(BareNewlinePolicy::Reject);
+    let max_inbound_connection = r.int(ctx, "MaxInboundConnection", 5000, 1, i64::MAX) as usize;
+    let max_inbound_connection_per_source =
+        r.int(ctx, "MaxInboundConnectionPerSource", 20, 1, i64::MAX) as usize;
+    let connection_timeout = timespan(ctx, &mut r, "ConnectionTimeout", "00:10:00");
+    let connection_inactivity_timeout =
+        timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
+    let max_protocol_errors = r.int(ctx, "MaxProtocolErrors", 5, 1, i64::from(u32::MAX)) as u32;
+    let max_header_size = size(ctx, &mut r, "MaxHeaderSize", "256KB");
+    let lines = r.lines.clone();
+    r.finish(ctx, "[Relay]");
+
+    let settings = RelaySettings {
+        fqdn,
+        listen,
+        implicit_tls_listen,
+        tls_certificate,
+        tls_private_key,
+        certificates,
+        trusted_ca_file,
+        revocation_lists,
+        spool_dir,
+        data_dir,
+        accepted_domains,
+        max_message_size,
+        max_recipients_per_message,
+        dns_servers,
+        external_dns_servers,
+        delivery_port,
+        message_expiration_timeout,
+        transient_failure_retry_interval,
+        max_retry_interval,
+        delay_notification_timeout,
+        admin_listen,
+        admin_token_file,
+        protocol_log_dir,
+        trace_retention_days,
+        srs_secret_file,
+        bare_newline_policy,
+        max_inbound_connection,
+        max_inbound_connection_per_source,
+        connection_timeout,
+        connection_inactivity_timeout,
+        max_protocol_errors,
+        max_header_size,
+    };
+    // Rules between keys only once every value parsed, so that one bad value is not also
+    // reported as a missing one.
+    if ctx.errors.len() == errors_before {
+        rules(ctx, &settings, &lines);
+    }
+    settings
+}
+
+/// Rules between `[Relay]` keys.
+fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
+    match (&s.tls_certificate, &s.tls_private_key) {
+        (Some(_), None) => ctx.error(
+            lines.of("TlsCertificate"),
+            "TlsCertificate",
+            "is set without TlsPrivateKey; give both the certificate chain and its private key",
+        ),
+        (None, Some(_)) => ctx.error(
+            lines.of("TlsPrivateKey"),
+            "TlsPrivateKey",
+            "is set without TlsCertificate; give both the certificate chain and its private key",
+        ),
+        _ => {}
+    }
+    // Only report the missing certificate when neither key was written (the pair rule above
+    // already covers a half-written pair).
+    if !s.implicit_tls_listen.is_empty()
+        && !lines.has("TlsCertificate")
+        && !lines.has("TlsPrivateKey")
+    {
+        ctx.error(
+            lines.of("ImplicitTlsListen"),
+            "ImplicitTlsListen",
+            "implicit TLS listeners need a certificate; set TlsCertificate and TlsPrivateKey",
+        );
+    }
+    if s.listen.is_empty() && s.implicit_tls_listen.is_empty() {
+        ctx.error(
+            lines.of("Listen"),
+            "Listen",
+            "is empty and so is ImplicitTlsListen; the relay needs at least one listener",
+        );
+    }
+    if s.accepted_domains.contains(&DomainPattern::Any) {
+        ctx.error(
+            lines.of("AcceptedDomains"),
+            "AcceptedDomains",
+            "\"*\" would make every domain an accepted domain (an open relay); list the organization's own domains",
+        );
+    }
+    for key in [
+        "MessageExpirationTimeout",
+        "TransientFailureRetryInterval",
+        "MaxRetryInterval",
+        "DelayNotificationTimeout",
+        "ConnectionTimeout",
+        "ConnectionInactivityTimeout",
+    ] {
+        if lines.has(key) && duration_of(s, key) == Some(Duration::ZERO) {
+            ctx.error(lines.of(key), key, "must be longer than zero");
+        }
+    }
+    for (key, value) in [
+        ("MaxMessageSize", s.max_message_size),
+        ("MaxHeaderSize", s.max_header_size),
+    ] {
+        if lines.has(key) && value == 0 {
+            ctx.error(lines.of(key), key, "must be larger than zero bytes");
+        }
+    }
+    retry_rules(ctx, s, lines);
+}
+
+/// The retry schedule: the first delay cannot exceed the back-off cap (an error: the two
+/// settings contradict each other). A cap or a delay-DSN time at or beyond the expiration
+/// only wastes a setting, so those are warnings.
+fn retry_rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
+    if s.transient_failure_retry_interval > s.max_retry_interval {
+        let reason = "the first retry delay must not exceed the cap on later delays";
+        if lines.has("TransientFailureRetryInterval") || !lines.has("MaxRetryInterval") {
+            let key = "TransientFailureRetryInterval";
+            ctx.error(
+                lines.of(key),
+                key,
+                format!("is longer than MaxRetryInterval; {reason}"),
+            );
+        } else {
+            let key = "MaxRetryInterval";
+            ctx.error(
+                lines.of(key),
+                key,
+                format!("is shorter than TransientFailureRetryInterval; {reason}"),
+            );
+        }
+    }
+    if s.max_retry_interval >= s.message_expiration_timeout {
+        ctx.warn(
+            lines.of("MaxRetryInterval"),
+            "MaxRetryInterval",
+            "is not shorter than MessageExpirationTimeout, so a message may expire with few or no retries",
+        );
+    }
+    if s.delay_notification_timeout >= s.message_expiration_timeout {
+        ctx.warn(
+            lines.of("DelayNotificationTimeout"),
+            "DelayNotificationTimeout",
+            "is not shorter than MessageExpirationTimeout, so no delay notification will ever be sent",
+        );
+    }
+}
+
+fn duration_of(s: &RelaySettings, key: &str) -> Option<Duration> {
+    Some(match key {
+        "MessageExpirationTimeout" => s.message_expiration_timeout,
+        "TransientFailureRetryInterval" => s.transient_failure_retry_interval,
+        "MaxRetryInterval" => s.max_retry_interval,
+        "DelayNotificationTimeout" => s.delay_notification_timeout,
+        "ConnectionTimeout" => s.connection_timeout,
+        "ConnectionInactivityTimeout" => s.connection_inactivity_timeout,
+        _ => return None,
+    })
+}
+
+/// The machine's host name, the default `Fqdn`.
+fn default_fqdn() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+fn path(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> PathBuf {
+    match r.string(ctx, key) {
+        Some((s, line)) if s.is_empty() => {
+            ctx.error(line, key, "must not be empty");
+            PathBuf::from(default)
+        }
+        Some((s, _)) => PathBuf::from(s),
+        None => PathBuf::from(default),
+    }
+}
+
+fn existing_file(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str) -> Option<PathBuf> {
+    let (s, line) = r.string(ctx, key)?;
+    let path = PathBuf::from(s);
+    check_file(ctx, line, key, &path);
+    Some(path)
+}
+
+fn existing_files(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str) -> Vec<PathBuf> {
+    let entries = r.strings(ctx, key).unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|(s, line)| {
+            let path = PathBuf::from(s);
+            check_file(ctx, line, key, &path);
+            path
+        })
+        .collect()
+}
+
+/// A size given as a string with a unit, or as an integer number of bytes.
+fn size(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> u64 {
+    let fallback = parse_size(default).expect("valid default");
+    let Some((item, line)) = r.item(ctx, key) else {
+        return fallback;
+    };
+    let parsed = match (item.as_str(), item.as_integer()) {
+        (Some(s), _) => parse_size(s),
+        (_, Some(n)) => u64::try_from(n)
+            .map_err(|_| format!("{n} is negative; expected a size such as \"25MB\"")),
+        _ => Err(format!(
+            "expected a size such as \"25MB\" or a number of bytes, found {}",
+            describe(item)
+        )),
+    };
+    parsed.unwrap_or_else(|e| {
+        ctx.error(line, key, e);
+        fallback
+    })
+}
+
+fn timespan(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> Duration {
+    r.parsed(ctx, key, parse_timespan)
+        .unwrap_or_else(|| parse_timespan(default).expect("valid default"))
+}
+
+/// `Certificates = [{ Certificate = "...", PrivateKey = "..." }]` or `[[Relay.Certificates]]`.
+fn certificates(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<CertificateIdentity> {
+    let Some((item, line)) = r.item(ctx, "Certificates") else {
+        return Vec::new();
+    };
+    let mut tables: Vec<(&dyn TableLike, usize)> = Vec::new();
+    if let Some(aot) = item.as_array_of_tables() {
+        tables.extend(
+            aot.iter()
+                .map(|t| (t as &dyn TableLike, ctx.line(t.span()).max(line))),
+        );
+    } else if let Some(array) = item.as_array() {
+        for value in array.iter() {
+            match value.as_inline_table() {
+                Some(t) => tables.push((t, ctx.line(value.span()).max(line))),
+                None => ctx.error(
+                    line,
+                    "Certificates",
+                    format!(
+                        "expected tables like {{ Certificate = \"cert.pem\", PrivateKey = \"key.pem\" }}, found {}",
+                        describe_value(value)
+                    ),
+                ),
+            }
+        }
+    } else {
+        ctx.error(
+            line,
+            "Certificates",
+            format!("expected an array of tables like {{ Certificate = \"cert.pem\", PrivateKey = \"key.pem\" }}, found {}", describe(item)),
+        );
+    }
+    tables
+        .into_iter()
+        .filter_map(|(table, line)| certificate(ctx, table, line))
+        .collect()
+}
+
+fn certificate(ctx: &mut Ctx, table: &dyn TableLike, line: usize) -> Option<CertificateIdentity> {
+    let mut r = Reader::new(table, line, "Certificates.");
+    let certificate = r.string(ctx, "Certificate");
+    let private_key = r.string(ctx, "PrivateKey");
+    let lines = r.lines.clone();
+    // Unknown keys first: a misspelt key explains the "missing" message that follows.
+    r.finish(ctx, "a Certificates entry");
+    let file = |ctx: &mut Ctx, value: Option<(String, usize)>, key: &str| {
+        let name = format!("Certificates.{key}");
+        match value {
+            Some((s, kline)) => {
+                let path = PathBuf::from(s);
+                check_file(ctx, kline, &name, &path);
+                Some(path)
+            }
+            None => {
+                if !lines.has(key) {
+                    let reason =
+                        "missing; each Certificates entry needs Certificate and PrivateKey";
+                    ctx.error(line, &name, reason);
+                }
+                None
+            }
+        }
+    };
+    let certificate = file(ctx, certificate, "Certificate");
+    let private_key = file(ctx, private_key, "PrivateKey");
+    Some(CertificateIdentity {
+        certificate: certificate?,
+        private_key: private_key?,
+    })
+}
