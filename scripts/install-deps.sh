@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks, idempotently. The test suite itself needs only the
+# Rust toolchain; swaks is for the README walk-through and the interoperability tests.
+set -euo pipefail
+need=()
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
