@@ -64,9 +64,7 @@ async fn client(port: u16, c: usize, accepted: Arc<Mutex<Vec<String>>>, count: A
     }
     for n in 0..PER_CLIENT {
         let tag = format!("kill9-{c}-{n}");
-        let tx = format!(
-            "MAIL FROM:<load@fabrikam.test>\r\nRCPT TO:<bob@contoso.test>\r\nDATA\r\n"
-        );
+        let tx = "MAIL FROM:<load@fabrikam.test>\r\nRCPT TO:<bob@contoso.test>\r\nDATA\r\n";
         if w.write_all(tx.as_bytes()).await.is_err() {
             return;
         }

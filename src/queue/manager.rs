@@ -87,7 +87,7 @@ impl Entry {
 enum Msg {
     New(Box<Entry>),
     /// An attempt finished; `None` when the message is done and removed.
-    Done(String, Option<(Box<Entry>, Duration)>),
+    Done(Option<(Box<Entry>, Duration)>),
 }
 
 /// The handle the SMTP side uses to hand over stored messages.
@@ -162,11 +162,11 @@ impl Manager {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::New(e)) => self.schedule_at(*e, Instant::now()),
-                    Some(Msg::Done(_, Some((e, delay)))) => {
+                    Some(Msg::Done(Some((e, delay)))) => {
                         self.in_flight -= 1;
                         self.schedule_at(*e, Instant::now() + delay);
                     }
-                    Some(Msg::Done(_, None)) => self.in_flight -= 1,
+                    Some(Msg::Done(None)) => self.in_flight -= 1,
                     None => break,
                 },
                 _ = sleep_until_opt(next) => self.start_due(),
@@ -205,9 +205,8 @@ impl Manager {
             let tx = self.handle.tx.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let id = entry.id.clone();
                 let next = ctx.attempt(entry).await;
-                let _ = tx.send(Msg::Done(id, next.map(|(e, d)| (Box::new(e), d))));
+                let _ = tx.send(Msg::Done(next.map(|(e, d)| (Box::new(e), d))));
             });
         }
     }

@@ -50,6 +50,9 @@ pub enum LogRecord {
     DelayNotified,
 }
 
+/// A spool file that could not be read back: (queue id, reason). It was moved to `corrupt/`.
+pub type Corrupt = (String, String);
+
 /// A message recovered from the spool at start-up.
 #[derive(Debug, Clone)]
 pub struct Recovered {
@@ -164,7 +167,7 @@ impl Spool {
     /// Recovers every message in the spool. Corrupt message files are moved to `corrupt/`
     /// and reported in the second list; leftovers of interrupted writes are removed (they
     /// were never acknowledged).
-    pub fn recover(&self) -> io::Result<(Vec<Recovered>, Vec<(String, String)>)> {
+    pub fn recover(&self) -> io::Result<(Vec<Recovered>, Vec<Corrupt>)> {
         for e in fs::read_dir(&self.tmp)? {
             let _ = fs::remove_file(e?.path());
         }

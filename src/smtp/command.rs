@@ -145,16 +145,9 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             }
         }
     }
-    if !out.smtputf8 {
-        if let Some(a) = &from {
-            if !a.local.is_ascii() || !a.domain.is_ascii() {
-                return Err(Reply::new(
-                    553,
-                    "5.6.7",
-                    "Non-ASCII address requires the SMTPUTF8 parameter",
-                ));
-            }
-        }
+    // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter.
+    if !out.smtputf8 && from.as_ref().is_some_and(|a| !a.local.is_ascii() || !a.domain.is_ascii()) {
+        return Err(Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"));
     }
     Ok(Command::Mail(from, out))
 }
