@@ -477,3 +477,40 @@ fn inbound_and_outbound_may_share_a_name() {
         "relay.toml:5: Name: \"FABRIKAM\" is already the name of the outbound or send connector on line 2; names must be unique"
     );
 }
+
+#[test]
+fn inline_connector_tables_and_multi_line_arrays() {
+    let text = r#"InboundConnector = [
+  { Name = "A", SenderDomains = ["a.test"] },
+  { Name = "B", SenderIPAddresses = [
+      "10.0.0.0/8",
+      "10.0.0.0/40",
+  ] },
+]
+"#;
+    let errors = load_str(text, Path::new("relay.toml")).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "relay.toml:5: SenderIPAddresses: \"10.0.0.0/40\" is not an IP address or CIDR range: the prefix length /40 is larger than 32"
+    );
+    let loaded = load(&text.replace("10.0.0.0/40", "10.0.0.0/16"));
+    assert_eq!(loaded.policy.inbound.len(), 2);
+    assert_eq!(
+        loaded.policy.inbound[1].sender_ip_addresses,
+        vec![net("10.0.0.0/8"), net("10.0.0.0/16")]
+    );
+}
+
+#[test]
+fn a_number_for_a_time_span_says_what_is_expected() {
+    let errors = load_str(
+        "[Relay]\nConnectionTimeout = 600\n",
+        Path::new("relay.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "relay.toml:2: ConnectionTimeout: expected a time span string such as \"00:10:00\", found an integer (600)"
+    );
+}
