@@ -22,7 +22,11 @@ fn cases() -> Vec<PathBuf> {
 #[test]
 fn every_bad_config_reports_its_exact_first_error() {
     let dirs = cases();
-    assert!(dirs.len() >= 25, "expected at least 25 bad configs, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 25,
+        "expected at least 25 bad configs, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -30,16 +34,25 @@ fn every_bad_config_reports_its_exact_first_error() {
         let expected = fs::read_to_string(dir.join("expected_error")).unwrap_or_default();
         let expected = expected.trim_end_matches(['\n', '\r']);
         match load_str(&text, Path::new("relay.toml")) {
-            Ok(_) => failures.push(format!("{name}: loaded without error, expected\n    {expected}")),
+            Ok(_) => failures.push(format!(
+                "{name}: loaded without error, expected\n    {expected}"
+            )),
             Err(errors) => {
                 let first = errors[0].to_string();
                 if first != expected {
-                    failures.push(format!("{name}:\n    expected {expected}\n    actual   {first}"));
+                    failures.push(format!(
+                        "{name}:\n    expected {expected}\n    actual   {first}"
+                    ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -92,5 +105,9 @@ fn unreadable_file_is_one_error_without_line() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].line, 0);
     assert_eq!(errors[0].key, "");
-    assert!(errors[0].to_string().starts_with("does/not/exist.toml: cannot read the config file: "));
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("does/not/exist.toml: cannot read the config file: ")
+    );
 }

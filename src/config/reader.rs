@@ -150,6 +150,16 @@ impl<'a> Reader<'a> {
     }
 
     pub fn string(&mut self, ctx: &mut Ctx, key: &'static str) -> Option<(String, usize)> {
+        self.string_of(ctx, key, "a string")
+    }
+
+    /// A string; a value of another type is reported as "expected {what}".
+    pub fn string_of(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &'static str,
+        what: &str,
+    ) -> Option<(String, usize)> {
         let (item, line) = self.item(ctx, key)?;
         match item.as_str() {
             Some(s) => Some((s.to_string(), line)),
@@ -157,7 +167,7 @@ impl<'a> Reader<'a> {
                 ctx.error(
                     line,
                     &self.name(key),
-                    format!("expected a string, found {}", describe(item)),
+                    format!("expected {what}, found {}", describe(item)),
                 );
                 None
             }
@@ -381,6 +391,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
+
+/// Type expectation for time span keys (a common mistake is a bare number of seconds).
+pub(crate) const TIMESPAN: &str = "a time span string such as \"00:10:00\"";
 
 /// "a string (\"yes\")", "an integer (5)", ... for type errors.
 pub(crate) fn describe(item: &Item) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml_edit::TableLike;
 
 use super::check_file;
-use super::reader::{Ctx, Reader, describe, describe_value};
+use super::reader::{Ctx, Reader, TIMESPAN, describe, describe_value};
 use super::units::{parse_size, parse_timespan};
 use super::values::{dns_server, domain_pattern, host_name, socket_addr};
 use crate::policy::{BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings};
@@ -291,8 +291,14 @@ fn size(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> 
 }
 
 fn timespan(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> Duration {
-    r.parsed(ctx, key, parse_timespan)
-        .unwrap_or_else(|| parse_timespan(default).expect("valid default"))
+    let fallback = || parse_timespan(default).expect("valid default");
+    let Some((s, line)) = r.string_of(ctx, key, TIMESPAN) else {
+        return fallback();
+    };
+    parse_timespan(&s).unwrap_or_else(|e| {
+        ctx.error(line, key, e);
+        fallback()
+    })
 }
 
 /// `Certificates = [{ Certificate = "...", PrivateKey = "..." }]` or `[[Relay.Certificates]]`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml_edit::TableLike;
 
 use super::outbound::TLS_LEVELS;
-use super::reader::{Ctx, Lines, Reader, describe, match_choice};
+use super::reader::{Ctx, Lines, Reader, TIMESPAN, describe, match_choice};
 use super::units::{parse_size, parse_timespan};
 use super::values::{address_space, domain_pattern, host_name, smart_host};
 use super::{Env, connector_name, text};
@@ -183,7 +183,7 @@ fn max_message_size(ctx: &mut Ctx, r: &mut Reader<'_>) -> Option<u64> {
 fn inactivity_timeout(ctx: &mut Ctx, r: &mut Reader<'_>) -> Duration {
     let key = "ConnectionInactivityTimeOut";
     let default = Duration::from_secs(600);
-    let Some((s, line)) = r.string(ctx, key) else {
+    let Some((s, line)) = r.string_of(ctx, key, TIMESPAN) else {
         return default;
     };
     match parse_timespan(&s) {
