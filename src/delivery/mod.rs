@@ -161,7 +161,9 @@ impl Deliverer {
     pub async fn deliver(&self, job: &DeliveryJob<'_>) -> Vec<RecipientOutcome> {
         let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; job.recipients.len()];
         let mut decisions: HashMap<String, RouteDecision> = HashMap::new();
-        let mut groups: Vec<(GroupKey, Option<String>, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
+        // TestMode results are per domain, while groups are per route.
+        let mut would_route: Vec<Option<String>> = vec![None; job.recipients.len()];
 
         for (i, rcpt) in job.recipients.iter().enumerate() {
             let Some(domain) = recipient_domain(rcpt) else {
@@ -182,6 +184,7 @@ impl Deliverer {
             let decision = decisions
                 .entry(domain.clone())
                 .or_insert_with(|| select_route(&self.policy, &domain, job.from_outside_org));
+            would_route[i] = decision.would_route.clone();
             let per_domain = decision.route.target == RouteTarget::Mx
                 || matches!(
                     decision.route.tls,
@@ -191,25 +194,26 @@ impl Deliverer {
                 route: decision.route.clone(),
                 domain: per_domain.then(|| domain.clone()),
             };
-            match groups.iter_mut().find(|(k, _, _)| *k == key) {
-                Some((_, _, idxs)) => idxs.push(i),
-                None => groups.push((key, decision.would_route.clone(), vec![i])),
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, idxs)) => idxs.push(i),
+                None => groups.push((key, vec![i])),
             }
         }
 
         let tasks = groups
             .iter()
-            .map(|(key, would_route, idxs)| {
+            .map(|(key, idxs)| {
                 let domain = key
                     .domain
                     .clone()
                     .or_else(|| recipient_domain(&job.recipients[idxs[0]]))
                     .unwrap_or_default();
-                self.deliver_group(job, &key.route, domain, would_route.clone(), idxs)
+                self.deliver_group(job, &key.route, domain, idxs)
             })
             .collect();
         for group in join_all(tasks).await {
-            for (i, outcome) in group {
+            for (i, mut outcome) in group {
+                outcome.would_route = would_route[i].take();
                 outcomes[i] = Some(outcome);
             }
         }
@@ -261,7 +265,6 @@ impl Deliverer {
         job: &DeliveryJob<'_>,
         route: &Route,
         domain: String,
-        would_route: Option<String>,
         idxs: &[usize],
     ) -> Vec<(usize, RecipientOutcome)> {
         let recipients: Vec<String> = idxs.iter().map(|&i| job.recipients[i].clone()).collect();
@@ -274,7 +277,7 @@ impl Deliverer {
                         status,
                         connector: route.connector.clone(),
                         remote_host: remote,
-                        would_route: would_route.clone(),
+                        would_route: None, // filled in per recipient by the caller
                         tls,
                     },
                 )
