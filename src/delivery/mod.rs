@@ -1,35 +1,496 @@
-//! Outbound delivery (types; the engine lands from the delivery work).
+//! Outbound delivery: route selection per recipient, next hops, the SMTP client, and the
+//! classification of every outcome as delivered / temporary / permanent.
 
-/// One delivery attempt of one message to some of its recipients.
-pub struct DeliveryJob<'a> {
-    pub id: &'a str,
-    /// Empty: the null sender.
-    pub mail_from: &'a str,
-    pub recipients: &'a [String],
-    /// The whole message, CRLF line endings, not dot-stuffed.
-    pub data: &'a [u8],
-    pub from_outside_org: bool,
+pub mod client;
+pub mod nexthop;
+pub mod tls;
+
+/// Why a recipient was not delivered (recorded in the trace and used in DSNs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The remote SMTP reply code, when the failure is a remote reply.
+    pub code: Option<u16>,
+    /// RFC 3463 enhanced status code, e.g. `4.4.318` (the remote's own when it sent one).
+    pub enhanced: String,
+    pub text: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct RecipientOutcome {
-    pub recipient: String,
-    pub status: DeliveryStatus,
-    pub connector: Option<String>,
-    pub remote_host: Option<String>,
-    pub would_route: Option<String>,
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "{code} {} {}", self.enhanced, self.text),
+            None => write!(f, "{} {}", self.enhanced, self.text),
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
+/// The outcome for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryStatus {
+    /// Accepted by the next hop; `reply` is the final reply to DATA.
     Delivered { reply: String },
+    /// Deferred: retry later.
     Temporary(Failure),
+    /// Failed: return to the sender.
     Permanent(Failure),
 }
 
+impl DeliveryStatus {
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, DeliveryStatus::Delivered { .. })
+    }
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, DeliveryStatus::Temporary(_))
+    }
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryStatus::Permanent(_))
+    }
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            DeliveryStatus::Delivered { .. } => None,
+            DeliveryStatus::Temporary(f) | DeliveryStatus::Permanent(f) => Some(f),
+        }
+    }
+}
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::dns::Resolver;
+use crate::policy::route::{Route, RouteDecision, RouteTarget, TlsPolicy, select_route};
+use crate::policy::{DomainPattern, Policy, TlsLevel};
+
+use client::{ClientConfig, Envelope, SessionError, StartTls, TlsInfo};
+use nexthop::resolve_next_hops;
+use tls::TlsContext;
+
+/// One message to deliver to some of its recipients.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryJob<'a> {
+    /// Queue id (logs and trace).
+    pub id: &'a str,
+    /// `""` = the null sender.
+    pub mail_from: &'a str,
+    /// The recipients still pending.
+    pub recipients: &'a [String],
+    /// The full message, CRLF line endings, not dot-stuffed.
+    pub data: &'a [u8],
+    /// The message arrived from outside the organization (RouteAllMessagesViaOnPremises).
+    pub from_outside_org: bool,
+}
+
+/// The outcome for one recipient of a [`DeliveryJob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    pub recipient: String,
+    pub status: DeliveryStatus,
+    /// The connector whose route was used (`None`: default MX route).
+    pub connector: Option<String>,
+    /// The host that gave the answer, as `host [ip]` (`None` if no host answered).
+    pub remote_host: Option<String>,
+    /// The TestMode connector that would have routed this recipient.
+    pub would_route: Option<String>,
+    /// TLS facts of the session that gave the answer (`None`: plaintext or no session).
+    pub tls: Option<TlsInfo>,
+}
+
+/// Tunables of the delivery engine that are not in the policy.
 #[derive(Debug, Clone)]
-pub struct Failure {
-    pub code: Option<u16>,
-    pub enhanced: String,
-    pub text: String,
+pub struct DelivererOptions {
+    pub connect_timeout: Duration,
+    /// Overrides every route's inactivity timeout (tests).
+    pub command_timeout: Option<Duration>,
+    /// Wait for the reply to the final "." (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_end_timeout: Duration,
+}
+
+impl Default for DelivererOptions {
+    fn default() -> Self {
+        DelivererOptions {
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: None,
+            data_end_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The delivery engine the queue calls: routes, next hops, SMTP sessions, outcomes.
+pub struct Deliverer {
+    policy: Arc<Policy>,
+    resolver: Arc<dyn Resolver>,
+    tls: Result<TlsContext, String>,
+    options: DelivererOptions,
+}
+
+/// Recipients sharing a route. MX next hops depend on the domain, and so does the name
+/// check of `DomainValidation` without `TlsDomain`: then the domain is part of the key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    route: Route,
+    domain: Option<String>,
+}
+
+impl Deliverer {
+    pub fn new(policy: Arc<Policy>, resolver: Arc<dyn Resolver>) -> Self {
+        let tls = TlsContext::new(policy.relay.trusted_ca_file.as_deref())
+            .or_else(|e| {
+                tracing::error!(error = %e, "TrustedCaFile unusable; using the webpki roots only");
+                TlsContext::new(None)
+            })
+            .map_err(|e| e.to_string());
+        Deliverer {
+            policy,
+            resolver,
+            tls,
+            options: DelivererOptions::default(),
+        }
+    }
+
+    pub fn with_options(mut self, options: DelivererOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Delivers one message to the given recipients: groups them by route (one SMTP
+    /// transaction per group, groups in parallel), tries next hops in order (every address of
+    /// a host before the next host), and returns one outcome per recipient in input order.
+    pub async fn deliver(&self, job: &DeliveryJob<'_>) -> Vec<RecipientOutcome> {
+        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; job.recipients.len()];
+        let mut decisions: HashMap<String, RouteDecision> = HashMap::new();
+        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
+        // TestMode results are per domain, while groups are per route.
+        let mut would_route: Vec<Option<String>> = vec![None; job.recipients.len()];
+
+        for (i, rcpt) in job.recipients.iter().enumerate() {
+            let Some(domain) = recipient_domain(rcpt) else {
+                outcomes[i] = Some(RecipientOutcome {
+                    recipient: rcpt.clone(),
+                    status: DeliveryStatus::Permanent(Failure {
+                        code: None,
+                        enhanced: "5.1.3".into(),
+                        text: format!("bad recipient address syntax: {rcpt:?}"),
+                    }),
+                    connector: None,
+                    remote_host: None,
+                    would_route: None,
+                    tls: None,
+                });
+                continue;
+            };
+            let decision = decisions
+                .entry(domain.clone())
+                .or_insert_with(|| select_route(&self.policy, &domain, job.from_outside_org));
+            would_route[i] = decision.would_route.clone();
+            let per_domain = decision.route.target == RouteTarget::Mx
+                || matches!(
+                    decision.route.tls,
+                    TlsPolicy::Required(TlsLevel::DomainValidation, None)
+                );
+            let key = GroupKey {
+                route: decision.route.clone(),
+                domain: per_domain.then(|| domain.clone()),
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, idxs)) => idxs.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+
+        let tasks = groups
+            .iter()
+            .map(|(key, idxs)| {
+                let domain = key
+                    .domain
+                    .clone()
+                    .or_else(|| recipient_domain(&job.recipients[idxs[0]]))
+                    .unwrap_or_default();
+                self.deliver_group(job, &key.route, domain, idxs)
+            })
+            .collect();
+        for group in join_all(tasks).await {
+            for (i, mut outcome) in group {
+                outcome.would_route = would_route[i].take();
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes.into_iter().flatten().collect()
+    }
+
+    /// The client settings for a route.
+    fn client_config(&self, route: &Route, domain: &str) -> Result<ClientConfig, Failure> {
+        let tls_fail = |text: String| Failure {
+            code: None,
+            enhanced: "4.7.320".into(),
+            text,
+        };
+        let starttls = match (&route.tls, &self.tls) {
+            (TlsPolicy::Never, _) => StartTls::Never,
+            (_, Err(e)) => return Err(tls_fail(format!("TLS unavailable: {e}"))),
+            (TlsPolicy::Opportunistic, Ok(ctx)) => StartTls::Opportunistic(ctx.opportunistic()),
+            (TlsPolicy::Required(level, wanted), Ok(ctx)) => {
+                // policy.md: a blank TlsDomain means the recipient's domain (the domain
+                // itself or any subdomain of it, e.g. its MX hosts).
+                let wanted = wanted
+                    .clone()
+                    .unwrap_or_else(|| DomainPattern::Subdomains(domain.to_string()));
+                StartTls::Required(
+                    ctx.client_config(*level, Some(wanted))
+                        .map_err(|e| tls_fail(e.to_string()))?,
+                )
+            }
+        };
+        let relay = &self.policy.relay;
+        Ok(ClientConfig {
+            helo_name: route.helo.clone().unwrap_or_else(|| relay.fqdn.clone()),
+            force_helo: route.force_helo,
+            connect_timeout: self.options.connect_timeout,
+            command_timeout: self
+                .options
+                .command_timeout
+                .or(route.inactivity_timeout)
+                .unwrap_or(relay.connection_inactivity_timeout),
+            data_end_timeout: self.options.data_end_timeout,
+            source_ip: route.source_ip,
+            starttls,
+        })
+    }
+
+    /// One route group: next hops, then hosts in order until one gives an answer.
+    async fn deliver_group(
+        &self,
+        job: &DeliveryJob<'_>,
+        route: &Route,
+        domain: String,
+        idxs: &[usize],
+    ) -> Vec<(usize, RecipientOutcome)> {
+        let recipients: Vec<String> = idxs.iter().map(|&i| job.recipients[i].clone()).collect();
+        let outcome =
+            |i: usize, status: DeliveryStatus, remote: Option<String>, tls: Option<TlsInfo>| {
+                (
+                    i,
+                    RecipientOutcome {
+                        recipient: job.recipients[i].clone(),
+                        status,
+                        connector: route.connector.clone(),
+                        remote_host: remote,
+                        would_route: None, // filled in per recipient by the caller
+                        tls,
+                    },
+                )
+            };
+        let all = |status: DeliveryStatus, remote: Option<String>, tls: Option<TlsInfo>| {
+            idxs.iter()
+                .map(|&i| outcome(i, status.clone(), remote.clone(), tls.clone()))
+                .collect::<Vec<_>>()
+        };
+
+        if let Some(max) = route.max_message_size
+            && job.data.len() as u64 > max
+        {
+            return all(
+                DeliveryStatus::Permanent(Failure {
+                    code: None,
+                    enhanced: "5.3.4".into(),
+                    text: format!(
+                        "message size {} exceeds the MaxMessageSize {max} of connector {:?}",
+                        job.data.len(),
+                        route.connector.as_deref().unwrap_or("default")
+                    ),
+                }),
+                None,
+                None,
+            );
+        }
+        let cfg = match self.client_config(route, &domain) {
+            Ok(c) => c,
+            Err(f) => return all(DeliveryStatus::Temporary(f), None, None),
+        };
+        let hops = match resolve_next_hops(self.resolver.as_ref(), route, &domain).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::info!(id = job.id, domain, error = %e, "no next hop");
+                let status = if e.is_permanent() {
+                    DeliveryStatus::Permanent(e.to_failure())
+                } else {
+                    DeliveryStatus::Temporary(e.to_failure())
+                };
+                return all(status, None, None);
+            }
+        };
+
+        let env = Envelope {
+            mail_from: job.mail_from,
+            recipients: &recipients,
+            data: job.data,
+        };
+        let mut last: Option<(SessionError, String)> = None;
+        let mut all_permanent = true;
+        for hop in &hops {
+            for addr in &hop.addrs {
+                let remote = format!("{} [{}]", hop.host, addr.ip());
+                let attempt = client::deliver(*addr, &hop.host, &cfg, &env).await;
+                match attempt.result {
+                    Ok(statuses) => {
+                        tracing::info!(
+                            id = job.id,
+                            remote,
+                            tls = attempt.tls.is_some(),
+                            "transaction done"
+                        );
+                        return idxs
+                            .iter()
+                            .zip(statuses)
+                            .map(|(&i, s)| outcome(i, s, Some(remote.clone()), attempt.tls.clone()))
+                            .collect();
+                    }
+                    Err(e) if e.try_next_host => {
+                        tracing::info!(id = job.id, remote, stage = ?e.stage, error = %e.failure, "host failed; trying the next one");
+                        all_permanent &= e.permanent;
+                        last = Some((e, remote));
+                    }
+                    Err(e) => {
+                        tracing::info!(id = job.id, remote, stage = ?e.stage, error = %e.failure, "transaction failed");
+                        return all(e.to_status(), Some(remote), attempt.tls);
+                    }
+                }
+            }
+        }
+        // Every host failed. Permanent only when every host said so (e.g. 5xx greetings).
+        match last {
+            Some((e, remote)) => {
+                let status = if all_permanent {
+                    DeliveryStatus::Permanent(e.failure)
+                } else {
+                    DeliveryStatus::Temporary(e.failure)
+                };
+                all(status, Some(remote), None)
+            }
+            None => all(
+                DeliveryStatus::Temporary(Failure {
+                    code: None,
+                    enhanced: "4.4.312".into(),
+                    text: "no next hop address".into(),
+                }),
+                None,
+                None,
+            ),
+        }
+    }
+}
+
+/// The domain of `local@domain` (lower-case, no trailing dot); `None` when there is none.
+fn recipient_domain(addr: &str) -> Option<String> {
+    let (_, domain) = addr.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+}
+
+/// Runs futures concurrently on the current task and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nexthop::mock::MockResolver;
+    use super::*;
+    use crate::dns::{DnsError, MxAnswer};
+    use crate::policy::route::test_support;
+
+    #[tokio::test]
+    async fn route_errors_are_per_recipient_and_in_order() {
+        let resolver = MockResolver::default()
+            .with_mx("nomail.test", Ok(MxAnswer::NullMx))
+            .with_mx("slow.test", Err(DnsError::Timeout));
+        let mut policy = test_support::policy();
+        let mut t = test_support::outbound("trial", &["slow.test"]);
+        t.test_mode = true;
+        policy.outbound.push(t);
+        let d = Deliverer::new(Arc::new(policy), Arc::new(resolver));
+        let rcpts: Vec<String> = [
+            "a@nomail.test",
+            "b@gone.test",
+            "bad",
+            "c@SLOW.test",
+            "d@nomail.test",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = d
+            .deliver(&DeliveryJob {
+                id: "q1",
+                mail_from: "",
+                recipients: &rcpts,
+                data: b"Subject: x\r\n\r\nhi\r\n",
+                from_outside_org: false,
+            })
+            .await;
+        let codes: Vec<(&str, bool, &str)> = out
+            .iter()
+            .map(|o| {
+                let f = o.status.failure().unwrap();
+                (
+                    o.recipient.as_str(),
+                    o.status.is_permanent(),
+                    f.enhanced.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("a@nomail.test", true, "5.1.10"),
+                ("b@gone.test", true, "5.4.310"),
+                ("bad", true, "5.1.3"),
+                ("c@SLOW.test", false, "4.4.315"),
+                ("d@nomail.test", true, "5.1.10"),
+            ]
+        );
+        assert_eq!(out[3].would_route.as_deref(), Some("trial"));
+        assert_eq!(out[3].connector, None);
+    }
+
+    #[tokio::test]
+    async fn max_message_size_of_send_connector() {
+        let mut policy = test_support::policy();
+        let mut s = test_support::send("small", &[("*", 1)]);
+        s.max_message_size = Some(4);
+        policy.send.push(s);
+        let d = Deliverer::new(Arc::new(policy), Arc::new(MockResolver::default()));
+        let rcpts = vec!["a@x.test".to_string()];
+        let out = d
+            .deliver(&DeliveryJob {
+                id: "q2",
+                mail_from: "s@contoso.test",
+                recipients: &rcpts,
+                data: b"0123456789\r\n",
+                from_outside_org: false,
+            })
+            .await;
+        assert_eq!(out[0].status.failure().unwrap().enhanced, "5.3.4");
+        assert_eq!(out[0].connector.as_deref(), Some("small"));
+    }
 }

@@ -148,7 +148,7 @@ pub struct InboundConnector {
 }
 
 /// A smart host entry. `port: None` means the connector's default port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SmartHost {
     /// An FQDN, resolved through A/AAAA at delivery time.
     Name { host: String, port: Option<u16> },
@@ -159,7 +159,7 @@ pub enum SmartHost {
 }
 
 /// The TLS validation levels (`TlsSettings` / `TlsAuthLevel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TlsLevel {
     EncryptionOnly,
     CertificateValidation,

@@ -1,0 +1,1134 @@
+//! The outbound SMTP client, written by hand on tokio + tokio-rustls so that it can report a
+//! result per recipient with pipelining and enforce the STARTTLS policy of each route.
+//!
+//! One attempt ([`deliver`]) is split into stages, each its own function:
+//! [`connect`] → [`greet`] → [`hello`] → [`starttls`] (+ [`hello`] again) → [`transaction`]
+//! (envelope, then [`send_data`]) → [`quit`].
+//!
+//! Failure classification (the enhanced codes of `shared/spec/replies.md`; Exchange uses the
+//! same codes for the same socket-level conditions):
+//!
+//! | condition | status | try the next host? |
+//! | --- | --- | --- |
+//! | TCP connect timed out | `4.4.315` | yes |
+//! | TCP connect refused / unreachable / other connect error | `4.4.316` | yes |
+//! | connection closed or reset mid-session | `4.4.318` | yes, unless the message was sent |
+//! | no reply within the inactivity timeout | `4.4.315` | yes, unless the message was sent |
+//! | malformed reply, over-long reply, bytes after the STARTTLS 220 | `4.5.0` (RFC 3463 "other protocol status") | yes |
+//! | TLS required but STARTTLS not offered / refused / handshake failed | `4.4.317` (`4.7.320` for certificate validation failures) | yes |
+//! | greeting or EHLO/HELO not accepted | the remote's reply | yes |
+//! | 4xx to MAIL FROM | the remote's reply | yes |
+//! | 5xx to MAIL FROM | the remote's reply, permanent for every recipient | no |
+//! | 4xx / 5xx to RCPT TO | that recipient's own result | no |
+//! | 4xx / 5xx to DATA or to the final "." | every accepted recipient's result | no (the next host could end up with a duplicate) |
+//!
+//! Opportunistic TLS: when the handshake (or the STARTTLS exchange) fails, the attempt is
+//! repeated on a new connection to the same address without STARTTLS (policy.md
+//! "Outbound: TLS levels").
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::time::timeout;
+
+use super::tls::{certificate_names, classify_tls_error};
+use super::{DeliveryStatus, Failure};
+
+/// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets; real servers exceed it now and
+/// then, so we accept up to 4096 before calling it a protocol error.
+pub const MAX_REPLY_LINE: usize = 4096;
+/// Upper bound on the lines of one multi-line reply (EHLO answers have ~20).
+pub const MAX_REPLY_LINES: usize = 128;
+/// Size of the pieces the message is written in (each write has its own timeout).
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// Any byte stream the client can speak SMTP over (TCP, TLS over TCP, in-memory in tests).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What to do about STARTTLS on this attempt.
+#[derive(Clone)]
+pub enum StartTls {
+    /// Never issue STARTTLS (`IgnoreSTARTTLS`).
+    Never,
+    /// Use it when offered; fall back to plaintext when it fails.
+    Opportunistic(Arc<rustls::ClientConfig>),
+    /// It must succeed with this configuration, else the host fails with 4.4.317.
+    Required(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for StartTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartTls::Never => "Never",
+            StartTls::Opportunistic(_) => "Opportunistic",
+            StartTls::Required(_) => "Required",
+        })
+    }
+}
+
+/// Settings of one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name sent in EHLO/HELO.
+    pub helo_name: String,
+    /// Send HELO instead of EHLO (Send connector `ForceHELO`).
+    pub force_helo: bool,
+    pub connect_timeout: Duration,
+    /// Longest wait for any reply or write (connection inactivity).
+    pub command_timeout: Duration,
+    /// Longest wait for the reply to the final "." (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_end_timeout: Duration,
+    /// Local address to bind to (Send connector `SourceIPAddress`).
+    pub source_ip: Option<IpAddr>,
+    pub starttls: StartTls,
+}
+
+impl ClientConfig {
+    /// RFC 5321 §4.5.3.2 timeouts (5 minutes per command, 10 for the end of data).
+    pub fn new(helo_name: impl Into<String>, starttls: StartTls) -> Self {
+        ClientConfig {
+            helo_name: helo_name.into(),
+            force_helo: false,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_end_timeout: Duration::from_secs(600),
+            source_ip: None,
+            starttls,
+        }
+    }
+}
+
+/// The message to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// `""` is the null reverse-path (`MAIL FROM:<>`).
+    pub mail_from: &'a str,
+    pub recipients: &'a [String],
+    /// The message with CRLF line endings, not dot-stuffed.
+    pub data: &'a [u8],
+}
+
+/// A parsed SMTP reply (RFC 5321 §4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// RFC 2034/3463 enhanced status code of the first line, if present.
+    pub enhanced: Option<String>,
+    /// Text of each line, without the code (and without the enhanced code on the first).
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// The reply on one line: `250 2.0.0 Ok queued as X`.
+    pub fn to_line(&self) -> String {
+        let mut s = self.code.to_string();
+        if let Some(e) = &self.enhanced {
+            s.push(' ');
+            s.push_str(e);
+        }
+        let text = self.lines.join(" ");
+        if !text.is_empty() {
+            s.push(' ');
+            s.push_str(&text);
+        }
+        s
+    }
+
+    /// The reply as a failure, kept verbatim (its enhanced code or `X.0.0`).
+    pub fn to_failure(&self) -> Failure {
+        Failure {
+            code: Some(self.code),
+            enhanced: self
+                .enhanced
+                .clone()
+                .unwrap_or_else(|| format!("{}.0.0", self.code / 100)),
+            text: self.lines.join(" "),
+        }
+    }
+
+    /// The status of a recipient given this reply.
+    fn to_status(&self) -> DeliveryStatus {
+        if self.is_positive() {
+            DeliveryStatus::Delivered {
+                reply: self.to_line(),
+            }
+        } else if self.is_permanent() {
+            DeliveryStatus::Permanent(self.to_failure())
+        } else {
+            DeliveryStatus::Temporary(self.to_failure())
+        }
+    }
+}
+
+/// SMTP service extensions announced in the EHLO reply (RFC 5321 §4.1.1.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 3207.
+    pub starttls: bool,
+    /// RFC 1870: `Some(0)` = announced without a limit.
+    pub size: Option<u64>,
+    /// RFC 6152.
+    pub eight_bit_mime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+    /// RFC 2034.
+    pub enhanced_status_codes: bool,
+    /// RFC 4954 mechanisms.
+    pub auth: Vec<String>,
+}
+
+impl Extensions {
+    /// Parses the lines after the first of a 250 EHLO reply.
+    pub fn parse(reply: &Reply) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "STARTTLS" => ext.starttls = true,
+                "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "AUTH" => ext.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// TLS facts of a session, for the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    /// DNS names of the peer certificate (SANs, or the CN without SANs).
+    pub peer_names: Vec<String>,
+}
+
+/// The stage a session was in when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Greeting,
+    Hello,
+    StartTls,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+/// A failure that ends the session before per-recipient results exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionError {
+    pub stage: Stage,
+    pub failure: Failure,
+    pub permanent: bool,
+    /// May the recipients be tried at the next address/host? (table in the module docs)
+    pub try_next_host: bool,
+    /// Opportunistic TLS failed: retry on a new connection without STARTTLS.
+    tls_fallback: bool,
+}
+
+impl SessionError {
+    fn local(stage: Stage, enhanced: &str, text: impl Into<String>) -> Self {
+        SessionError {
+            stage,
+            failure: Failure {
+                code: None,
+                enhanced: enhanced.to_string(),
+                text: text.into(),
+            },
+            permanent: enhanced.starts_with('5'),
+            try_next_host: true,
+            tls_fallback: false,
+        }
+    }
+
+    fn remote(stage: Stage, reply: &Reply) -> Self {
+        SessionError {
+            stage,
+            failure: reply.to_failure(),
+            permanent: reply.is_permanent(),
+            try_next_host: true,
+            tls_fallback: false,
+        }
+    }
+
+    fn protocol(stage: Stage, text: impl Into<String>) -> Self {
+        Self::local(stage, "4.5.0", text)
+    }
+
+    fn io(stage: Stage, what: &str, e: &io::Error) -> Self {
+        Self::local(
+            stage,
+            "4.4.318",
+            format!("connection closed abruptly {what}: {e}"),
+        )
+    }
+
+    fn timeout(stage: Stage, what: &str) -> Self {
+        Self::local(stage, "4.4.315", format!("timed out {what}"))
+    }
+
+    fn no_retry(mut self) -> Self {
+        self.try_next_host = false;
+        self
+    }
+
+    /// The outcome of this error for every recipient.
+    pub fn to_status(&self) -> DeliveryStatus {
+        if self.permanent {
+            DeliveryStatus::Permanent(self.failure.clone())
+        } else {
+            DeliveryStatus::Temporary(self.failure.clone())
+        }
+    }
+}
+
+/// The result of one attempt at one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// TLS facts when the session ran under TLS.
+    pub tls: Option<TlsInfo>,
+    /// One status per recipient (input order), or a session-level error.
+    pub result: Result<Vec<DeliveryStatus>, SessionError>,
+}
+
+/// One delivery attempt to `addr` (`host` names it for SNI and certificate checks).
+/// With opportunistic TLS, a failed STARTTLS is retried once in plaintext.
+pub async fn deliver(
+    addr: SocketAddr,
+    host: &str,
+    cfg: &ClientConfig,
+    env: &Envelope<'_>,
+) -> Attempt {
+    match session(addr, host, cfg, env, true).await {
+        Attempt { result: Err(e), .. } if e.tls_fallback => {
+            tracing::info!(%addr, host, error = %e.failure, "STARTTLS failed; retrying in plaintext (opportunistic TLS)");
+            session(addr, host, cfg, env, false).await
+        }
+        attempt => attempt,
+    }
+}
+
+/// One SMTP session over a new connection.
+async fn session(
+    addr: SocketAddr,
+    host: &str,
+    cfg: &ClientConfig,
+    env: &Envelope<'_>,
+    use_tls: bool,
+) -> Attempt {
+    let mut tls = None;
+    let result = async {
+        let io = connect(addr, cfg).await?;
+        let mut conn = Conn::new(Box::new(io), cfg.command_timeout);
+        conn.set_data_end_timeout(cfg.data_end_timeout);
+        greet(&mut conn).await?;
+        let mut ext = hello(&mut conn, cfg).await?;
+        let config = match (&cfg.starttls, use_tls) {
+            (StartTls::Never, _) | (StartTls::Opportunistic(_), false) => None,
+            (StartTls::Opportunistic(c), true) => ext.starttls.then_some((c, false)),
+            (StartTls::Required(c), _) => {
+                if !ext.starttls {
+                    return Err(SessionError::local(
+                        Stage::StartTls,
+                        "4.4.317",
+                        format!("TLS is required but {host} did not offer STARTTLS"),
+                    ));
+                }
+                Some((c, true))
+            }
+        };
+        if let Some((config, required)) = config {
+            match starttls(conn, config.clone(), host, addr, required).await? {
+                Upgrade::Tls(c, info) => {
+                    conn = c;
+                    tls = Some(info);
+                    // RFC 3207 §4.2: forget what the server said before TLS; EHLO again.
+                    ext = hello(&mut conn, cfg).await?;
+                }
+                Upgrade::Refused(c) => conn = c,
+            }
+        }
+        let statuses = transaction(&mut conn, &ext, env).await?;
+        quit(&mut conn).await;
+        Ok(statuses)
+    }
+    .await;
+    Attempt { tls, result }
+}
+
+/// Stage 1: TCP connection, bound to `source_ip` when set and of the same family.
+pub async fn connect(
+    addr: SocketAddr,
+    cfg: &ClientConfig,
+) -> Result<tokio::net::TcpStream, SessionError> {
+    let connect_err = |e: io::Error| {
+        SessionError::local(
+            Stage::Connect,
+            "4.4.316",
+            format!("cannot connect to {addr}: {e}"),
+        )
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(connect_err)?;
+    if let Some(src) = cfg.source_ip.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(src, 0)).map_err(connect_err)?;
+    }
+    match timeout(cfg.connect_timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => {
+            // Commands are small and latency-bound; pipelined batches are one write anyway.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(connect_err(e)),
+        Err(_) => Err(SessionError::local(
+            Stage::Connect,
+            "4.4.315",
+            format!("connection to {addr} timed out"),
+        )),
+    }
+}
+
+/// Stage 2: the server greeting must be 220 (RFC 5321 §3.1, §4.3.2 "CONNECTION ESTABLISHMENT
+/// S: 220 E: 554").
+pub async fn greet(conn: &mut Conn) -> Result<Reply, SessionError> {
+    let reply = conn
+        .read_reply(Stage::Greeting, "waiting for the greeting")
+        .await?;
+    if reply.code != 220 {
+        return Err(SessionError::remote(Stage::Greeting, &reply));
+    }
+    Ok(reply)
+}
+
+/// Stage 3: EHLO, falling back to HELO when EHLO is rejected with 5xx (RFC 5321 §3.2).
+pub async fn hello(conn: &mut Conn, cfg: &ClientConfig) -> Result<Extensions, SessionError> {
+    if !cfg.force_helo {
+        conn.send(
+            Stage::Hello,
+            format!("EHLO {}\r\n", cfg.helo_name).as_bytes(),
+        )
+        .await?;
+        let reply = conn
+            .read_reply(Stage::Hello, "waiting for the EHLO reply")
+            .await?;
+        if reply.code == 250 {
+            return Ok(Extensions::parse(&reply));
+        }
+        if !reply.is_permanent() {
+            return Err(SessionError::remote(Stage::Hello, &reply));
+        }
+    }
+    conn.send(
+        Stage::Hello,
+        format!("HELO {}\r\n", cfg.helo_name).as_bytes(),
+    )
+    .await?;
+    let reply = conn
+        .read_reply(Stage::Hello, "waiting for the HELO reply")
+        .await?;
+    if reply.code != 250 {
+        return Err(SessionError::remote(Stage::Hello, &reply));
+    }
+    Ok(Extensions::default())
+}
+
+/// The result of a STARTTLS exchange.
+pub enum Upgrade {
+    /// The session continues under TLS.
+    Tls(Conn, TlsInfo),
+    /// The server refused STARTTLS (opportunistic only): the plaintext session continues.
+    Refused(Conn),
+}
+
+/// Stage 4: STARTTLS (RFC 3207) and the TLS handshake.
+///
+/// Response injection (CVE-2011-0411 class, the "STARTTLS injection" bugs): any byte the
+/// server sent after its 220 reply was written before the handshake and must not be read as
+/// a reply inside TLS; here it is a protocol error.
+pub async fn starttls(
+    mut conn: Conn,
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    addr: SocketAddr,
+    required: bool,
+) -> Result<Upgrade, SessionError> {
+    let fail = |mut e: SessionError| {
+        if required {
+            e
+        } else {
+            e.tls_fallback = true;
+            e
+        }
+    };
+    conn.send(Stage::StartTls, b"STARTTLS\r\n").await?;
+    let reply = conn
+        .read_reply(Stage::StartTls, "waiting for the STARTTLS reply")
+        .await?;
+    if reply.code != 220 {
+        if !required {
+            // RFC 3207 §4: after a refusal the session continues in plaintext.
+            return Ok(Upgrade::Refused(conn));
+        }
+        let mut e = SessionError::remote(Stage::StartTls, &reply);
+        e.failure.enhanced = "4.4.317".into();
+        e.failure.text = format!("STARTTLS refused: {}", reply.to_line());
+        e.permanent = false;
+        return Err(e);
+    }
+    let timeout_dur = conn.timeout;
+    let data_end = conn.data_end_timeout;
+    let io = conn.into_io().map_err(fail)?;
+    let server_name = ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream = match timeout(timeout_dur, connector.connect(server_name, io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(fail(SessionError::local(
+                Stage::StartTls,
+                classify_tls_error(&e),
+                format!("TLS handshake with {host} failed: {e}"),
+            )));
+        }
+        Err(_) => {
+            return Err(fail(SessionError::local(
+                Stage::StartTls,
+                "4.4.317",
+                format!("TLS handshake with {host} timed out"),
+            )));
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let info = TlsInfo {
+        version: session
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        peer_names: session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(certificate_names)
+            .unwrap_or_default(),
+    };
+    let mut conn = Conn::new(Box::new(stream), timeout_dur);
+    conn.set_data_end_timeout(data_end);
+    Ok(Upgrade::Tls(conn, info))
+}
+
+/// Does the address need SMTPUTF8 (RFC 6531)?
+fn needs_utf8(addr: &str) -> bool {
+    !addr.is_ascii()
+}
+
+/// Stage 5: the envelope (MAIL FROM, RCPT TO, DATA), then the message. Returns one status
+/// per recipient; `Err` when the whole transaction failed (MAIL FROM rejected, connection
+/// lost before the message was sent).
+pub async fn transaction(
+    conn: &mut Conn,
+    ext: &Extensions,
+    env: &Envelope<'_>,
+) -> Result<Vec<DeliveryStatus>, SessionError> {
+    // RFC 1870 §6.2: don't send a message the server already said it won't take.
+    if let Some(limit) = ext.size.filter(|&l| l > 0)
+        && env.data.len() as u64 > limit
+    {
+        return Err(SessionError::local(
+            Stage::Mail,
+            "5.3.4",
+            format!(
+                "message size {} exceeds the remote limit of {limit} bytes",
+                env.data.len()
+            ),
+        )
+        .no_retry());
+    }
+    let utf8 = needs_utf8(env.mail_from) || env.recipients.iter().any(|r| needs_utf8(r));
+    if needs_utf8(env.mail_from) && !ext.smtputf8 {
+        // RFC 6531 §3.2: a non-ASCII address may only be sent to an SMTPUTF8 server.
+        return Err(SessionError::local(
+            Stage::Mail,
+            "5.6.7",
+            "the sender address is not ASCII and the server does not support SMTPUTF8",
+        )
+        .no_retry());
+    }
+    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
+    if ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", env.data.len()));
+    }
+    // RFC 6152: declare 8-bit bodies when the server supports it. A server without 8BITMIME
+    // gets the bytes as they are (no downgrade to quoted-printable is attempted).
+    if ext.eight_bit_mime && !env.data.is_ascii() {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if utf8 && ext.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+
+    // Recipients that cannot be sent to this server at all (non-ASCII without SMTPUTF8).
+    let mut statuses: Vec<Option<DeliveryStatus>> = env
+        .recipients
+        .iter()
+        .map(|r| {
+            (needs_utf8(r) && !ext.smtputf8).then(|| {
+                DeliveryStatus::Permanent(Failure {
+                    code: None,
+                    enhanced: "5.6.7".into(),
+                    text: "non-ASCII recipient address and the server does not support SMTPUTF8"
+                        .into(),
+                })
+            })
+        })
+        .collect();
+    let to_send: Vec<usize> = (0..env.recipients.len())
+        .filter(|&i| statuses[i].is_none())
+        .collect();
+    if to_send.is_empty() {
+        return Ok(statuses.into_iter().flatten().collect());
+    }
+    let rcpts: Vec<String> = to_send
+        .iter()
+        .map(|&i| format!("RCPT TO:<{}>\r\n", env.recipients[i]))
+        .collect();
+
+    let data_reply = if ext.pipelining {
+        pipelined_envelope(conn, &mail, &rcpts, &to_send, &mut statuses).await?
+    } else {
+        lockstep_envelope(conn, &mail, &rcpts, &to_send, &mut statuses).await?
+    };
+    let accepted: Vec<usize> = to_send
+        .iter()
+        .copied()
+        .filter(|&i| statuses[i].is_none())
+        .collect();
+
+    match data_reply {
+        Some(reply) if reply.code == 354 => {
+            if accepted.is_empty() {
+                // RFC 2920 §3.1: DATA was accepted although no RCPT was: end the empty
+                // message so the server discards it, then reset.
+                conn.send(Stage::Data, b".\r\n").await?;
+                let _ = conn.read_reply(Stage::Data, "after an empty DATA").await;
+                rset(conn).await;
+            } else {
+                let reply = send_data(conn, env.data).await?;
+                for &i in &accepted {
+                    statuses[i] = Some(reply.to_status());
+                }
+            }
+        }
+        Some(reply) => {
+            // DATA refused: that is the answer for every accepted recipient.
+            for &i in &accepted {
+                statuses[i] = Some(reply.to_status());
+            }
+            if accepted.is_empty() {
+                rset(conn).await;
+            }
+        }
+        None => rset(conn).await, // lock-step, nobody accepted: DATA was not sent
+    }
+    Ok(statuses
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| {
+                DeliveryStatus::Temporary(Failure {
+                    code: None,
+                    enhanced: "4.5.0".into(),
+                    text: "no result for this recipient".into(),
+                })
+            })
+        })
+        .collect())
+}
+
+/// RFC 2920: MAIL, every RCPT and DATA in one write (DATA is the last command of the group),
+/// then the replies, read in order. Returns the reply to DATA.
+async fn pipelined_envelope(
+    conn: &mut Conn,
+    mail: &str,
+    rcpts: &[String],
+    to_send: &[usize],
+    statuses: &mut [Option<DeliveryStatus>],
+) -> Result<Option<Reply>, SessionError> {
+    let mut batch =
+        String::with_capacity(mail.len() + rcpts.iter().map(String::len).sum::<usize>() + 6);
+    batch.push_str(mail);
+    for r in rcpts {
+        batch.push_str(r);
+    }
+    batch.push_str("DATA\r\n");
+    conn.send(Stage::Mail, batch.as_bytes()).await?;
+
+    let mail_reply = conn
+        .read_reply(Stage::Mail, "waiting for the MAIL FROM reply")
+        .await?;
+    let mail_ok = mail_reply.is_positive();
+    for &i in to_send {
+        let reply = conn
+            .read_reply(Stage::Rcpt, "waiting for a RCPT TO reply")
+            .await;
+        match reply {
+            Ok(r) => statuses[i] = (!r.is_positive()).then(|| r.to_status()),
+            // After a rejected MAIL the rest only matters for staying in sync.
+            Err(_) if !mail_ok => return Err(mail_error(&mail_reply)),
+            Err(e) => return Err(e),
+        }
+    }
+    let data_reply = conn
+        .read_reply(Stage::Data, "waiting for the DATA reply")
+        .await;
+    if !mail_ok {
+        if matches!(&data_reply, Ok(r) if r.code == 354) {
+            // A broken server accepted DATA after rejecting MAIL: end the empty message.
+            let _ = conn.send(Stage::Data, b".\r\n").await;
+            let _ = conn.read_reply(Stage::Data, "after an empty DATA").await;
+        }
+        return Err(mail_error(&mail_reply));
+    }
+    Ok(Some(data_reply?))
+}
+
+/// MAIL FROM was rejected: 5xx is final for every recipient; 4xx may be tried elsewhere.
+fn mail_error(reply: &Reply) -> SessionError {
+    let e = SessionError::remote(Stage::Mail, reply);
+    if reply.is_permanent() {
+        e.no_retry()
+    } else {
+        e
+    }
+}
+
+/// Without PIPELINING: one command, one reply (RFC 5321 §4.1.1.2-4). Returns the reply to
+/// DATA, or `None` when no recipient was accepted (DATA not sent).
+async fn lockstep_envelope(
+    conn: &mut Conn,
+    mail: &str,
+    rcpts: &[String],
+    to_send: &[usize],
+    statuses: &mut [Option<DeliveryStatus>],
+) -> Result<Option<Reply>, SessionError> {
+    conn.send(Stage::Mail, mail.as_bytes()).await?;
+    let reply = conn
+        .read_reply(Stage::Mail, "waiting for the MAIL FROM reply")
+        .await?;
+    if !reply.is_positive() {
+        return Err(mail_error(&reply));
+    }
+    for (cmd, &i) in rcpts.iter().zip(to_send) {
+        conn.send(Stage::Rcpt, cmd.as_bytes()).await?;
+        let r = conn
+            .read_reply(Stage::Rcpt, "waiting for a RCPT TO reply")
+            .await?;
+        statuses[i] = (!r.is_positive()).then(|| r.to_status());
+    }
+    if to_send.iter().all(|&i| statuses[i].is_some()) {
+        return Ok(None);
+    }
+    conn.send(Stage::Data, b"DATA\r\n").await?;
+    Ok(Some(
+        conn.read_reply(Stage::Data, "waiting for the DATA reply")
+            .await?,
+    ))
+}
+
+/// Stage 6: the message itself, dot-stuffed, then the reply to the final ".".
+/// Errors here are never retried elsewhere: the server may already hold the message.
+pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionError> {
+    let stuffed = dot_stuff(data);
+    for chunk in stuffed.chunks(DATA_CHUNK) {
+        conn.send(Stage::Data, chunk)
+            .await
+            .map_err(SessionError::no_retry)?;
+    }
+    let limit = conn.data_end_timeout;
+    conn.read_reply_within(
+        Stage::Data,
+        "waiting for the reply to the end of data",
+        limit,
+    )
+    .await
+    .map_err(SessionError::no_retry)
+}
+
+/// RFC 5321 §4.5.2 transparency: a line starting with "." gets another "."; the data is made
+/// to end with CRLF and the terminating ".\r\n" is appended (§4.1.1.4).
+///
+/// Lines are taken to start after any LF and after a bare CR as well, so a message holding
+/// `\n.\r\n` or `\r.\r\n` cannot end the transfer early at a lenient receiver (SMTP
+/// smuggling).
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let dots = data
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'.' && (i == 0 || matches!(data[i - 1], b'\n' | b'\r')))
+        .count();
+    let mut out = Vec::with_capacity(data.len() + dots + 5);
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'.' && (i == 0 || matches!(data[i - 1], b'\n' | b'\r')) {
+            out.push(b'.');
+        }
+        out.push(b);
+    }
+    if !data.is_empty() && !out.ends_with(b"\r\n") {
+        if out.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// RSET (RFC 5321 §4.1.1.5); the reply does not matter.
+async fn rset(conn: &mut Conn) {
+    if conn.send(Stage::Data, b"RSET\r\n").await.is_ok() {
+        let _ = conn
+            .read_reply(Stage::Data, "waiting for the RSET reply")
+            .await;
+    }
+}
+
+/// Stage 7: QUIT (RFC 5321 §4.1.1.10); errors are ignored, the work is done.
+pub async fn quit(conn: &mut Conn) {
+    if conn.send(Stage::Data, b"QUIT\r\n").await.is_ok() {
+        let short = conn.timeout.min(Duration::from_secs(5));
+        let _ = conn
+            .read_reply_within(Stage::Data, "waiting for the QUIT reply", short)
+            .await;
+    }
+    let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+}
+
+/// An SMTP connection: the stream plus a read buffer, every read and write under a timeout.
+pub struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    timeout: Duration,
+    data_end_timeout: Duration,
+}
+
+impl Conn {
+    pub fn new(io: Box<dyn Io>, timeout: Duration) -> Self {
+        Conn {
+            io,
+            buf: Vec::with_capacity(1024),
+            timeout,
+            data_end_timeout: timeout.max(Duration::from_secs(600)),
+        }
+    }
+
+    /// Sets the wait for the reply to the final "." (defaults to max(timeout, 10 minutes)).
+    pub fn set_data_end_timeout(&mut self, d: Duration) {
+        self.data_end_timeout = d;
+    }
+
+    /// The stream, for the TLS handshake. Bytes already buffered would be a response
+    /// injection (RFC 3207 §4.2 / CVE-2011-0411 class): refused.
+    pub fn into_io(self) -> Result<Box<dyn Io>, SessionError> {
+        if !self.buf.is_empty() {
+            return Err(SessionError::protocol(
+                Stage::StartTls,
+                format!(
+                    "the server sent {} bytes after its STARTTLS reply (response injection)",
+                    self.buf.len()
+                ),
+            ));
+        }
+        Ok(self.io)
+    }
+
+    /// Writes all of `bytes` and flushes, under the command timeout.
+    pub async fn send(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), SessionError> {
+        let write = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        };
+        match timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionError::io(stage, "while sending", &e)),
+            Err(_) => Err(SessionError::timeout(stage, "while sending")),
+        }
+    }
+
+    /// Reads one complete (possibly multi-line) reply under the command timeout.
+    pub async fn read_reply(&mut self, stage: Stage, what: &str) -> Result<Reply, SessionError> {
+        let t = self.timeout;
+        self.read_reply_within(stage, what, t).await
+    }
+
+    /// Reads one reply; each read waits at most `limit` (inactivity timeout).
+    pub async fn read_reply_within(
+        &mut self,
+        stage: Stage,
+        what: &str,
+        limit: Duration,
+    ) -> Result<Reply, SessionError> {
+        let mut lines: Vec<String> = Vec::new();
+        let mut code = 0u16;
+        let mut enhanced = None;
+        loop {
+            let line = self.read_line(stage, what, limit).await?;
+            let (c, last, text) = parse_reply_line(&line).ok_or_else(|| {
+                SessionError::protocol(
+                    stage,
+                    format!("malformed reply {what}: {:?}", truncate(&line)),
+                )
+            })?;
+            if lines.is_empty() {
+                code = c;
+                let (e, rest) = split_enhanced(c, text);
+                enhanced = e;
+                lines.push(rest.to_string());
+            } else {
+                // RFC 5321 §4.2.1: every line of a multi-line reply carries the same code.
+                if c != code {
+                    return Err(SessionError::protocol(
+                        stage,
+                        format!("multi-line reply {what} changed its code from {code} to {c}"),
+                    ));
+                }
+                // Drop the repeated enhanced code of continuation lines.
+                let (_, rest) = split_enhanced(c, text);
+                lines.push(rest.to_string());
+            }
+            if last {
+                return Ok(Reply {
+                    code,
+                    enhanced,
+                    lines,
+                });
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(SessionError::protocol(
+                    stage,
+                    format!("reply {what} has more than {MAX_REPLY_LINES} lines"),
+                ));
+            }
+        }
+    }
+
+    /// One line without its line ending (CRLF, or a bare LF from sloppy servers).
+    async fn read_line(
+        &mut self,
+        stage: Stage,
+        what: &str,
+        limit: Duration,
+    ) -> Result<String, SessionError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(SessionError::protocol(
+                    stage,
+                    format!("reply line longer than {MAX_REPLY_LINE} bytes {what}"),
+                ));
+            }
+            let mut chunk = [0u8; 4096];
+            match timeout(limit, self.io.read(&mut chunk)).await {
+                Ok(Ok(0)) => {
+                    return Err(SessionError::io(
+                        stage,
+                        what,
+                        &io::Error::from(io::ErrorKind::UnexpectedEof),
+                    ));
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(SessionError::io(stage, what, &e)),
+                Err(_) => return Err(SessionError::timeout(stage, what)),
+            }
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// `250-text` / `250 text` / `250` → (code, is last line, text). RFC 5321 §4.2.
+pub fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
+    let b = line.as_bytes();
+    if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let code: u16 = line[..3].parse().ok()?;
+    // RFC 5321 §4.2: first digit 2-5 (1yz is not used by SMTP).
+    if !(200..600).contains(&code) {
+        return None;
+    }
+    match b.get(3) {
+        None => Some((code, true, "")),
+        Some(b' ') => Some((code, true, &line[4..])),
+        Some(b'-') => Some((code, false, &line[4..])),
+        Some(_) => None,
+    }
+}
+
+/// Splits a leading RFC 3463 enhanced status code (`class.subject.detail`, class matching
+/// the reply code's first digit, RFC 2034 §4) from the text.
+pub fn split_enhanced(code: u16, text: &str) -> (Option<String>, &str) {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let parts: Vec<&str> = first.split('.').collect();
+    let ok = parts.len() == 3
+        && parts[0] == (code / 100).to_string()
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        (Some(first.to_string()), rest)
+    } else {
+        (None, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(
+            parse_reply_line("250-PIPELINING"),
+            Some((250, false, "PIPELINING"))
+        );
+        assert_eq!(parse_reply_line("250 OK"), Some((250, true, "OK")));
+        assert_eq!(parse_reply_line("354"), Some((354, true, "")));
+        assert_eq!(parse_reply_line("25"), None);
+        assert_eq!(parse_reply_line("abc def"), None);
+        assert_eq!(parse_reply_line("250xOK"), None);
+        assert_eq!(parse_reply_line("100 continue"), None);
+    }
+
+    #[test]
+    fn enhanced_codes() {
+        assert_eq!(
+            split_enhanced(550, "5.1.1 no such user"),
+            (Some("5.1.1".into()), "no such user")
+        );
+        assert_eq!(
+            split_enhanced(550, "4.1.1 wrong class"),
+            (None, "4.1.1 wrong class")
+        );
+        assert_eq!(split_enhanced(250, "Ok"), (None, "Ok"));
+        assert_eq!(split_enhanced(451, "4.4.318"), (Some("4.4.318".into()), ""));
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a\r\n"), b"a\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a"), b"a\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r"), b"a\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b".x\r\n..y\r\nz.\r\n.\r\n"),
+            b"..x\r\n...y\r\nz.\r\n..\r\n.\r\n"
+        );
+        // Bare LF / bare CR before a dot (smuggling attempts) are stuffed as well.
+        assert_eq!(dot_stuff(b"a\n.\r\nb\r\n"), b"a\n..\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r.\r\nb\r\n"), b"a\r..\r\nb\r\n.\r\n");
+    }
+
+    #[test]
+    fn extensions() {
+        let reply = Reply {
+            code: 250,
+            enhanced: None,
+            lines: [
+                "mx.test greets you",
+                "PIPELINING",
+                "size 1000",
+                "8BITMIME",
+                "STARTTLS",
+                "AUTH PLAIN login",
+                "SMTPUTF8",
+                "ENHANCEDSTATUSCODES",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let e = Extensions::parse(&reply);
+        assert!(e.pipelining && e.starttls && e.eight_bit_mime && e.smtputf8);
+        assert!(e.enhanced_status_codes);
+        assert_eq!(e.size, Some(1000));
+        assert_eq!(e.auth, ["PLAIN", "LOGIN"]);
+    }
+
+    #[tokio::test]
+    async fn multi_line_reply_and_limits() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let mut conn = Conn::new(Box::new(client), Duration::from_secs(5));
+        server
+            .write_all(b"250-first\r\n250-5.0.0 second\r\n250 last\n550 5.1.1 nope\r\n")
+            .await
+            .unwrap();
+        let r = conn.read_reply(Stage::Hello, "t").await.unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.lines, ["first", "5.0.0 second", "last"]);
+        let r = conn.read_reply(Stage::Rcpt, "t").await.unwrap();
+        assert_eq!(r.to_failure().enhanced, "5.1.1");
+        assert_eq!(r.to_line(), "550 5.1.1 nope");
+
+        server.write_all(b"250-a\r\n251 b\r\n").await.unwrap();
+        let e = conn.read_reply(Stage::Hello, "t").await.unwrap_err();
+        assert_eq!(e.failure.enhanced, "4.5.0");
+
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let mut conn = Conn::new(Box::new(client), Duration::from_secs(5));
+        server
+            .write_all(&vec![b'2'; MAX_REPLY_LINE + 10])
+            .await
+            .unwrap();
+        assert!(conn.read_reply(Stage::Hello, "t").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn read_timeout_and_eof() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(Box::new(client), Duration::from_millis(50));
+        let e = conn.read_reply(Stage::Greeting, "t").await.unwrap_err();
+        assert_eq!(e.failure.enhanced, "4.4.315");
+        drop(server);
+        let e = conn.read_reply(Stage::Greeting, "t").await.unwrap_err();
+        assert_eq!(e.failure.enhanced, "4.4.318");
+    }
+}
