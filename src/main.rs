@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use connector_relay::{config, relay, sink};
 
 #[derive(Parser)]
-#[command(name = "connector-relay", version, about = "An SMTP relay that enforces Exchange-style connector policy")]
+#[command(
+    name = "connector-relay",
+    version,
+    about = "An SMTP relay that enforces Exchange-style connector policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -74,7 +78,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
@@ -87,7 +95,14 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
-        Cmd::Sink { listen, maildir, tls_cert, tls_key, require_tls, client_ca } => {
+        Cmd::Sink {
+            listen,
+            maildir,
+            tls_cert,
+            tls_key,
+            require_tls,
+            client_ca,
+        } => {
             let opts = sink::SinkOptions {
                 listen: Some(listen),
                 maildir,
@@ -137,7 +152,10 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn run(path: &Path) -> ExitCode {

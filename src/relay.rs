@@ -24,9 +24,15 @@ use crate::smtp::{Reply, tls};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open spool {path}: {source}")]
-    Spool { path: String, source: std::io::Error },
+    Spool {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS certificate: {0}")]
     Tls(String),
     #[error("DNS resolver: {0}")]
@@ -68,31 +74,46 @@ pub async fn start_with_resolver(
     resolver: Arc<dyn Resolver>,
 ) -> Result<RelayHandle, StartError> {
     let r = &policy.relay;
-    let spool_err = |source| StartError::Spool { path: r.spool_dir.display().to_string(), source };
+    let spool_err = |source| StartError::Spool {
+        path: r.spool_dir.display().to_string(),
+        source,
+    };
     let spool = Arc::new(Spool::open(&r.spool_dir).map_err(spool_err)?);
     let (recovered, corrupt) = spool.recover().map_err(spool_err)?;
     for (id, reason) in &corrupt {
         tracing::error!(id = %id, reason = %reason, "corrupt spool file moved to corrupt/");
     }
-    tracing::info!(messages = recovered.len(), corrupt = corrupt.len(), "spool recovered");
+    tracing::info!(
+        messages = recovered.len(),
+        corrupt = corrupt.len(),
+        "spool recovered"
+    );
 
     let tls = match (&r.tls_certificate, &r.tls_private_key) {
-        (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(c, k).map_err(StartError::Tls)?)),
+        (Some(c), Some(k)) => Some(TlsAcceptor::from(
+            tls::server_config(c, k).map_err(StartError::Tls)?,
+        )),
         _ => None,
     };
 
     // Bind everything before starting anything, so a port in use fails cleanly.
     let mut plain = Vec::new();
     for a in &r.listen {
-        let l = TcpListener::bind(a).await.map_err(|source| StartError::Listen { addr: *a, source })?;
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|source| StartError::Listen { addr: *a, source })?;
         plain.push(l);
     }
     let mut implicit = Vec::new();
     if !r.implicit_tls_listen.is_empty() && tls.is_none() {
-        return Err(StartError::Tls("ImplicitTlsListen needs TlsCertificate and TlsPrivateKey".into()));
+        return Err(StartError::Tls(
+            "ImplicitTlsListen needs TlsCertificate and TlsPrivateKey".into(),
+        ));
     }
     for a in &r.implicit_tls_listen {
-        let l = TcpListener::bind(a).await.map_err(|source| StartError::Listen { addr: *a, source })?;
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|source| StartError::Listen { addr: *a, source })?;
         implicit.push(l);
     }
 
@@ -106,7 +127,13 @@ pub async fn start_with_resolver(
         delay_notice: r.delay_notification_timeout,
         max_concurrent_attempts: 100,
     };
-    let (queue, queue_join) = manager::start(spool.clone(), transport, settings, recovered, shutdown_rx.clone());
+    let (queue, queue_join) = manager::start(
+        spool.clone(),
+        transport,
+        settings,
+        recovered,
+        shutdown_rx.clone(),
+    );
 
     let cfg = Arc::new(SessionConfig {
         fqdn: r.fqdn.clone(),
@@ -119,8 +146,15 @@ pub async fn start_with_resolver(
         tls,
         require_tls: false,
     });
-    let backend = Arc::new(RelayBackend { policy: policy.clone(), spool, queue });
-    let limits = Limits::new(r.max_inbound_connection, r.max_inbound_connection_per_source);
+    let backend = Arc::new(RelayBackend {
+        policy: policy.clone(),
+        spool,
+        queue,
+    });
+    let limits = Limits::new(
+        r.max_inbound_connection,
+        r.max_inbound_connection_per_source,
+    );
     let p = policy.clone();
     let exempt: server::ExemptFn = Arc::new(move |ip| on_premises_by_ip(&p, ip).is_some());
 
@@ -133,7 +167,10 @@ pub async fn start_with_resolver(
     };
     for (listeners, implicit_tls) in [(plain, false), (implicit, true)] {
         for l in listeners {
-            let addr = l.local_addr().map_err(|source| StartError::Listen { addr: ([0, 0, 0, 0], 0).into(), source })?;
+            let addr = l.local_addr().map_err(|source| StartError::Listen {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
             tracing::info!(%addr, implicit_tls, "listening");
             if implicit_tls {
                 handle.implicit_tls_addrs.push(addr);
@@ -177,7 +214,12 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Is `domain` one of the organization's accepted domains?
 pub fn is_accepted(policy: &Policy, domain: &str) -> bool {
     // Address literals are never accepted domains: mail to [IP] is relaying.
-    !domain.starts_with('[') && policy.relay.accepted_domains.iter().any(|p| p.matches(domain))
+    !domain.starts_with('[')
+        && policy
+            .relay
+            .accepted_domains
+            .iter()
+            .any(|p| p.matches(domain))
 }
 
 struct RelayBackend {
@@ -189,7 +231,9 @@ struct RelayBackend {
 impl Backend for RelayBackend {
     fn rcpt(&self, s: &SessionInfo, _tx: &Transaction, to: &Address) -> Result<(), Reply> {
         let domain = to.domain_lc();
-        if domain == self.policy.relay.fqdn.to_ascii_lowercase() && to.local.eq_ignore_ascii_case("postmaster") {
+        if domain == self.policy.relay.fqdn.to_ascii_lowercase()
+            && to.local.eq_ignore_ascii_case("postmaster")
+        {
             return Ok(());
         }
         if is_accepted(&self.policy, &domain) {
@@ -221,7 +265,11 @@ impl Backend for RelayBackend {
         data.extend_from_slice(&message);
         drop(message);
         let env = Envelope {
-            mail_from: tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            mail_from: tx
+                .mail_from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             recipients: tx.recipients.iter().map(|a| a.to_string()).collect(),
             arrived: now,
             from_outside_org: connector.is_none(),

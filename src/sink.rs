@@ -49,17 +49,26 @@ impl SinkHandle {
 
 /// Binds and starts the sink.
 pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
-    std::fs::create_dir_all(&opts.maildir).map_err(|e| format!("{}: {e}", opts.maildir.display()))?;
+    std::fs::create_dir_all(&opts.maildir)
+        .map_err(|e| format!("{}: {e}", opts.maildir.display()))?;
     let tls = match (&opts.tls_cert, &opts.tls_key) {
-        (Some(c), Some(k)) => Some(TlsAcceptor::from(sink_tls_config(c, k, opts.client_ca.as_deref())?)),
+        (Some(c), Some(k)) => Some(TlsAcceptor::from(sink_tls_config(
+            c,
+            k,
+            opts.client_ca.as_deref(),
+        )?)),
         (None, None) if opts.require_tls || opts.client_ca.is_some() => {
             return Err("--require-tls and --client-ca need --tls-cert and --tls-key".into());
         }
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    let listen = opts.listen.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
-    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listen = opts
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let cfg = Arc::new(SessionConfig {
         fqdn: "sink.test".into(),
@@ -72,11 +81,27 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         tls,
         require_tls: opts.require_tls,
     });
-    let backend = Arc::new(SinkBackend { maildir: opts.maildir.clone(), seq: AtomicU64::new(0), hook: opts.rcpt_hook.clone() });
+    let backend = Arc::new(SinkBackend {
+        maildir: opts.maildir.clone(),
+        seq: AtomicU64::new(0),
+        hook: opts.rcpt_hook.clone(),
+    });
     let limits = Limits::new(10_000, 10_000);
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(server::serve(listener, false, cfg, backend, limits.clone(), Arc::new(|_| true), rx));
-    Ok(SinkHandle { addr, shutdown: tx, limits })
+    tokio::spawn(server::serve(
+        listener,
+        false,
+        cfg,
+        backend,
+        limits.clone(),
+        Arc::new(|_| true),
+        rx,
+    ));
+    Ok(SinkHandle {
+        addr,
+        shutdown: tx,
+        limits,
+    })
 }
 
 fn sink_tls_config(
@@ -84,14 +109,19 @@ fn sink_tls_config(
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let Some(ca) = client_ca else { return tls::server_config(cert, key) };
+    let Some(ca) = client_ca else {
+        return tls::server_config(cert, key);
+    };
     let mut roots = rustls::RootCertStore::empty();
     for c in tls::load_certs(ca)? {
         roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        tls::provider(),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
     let config = rustls::ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
@@ -118,7 +148,10 @@ impl Backend for SinkBackend {
     async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
         let mut head = format!(
             "X-Sink-Mail-From: <{}>\r\n",
-            tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default()
+            tx.mail_from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
         );
         for r in &tx.recipients {
             head.push_str(&format!("X-Sink-Rcpt-To: <{r}>\r\n"));
@@ -130,7 +163,10 @@ impl Backend for SinkBackend {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}-{}-{n:08}.eml",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0),
             std::process::id()
         );
         let dir = self.maildir.clone();

@@ -30,7 +30,10 @@ fn spawn_relay(config: &std::path::Path) -> Child {
 
 async fn wait_listening(port: u16) {
     for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -39,12 +42,24 @@ async fn wait_listening(port: u16) {
 }
 
 /// One client: a session with many transactions; records the tags answered 250.
-async fn client(port: u16, c: usize, accepted: Arc<Mutex<Vec<String>>>, count: Arc<AtomicUsize>) {
-    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
+async fn client(
+    port: u16,
+    phase: &'static str,
+    c: usize,
+    messages: usize,
+    accepted: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicUsize>,
+) {
+    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return;
+    };
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut line = String::new();
-    async fn reply(r: &mut BufReader<tokio::io::ReadHalf<tokio::net::TcpStream>>, line: &mut String) -> Option<String> {
+    async fn reply(
+        r: &mut BufReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
+        line: &mut String,
+    ) -> Option<String> {
         loop {
             line.clear();
             match r.read_line(line).await {
@@ -59,11 +74,13 @@ async fn client(port: u16, c: usize, accepted: Arc<Mutex<Vec<String>>>, count: A
     if reply(&mut r, &mut line).await.is_none() {
         return;
     }
-    if w.write_all(b"EHLO loadgen.test\r\n").await.is_err() || reply(&mut r, &mut line).await.is_none() {
+    if w.write_all(b"EHLO loadgen.test\r\n").await.is_err()
+        || reply(&mut r, &mut line).await.is_none()
+    {
         return;
     }
-    for n in 0..PER_CLIENT {
-        let tag = format!("kill9-{c}-{n}");
+    for n in 0..messages {
+        let tag = format!("kill9-{phase}-{c}-{n}");
         let tx = "MAIL FROM:<load@fabrikam.test>\r\nRCPT TO:<bob@contoso.test>\r\nDATA\r\n";
         if w.write_all(tx.as_bytes()).await.is_err() {
             return;
@@ -74,7 +91,10 @@ async fn client(port: u16, c: usize, accepted: Arc<Mutex<Vec<String>>>, count: A
                 None => return,
             }
         }
-        let body = format!("Subject: {tag}\r\nMessage-ID: <{tag}@load.test>\r\n\r\n{}\r\n.\r\n", "x".repeat(2000));
+        let body = format!(
+            "Subject: {tag}\r\nMessage-ID: <{tag}@load.test>\r\n\r\n{}\r\n.\r\n",
+            "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n".repeat(30)
+        );
         if w.write_all(body.as_bytes()).await.is_err() {
             return;
         }
@@ -126,7 +146,14 @@ SmartHosts = ["{sink}"]
     let kill_at = 100 + rand::random::<u32>() as usize % (total - 200);
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
-        tasks.push(tokio::spawn(client(port, c, accepted.clone(), count.clone())));
+        tasks.push(tokio::spawn(client(
+            port,
+            "a",
+            c,
+            PER_CLIENT,
+            accepted.clone(),
+            count.clone(),
+        )));
     }
     // SIGKILL once `kill_at` messages were answered 250.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -138,11 +165,28 @@ SmartHosts = ["{sink}"]
     for t in tasks {
         let _ = t.await;
     }
-    let accepted = accepted.lock().unwrap().clone();
+    let acked_before_kill = count.load(Ordering::SeqCst);
     let delivered_before = messages(sink.maildir()).len();
 
+    // Restart on the same spool; the clients send the rest of the load (new tags).
     let mut relay = spawn_relay(&cfg_path);
     wait_listening(port).await;
+    let remaining = (total - acked_before_kill).div_ceil(CLIENTS);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        tasks.push(tokio::spawn(client(
+            port,
+            "b",
+            c,
+            remaining,
+            accepted.clone(),
+            count.clone(),
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let accepted = accepted.lock().unwrap().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut seen: HashMap<String, usize>;
     loop {
@@ -164,13 +208,20 @@ SmartHosts = ["{sink}"]
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let delivered: usize = seen.len();
     println!(
-        "kill -9 figures: killed after {kill_at} acks; accepted (250) = {}, delivered before kill = {delivered_before}, \
-         distinct delivered = {delivered}, lost = {}, duplicates = {duplicates}",
+        "kill -9 figures: SIGKILL after {acked_before_kill} acks (target {kill_at}); accepted (250) in all = {}, \
+         delivered before the kill = {delivered_before}, distinct delivered = {delivered}, lost = {}, duplicates = {duplicates}",
         accepted.len(),
         lost.len()
     );
-    assert!(accepted.len() >= kill_at, "the load ran until the kill");
-    assert!(lost.is_empty(), "messages answered 250 but never delivered: {lost:?}");
+    assert!(acked_before_kill >= kill_at, "the load ran until the kill");
+    assert!(
+        accepted.len() >= total,
+        "at least {total} messages were answered 250 across the kill"
+    );
+    assert!(
+        lost.is_empty(),
+        "messages answered 250 but never delivered: {lost:?}"
+    );
     // Duplicates can only be deliveries that were in flight when the relay died.
     assert!(duplicates <= 100, "too many duplicates: {duplicates}");
 }

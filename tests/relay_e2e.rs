@@ -73,9 +73,18 @@ async fn lettre_plain_multiple_recipients_reach_sink() {
     let msgs = wait_messages(sink.maildir(), 1, WAIT).await;
     assert_eq!(msgs.len(), 1, "one transaction for both recipients");
     let m = &msgs[0];
-    assert_eq!(header_value(m, "X-Sink-Mail-From"), ["<alice@fabrikam.test>"]);
-    assert_eq!(header_value(m, "X-Sink-Rcpt-To"), ["<bob@contoso.test>", "<carol@contoso.test>"]);
-    assert!(m.contains("Received: from client.test ([127.0.0.1])\r\n\tby relay.contoso.test"), "{m}");
+    assert_eq!(
+        header_value(m, "X-Sink-Mail-From"),
+        ["<alice@fabrikam.test>"]
+    );
+    assert_eq!(
+        header_value(m, "X-Sink-Rcpt-To"),
+        ["<bob@contoso.test>", "<carol@contoso.test>"]
+    );
+    assert!(
+        m.contains("Received: from client.test ([127.0.0.1])\r\n\tby relay.contoso.test"),
+        "{m}"
+    );
     assert!(m.contains("Subject: plain"));
     relay.shutdown(Duration::from_secs(5)).await;
 }
@@ -85,16 +94,26 @@ async fn lettre_starttls_to_relay_and_tls_to_sink() {
     let sink = start_sink_with("127.0.0.1:0".parse().unwrap(), true, None).await;
     let tmp = tempfile::tempdir().unwrap();
     let relay = start_relay(&config(tmp.path(), sink.addr(), ""), None).await;
-    lettre_send(relay.smtp_addrs[0], "alice@fabrikam.test", &["bob@contoso.test"], "tls", true)
-        .await
-        .expect("accepted over STARTTLS");
+    lettre_send(
+        relay.smtp_addrs[0],
+        "alice@fabrikam.test",
+        &["bob@contoso.test"],
+        "tls",
+        true,
+    )
+    .await
+    .expect("accepted over STARTTLS");
     let msgs = wait_messages(sink.maildir(), 1, WAIT).await;
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
     assert!(m.contains("with ESMTPS"), "Received names ESMTPS: {m}");
     assert!(m.contains("version=TLSv1.3"), "{m}");
     // Opportunistic TLS outbound: the sink offered STARTTLS, so the hop used it.
-    assert_eq!(header_value(m, "X-Sink-Tls").len(), 1, "relay→sink hop used TLS: {m}");
+    assert_eq!(
+        header_value(m, "X-Sink-Tls").len(),
+        1,
+        "relay→sink hop used TLS: {m}"
+    );
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -122,14 +141,25 @@ SmartHosts = ["{}"]
     d.cmd("RCPT TO:<bob@contoso.test>", "250 2.1.5").await;
     d.cmd("RCPT TO:<dan@fabrikam.test>", "250 2.1.5").await;
     d.cmd("DATA", "354").await;
-    d.cmd("Subject: two routes\r\n\r\nhello\r\n.", "250 2.0.0").await;
+    d.cmd("Subject: two routes\r\n\r\nhello\r\n.", "250 2.0.0")
+        .await;
     d.cmd("QUIT", "221").await;
     let a = wait_messages(onprem.maildir(), 1, WAIT).await;
     let b = wait_messages(partner.maildir(), 1, WAIT).await;
-    assert_eq!(header_value(&a[0], "X-Sink-Rcpt-To"), ["<bob@contoso.test>"]);
-    assert_eq!(header_value(&b[0], "X-Sink-Rcpt-To"), ["<dan@fabrikam.test>"]);
+    assert_eq!(
+        header_value(&a[0], "X-Sink-Rcpt-To"),
+        ["<bob@contoso.test>"]
+    );
+    assert_eq!(
+        header_value(&b[0], "X-Sink-Rcpt-To"),
+        ["<dan@fabrikam.test>"]
+    );
     // The Received header names the OnPremises inbound connector.
-    assert!(b[0].contains("(inbound connector \"From on-premises\")"), "{}", b[0]);
+    assert!(
+        b[0].contains("(inbound connector \"From on-premises\")"),
+        "{}",
+        b[0]
+    );
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -182,14 +212,24 @@ async fn mx_delivery_failover_and_null_mx() {
     d.cmd("QUIT", "221").await;
     let got = wait_messages(mx2.maildir(), 1, WAIT).await;
     assert_eq!(got.len(), 1, "delivered through the second MX");
-    assert_eq!(header_value(&got[0], "X-Sink-Rcpt-To"), ["<dan@fabrikam.test>"]);
+    assert_eq!(
+        header_value(&got[0], "X-Sink-Rcpt-To"),
+        ["<dan@fabrikam.test>"]
+    );
     // The null MX recipient bounces to alice@contoso.test, which routes to on-premises.
     let ndr = wait_messages(onprem.maildir(), 1, WAIT).await;
     assert_eq!(ndr.len(), 1, "an NDR for the null MX recipient");
     assert_eq!(header_value(&ndr[0], "X-Sink-Mail-From"), ["<>"]);
-    assert_eq!(header_value(&ndr[0], "X-Sink-Rcpt-To"), ["<alice@contoso.test>"]);
+    assert_eq!(
+        header_value(&ndr[0], "X-Sink-Rcpt-To"),
+        ["<alice@contoso.test>"]
+    );
     assert!(ndr[0].contains("multipart/report"), "{}", ndr[0]);
-    assert!(ndr[0].contains("Final-Recipient: rfc822; nobody@nullmx.test"), "{}", ndr[0]);
+    assert!(
+        ndr[0].contains("Final-Recipient: rfc822; nobody@nullmx.test"),
+        "{}",
+        ndr[0]
+    );
     assert!(ndr[0].contains("Status: 5.1.10"), "{}", ndr[0]);
     relay.shutdown(Duration::from_secs(5)).await;
 }
@@ -228,15 +268,34 @@ async fn retry_after_451_and_dsn_after_550() {
     d.cmd("QUIT", "221").await;
     let got = wait_messages(partner.maildir(), 1, WAIT).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(header_value(&got[0], "X-Sink-Rcpt-To"), ["<busy@fabrikam.test>"]);
+    assert_eq!(
+        header_value(&got[0], "X-Sink-Rcpt-To"),
+        ["<busy@fabrikam.test>"]
+    );
     let ndr = wait_messages(onprem.maildir(), 1, WAIT).await;
     assert_eq!(ndr.len(), 1);
-    assert!(ndr[0].contains("Final-Recipient: rfc822; gone@fabrikam.test"), "{}", ndr[0]);
-    assert!(ndr[0].contains("550 5.1.1 user gone away"), "remote code and text kept: {}", ndr[0]);
+    assert!(
+        ndr[0].contains("Final-Recipient: rfc822; gone@fabrikam.test"),
+        "{}",
+        ndr[0]
+    );
+    assert!(
+        ndr[0].contains("550 5.1.1 user gone away"),
+        "remote code and text kept: {}",
+        ndr[0]
+    );
     // Let further retries happen if the relay wrongly scheduled any, then count.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(messages(partner.maildir()).len(), 1, "delivered exactly once");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2, "one deferral, one success");
+    assert_eq!(
+        messages(partner.maildir()).len(),
+        1,
+        "delivered exactly once"
+    );
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "one deferral, one success"
+    );
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -247,7 +306,11 @@ async fn expiry_sends_ndr() {
     let onprem = start_sink().await;
     let dead_port = free_port();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), onprem.addr(), "MessageExpirationTimeout = \"00:00:03\"");
+    let mut cfg = config(
+        tmp.path(),
+        onprem.addr(),
+        "MessageExpirationTimeout = \"00:00:03\"",
+    );
     cfg.push_str(&format!(
         "\n[[OutboundConnector]]\nName = \"To Fabrikam\"\nRecipientDomains = [\"fabrikam.test\"]\nUseMXRecord = false\nSmartHosts = [\"127.0.0.1:{dead_port}\"]\n"
     ));
@@ -262,8 +325,16 @@ async fn expiry_sends_ndr() {
     let ndr = wait_messages(onprem.maildir(), 1, WAIT).await;
     assert_eq!(ndr.len(), 1, "NDR after expiry");
     assert!(ndr[0].contains("Status: 5.4.7"), "{}", ndr[0]);
-    assert!(ndr[0].contains("Final-Recipient: rfc822; dan@fabrikam.test"), "{}", ndr[0]);
-    assert!(ndr[0].contains("To Fabrikam"), "the NDR names the connector: {}", ndr[0]);
+    assert!(
+        ndr[0].contains("Final-Recipient: rfc822; dan@fabrikam.test"),
+        "{}",
+        ndr[0]
+    );
+    assert!(
+        ndr[0].contains("To Fabrikam"),
+        "the NDR names the connector: {}",
+        ndr[0]
+    );
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -282,7 +353,8 @@ async fn restart_keeps_queue_and_delivers_once() {
         d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
         d.cmd("RCPT TO:<carol@contoso.test>", "250").await;
         d.cmd("DATA", "354").await;
-        d.cmd(&format!("Subject: restart {i}\r\n\r\nhello\r\n."), "250").await;
+        d.cmd(&format!("Subject: restart {i}\r\n\r\nhello\r\n."), "250")
+            .await;
         d.cmd("QUIT", "221").await;
     }
     relay.shutdown(Duration::from_secs(5)).await;
@@ -295,7 +367,12 @@ async fn restart_keeps_queue_and_delivers_once() {
     let got = messages(sink.maildir());
     assert_eq!(got.len(), 5, "no duplicates after restart");
     for i in 0..5 {
-        assert_eq!(got.iter().filter(|m| m.contains(&format!("Subject: restart {i}\r\n"))).count(), 1);
+        assert_eq!(
+            got.iter()
+                .filter(|m| m.contains(&format!("Subject: restart {i}\r\n")))
+                .count(),
+            1
+        );
     }
     relay.shutdown(Duration::from_secs(5)).await;
 }

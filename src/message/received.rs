@@ -46,7 +46,13 @@ pub fn received_header(f: &ReceivedFields) -> String {
 /// Keeps header text on one line and free of comment-breaking characters.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() || c == '(' || c == ')' || c == '"' { '_' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' || c == '"' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -89,7 +95,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_451_910), "Mon, 23 Nov 2026 16:38:30 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_451_910),
+            "Mon, 23 Nov 2026 16:38:30 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

@@ -65,7 +65,14 @@ pub struct Entry {
 impl Entry {
     pub fn new(id: String, env: Envelope) -> Entry {
         let n = env.recipients.len();
-        Entry { id, env, states: vec![RcptState::Pending; n], last_error: vec![None; n], attempts: 0, delay_notified: false }
+        Entry {
+            id,
+            env,
+            states: vec![RcptState::Pending; n],
+            last_error: vec![None; n],
+            attempts: 0,
+            delay_notified: false,
+        }
     }
 
     fn from_recovered(r: Recovered) -> Entry {
@@ -80,7 +87,9 @@ impl Entry {
     }
 
     fn pending(&self) -> Vec<usize> {
-        (0..self.states.len()).filter(|&i| self.states[i] == RcptState::Pending).collect()
+        (0..self.states.len())
+            .filter(|&i| self.states[i] == RcptState::Pending)
+            .collect()
     }
 }
 
@@ -174,7 +183,11 @@ impl Manager {
             }
         }
         // Attempts still running finish on their own; their outcomes are in the spool log.
-        tracing::info!(in_flight = self.in_flight, waiting = self.waiting.len(), "queue manager stopped");
+        tracing::info!(
+            in_flight = self.in_flight,
+            waiting = self.waiting.len(),
+            "queue manager stopped"
+        );
     }
 
     fn schedule_at(&mut self, e: Entry, at: Instant) {
@@ -188,12 +201,16 @@ impl Manager {
             if *t > now {
                 break;
             }
-            let Some(Reverse((t, id))) = self.schedule.pop() else { break };
+            let Some(Reverse((t, id))) = self.schedule.pop() else {
+                break;
+            };
             // Stale heap entries (rescheduled since) are skipped.
             if self.waiting.get(&id).is_none_or(|(_, due)| *due != t) {
                 continue;
             }
-            let Some((entry, _)) = self.waiting.remove(&id) else { continue };
+            let Some((entry, _)) = self.waiting.remove(&id) else {
+                continue;
+            };
             self.in_flight += 1;
             let ctx = AttemptCtx {
                 spool: self.spool.clone(),
@@ -240,7 +257,10 @@ impl AttemptCtx {
                 return Some((entry, self.settings.retry_first));
             }
         };
-        let recipients: Vec<String> = pending.iter().map(|&i| entry.env.recipients[i].clone()).collect();
+        let recipients: Vec<String> = pending
+            .iter()
+            .map(|&i| entry.env.recipients[i].clone())
+            .collect();
         let job = DeliveryJob {
             id: &entry.id,
             mail_from: &entry.env.mail_from,
@@ -253,19 +273,31 @@ impl AttemptCtx {
         let mut records = Vec::new();
         let mut failed = Vec::new();
         for (slot, &i) in pending.iter().enumerate() {
-            let Some(o) = outcomes.get(slot) else { continue };
-            let via = o.connector.as_deref().map(|c| format!(" via connector \"{c}\"")).unwrap_or_default();
+            let Some(o) = outcomes.get(slot) else {
+                continue;
+            };
+            let via = o
+                .connector
+                .as_deref()
+                .map(|c| format!(" via connector \"{c}\""))
+                .unwrap_or_default();
             let host = o.remote_host.clone().unwrap_or_default();
             match &o.status {
                 DeliveryStatus::Delivered { reply } => {
                     tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
                     entry.states[i] = RcptState::Delivered;
-                    records.push(LogRecord::Delivered { rcpt: i, detail: format!("{host}{via}: {reply}") });
+                    records.push(LogRecord::Delivered {
+                        rcpt: i,
+                        detail: format!("{host}{via}: {reply}"),
+                    });
                 }
                 DeliveryStatus::Permanent(f) => {
                     tracing::warn!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "failed permanently");
                     entry.states[i] = RcptState::Failed;
-                    records.push(LogRecord::Failed { rcpt: i, detail: describe(f) });
+                    records.push(LogRecord::Failed {
+                        rcpt: i,
+                        detail: describe(f),
+                    });
                     failed.push(dsn_recipient(o, &f.enhanced, f, now));
                 }
                 DeliveryStatus::Temporary(f) => {
@@ -282,10 +314,15 @@ impl AttemptCtx {
         let age = Duration::from_secs(now.saturating_sub(entry.env.arrived));
         if age >= self.settings.expiration {
             for i in entry.pending() {
-                let last = entry.last_error[i].clone().unwrap_or_else(|| "no attempt succeeded".into());
+                let last = entry.last_error[i]
+                    .clone()
+                    .unwrap_or_else(|| "no attempt succeeded".into());
                 tracing::warn!(id = %entry.id, rcpt = %entry.env.recipients[i], last = %last, "expired");
                 entry.states[i] = RcptState::Failed;
-                records.push(LogRecord::Failed { rcpt: i, detail: format!("5.4.7 expired: {last}") });
+                records.push(LogRecord::Failed {
+                    rcpt: i,
+                    detail: format!("5.4.7 expired: {last}"),
+                });
                 failed.push(DsnRecipient {
                     address: entry.env.recipients[i].clone(),
                     action: DsnAction::Failed,
@@ -301,7 +338,8 @@ impl AttemptCtx {
         // DSNs go into the spool before the log records the outcome: a crash in between
         // may repeat a DSN, but never lose one.
         if !failed.is_empty() {
-            self.send_dsn(&entry, DsnKind::Failure, &failed, &data, now).await;
+            self.send_dsn(&entry, DsnKind::Failure, &failed, &data, now)
+                .await;
         }
         let still_pending = entry.pending();
         if !still_pending.is_empty() && !entry.delay_notified && age >= self.settings.delay_notice {
@@ -317,7 +355,8 @@ impl AttemptCtx {
                     last_attempt: Some(rfc5322_date(now)),
                 })
                 .collect();
-            self.send_dsn(&entry, DsnKind::Delay, &delayed, &data, now).await;
+            self.send_dsn(&entry, DsnKind::Delay, &delayed, &data, now)
+                .await;
             entry.delay_notified = true;
             records.push(LogRecord::DelayNotified);
         }
@@ -353,7 +392,14 @@ impl AttemptCtx {
 
     /// Builds a DSN and queues it, from the null sender, to the original sender. Never to
     /// the null sender (RFC 5321 §4.5.5: no bounces of bounces).
-    async fn send_dsn(&self, entry: &Entry, kind: DsnKind, rcpts: &[DsnRecipient], original: &[u8], now: u64) {
+    async fn send_dsn(
+        &self,
+        entry: &Entry,
+        kind: DsnKind,
+        rcpts: &[DsnRecipient],
+        original: &[u8],
+        now: u64,
+    ) {
         if entry.env.mail_from.is_empty() {
             return;
         }
@@ -398,7 +444,12 @@ fn describe(f: &crate::delivery::Failure) -> String {
     }
 }
 
-fn dsn_recipient(o: &RecipientOutcome, status: &str, f: &crate::delivery::Failure, now: u64) -> DsnRecipient {
+fn dsn_recipient(
+    o: &RecipientOutcome,
+    status: &str,
+    f: &crate::delivery::Failure,
+    now: u64,
+) -> DsnRecipient {
     DsnRecipient {
         address: o.recipient.clone(),
         action: DsnAction::Failed,

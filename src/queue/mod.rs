@@ -1,4 +1,4 @@
 //! Durable spool and queue manager.
 
-pub mod spool;
 pub mod manager;
+pub mod spool;

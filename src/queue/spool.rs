@@ -99,7 +99,10 @@ impl Spool {
     /// A new queue id: microsecond timestamp, a per-process sequence and random bits, so
     /// ids sort by arrival and never collide across restarts.
     pub fn new_id(&self) -> String {
-        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros();
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff;
         let rnd: u16 = rand::random();
         format!("{micros:014X}{seq:04X}{rnd:04X}")
@@ -125,8 +128,8 @@ impl Spool {
     /// Reads a stored message: its envelope and the message data.
     pub fn read(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
         let bytes = fs::read(self.msg.join(id))?;
-        let (env, offset) = decode_envelope(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let (env, offset) =
+            decode_envelope(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok((env, bytes[offset..].to_vec()))
     }
 
@@ -187,7 +190,8 @@ impl Spool {
                 Err(reason) => {
                     let _ = fs::rename(self.msg.join(&id), self.corrupt.join(&id));
                     if self.log.join(&id).exists() {
-                        let _ = fs::rename(self.log.join(&id), self.corrupt.join(format!("{id}.log")));
+                        let _ =
+                            fs::rename(self.log.join(&id), self.corrupt.join(format!("{id}.log")));
                     }
                     corrupt.push((id, reason));
                 }
@@ -228,8 +232,12 @@ impl Spool {
         };
         for line in complete.lines() {
             match decode_record(line) {
-                Some(LogRecord::Delivered { rcpt, .. }) if rcpt < n => rec.states[rcpt] = RcptState::Delivered,
-                Some(LogRecord::Failed { rcpt, .. }) if rcpt < n => rec.states[rcpt] = RcptState::Failed,
+                Some(LogRecord::Delivered { rcpt, .. }) if rcpt < n => {
+                    rec.states[rcpt] = RcptState::Delivered
+                }
+                Some(LogRecord::Failed { rcpt, .. }) if rcpt < n => {
+                    rec.states[rcpt] = RcptState::Failed
+                }
                 Some(LogRecord::Deferred { rcpt, detail }) if rcpt < n => {
                     rec.last_error[rcpt] = Some(detail);
                     rec.attempts = rec.attempts.max(1);
@@ -253,7 +261,11 @@ fn one_line(s: &str) -> String {
 }
 
 fn encode_envelope(id: &str, env: &Envelope) -> String {
-    let mut s = format!("{MAGIC}\nid: {id}\narrived: {}\nfrom: {}\n", env.arrived, one_line(&env.mail_from));
+    let mut s = format!(
+        "{MAGIC}\nid: {id}\narrived: {}\nfrom: {}\n",
+        env.arrived,
+        one_line(&env.mail_from)
+    );
     for r in &env.recipients {
         s.push_str(&format!("rcpt: {}\n", one_line(r)));
     }
@@ -288,7 +300,10 @@ fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, usize), String> {
     };
     let mut seen_from = false;
     for line in lines {
-        let (k, v) = line.split_once(": ").or_else(|| line.split_once(':').map(|(k, _)| (k, ""))).ok_or_else(|| format!("bad envelope line {line:?}"))?;
+        let (k, v) = line
+            .split_once(": ")
+            .or_else(|| line.split_once(':').map(|(k, _)| (k, "")))
+            .ok_or_else(|| format!("bad envelope line {line:?}"))?;
         match k {
             "id" => {}
             "arrived" => env.arrived = v.parse().map_err(|_| "bad arrival time")?,
@@ -336,7 +351,10 @@ fn decode_record(line: &str) -> Option<LogRecord> {
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 #[cfg(test)]
@@ -359,20 +377,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = spool.new_id();
-        spool.store(&id, &env(), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        spool
+            .store(&id, &env(), b"Subject: x\r\n\r\nbody\r\n")
+            .unwrap();
         let (e, data) = spool.read(&id).unwrap();
         assert_eq!(e, env());
         assert_eq!(data, b"Subject: x\r\n\r\nbody\r\n");
         spool
-            .append_log(&id, &[LogRecord::Delivered { rcpt: 1, detail: "250 ok".into() }])
+            .append_log(
+                &id,
+                &[LogRecord::Delivered {
+                    rcpt: 1,
+                    detail: "250 ok".into(),
+                }],
+            )
             .unwrap();
         // A torn append (no newline) must be ignored.
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("log").join(&id)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("log").join(&id))
+            .unwrap();
         f.write_all(b"D 0 250 o").unwrap();
         let (rec, corrupt) = spool.recover().unwrap();
         assert!(corrupt.is_empty());
         assert_eq!(rec.len(), 1);
-        assert_eq!(rec[0].states, vec![RcptState::Pending, RcptState::Delivered]);
+        assert_eq!(
+            rec[0].states,
+            vec![RcptState::Pending, RcptState::Delivered]
+        );
         spool.remove(&id).unwrap();
         let (rec, _) = spool.recover().unwrap();
         assert!(rec.is_empty());

@@ -121,7 +121,11 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         return Err(Reply::param_syntax("Syntax: MAIL FROM:<address>"));
     };
     let (path, params) = split_path(rest)?;
-    let from = if path == "<>" { None } else { Some(parse_path(path)?) };
+    let from = if path == "<>" {
+        None
+    } else {
+        Some(parse_path(path)?)
+    };
     let mut out = MailParams::default();
     for p in params.split_ascii_whitespace() {
         let (key, value) = match p.split_once('=') {
@@ -146,8 +150,16 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         }
     }
     // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter.
-    if !out.smtputf8 && from.as_ref().is_some_and(|a| !a.local.is_ascii() || !a.domain.is_ascii()) {
-        return Err(Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"));
+    if !out.smtputf8
+        && from
+            .as_ref()
+            .is_some_and(|a| !a.local.is_ascii() || !a.domain.is_ascii())
+    {
+        return Err(Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address requires the SMTPUTF8 parameter",
+        ));
     }
     Ok(Command::Mail(from, out))
 }
@@ -165,7 +177,10 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     }
     // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
     if path.eq_ignore_ascii_case("<postmaster>") {
-        return Ok(Command::Rcpt(Address { local: "postmaster".into(), domain: String::new() }));
+        return Ok(Command::Rcpt(Address {
+            local: "postmaster".into(),
+            domain: String::new(),
+        }));
     }
     Ok(Command::Rcpt(parse_path(path)?))
 }
@@ -173,7 +188,9 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
 /// Splits `<path> params` into the bracketed path and the parameter string.
 fn split_path(s: &str) -> Result<(&str, &str), Reply> {
     if !s.starts_with('<') {
-        return Err(Reply::param_syntax("Syntax error: address must be enclosed in <>"));
+        return Err(Reply::param_syntax(
+            "Syntax error: address must be enclosed in <>",
+        ));
     }
     // The closing '>' is the first one outside a quoted string.
     let mut in_quote = false;
@@ -222,7 +239,10 @@ fn parse_path(path: &str) -> Result<Address, Reply> {
     if !valid_local(local) || !valid_domain(domain) {
         return Err(bad());
     }
-    Ok(Address { local: local.to_string(), domain: domain.to_string() })
+    Ok(Address {
+        local: local.to_string(),
+        domain: domain.to_string(),
+    })
 }
 
 fn last_unquoted_at(s: &str) -> Option<usize> {
@@ -247,9 +267,7 @@ fn last_unquoted_at(s: &str) -> Option<usize> {
 /// RFC 5321 §4.1.2 Local-part = Dot-string / Quoted-string (RFC 6531 adds UTF-8).
 fn valid_local(local: &str) -> bool {
     if local.starts_with('"') {
-        return local.len() >= 2
-            && local.ends_with('"')
-            && local.chars().all(|c| !c.is_control());
+        return local.len() >= 2 && local.ends_with('"') && local.chars().all(|c| !c.is_control());
     }
     !local.starts_with('.')
         && !local.ends_with('.')
@@ -263,7 +281,9 @@ fn valid_local(local: &str) -> bool {
 fn valid_domain(domain: &str) -> bool {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         return match lit.get(..5) {
-            Some(p) if p.eq_ignore_ascii_case("IPv6:") => lit[5..].parse::<std::net::Ipv6Addr>().is_ok(),
+            Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
+                lit[5..].parse::<std::net::Ipv6Addr>().is_ok()
+            }
             _ => lit.parse::<std::net::Ipv4Addr>().is_ok(),
         };
     }
@@ -272,7 +292,9 @@ fn valid_domain(domain: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
     })
 }
 
@@ -281,12 +303,18 @@ mod tests {
     use super::*;
 
     fn addr(l: &str, d: &str) -> Address {
-        Address { local: l.into(), domain: d.into() }
+        Address {
+            local: l.into(),
+            domain: d.into(),
+        }
     }
 
     #[test]
     fn basic_commands() {
-        assert_eq!(parse(b"EHLO client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert_eq!(
+            parse(b"EHLO client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
         assert_eq!(parse(b"helo x"), Ok(Command::Helo("x".into())));
         assert_eq!(parse(b"DATA"), Ok(Command::Data));
         assert_eq!(parse(b"noop hello"), Ok(Command::Noop));
@@ -305,24 +333,49 @@ mod tests {
             parse(b"MAIL FROM:<a@b.test> SIZE=100 BODY=8BITMIME"),
             Ok(Command::Mail(
                 Some(addr("a", "b.test")),
-                MailParams { size: Some(100), body_8bit: true, smtputf8: false }
+                MailParams {
+                    size: Some(100),
+                    body_8bit: true,
+                    smtputf8: false
+                }
             ))
         );
-        assert_eq!(parse(b"mail from: <>"), Ok(Command::Mail(None, MailParams::default())));
+        assert_eq!(
+            parse(b"mail from: <>"),
+            Ok(Command::Mail(None, MailParams::default()))
+        );
         assert_eq!(parse(b"MAIL FROM:a@b").unwrap_err().code, 501);
         assert_eq!(parse(b"MAIL FROM:<a@b> RET=FULL").unwrap_err().code, 555);
-        assert_eq!(parse("MAIL FROM:<ü@b.test>".as_bytes()).unwrap_err().code, 553);
+        assert_eq!(
+            parse("MAIL FROM:<ü@b.test>".as_bytes()).unwrap_err().code,
+            553
+        );
         assert!(parse("MAIL FROM:<ü@b.test> SMTPUTF8".as_bytes()).is_ok());
     }
 
     #[test]
     fn rcpt_to() {
-        assert_eq!(parse(b"RCPT TO:<x@y.test>"), Ok(Command::Rcpt(addr("x", "y.test"))));
-        assert_eq!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt(addr("postmaster", ""))));
+        assert_eq!(
+            parse(b"RCPT TO:<x@y.test>"),
+            Ok(Command::Rcpt(addr("x", "y.test")))
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt(addr("postmaster", "")))
+        );
         // Source routes are accepted and ignored (RFC 5321 Appendix C).
-        assert_eq!(parse(b"RCPT TO:<@relay.test:x@y.test>"), Ok(Command::Rcpt(addr("x", "y.test"))));
-        assert_eq!(parse(b"RCPT TO:<\"a@b\"@y.test>"), Ok(Command::Rcpt(addr("\"a@b\"", "y.test"))));
-        assert_eq!(parse(b"RCPT TO:<x@[127.0.0.1]>"), Ok(Command::Rcpt(addr("x", "[127.0.0.1]"))));
+        assert_eq!(
+            parse(b"RCPT TO:<@relay.test:x@y.test>"),
+            Ok(Command::Rcpt(addr("x", "y.test")))
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<\"a@b\"@y.test>"),
+            Ok(Command::Rcpt(addr("\"a@b\"", "y.test")))
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<x@[127.0.0.1]>"),
+            Ok(Command::Rcpt(addr("x", "[127.0.0.1]")))
+        );
         for bad in [
             &b"RCPT TO:<x>"[..],
             b"RCPT TO:<@y.test>",
@@ -333,9 +386,17 @@ mod tests {
             b"RCPT TO:<.x@y.test>",
             b"RCPT TO:<x@y.test>junk",
         ] {
-            assert_eq!(parse(bad).unwrap_err().code, 501, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse(bad).unwrap_err().code,
+                501,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(parse(b"RCPT TO:<x@y.test> NOTIFY=NEVER").unwrap_err().code, 555);
+        assert_eq!(
+            parse(b"RCPT TO:<x@y.test> NOTIFY=NEVER").unwrap_err().code,
+            555
+        );
     }
 
     #[test]

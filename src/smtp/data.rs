@@ -163,7 +163,10 @@ impl DataReader {
 mod tests {
     use super::*;
 
-    fn read_all(input: &[u8], policy: BareNewlinePolicy) -> (Vec<u8>, usize, bool, Option<DataError>) {
+    fn read_all(
+        input: &[u8],
+        policy: BareNewlinePolicy,
+    ) -> (Vec<u8>, usize, bool, Option<DataError>) {
         let mut r = DataReader::new(1 << 20, policy);
         let mut out = Vec::new();
         let (n, done) = r.feed(input, &mut out);
@@ -172,8 +175,10 @@ mod tests {
 
     #[test]
     fn unstuffs_and_finds_end() {
-        let (out, n, done, err) =
-            read_all(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n", BareNewlinePolicy::Reject);
+        let (out, n, done, err) = read_all(
+            b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+            BareNewlinePolicy::Reject,
+        );
         assert!(done);
         assert_eq!(err, None);
         assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\n");
@@ -209,14 +214,25 @@ mod tests {
     #[test]
     fn smuggling_sequences_never_end_data() {
         let seqs: [&[u8]; 11] = [
-            b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n",
-            b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
+            b"\n.\n",
+            b"\n.\r",
+            b"\r.\n",
+            b"\r.\r",
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
         ];
         for policy in [BareNewlinePolicy::Reject, BareNewlinePolicy::Normalize] {
             for s in seqs {
                 let mut input = b"Subject: a\r\n\r\nbody".to_vec();
                 input.extend_from_slice(s);
-                input.extend_from_slice(b"MAIL FROM:<x@evil.test>\r\nRCPT TO:<y@z.test>\r\nDATA\r\nsmuggled\r\n");
+                input.extend_from_slice(
+                    b"MAIL FROM:<x@evil.test>\r\nRCPT TO:<y@z.test>\r\nDATA\r\nsmuggled\r\n",
+                );
                 let marker = input.len();
                 input.extend_from_slice(b".\r\n");
                 let (out, n, done, err) = read_all(&input, policy);

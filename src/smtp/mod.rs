@@ -6,6 +6,6 @@ pub mod data;
 pub mod reply;
 
 pub use reply::Reply;
-pub mod session;
 pub mod server;
+pub mod session;
 pub mod tls;

@@ -15,7 +15,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
-        Reply { code, enhanced, text: text.into() }
+        Reply {
+            code,
+            enhanced,
+            text: text.into(),
+        }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -76,7 +80,11 @@ impl Reply {
         Reply::new(555, "5.5.4", text)
     }
     pub fn message_too_big() -> Self {
-        Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        Reply::new(
+            552,
+            "5.3.4",
+            "Message size exceeds fixed maximum message size",
+        )
     }
     pub fn too_many_recipients() -> Self {
         Reply::new(452, "4.5.3", "Too many recipients")
@@ -85,16 +93,28 @@ impl Reply {
         Reply::new(550, "5.7.64", "TenantAttribution; Relay Access Denied")
     }
     pub fn bare_newline() -> Self {
-        Reply::new(550, "5.6.11", "Bare line feed or carriage return not allowed")
+        Reply::new(
+            550,
+            "5.6.11",
+            "Bare line feed or carriage return not allowed",
+        )
     }
     pub fn local_error() -> Self {
-        Reply::new(451, "4.3.0", "Temporary local problem, please try again later")
+        Reply::new(
+            451,
+            "4.3.0",
+            "Temporary local problem, please try again later",
+        )
     }
     pub fn insufficient_storage() -> Self {
         Reply::new(452, "4.3.1", "Insufficient system storage")
     }
     pub fn service_unavailable() -> Self {
-        Reply::new(421, "4.3.2", "Service not available, closing transmission channel")
+        Reply::new(
+            421,
+            "4.3.2",
+            "Service not available, closing transmission channel",
+        )
     }
     pub fn timeout() -> Self {
         Reply::new(421, "4.4.2", "Connection timed out")
@@ -133,7 +153,10 @@ mod tests {
     #[test]
     fn multiline_wire_form() {
         let r = Reply::new(250, "", "relay.test\nPIPELINING\nSIZE 100");
-        assert_eq!(r.to_wire(), b"250-relay.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+        assert_eq!(
+            r.to_wire(),
+            b"250-relay.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        );
     }
 
     #[test]

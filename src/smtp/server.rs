@@ -46,7 +46,10 @@ impl Limits {
             return None;
         }
         *n += 1;
-        Some(SourceGuard { limits: self.clone(), ip })
+        Some(SourceGuard {
+            limits: self.clone(),
+            ip,
+        })
     }
 }
 
@@ -57,7 +60,11 @@ struct SourceGuard {
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let mut map = self.limits.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .limits
+            .per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -115,7 +122,10 @@ pub async fn serve<B: Backend>(
                 Some(g) => Some(g),
                 None => {
                     tracing::warn!(%peer, "connection refused: MaxInboundConnectionPerSource reached");
-                    refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your host"));
+                    refuse(
+                        stream,
+                        Reply::new(421, "4.7.0", "Too many connections from your host"),
+                    );
                     continue;
                 }
             }

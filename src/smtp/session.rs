@@ -100,7 +100,12 @@ struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(stream: S) -> Self {
-        Conn { stream, rbuf: Vec::with_capacity(1024), rpos: 0, wbuf: Vec::with_capacity(512) }
+        Conn {
+            stream,
+            rbuf: Vec::with_capacity(1024),
+            rpos: 0,
+            wbuf: Vec::with_capacity(512),
+        }
     }
 
     fn buffered(&self) -> &[u8] {
@@ -167,7 +172,13 @@ impl<B: Backend> Session<B> {
         Session {
             cfg,
             backend,
-            info: SessionInfo { peer, local, helo: None, esmtp: false, tls: None },
+            info: SessionInfo {
+                peer,
+                local,
+                helo: None,
+                esmtp: false,
+                tls: None,
+            },
             tx: None,
             errors: 0,
             deadline,
@@ -179,7 +190,9 @@ impl<B: Backend> Session<B> {
     pub async fn run(mut self, stream: TcpStream, implicit_tls: bool) {
         let _ = stream.set_nodelay(true);
         if implicit_tls {
-            let Some(acceptor) = self.cfg.tls.clone() else { return };
+            let Some(acceptor) = self.cfg.tls.clone() else {
+                return;
+            };
             let Ok(Ok(tls)) = timeout(self.cfg.inactivity_timeout, acceptor.accept(stream)).await
             else {
                 tracing::debug!(peer = %self.info.peer, "implicit TLS handshake failed");
@@ -201,7 +214,9 @@ impl<B: Backend> Session<B> {
                 return;
             }
         }
-        let Some(acceptor) = self.cfg.tls.clone() else { return };
+        let Some(acceptor) = self.cfg.tls.clone() else {
+            return;
+        };
         match timeout(self.cfg.inactivity_timeout, acceptor.accept(conn.stream)).await {
             Ok(Ok(tls)) => {
                 // RFC 3207 §4.2: the session starts over; the client must EHLO again.
@@ -213,7 +228,9 @@ impl<B: Backend> Session<B> {
                 let _ = self.serve(&mut conn).await;
                 let _ = conn.stream.shutdown().await;
             }
-            Ok(Err(e)) => tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed"),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed")
+            }
             Err(_) => tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out"),
         }
     }
@@ -315,7 +332,12 @@ impl<B: Backend> Session<B> {
         false
     }
 
-    fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, name: String, esmtp: bool) {
+    fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        name: String,
+        esmtp: bool,
+    ) {
         // RFC 5321 §4.1.4: EHLO resets any transaction in progress.
         self.tx = None;
         self.info.helo = Some(name.clone());
@@ -362,7 +384,11 @@ impl<B: Backend> Session<B> {
             if let Err(r) = self.backend.mail(&self.info, from.as_ref()) {
                 return r;
             }
-            self.tx = Some(Transaction { mail_from: from, params, recipients: Vec::new() });
+            self.tx = Some(Transaction {
+                mail_from: from,
+                params,
+                recipients: Vec::new(),
+            });
             Reply::new(250, "2.1.0", "Sender OK")
         })();
         conn.queue(&reply);
@@ -457,7 +483,11 @@ impl<B: Backend> Session<B> {
                 }
                 let line = line.to_vec();
                 conn.rpos += i + 1;
-                return Ok(if too_long { Line::TooLong } else { Line::Command(line) });
+                return Ok(if too_long {
+                    Line::TooLong
+                } else {
+                    Line::Command(line)
+                });
             }
             if buf.len() > MAX_COMMAND_LINE {
                 // Keep reading until the end of the over-long line, without storing it.
@@ -511,5 +541,9 @@ fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
         .unwrap_or_default();
-    TlsInfo { version, cipher, peer_certificates }
+    TlsInfo {
+        version,
+        cipher,
+        peer_certificates,
+    }
 }

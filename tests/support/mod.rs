@@ -24,7 +24,11 @@ pub fn policy(toml: &str) -> connector_relay::policy::Policy {
         Ok(l) => l.policy,
         Err(errors) => panic!(
             "test config invalid:\n{}\n{toml}",
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     }
 }
@@ -39,7 +43,9 @@ pub async fn start_relay(toml: &str, dns: Option<SocketAddr>) -> RelayHandle {
         )
         .expect("resolver"),
     );
-    relay::start_with_resolver(policy, resolver).await.expect("relay starts")
+    relay::start_with_resolver(policy, resolver)
+        .await
+        .expect("relay starts")
 }
 
 pub struct Sink {
@@ -67,7 +73,10 @@ pub async fn start_sink_with(listen: SocketAddr, tls: bool, hook: Option<sink::R
         client_ca: None,
         rcpt_hook: hook,
     };
-    Sink { handle: sink::start(opts).await.expect("sink starts"), dir }
+    Sink {
+        handle: sink::start(opts).await.expect("sink starts"),
+        dir,
+    }
 }
 
 pub async fn start_sink() -> Sink {
@@ -76,7 +85,11 @@ pub async fn start_sink() -> Sink {
 
 /// A port that is free on every 127.0.0.x address right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Messages (file contents) in a maildir, sorted by name.
@@ -89,7 +102,10 @@ pub fn messages(dir: &Path) -> Vec<String> {
         })
         .unwrap_or_default();
     names.sort();
-    names.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 /// Waits until the maildir holds at least `n` messages (bounded wait; the assertion that
@@ -114,11 +130,19 @@ pub struct Dialog {
 impl Dialog {
     /// Connects from `source` (a 127.0.0.x address plays a distinct sending host).
     pub async fn connect_from(source: IpAddr, to: SocketAddr) -> Dialog {
-        let sock = if to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.unwrap();
+        let sock = if to.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .unwrap();
         sock.bind(SocketAddr::new(source, 0)).unwrap();
         let stream = sock.connect(to).await.expect("connect");
         let (r, w) = tokio::io::split(stream);
-        let mut d = Dialog { reader: BufReader::new(r), writer: w };
+        let mut d = Dialog {
+            reader: BufReader::new(r),
+            writer: w,
+        };
         let greeting = d.read_reply().await;
         assert!(greeting.starts_with("220 "), "greeting: {greeting}");
         d
@@ -157,7 +181,10 @@ impl Dialog {
         self.send(format!("{line}\r\n").as_bytes()).await;
         let reply = self.read_reply().await;
         let last = reply.lines().last().unwrap_or("");
-        assert!(last.starts_with(expect), "{line:?}: expected {expect:?}, got {reply:?}");
+        assert!(
+            last.starts_with(expect),
+            "{line:?}: expected {expect:?}, got {reply:?}"
+        );
         reply
     }
 }
@@ -180,10 +207,16 @@ pub async fn lettre_send(
     for t in to {
         builder = builder.to(t.parse::<Mailbox>().unwrap());
     }
-    let msg = builder.body(format!("Hello from the connector-relay tests.\r\nSubject was {subject}.\r\n")).unwrap();
+    let msg = builder
+        .body(format!(
+            "Hello from the connector-relay tests.\r\nSubject was {subject}.\r\n"
+        ))
+        .unwrap();
     let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(relay.ip().to_string())
         .port(relay.port())
-        .hello_name(lettre::transport::smtp::extension::ClientId::Domain("client.test".into()));
+        .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+            "client.test".into(),
+        ));
     if tls {
         let ca = Certificate::from_pem(&std::fs::read(certs("ca.crt")).unwrap()).unwrap();
         let params = TlsParameters::builder("relay.contoso.test".into())
@@ -192,5 +225,8 @@ pub async fn lettre_send(
             .unwrap();
         t = t.tls(Tls::Required(params));
     }
-    t.timeout(Some(Duration::from_secs(20))).build().send(msg).await
+    t.timeout(Some(Duration::from_secs(20)))
+        .build()
+        .send(msg)
+        .await
 }
