@@ -44,7 +44,8 @@ pub struct RelayHandle {
     /// Bound addresses of `Listen` (in order), then of `ImplicitTlsListen`.
     pub smtp_addrs: Vec<SocketAddr>,
     pub implicit_tls_addrs: Vec<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    draining: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
     limits: Arc<Limits>,
     queue: tokio::task::JoinHandle<()>,
 }
@@ -54,10 +55,11 @@ impl RelayHandle {
     /// transactions finish (up to `grace`), stop the queue. Everything not delivered stays
     /// in the spool for the next start.
     pub async fn shutdown(self, grace: Duration) {
-        let _ = self.shutdown.send(true);
+        let _ = self.draining.send(true);
         if !self.limits.drain(grace).await {
             tracing::warn!("sessions still running after the drain period; closing");
         }
+        let _ = self.stop.send(true);
         let _ = self.queue.await;
     }
 }
@@ -117,7 +119,8 @@ pub async fn start_with_resolver(
         implicit.push(l);
     }
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let transport: Arc<dyn Transport> = Arc::new(Deliverer::new(policy.clone(), resolver));
     let settings = QueueSettings {
         fqdn: r.fqdn.clone(),
@@ -132,7 +135,7 @@ pub async fn start_with_resolver(
         transport,
         settings,
         recovered,
-        shutdown_rx.clone(),
+        stop_rx.clone(),
     );
 
     let cfg = Arc::new(SessionConfig {
@@ -161,7 +164,8 @@ pub async fn start_with_resolver(
     let mut handle = RelayHandle {
         smtp_addrs: Vec::new(),
         implicit_tls_addrs: Vec::new(),
-        shutdown: shutdown_tx,
+        draining: draining_tx,
+        stop: stop_tx,
         limits: limits.clone(),
         queue: queue_join,
     };
@@ -184,7 +188,8 @@ pub async fn start_with_resolver(
                 backend.clone(),
                 limits.clone(),
                 exempt.clone(),
-                shutdown_rx.clone(),
+                draining_rx.clone(),
+                stop_rx.clone(),
             ));
         }
     }

@@ -36,14 +36,16 @@ pub struct SinkOptions {
 
 pub struct SinkHandle {
     pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    draining: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
     limits: Arc<Limits>,
 }
 
 impl SinkHandle {
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.draining.send(true);
         self.limits.drain(Duration::from_secs(5)).await;
+        let _ = self.stop.send(true);
     }
 }
 
@@ -87,7 +89,8 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         hook: opts.rcpt_hook.clone(),
     });
     let limits = Limits::new(10_000, 10_000);
-    let (tx, rx) = watch::channel(false);
+    let (draining, draining_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(server::serve(
         listener,
         false,
@@ -95,11 +98,13 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         backend,
         limits.clone(),
         Arc::new(|_| true),
-        rx,
+        draining_rx,
+        stop_rx,
     ));
     Ok(SinkHandle {
         addr,
-        shutdown: tx,
+        draining,
+        stop,
         limits,
     })
 }

@@ -77,7 +77,9 @@ impl Drop for SourceGuard {
 /// Decides whether a client IP is exempt from the per-source limit (OnPremises servers).
 pub type ExemptFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
-/// Accepts connections on `listener` until shutdown is signalled.
+/// Accepts connections on `listener` until `stop` is signalled. While `draining` is set,
+/// every new connection is answered `421 4.3.2` and closed (the SIGTERM drain: sessions
+/// already running finish their transactions meanwhile).
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     implicit_tls: bool,
@@ -85,13 +87,14 @@ pub async fn serve<B: Backend>(
     backend: Arc<B>,
     limits: Arc<Limits>,
     exempt: ExemptFn,
-    mut shutdown: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
@@ -106,7 +109,7 @@ pub async fn serve<B: Backend>(
                 continue;
             }
         };
-        if *shutdown.borrow() {
+        if *draining.borrow() {
             refuse(stream, Reply::service_unavailable());
             continue;
         }
@@ -131,7 +134,7 @@ pub async fn serve<B: Backend>(
             }
         };
         let local = stream.local_addr().unwrap_or(peer);
-        let session = Session::new(cfg.clone(), backend.clone(), peer, local, shutdown.clone());
+        let session = Session::new(cfg.clone(), backend.clone(), peer, local, draining.clone());
         tokio::spawn(async move {
             session.run(stream, implicit_tls).await;
             drop(source);

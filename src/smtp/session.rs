@@ -244,8 +244,7 @@ impl<B: Backend> Session<B> {
             let line = match self.next_line(conn).await? {
                 Line::Command(l) => l,
                 Line::TooLong => {
-                    conn.queue(&Reply::line_too_long());
-                    if self.count_error(conn) {
+                    if self.protocol_error(conn, Reply::line_too_long()) {
                         conn.flush().await?;
                         return Ok(Exit::Close);
                     }
@@ -261,8 +260,7 @@ impl<B: Backend> Session<B> {
             let cmd = match command::parse(&line) {
                 Ok(c) => c,
                 Err(reply) => {
-                    conn.queue(&reply);
-                    if self.count_error(conn) {
+                    if self.protocol_error(conn, reply) {
                         conn.flush().await?;
                         return Ok(Exit::Close);
                     }
@@ -319,16 +317,19 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    /// Counts a protocol error; true when the session must be dropped (421).
-    fn count_error<S>(&mut self, conn: &mut Conn<S>) -> bool
+    /// Answers a bad command with `reply` and counts it. `MaxProtocolErrors` errors are
+    /// tolerated (as Exchange's receive connector does); the next one is answered `421`
+    /// instead, and the caller closes the session (returns true).
+    fn protocol_error<S>(&mut self, conn: &mut Conn<S>, reply: Reply) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         self.errors += 1;
-        if self.errors >= self.cfg.max_protocol_errors {
+        if self.errors > self.cfg.max_protocol_errors {
             conn.queue(&Reply::too_many_errors());
             return true;
         }
+        conn.queue(&reply);
         false
     }
 

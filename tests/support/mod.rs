@@ -13,6 +13,7 @@ use connector_relay::relay::{self, RelayHandle};
 use connector_relay::sink::{self, SinkHandle, SinkOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 pub fn certs(name: &str) -> String {
     format!("{}/certs-test/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -121,28 +122,16 @@ pub async fn wait_messages(dir: &Path, n: usize, limit: Duration) -> Vec<String>
     }
 }
 
-/// A raw SMTP client that asserts exact reply codes.
-pub struct Dialog {
-    reader: BufReader<tokio::io::ReadHalf<TcpStream>>,
-    writer: tokio::io::WriteHalf<TcpStream>,
+/// A raw SMTP client that asserts exact reply codes, over TCP or TLS.
+pub struct Dialog<S = TcpStream> {
+    reader: BufReader<tokio::io::ReadHalf<S>>,
+    writer: tokio::io::WriteHalf<S>,
 }
 
-impl Dialog {
+impl Dialog<TcpStream> {
     /// Connects from `source` (a 127.0.0.x address plays a distinct sending host).
     pub async fn connect_from(source: IpAddr, to: SocketAddr) -> Dialog {
-        let sock = if to.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .unwrap();
-        sock.bind(SocketAddr::new(source, 0)).unwrap();
-        let stream = sock.connect(to).await.expect("connect");
-        let (r, w) = tokio::io::split(stream);
-        let mut d = Dialog {
-            reader: BufReader::new(r),
-            writer: w,
-        };
+        let mut d = Dialog::new(tcp_from(source, to).await);
         let greeting = d.read_reply().await;
         assert!(greeting.starts_with("220 "), "greeting: {greeting}");
         d
@@ -152,7 +141,41 @@ impl Dialog {
         Self::connect_from("127.0.0.1".parse().unwrap(), to).await
     }
 
-    /// Reads one (possibly multi-line) reply; returns all its lines joined by '\n'.
+    /// The TCP stream back, for a hand-made TLS handshake.
+    pub fn reader_stream(self) -> TcpStream {
+        self.reader.into_inner().unsplit(self.writer)
+    }
+
+    /// After a `220` to STARTTLS: asserts the server sent nothing more, then handshakes.
+    pub async fn starttls(
+        self,
+        name: &str,
+        client_cert: Option<(&str, &str)>,
+    ) -> Dialog<TlsStream<TcpStream>> {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "server sent bytes after 220 to STARTTLS"
+        );
+        let stream = self.reader.into_inner().unsplit(self.writer);
+        Dialog::new(
+            tls_connect(stream, name, client_cert)
+                .await
+                .expect("TLS handshake"),
+        )
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> Dialog<S> {
+    pub fn new(stream: S) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Dialog {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply; returns all its lines joined by '\n', or
+    /// "<closed>" at end of stream.
     pub async fn read_reply(&mut self) -> String {
         let mut all = String::new();
         loop {
@@ -160,7 +183,7 @@ impl Dialog {
             let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
                 .await
                 .expect("reply within 20 s")
-                .unwrap();
+                .unwrap_or(0);
             if n == 0 {
                 return all + "<closed>";
             }
@@ -176,17 +199,69 @@ impl Dialog {
         self.writer.write_all(bytes).await.unwrap();
     }
 
-    /// Sends a command and asserts the reply starts with `expect` (e.g. "250 2.1.5").
+    /// Sends a command and asserts the reply's last line starts with `expect`
+    /// (e.g. "250 2.1.5").
     pub async fn cmd(&mut self, line: &str, expect: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
+        self.expect(expect, line).await
+    }
+
+    /// Reads a reply and asserts it starts with `expect`.
+    pub async fn expect(&mut self, expect: &str, context: &str) -> String {
         let reply = self.read_reply().await;
         let last = reply.lines().last().unwrap_or("");
         assert!(
             last.starts_with(expect),
-            "{line:?}: expected {expect:?}, got {reply:?}"
+            "{context:?}: expected {expect:?}, got {reply:?}"
         );
         reply
     }
+}
+
+pub async fn tcp_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+    let sock = if to.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(source, 0)).unwrap();
+    sock.connect(to).await.expect("connect")
+}
+
+/// A TLS client trusting the test CA, optionally presenting a client certificate
+/// (file names in certs-test/), verifying the server as `name`.
+pub async fn tls_connect(
+    stream: TcpStream,
+    name: &str,
+    client_cert: Option<(&str, &str)>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client_cert {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(certs(cert))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(certs(key)).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(name, stream).await
 }
 
 /// Sends one message with lettre (plain SMTP, or STARTTLS required when `tls`).
