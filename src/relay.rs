@@ -161,6 +161,14 @@ pub async fn start_with_resolver(
     let p = policy.clone();
     let exempt: server::ExemptFn = Arc::new(move |ip| on_premises_by_ip(&p, ip).is_some());
 
+    let shared = server::Server {
+        cfg,
+        backend,
+        limits: limits.clone(),
+        exempt,
+        draining: draining_rx,
+        stop: stop_rx,
+    };
     let mut handle = RelayHandle {
         smtp_addrs: Vec::new(),
         implicit_tls_addrs: Vec::new(),
@@ -181,16 +189,7 @@ pub async fn start_with_resolver(
             } else {
                 handle.smtp_addrs.push(addr);
             }
-            tokio::spawn(server::serve(
-                l,
-                implicit_tls,
-                cfg.clone(),
-                backend.clone(),
-                limits.clone(),
-                exempt.clone(),
-                draining_rx.clone(),
-                stop_rx.clone(),
-            ));
+            tokio::spawn(server::serve(l, implicit_tls, shared.clone()));
         }
     }
     Ok(handle)

@@ -91,16 +91,16 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
     let limits = Limits::new(10_000, 10_000);
     let (draining, draining_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(server::serve(
-        listener,
-        false,
+    let shared = server::Server {
         cfg,
         backend,
-        limits.clone(),
-        Arc::new(|_| true),
-        draining_rx,
-        stop_rx,
-    ));
+        limits: limits.clone(),
+        // The sink has no per-source cap: load generators open many sessions.
+        exempt: Arc::new(|_| true),
+        draining: draining_rx,
+        stop: stop_rx,
+    };
+    tokio::spawn(server::serve(listener, false, shared));
     Ok(SinkHandle {
         addr,
         draining,

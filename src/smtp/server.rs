@@ -77,19 +77,44 @@ impl Drop for SourceGuard {
 /// Decides whether a client IP is exempt from the per-source limit (OnPremises servers).
 pub type ExemptFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
+/// What every listener of one server shares.
+pub struct Server<B: Backend> {
+    pub cfg: Arc<SessionConfig>,
+    pub backend: Arc<B>,
+    pub limits: Arc<Limits>,
+    /// Client IPs exempt from the per-source cap (OnPremises servers).
+    pub exempt: ExemptFn,
+    /// Set when the drain starts: new connections get 421, idle sessions end.
+    pub draining: watch::Receiver<bool>,
+    /// Set when the drain is over: listeners close.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl<B: Backend> Clone for Server<B> {
+    fn clone(&self) -> Self {
+        Server {
+            cfg: self.cfg.clone(),
+            backend: self.backend.clone(),
+            limits: self.limits.clone(),
+            exempt: self.exempt.clone(),
+            draining: self.draining.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `stop` is signalled. While `draining` is set,
 /// every new connection is answered `421 4.3.2` and closed (the SIGTERM drain: sessions
 /// already running finish their transactions meanwhile).
-pub async fn serve<B: Backend>(
-    listener: TcpListener,
-    implicit_tls: bool,
-    cfg: Arc<SessionConfig>,
-    backend: Arc<B>,
-    limits: Arc<Limits>,
-    exempt: ExemptFn,
-    draining: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server: Server<B>) {
+    let Server {
+        cfg,
+        backend,
+        limits,
+        exempt,
+        draining,
+        mut stop,
+    } = server;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
