@@ -14,41 +14,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A relay config: accepted domain contoso.test routed to `onprem` (smart host), the
-/// OnPremises inbound connector for 127.0.0.10, and `extra` appended.
-fn config(spool: &std::path::Path, onprem: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[Relay]
-Fqdn = "relay.contoso.test"
-Listen = ["127.0.0.1:0"]
-TlsCertificate = "{cert}"
-TlsPrivateKey = "{key}"
-AcceptedDomains = ["contoso.test"]
-SpoolDir = "{spool}"
-DataDir = "{spool}"
-TransientFailureRetryInterval = "00:00:01"
-MaxRetryInterval = "00:00:02"
-{extra}
-
-[[InboundConnector]]
-Name = "From on-premises"
-ConnectorType = "OnPremises"
-SenderIPAddresses = ["127.0.0.10/32"]
-
-[[OutboundConnector]]
-Name = "To on-premises"
-ConnectorType = "OnPremises"
-AllAcceptedDomains = true
-UseMXRecord = false
-SmartHosts = ["{onprem}"]
-"#,
-        cert = certs("relay.contoso.test.crt"),
-        key = certs("relay.contoso.test.key"),
-        spool = spool.display(),
-    )
-}
-
 fn header_value<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.lines()
         .filter_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
@@ -59,7 +24,7 @@ fn header_value<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
 async fn lettre_plain_multiple_recipients_reach_sink() {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let relay = start_relay(&config(tmp.path(), sink.addr(), ""), None).await;
+    let relay = start_relay(&relay_config(tmp.path(), sink.addr(), ""), None).await;
     let resp = lettre_send(
         relay.smtp_addrs[0],
         "alice@fabrikam.test",
@@ -93,7 +58,7 @@ async fn lettre_plain_multiple_recipients_reach_sink() {
 async fn lettre_starttls_to_relay_and_tls_to_sink() {
     let sink = start_sink_with("127.0.0.1:0".parse().unwrap(), true, None).await;
     let tmp = tempfile::tempdir().unwrap();
-    let relay = start_relay(&config(tmp.path(), sink.addr(), ""), None).await;
+    let relay = start_relay(&relay_config(tmp.path(), sink.addr(), ""), None).await;
     lettre_send(
         relay.smtp_addrs[0],
         "alice@fabrikam.test",
@@ -123,7 +88,7 @@ async fn recipients_on_two_routes_are_split() {
     let partner = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
     let extra = "";
-    let mut cfg = config(tmp.path(), onprem.addr(), extra);
+    let mut cfg = relay_config(tmp.path(), onprem.addr(), extra);
     cfg.push_str(&format!(
         r#"
 [[OutboundConnector]]
@@ -167,7 +132,7 @@ SmartHosts = ["{}"]
 async fn open_relay_is_refused() {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let relay = start_relay(&config(tmp.path(), sink.addr(), ""), None).await;
+    let relay = start_relay(&relay_config(tmp.path(), sink.addr(), ""), None).await;
     // 127.0.0.20 is in no OnPremises connector: it may send to contoso.test, not elsewhere.
     let mut d = Dialog::connect_from("127.0.0.20".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO stranger.test", "250").await;
@@ -201,7 +166,11 @@ async fn mx_delivery_failover_and_null_mx() {
     dns.add_mx("nullmx.test", 0, ".");
     let tmp = tempfile::tempdir().unwrap();
     let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
-    let relay = start_relay(&config(tmp.path(), onprem.addr(), &extra), Some(dns.addr)).await;
+    let relay = start_relay(
+        &relay_config(tmp.path(), onprem.addr(), &extra),
+        Some(dns.addr),
+    )
+    .await;
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;
     d.cmd("MAIL FROM:<alice@contoso.test>", "250").await;
@@ -252,7 +221,7 @@ async fn retry_after_451_and_dsn_after_550() {
     let partner = start_sink_with("127.0.0.1:0".parse().unwrap(), false, Some(hook)).await;
     let onprem = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), onprem.addr(), "");
+    let mut cfg = relay_config(tmp.path(), onprem.addr(), "");
     cfg.push_str(&format!(
         "\n[[OutboundConnector]]\nName = \"To Fabrikam\"\nRecipientDomains = [\"fabrikam.test\"]\nUseMXRecord = false\nSmartHosts = [\"{}\"]\n",
         partner.addr()
@@ -306,7 +275,7 @@ async fn expiry_sends_ndr() {
     let onprem = start_sink().await;
     let dead_port = free_port();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(
+    let mut cfg = relay_config(
         tmp.path(),
         onprem.addr(),
         "MessageExpirationTimeout = \"00:00:03\"",
@@ -344,7 +313,7 @@ async fn restart_keeps_queue_and_delivers_once() {
     let port = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let onprem_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg = config(tmp.path(), onprem_addr, "");
+    let cfg = relay_config(tmp.path(), onprem_addr, "");
     let relay = start_relay(&cfg, None).await;
     for i in 0..5 {
         let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
@@ -374,5 +343,46 @@ async fn restart_keeps_queue_and_delivers_once() {
             1
         );
     }
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A smart host given as an FQDN is resolved (A) through the configured DNS server, and a
+/// domain without MX records falls back to its own A record (RFC 5321 §5.1 implicit MX).
+#[tokio::test]
+async fn fqdn_smart_host_and_implicit_mx() {
+    let dns = TestDns::start().await;
+    let port = free_port();
+    let smarthost =
+        start_sink_with(format!("127.0.0.41:{port}").parse().unwrap(), false, None).await;
+    let implicit =
+        start_sink_with(format!("127.0.0.42:{port}").parse().unwrap(), false, None).await;
+    dns.add_a("smarthost.lab.test", "127.0.0.41".parse().unwrap());
+    dns.add_a("nomx.test", "127.0.0.42".parse().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
+    let cfg = relay_config(
+        tmp.path(),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &extra,
+    )
+    .replace(
+        &format!("SmartHosts = [\"127.0.0.1:{port}\"]"),
+        &format!("SmartHosts = [\"smarthost.lab.test:{port}\"]"),
+    );
+    let relay = start_relay(&cfg, Some(dns.addr)).await;
+    let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
+    d.cmd("EHLO onprem.contoso.test", "250").await;
+    d.cmd("MAIL FROM:<alice@contoso.test>", "250").await;
+    d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
+    d.cmd("RCPT TO:<eve@nomx.test>", "250").await;
+    d.cmd("DATA", "354").await;
+    d.cmd("Subject: fqdn\r\n\r\nhello\r\n.", "250").await;
+    let a = wait_messages(smarthost.maildir(), 1, WAIT).await;
+    let b = wait_messages(implicit.maildir(), 1, WAIT).await;
+    assert_eq!(
+        header_value(&a[0], "X-Sink-Rcpt-To"),
+        ["<bob@contoso.test>"]
+    );
+    assert_eq!(header_value(&b[0], "X-Sink-Rcpt-To"), ["<eve@nomx.test>"]);
     relay.shutdown(Duration::from_secs(5)).await;
 }

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,38 +12,10 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn config(spool: &std::path::Path, onprem: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[Relay]
-Fqdn = "relay.contoso.test"
-Listen = ["127.0.0.1:0"]
-TlsCertificate = "{cert}"
-TlsPrivateKey = "{key}"
-AcceptedDomains = ["contoso.test"]
-SpoolDir = "{spool}"
-DataDir = "{spool}"
-TransientFailureRetryInterval = "00:00:01"
-MaxRetryInterval = "00:00:02"
-{extra}
-
-[[OutboundConnector]]
-Name = "To on-premises"
-ConnectorType = "OnPremises"
-AllAcceptedDomains = true
-UseMXRecord = false
-SmartHosts = ["{onprem}"]
-"#,
-        cert = certs("relay.contoso.test.crt"),
-        key = certs("relay.contoso.test.key"),
-        spool = spool.display(),
-    )
-}
-
 async fn relay_with(extra: &str) -> (connector_relay::relay::RelayHandle, Sink, tempfile::TempDir) {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let relay = start_relay(&config(tmp.path(), sink.addr(), extra), None).await;
+    let relay = start_relay(&relay_config(tmp.path(), sink.addr(), extra), None).await;
     (relay, sink, tmp)
 }
 
@@ -177,6 +148,41 @@ async fn starttls_discards_pipelined_commands() {
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
+/// STARTTLS negotiates TLS 1.2 and TLS 1.3; the Received header names the version.
+#[tokio::test]
+async fn starttls_speaks_tls12_and_tls13() {
+    let (relay, sink, _tmp) = relay_with("").await;
+    let versions: [(&'static rustls::SupportedProtocolVersion, &str); 2] = [
+        (&rustls::version::TLS12, "TLSv1.2"),
+        (&rustls::version::TLS13, "TLSv1.3"),
+    ];
+    for (version, label) in versions {
+        let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
+        d.cmd("EHLO client.test", "250").await;
+        d.cmd("STARTTLS", "220 2.0.0").await;
+        let stream = d.reader_stream();
+        let tls = tls_connect_with(stream, "relay.contoso.test", None, &[version]).await;
+        let mut t = Dialog::new(tls.expect("handshake"));
+        t.cmd("EHLO client.test", "250").await;
+        t.cmd("MAIL FROM:<a@fabrikam.test>", "250").await;
+        t.cmd("RCPT TO:<bob@contoso.test>", "250").await;
+        t.cmd("DATA", "354").await;
+        t.cmd(&format!("Subject: {label}\r\n\r\nhi\r\n."), "250")
+            .await;
+        t.cmd("QUIT", "221").await;
+    }
+    let got = wait_messages(sink.maildir(), 2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    for (_, label) in versions {
+        let m = got
+            .iter()
+            .find(|m| m.contains(&format!("Subject: {label}\r\n")))
+            .unwrap();
+        assert!(m.contains(&format!("version={label} ")), "{m}");
+    }
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn implicit_tls_listener() {
     let (relay, sink, _tmp) = relay_with("ImplicitTlsListen = [\"127.0.0.1:0\"]").await;
@@ -240,7 +246,7 @@ async fn delay_notification() {
     let onprem = start_sink().await;
     let dead = free_port();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(
+    let mut cfg = relay_config(
         tmp.path(),
         onprem.addr(),
         "DelayNotificationTimeout = \"00:00:02\"",
@@ -248,7 +254,6 @@ async fn delay_notification() {
     cfg.push_str(&format!(
         "\n[[OutboundConnector]]\nName = \"To Fabrikam\"\nRecipientDomains = [\"fabrikam.test\"]\nUseMXRecord = false\nSmartHosts = [\"127.0.0.1:{dead}\"]\n"
     ));
-    cfg.push_str("\n[[InboundConnector]]\nName = \"From on-premises\"\nConnectorType = \"OnPremises\"\nSenderIPAddresses = [\"127.0.0.10\"]\n");
     let relay = start_relay(&cfg, None).await;
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.test", "250").await;
@@ -272,7 +277,7 @@ async fn no_dsn_to_the_null_sender() {
         Arc::new(|_: &str| Some(Reply::new(550, "5.1.1", "no such user")));
     let onprem = start_sink_with("127.0.0.1:0".parse().unwrap(), false, Some(hook)).await;
     let tmp = tempfile::tempdir().unwrap();
-    let relay = start_relay(&config(tmp.path(), onprem.addr(), ""), None).await;
+    let relay = start_relay(&relay_config(tmp.path(), onprem.addr(), ""), None).await;
     let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
     d.cmd("EHLO client.test", "250").await;
     d.cmd("MAIL FROM:<>", "250").await;
@@ -353,7 +358,7 @@ async fn sink_require_tls_and_client_ca() {
 async fn corrupt_spool_file_is_moved_aside() {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), sink.addr(), "");
+    let cfg = relay_config(tmp.path(), sink.addr(), "");
     {
         // A good message, stored through the spool API, and a garbage file beside it.
         let spool = connector_relay::queue::spool::Spool::open(tmp.path()).unwrap();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::spool::{Envelope, LogRecord, RcptState, Recovered, Spool, unix_now};
@@ -129,7 +130,7 @@ pub fn start(
         handle: handle.clone(),
         schedule: BinaryHeap::new(),
         waiting: HashMap::new(),
-        in_flight: 0,
+        attempts: JoinSet::new(),
         permits: Arc::new(Semaphore::new(1)),
     };
     let join = tokio::spawn(mgr.run(rx, recovered, shutdown));
@@ -144,9 +145,14 @@ struct Manager {
     schedule: BinaryHeap<Reverse<(Instant, String)>>,
     /// Messages waiting for their due time (not in flight).
     waiting: HashMap<String, (Entry, Instant)>,
-    in_flight: usize,
+    /// Attempts under way; owned here so that a stop can wait for them, then end them.
+    attempts: JoinSet<()>,
     permits: Arc<Semaphore>,
 }
+
+/// How long a stop waits for delivery attempts under way before ending them. An attempt
+/// ended this way is retried at the next start (its recipients are still pending).
+const ATTEMPT_DRAIN: Duration = Duration::from_secs(10);
 
 impl Manager {
     async fn run(
@@ -172,19 +178,30 @@ impl Manager {
                 msg = rx.recv() => match msg {
                     Some(Msg::New(e)) => self.schedule_at(*e, Instant::now()),
                     Some(Msg::Done(Some((e, delay)))) => {
-                        self.in_flight -= 1;
                         self.schedule_at(*e, Instant::now() + delay);
                     }
-                    Some(Msg::Done(None)) => self.in_flight -= 1,
+                    Some(Msg::Done(None)) => {}
                     None => break,
                 },
+                Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
                 _ = sleep_until_opt(next) => self.start_due(),
                 _ = shutdown.changed() => break,
             }
         }
-        // Attempts still running finish on their own; their outcomes are in the spool log.
+        // Let attempts under way finish (their outcomes go to the spool log), then end
+        // the stragglers: nothing may deliver after the relay has stopped.
+        let in_flight = self.attempts.len();
+        let drained = tokio::time::timeout(ATTEMPT_DRAIN, async {
+            while self.attempts.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            self.attempts.shutdown().await;
+        }
         tracing::info!(
-            in_flight = self.in_flight,
+            in_flight,
+            drained,
             waiting = self.waiting.len(),
             "queue manager stopped"
         );
@@ -211,7 +228,6 @@ impl Manager {
             let Some((entry, _)) = self.waiting.remove(&id) else {
                 continue;
             };
-            self.in_flight += 1;
             let ctx = AttemptCtx {
                 spool: self.spool.clone(),
                 transport: self.transport.clone(),
@@ -220,7 +236,7 @@ impl Manager {
             };
             let permits = self.permits.clone();
             let tx = self.handle.tx.clone();
-            tokio::spawn(async move {
+            self.attempts.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let next = ctx.attempt(entry).await;
                 let _ = tx.send(Msg::Done(next.map(|(e, d)| (Box::new(e), d))));

@@ -34,6 +34,41 @@ pub fn policy(toml: &str) -> connector_relay::policy::Policy {
     }
 }
 
+/// A relay config: accepted domain contoso.test routed to `onprem` (smart host), the
+/// OnPremises inbound connector for 127.0.0.10, and `extra` appended.
+pub fn relay_config(spool: &std::path::Path, onprem: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[Relay]
+Fqdn = "relay.contoso.test"
+Listen = ["127.0.0.1:0"]
+TlsCertificate = "{cert}"
+TlsPrivateKey = "{key}"
+AcceptedDomains = ["contoso.test"]
+SpoolDir = "{spool}"
+DataDir = "{spool}"
+TransientFailureRetryInterval = "00:00:01"
+MaxRetryInterval = "00:00:02"
+{extra}
+
+[[InboundConnector]]
+Name = "From on-premises"
+ConnectorType = "OnPremises"
+SenderIPAddresses = ["127.0.0.10/32"]
+
+[[OutboundConnector]]
+Name = "To on-premises"
+ConnectorType = "OnPremises"
+AllAcceptedDomains = true
+UseMXRecord = false
+SmartHosts = ["{onprem}"]
+"#,
+        cert = certs("relay.contoso.test.crt"),
+        key = certs("relay.contoso.test.key"),
+        spool = spool.display(),
+    )
+}
+
 /// Starts the relay in-process, resolving through `dns` when given.
 pub async fn start_relay(toml: &str, dns: Option<SocketAddr>) -> RelayHandle {
     let policy = Arc::new(policy(toml));
@@ -236,6 +271,16 @@ pub async fn tls_connect(
     name: &str,
     client_cert: Option<(&str, &str)>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect_with(stream, name, client_cert, rustls::DEFAULT_VERSIONS).await
+}
+
+/// `tls_connect` restricted to the given protocol versions.
+pub async fn tls_connect_with(
+    stream: TcpStream,
+    name: &str,
+    client_cert: Option<(&str, &str)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsStream<TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -245,7 +290,7 @@ pub async fn tls_connect(
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots);
     let config = match client_cert {
