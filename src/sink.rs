@@ -82,6 +82,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         max_protocol_errors: 100,
         tls,
         require_tls: opts.require_tls,
+        client_certs: None,
     });
     let backend = Arc::new(SinkBackend {
         maildir: opts.maildir.clone(),
@@ -115,7 +116,7 @@ fn sink_tls_config(
     client_ca: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let Some(ca) = client_ca else {
-        return tls::server_config(cert, key);
+        return tls::server_config(cert, key, false);
     };
     let mut roots = rustls::RootCertStore::empty();
     for c in tls::load_certs(ca)? {

@@ -32,6 +32,10 @@ pub fn received_header(f: &ReceivedFields) -> String {
     if let Some(tls) = &s.tls {
         parts.push(format!("(version={} cipher={})", tls.version, tls.cipher));
     }
+    if let Some(cert) = &s.client_cert {
+        let trust = if cert.trusted { "verified" } else { "not verified" };
+        parts.push(format!("(client certificate \"{}\" {trust})", clean(&cert.subject)));
+    }
     if let Some(c) = f.inbound_connector {
         parts.push(format!("(inbound connector \"{}\")", clean(c)));
     }

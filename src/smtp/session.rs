@@ -13,10 +13,14 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
+use rustls::pki_types::CertificateDer;
+
+use super::client_cert::{ClientCertInfo, ClientCertValidator};
 use super::command::{self, Address, Command, MAX_COMMAND_LINE, MailParams};
 use super::data::{DataError, DataReader};
 use super::reply::Reply;
 use crate::policy::BareNewlinePolicy;
+use crate::policy::inbound::Attribution;
 
 /// What the session knows about its client. Handed to the backend at every decision.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct SessionInfo {
     pub helo: Option<String>,
     pub esmtp: bool,
     pub tls: Option<TlsInfo>,
+    /// The client certificate presented under TLS, judged (see `client_cert`).
+    pub client_cert: Option<ClientCertInfo>,
 }
 
 /// Facts about a TLS session, for the Received header, the trace and policy.
@@ -33,8 +39,8 @@ pub struct SessionInfo {
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
-    /// DER of the client certificate chain, when the client presented one.
-    pub peer_certificates: Vec<Vec<u8>>,
+    /// The client certificate chain, when the client presented one.
+    pub peer_certificates: Vec<CertificateDer<'static>>,
 }
 
 /// One mail transaction: MAIL FROM, the accepted RCPT TOs.
@@ -44,6 +50,8 @@ pub struct Transaction {
     pub mail_from: Option<Address>,
     pub params: MailParams,
     pub recipients: Vec<Address>,
+    /// The inbound connector this transaction is attributed to, set by `Backend::mail`.
+    pub attribution: Option<Attribution>,
 }
 
 /// Session limits and features; built once from the policy and shared by all sessions.
@@ -60,12 +68,17 @@ pub struct SessionConfig {
     pub tls: Option<TlsAcceptor>,
     /// Refuse MAIL until the session is under TLS (the sink's `--require-tls`).
     pub require_tls: bool,
+    /// Judges client certificates after the TLS handshake (the relay; not the sink).
+    pub client_certs: Option<Arc<ClientCertValidator>>,
 }
 
 /// Decisions and storage, supplied by the relay or the sink.
 pub trait Backend: Send + Sync + 'static {
-    /// MAIL FROM: may refuse the sender.
-    fn mail(&self, _s: &SessionInfo, _from: Option<&Address>) -> Result<(), Reply> {
+    /// A session started, or finished its TLS handshake (facts changed): attribution
+    /// can be (re-)evaluated and recorded.
+    fn session_facts(&self, _s: &SessionInfo) {}
+    /// MAIL FROM: may refuse the sender; may record its decision in `tx.attribution`.
+    fn mail(&self, _s: &SessionInfo, _tx: &mut Transaction) -> Result<(), Reply> {
         Ok(())
     }
     /// RCPT TO: may refuse the recipient.
@@ -178,6 +191,7 @@ impl<B: Backend> Session<B> {
                 helo: None,
                 esmtp: false,
                 tls: None,
+                client_cert: None,
             },
             tx: None,
             errors: 0,
@@ -198,13 +212,14 @@ impl<B: Backend> Session<B> {
                 tracing::debug!(peer = %self.info.peer, "implicit TLS handshake failed");
                 return;
             };
-            self.info.tls = Some(tls_info(tls.get_ref().1));
+            self.tls_established(tls.get_ref().1);
             let mut conn = Conn::new(tls);
             conn.queue(&Reply::greeting(&self.cfg.fqdn));
             let _ = self.serve(&mut conn).await;
             let _ = conn.stream.shutdown().await;
             return;
         }
+        self.backend.session_facts(&self.info);
         let mut conn = Conn::new(stream);
         conn.queue(&Reply::greeting(&self.cfg.fqdn));
         match self.serve(&mut conn).await {
@@ -220,7 +235,7 @@ impl<B: Backend> Session<B> {
         match timeout(self.cfg.inactivity_timeout, acceptor.accept(conn.stream)).await {
             Ok(Ok(tls)) => {
                 // RFC 3207 §4.2: the session starts over; the client must EHLO again.
-                self.info.tls = Some(tls_info(tls.get_ref().1));
+                self.tls_established(tls.get_ref().1);
                 self.info.helo = None;
                 self.info.esmtp = false;
                 self.tx = None;
@@ -233,6 +248,19 @@ impl<B: Backend> Session<B> {
             }
             Err(_) => tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out"),
         }
+    }
+
+    /// Records the TLS facts and judges the client certificate, then lets the backend
+    /// re-evaluate the session.
+    fn tls_established(&mut self, conn: &rustls::ServerConnection) {
+        let info = tls_info(conn);
+        self.info.client_cert = self
+            .cfg
+            .client_certs
+            .as_ref()
+            .and_then(|v| v.examine(&info.peer_certificates));
+        self.info.tls = Some(info);
+        self.backend.session_facts(&self.info);
     }
 
     /// Serves commands until the session ends or STARTTLS is accepted.
@@ -382,14 +410,16 @@ impl<B: Backend> Session<B> {
             if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
                 return Reply::message_too_big();
             }
-            if let Err(r) = self.backend.mail(&self.info, from.as_ref()) {
-                return r;
-            }
-            self.tx = Some(Transaction {
+            let mut tx = Transaction {
                 mail_from: from,
                 params,
                 recipients: Vec::new(),
-            });
+                attribution: None,
+            };
+            if let Err(r) = self.backend.mail(&self.info, &mut tx) {
+                return r;
+            }
+            self.tx = Some(tx);
             Reply::new(250, "2.1.0", "Sender OK")
         })();
         conn.queue(&reply);
@@ -540,7 +570,7 @@ fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
         .unwrap_or_default();
     let peer_certificates = conn
         .peer_certificates()
-        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     TlsInfo {
         version,

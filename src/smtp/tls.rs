@@ -28,15 +28,25 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A server config offering TLS 1.2 and 1.3 with the given certificate. Client
-/// certificates are not requested here (the inbound connector work adds that).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A server config offering TLS 1.2 and 1.3 with the given certificate. With
+/// `request_client_cert`, a client certificate is asked for but not required (its trust is
+/// judged after the handshake, see `client_cert`).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    request_client_cert: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = if request_client_cert {
+        builder.with_client_cert_verifier(super::client_cert::RequestClientCert::new())
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     Ok(Arc::new(config))

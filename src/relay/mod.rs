@@ -1,7 +1,9 @@
 //! Wires the relay together: spool recovery, queue manager, delivery engine, listeners,
 //! and the drain on shutdown. Used by `connector-relay run` and by in-process tests.
 
-use std::net::{IpAddr, SocketAddr};
+mod backend;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +13,15 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
-use crate::message::received::{ReceivedFields, received_header};
-use crate::policy::{ConnectorType, InboundConnector, Policy};
-use crate::queue::manager::{self, QueueHandle, QueueSettings, Transport};
-use crate::queue::spool::{Envelope, Spool, unix_now};
-use crate::smtp::command::Address;
+use crate::policy::restrict::{InboundPolicy, SessionFacts};
+use crate::policy::{ConnectorType, Policy};
+use crate::queue::manager::{self, QueueSettings, Transport};
+use crate::queue::spool::Spool;
+use crate::smtp::client_cert::ClientCertValidator;
 use crate::smtp::server::{self, Limits};
-use crate::smtp::session::{Backend, SessionConfig, SessionInfo, Transaction};
-use crate::smtp::{Reply, tls};
+use crate::smtp::session::SessionConfig;
+use crate::smtp::tls;
+use backend::RelayBackend;
 
 /// Why the relay could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +96,19 @@ pub async fn start_with_resolver(
 
     let tls = match (&r.tls_certificate, &r.tls_private_key) {
         (Some(c), Some(k)) => Some(TlsAcceptor::from(
-            tls::server_config(c, k).map_err(StartError::Tls)?,
+            tls::server_config(c, k, true).map_err(StartError::Tls)?,
         )),
         _ => None,
+    };
+
+    // Client certificates are requested under TLS and judged against TrustedCaFile, the
+    // webpki roots and RevocationLists.
+    let client_certs = match &tls {
+        Some(_) => Some(Arc::new(
+            ClientCertValidator::new(r.trusted_ca_file.as_deref(), &r.revocation_lists)
+                .map_err(StartError::Tls)?,
+        )),
+        None => None,
     };
 
     // Bind everything before starting anything, so a port in use fails cleanly.
@@ -148,18 +161,22 @@ pub async fn start_with_resolver(
         max_protocol_errors: r.max_protocol_errors,
         tls,
         require_tls: false,
+        client_certs,
     });
-    let backend = Arc::new(RelayBackend {
-        policy: policy.clone(),
-        spool,
-        queue,
-    });
+    let inbound = Arc::new(InboundPolicy::new(&policy));
+    let backend = Arc::new(RelayBackend::new(policy.clone(), inbound.clone(), spool, queue));
     let limits = Limits::new(
         r.max_inbound_connection,
         r.max_inbound_connection_per_source,
     );
+    // OnPremises servers (by IP) are exempt from the per-source connection cap.
     let p = policy.clone();
-    let exempt: server::ExemptFn = Arc::new(move |ip| on_premises_by_ip(&p, ip).is_some());
+    let exempt: server::ExemptFn = Arc::new(move |ip| {
+        let facts = SessionFacts { ip, tls: false, trusted_cert_names: &[], cert_problem: None };
+        inbound
+            .attribute(&facts, None)
+            .is_some_and(|a| p.inbound[a.index].connector_type == ConnectorType::OnPremises)
+    });
 
     let shared = server::Server {
         cfg,
@@ -195,110 +212,3 @@ pub async fn start_with_resolver(
     Ok(handle)
 }
 
-/// The first enabled OnPremises inbound connector whose `SenderIPAddresses` holds `ip`.
-/// (Full attribution — certificates, sender domains, restrictions — is the inbound
-/// connectors' work; this is the anti-relay core.)
-fn on_premises_by_ip(policy: &Policy, ip: IpAddr) -> Option<&InboundConnector> {
-    let ip = canonical_ip(ip);
-    policy.inbound.iter().find(|c| {
-        c.enabled
-            && c.connector_type == ConnectorType::OnPremises
-            && c.sender_ip_addresses.iter().any(|n| n.contains(&ip))
-    })
-}
-
-/// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// Is `domain` one of the organization's accepted domains?
-pub fn is_accepted(policy: &Policy, domain: &str) -> bool {
-    // Address literals are never accepted domains: mail to [IP] is relaying.
-    !domain.starts_with('[')
-        && policy
-            .relay
-            .accepted_domains
-            .iter()
-            .any(|p| p.matches(domain))
-}
-
-struct RelayBackend {
-    policy: Arc<Policy>,
-    spool: Arc<Spool>,
-    queue: QueueHandle,
-}
-
-impl Backend for RelayBackend {
-    fn rcpt(&self, s: &SessionInfo, _tx: &Transaction, to: &Address) -> Result<(), Reply> {
-        let domain = to.domain_lc();
-        if domain == self.policy.relay.fqdn.to_ascii_lowercase()
-            && to.local.eq_ignore_ascii_case("postmaster")
-        {
-            return Ok(());
-        }
-        if is_accepted(&self.policy, &domain) {
-            return Ok(());
-        }
-        // Relaying: only for clients of an OnPremises connector. Never an open relay.
-        if on_premises_by_ip(&self.policy, s.peer.ip()).is_some() {
-            return Ok(());
-        }
-        tracing::info!(peer = %s.peer, rcpt = %to, rule = "relay without OnPremises attribution", "recipient rejected");
-        Err(Reply::relay_denied())
-    }
-
-    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        let id = self.spool.new_id();
-        let now = unix_now();
-        let connector = on_premises_by_ip(&self.policy, s.peer.ip()).map(|c| c.name.clone());
-        let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].to_string());
-        let header = received_header(&ReceivedFields {
-            by: &self.policy.relay.fqdn,
-            session: s,
-            inbound_connector: connector.as_deref(),
-            queue_id: &id,
-            single_recipient: single.as_deref(),
-            unix_time: now,
-        });
-        let mut data = Vec::with_capacity(header.len() + message.len());
-        data.extend_from_slice(header.as_bytes());
-        data.extend_from_slice(&message);
-        drop(message);
-        let env = Envelope {
-            mail_from: tx
-                .mail_from
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            recipients: tx.recipients.iter().map(|a| a.to_string()).collect(),
-            arrived: now,
-            from_outside_org: connector.is_none(),
-            inbound_connector: connector,
-            smtputf8: tx.params.smtputf8,
-        };
-        let spool = self.spool.clone();
-        let (id2, env2) = (id.clone(), env.clone());
-        match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
-            Ok(Ok(())) => {
-                tracing::info!(id = %id, peer = %s.peer, from = %env.mail_from, rcpts = env.recipients.len(),
-                    inbound_connector = ?env.inbound_connector, "message accepted");
-                self.queue.submit(id.clone(), env);
-                Reply::ok(format!("Ok: queued as {id}"))
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "spool write failed; message refused with a temporary error");
-                // ENOSPC / EDQUOT: 452 4.3.1 (RFC 3463); anything else: 451 4.3.0.
-                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
-                    Reply::insufficient_storage()
-                } else {
-                    Reply::local_error()
-                }
-            }
-            Err(_) => Reply::local_error(),
-        }
-    }
-}

@@ -1,0 +1,193 @@
+//! Inbound decisions: which connector a transaction belongs to, and which of its
+//! restrictions refuse it (policy.md "Inbound", replies.md). Pure: the SMTP session turns
+//! a `Refusal` into a reply and the trace records its `rule()`.
+
+use std::net::IpAddr;
+
+use super::inbound::{AttributedBy, Attribution, Facts, InboundTable};
+use super::{ConnectorType, InboundConnector, Policy};
+
+/// What the session knows when it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    pub ip: IpAddr,
+    pub tls: bool,
+    /// Names of the client certificate when it is trusted (empty otherwise).
+    pub trusted_cert_names: &'a [String],
+    /// Why a presented certificate does not count (untrusted, expired, ...), if one was
+    /// presented; `None` when none was presented or it is trusted.
+    pub cert_problem: Option<&'a str>,
+}
+
+/// Why a command is refused, naming the connector (replies.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `RequireTls` and the session is in plaintext: 451 5.7.3 at MAIL FROM.
+    TlsRequired { connector: String },
+    /// `RestrictDomainsToIPAddresses`: 550 5.7.51 at RCPT TO.
+    IpNotAllowed { connector: String, domain: String, ip: IpAddr },
+    /// `RestrictDomainsToCertificate`, or `TlsSenderCertificateName` with `RequireTls`:
+    /// 550 5.7.51 at RCPT TO.
+    CertificateRequired { connector: String, wanted: String, problem: String },
+    /// Relay without an OnPremises attribution: 550 5.7.64.
+    RelayDenied { connector: Option<String> },
+}
+
+impl Refusal {
+    /// (code, enhanced code, text).
+    pub fn reply_parts(&self) -> (u16, &'static str, String) {
+        match self {
+            Refusal::TlsRequired { connector } => (
+                451,
+                "5.7.3",
+                format!("STARTTLS is required to send mail; connector \"{connector}\" requires TLS"),
+            ),
+            Refusal::IpNotAllowed { connector, domain, ip } => (
+                550,
+                "5.7.51",
+                format!(
+                    "TenantInboundAttribution; connector \"{connector}\" restricts {domain} to its IP addresses, and {ip} is not one of them"
+                ),
+            ),
+            Refusal::CertificateRequired { connector, wanted, problem } => (
+                550,
+                "5.7.51",
+                format!(
+                    "TenantInboundAttribution; connector \"{connector}\" requires a TLS client certificate for {wanted}: {problem}"
+                ),
+            ),
+            Refusal::RelayDenied { connector: None } => {
+                (550, "5.7.64", "TenantAttribution; Relay Access Denied".to_string())
+            }
+            Refusal::RelayDenied { connector: Some(c) } => (
+                550,
+                "5.7.64",
+                format!("TenantAttribution; Relay Access Denied (connector \"{c}\" is not an OnPremises connector)"),
+            ),
+        }
+    }
+
+    /// The rule's name for the trace.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Refusal::TlsRequired { .. } => "RequireTls",
+            Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses",
+            Refusal::CertificateRequired { .. } => "RestrictDomainsToCertificate",
+            Refusal::RelayDenied { .. } => "RelayWithoutOnPremisesAttribution",
+        }
+    }
+
+    pub fn connector(&self) -> Option<&str> {
+        match self {
+            Refusal::TlsRequired { connector }
+            | Refusal::IpNotAllowed { connector, .. }
+            | Refusal::CertificateRequired { connector, .. } => Some(connector),
+            Refusal::RelayDenied { connector } => connector.as_deref(),
+        }
+    }
+}
+
+/// The inbound side of the policy, compiled once (the attribution tables).
+pub struct InboundPolicy {
+    table: InboundTable,
+}
+
+impl InboundPolicy {
+    pub fn new(policy: &Policy) -> Self {
+        InboundPolicy { table: InboundTable::new(&policy.inbound) }
+    }
+
+    pub fn table(&self) -> &InboundTable {
+        &self.table
+    }
+
+    /// Attribution from what is known so far (connect, after STARTTLS, MAIL FROM).
+    pub fn attribute(&self, facts: &SessionFacts<'_>, sender_domain: Option<&str>) -> Option<Attribution> {
+        self.table.attribute(&Facts {
+            ip: facts.ip,
+            cert_names: facts.trusted_cert_names,
+            sender_domain,
+        })
+    }
+
+    /// MAIL FROM: the attribution for the transaction, and `RequireTls`.
+    pub fn check_mail(
+        &self,
+        policy: &Policy,
+        facts: &SessionFacts<'_>,
+        sender_domain: Option<&str>,
+    ) -> (Option<Attribution>, Result<(), Refusal>) {
+        let attribution = self.attribute(facts, sender_domain);
+        let verdict = match attribution.map(|a| &policy.inbound[a.index]) {
+            Some(c) if c.require_tls && !facts.tls => {
+                Err(Refusal::TlsRequired { connector: c.name.clone() })
+            }
+            _ => Ok(()),
+        };
+        (attribution, verdict)
+    }
+
+    /// RCPT TO: the attributed connector's restrictions (when it applies to this
+    /// recipient), then the anti-relay rule.
+    pub fn check_rcpt(
+        &self,
+        policy: &Policy,
+        facts: &SessionFacts<'_>,
+        attribution: Option<Attribution>,
+        sender_domain: Option<&str>,
+        rcpt_domain: &str,
+    ) -> Result<(), Refusal> {
+        let applying = attribution.filter(|a| applies_to(&policy.inbound[a.index], rcpt_domain));
+        if let Some(a) = applying {
+            let c = &policy.inbound[a.index];
+            if c.restrict_domains_to_ip_addresses
+                && a.by == AttributedBy::SenderDomain
+                && !self.table.ip_allowed(a.index, facts.ip)
+            {
+                return Err(Refusal::IpNotAllowed {
+                    connector: c.name.clone(),
+                    domain: sender_domain.unwrap_or_default().to_string(),
+                    ip: facts.ip,
+                });
+            }
+            let cert_required = c.restrict_domains_to_certificate
+                || (c.require_tls && c.tls_sender_certificate_name.is_some());
+            if cert_required && !self.table.cert_allowed(a.index, facts.trusted_cert_names) {
+                let wanted = c
+                    .tls_sender_certificate_name
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let problem = if !facts.tls {
+                    "the session is not under TLS".to_string()
+                } else if let Some(p) = facts.cert_problem {
+                    format!("the certificate presented does not count ({p})")
+                } else if facts.trusted_cert_names.is_empty() {
+                    "no client certificate was presented".to_string()
+                } else {
+                    format!("the certificate names {} do not match", facts.trusted_cert_names.join(", "))
+                };
+                return Err(Refusal::CertificateRequired { connector: c.name.clone(), wanted, problem });
+            }
+        }
+        if is_accepted(policy, rcpt_domain) {
+            return Ok(());
+        }
+        match applying.map(|a| &policy.inbound[a.index]) {
+            Some(c) if c.connector_type == ConnectorType::OnPremises => Ok(()),
+            other => Err(Refusal::RelayDenied { connector: other.map(|c| c.name.clone()) }),
+        }
+    }
+}
+
+/// `AssociatedAcceptedDomains`: when set, the connector applies only to those recipients.
+pub fn applies_to(c: &InboundConnector, rcpt_domain: &str) -> bool {
+    c.associated_accepted_domains.is_empty()
+        || c.associated_accepted_domains.iter().any(|p| p.matches(rcpt_domain))
+}
+
+/// Is `domain` one of the organization's accepted domains? Address literals never are:
+/// mail to `user@[192.0.2.1]` is relaying.
+pub fn is_accepted(policy: &Policy, domain: &str) -> bool {
+    !domain.starts_with('[') && policy.relay.accepted_domains.iter().any(|p| p.matches(domain))
+}

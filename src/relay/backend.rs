@@ -1,0 +1,184 @@
+//! The relay's side of an SMTP session: inbound connector attribution and restrictions,
+//! header rewriting, the `Received:` header, and the durable spool write before `250`.
+
+use std::sync::Arc;
+
+use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound};
+use crate::message::received::{ReceivedFields, received_header};
+use crate::policy::restrict::{InboundPolicy, Refusal, SessionFacts, applies_to, is_accepted};
+use crate::policy::{ConnectorType, Policy};
+use crate::queue::manager::QueueHandle;
+use crate::queue::spool::{Envelope, Spool, unix_now};
+use crate::smtp::Reply;
+use crate::smtp::command::Address;
+use crate::smtp::session::{Backend, SessionInfo, Transaction};
+
+pub(super) struct RelayBackend {
+    policy: Arc<Policy>,
+    inbound: Arc<InboundPolicy>,
+    spool: Arc<Spool>,
+    queue: QueueHandle,
+}
+
+impl RelayBackend {
+    pub(super) fn new(
+        policy: Arc<Policy>,
+        inbound: Arc<InboundPolicy>,
+        spool: Arc<Spool>,
+        queue: QueueHandle,
+    ) -> Self {
+        RelayBackend { policy, inbound, spool, queue }
+    }
+
+    fn facts<'a>(&self, s: &'a SessionInfo) -> SessionFacts<'a> {
+        let cert = s.client_cert.as_ref();
+        SessionFacts {
+            ip: s.peer.ip(),
+            tls: s.tls.is_some(),
+            trusted_cert_names: cert.map(|c| c.trusted_names()).unwrap_or(&[]),
+            cert_problem: cert.and_then(|c| c.problem.as_deref()),
+        }
+    }
+
+    /// Logs a refusal as a structured event (ready for the message trace) and builds the
+    /// reply.
+    fn refuse(&self, s: &SessionInfo, stage: &str, address: &str, r: Refusal) -> Reply {
+        let (code, enhanced, text) = r.reply_parts();
+        tracing::info!(
+            event = "rejected",
+            stage,
+            client_ip = %s.peer.ip(),
+            address,
+            rule = r.rule(),
+            connector = r.connector().unwrap_or(""),
+            cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
+            reply = %format!("{code} {enhanced}"),
+            "refused"
+        );
+        Reply::new(code, enhanced, text)
+    }
+}
+
+fn sender_domain(tx: &Transaction) -> Option<String> {
+    tx.mail_from.as_ref().map(|a| a.domain_lc())
+}
+
+impl Backend for RelayBackend {
+    fn session_facts(&self, s: &SessionInfo) {
+        // Attribution as far as it is known before MAIL FROM (IP, certificate).
+        let a = self.inbound.attribute(&self.facts(s), None);
+        tracing::debug!(
+            event = "attribution",
+            client_ip = %s.peer.ip(),
+            tls = s.tls.is_some(),
+            cert_subject = s.client_cert.as_ref().map(|c| c.subject.as_str()).unwrap_or(""),
+            cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
+            cert_trusted = s.client_cert.as_ref().is_some_and(|c| c.trusted),
+            connector = a.map(|a| self.policy.inbound[a.index].name.as_str()).unwrap_or(""),
+            by = ?a.map(|a| a.by),
+            "session attributed"
+        );
+    }
+
+    fn mail(&self, s: &SessionInfo, tx: &mut Transaction) -> Result<(), Reply> {
+        let sender = sender_domain(tx);
+        let (attribution, verdict) = self.inbound.check_mail(&self.policy, &self.facts(s), sender.as_deref());
+        tx.attribution = attribution;
+        tracing::info!(
+            event = "attribution",
+            client_ip = %s.peer.ip(),
+            sender = sender.as_deref().unwrap_or(""),
+            connector = attribution.map(|a| self.policy.inbound[a.index].name.as_str()).unwrap_or(""),
+            by = ?attribution.map(|a| a.by),
+            cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
+            "transaction attributed"
+        );
+        let from = tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        verdict.map_err(|r| self.refuse(s, "MAIL", &from, r))
+    }
+
+    fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
+        let domain = to.domain_lc();
+        // <postmaster> of the relay itself is always accepted (RFC 5321 §4.5.1).
+        if domain == self.policy.relay.fqdn.to_ascii_lowercase() && to.local.eq_ignore_ascii_case("postmaster") {
+            return Ok(());
+        }
+        let sender = sender_domain(tx);
+        self.inbound
+            .check_rcpt(&self.policy, &self.facts(s), tx.attribution, sender.as_deref(), &domain)
+            .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))
+    }
+
+    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+        let id = self.spool.new_id();
+        let now = unix_now();
+        // The connector counts for the message when it applies to at least one recipient
+        // (AssociatedAcceptedDomains).
+        let connector = tx
+            .attribution
+            .map(|a| &self.policy.inbound[a.index])
+            .filter(|c| tx.recipients.iter().any(|r| applies_to(c, &r.domain_lc())));
+        let sender = sender_domain(tx);
+        let headers = InboundHeaderPolicy {
+            cloud_services_mail_enabled: connector.is_some_and(|c| c.cloud_services_mail_enabled),
+            mark_internal: connector.is_some_and(|c| {
+                c.treat_messages_as_internal
+                    && c.connector_type == ConnectorType::OnPremises
+                    && sender.as_deref().is_some_and(|d| is_accepted(&self.policy, d))
+            }),
+        };
+        let message = rewrite_inbound(&message, &headers);
+        let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].to_string());
+        let header = received_header(&ReceivedFields {
+            by: &self.policy.relay.fqdn,
+            session: s,
+            inbound_connector: connector.map(|c| c.name.as_str()),
+            queue_id: &id,
+            single_recipient: single.as_deref(),
+            unix_time: now,
+        });
+        let mut data = Vec::with_capacity(header.len() + message.len());
+        data.extend_from_slice(header.as_bytes());
+        data.extend_from_slice(&message);
+        drop(message);
+        let env = Envelope {
+            mail_from: tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            recipients: tx.recipients.iter().map(|a| a.to_string()).collect(),
+            arrived: now,
+            from_outside_org: !connector.is_some_and(|c| c.connector_type == ConnectorType::OnPremises),
+            inbound_connector: connector.map(|c| c.name.clone()),
+            smtputf8: tx.params.smtputf8,
+        };
+        let spool = self.spool.clone();
+        let (id2, env2) = (id.clone(), env.clone());
+        match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    event = "received",
+                    id = %id,
+                    client_ip = %s.peer.ip(),
+                    helo = s.helo.as_deref().unwrap_or(""),
+                    tls_version = s.tls.as_ref().map(|t| t.version.as_str()).unwrap_or(""),
+                    tls_cipher = s.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or(""),
+                    cert_subject = s.client_cert.as_ref().map(|c| c.subject.as_str()).unwrap_or(""),
+                    from = %env.mail_from,
+                    rcpts = env.recipients.len(),
+                    connector = env.inbound_connector.as_deref().unwrap_or(""),
+                    "message accepted"
+                );
+                self.queue.submit(id.clone(), env);
+                Reply::ok(format!("Ok: queued as {id}"))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "spool write failed; message refused with a temporary error");
+                // ENOSPC / EDQUOT: 452 4.3.1 (RFC 3463); anything else: 451 4.3.0.
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                    Reply::insufficient_storage()
+                } else {
+                    Reply::local_error()
+                }
+            }
+            Err(_) => Reply::local_error(),
+        }
+    }
+}
