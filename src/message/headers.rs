@@ -406,3 +406,357 @@ fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANON: InboundHeaderPolicy = InboundHeaderPolicy {
+        cloud_services_mail_enabled: false,
+        mark_internal: false,
+    };
+    const CSME: InboundHeaderPolicy = InboundHeaderPolicy {
+        cloud_services_mail_enabled: true,
+        mark_internal: false,
+    };
+    const MARK: InboundHeaderPolicy = InboundHeaderPolicy {
+        cloud_services_mail_enabled: false,
+        mark_internal: true,
+    };
+    const CSME_MARK: InboundHeaderPolicy = InboundHeaderPolicy {
+        cloud_services_mail_enabled: true,
+        mark_internal: true,
+    };
+    const MARKS: &str = "X-MS-Exchange-Organization-MessageDirectionality: Originating\r\n\
+                         X-MS-Exchange-Organization-AuthAs: Internal\r\n";
+
+    #[track_caller]
+    fn inbound(input: &str, policy: InboundHeaderPolicy, expected: &str) {
+        let out = rewrite_inbound(input.as_bytes(), &policy);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            expected,
+            "inbound {policy:?} of {input:?}"
+        );
+    }
+
+    #[track_caller]
+    fn outbound(input: &str, csme: bool, expected: &str) {
+        let out = rewrite_outbound(input.as_bytes(), csme);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            expected,
+            "outbound csme={csme} of {input:?}"
+        );
+    }
+
+    #[test]
+    fn anonymous_removes_both_prefixes_any_case_with_folding() {
+        let input = "Received: from x\r\n\tby y\r\n\
+                     X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+                     Subject: hi\r\n\
+                     x-ms-exchange-crosspremises-authas: Internal\r\n\
+                     X-MS-EXCHANGE-ORGANIZATION-SCL: -1\r\n  folded more\r\n\tand more\r\n\
+                     X-Ms-Exchange-CrossPremises-Foo:\r\n bar\r\n\
+                     From: a@b\r\n\
+                     \r\n\
+                     body\r\n";
+        let expected = "Received: from x\r\n\tby y\r\n\
+                        Subject: hi\r\n\
+                        From: a@b\r\n\
+                        \r\n\
+                        body\r\n";
+        inbound(input, ANON, expected);
+        outbound(input, false, expected);
+    }
+
+    #[test]
+    fn promotion_replaces_every_existing_organization_header_of_that_name() {
+        let input = "X-MS-Exchange-Organization-AuthAs: Anonymous\r\n\
+                     Subject: s\r\n\
+                     X-MS-Exchange-CrossPremises-AuthAs: Internal\r\n\
+                     X-MS-Exchange-Organization-SCL: 1\r\n\
+                     X-MS-Exchange-CrossPremises-Originating: yes,\r\n\tfolded\r\n\
+                     x-ms-exchange-organization-AUTHAS: again\r\n\
+                     \r\n\
+                     body";
+        let expected = "Subject: s\r\n\
+                        X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+                        X-MS-Exchange-Organization-SCL: 1\r\n\
+                        X-MS-Exchange-Organization-Originating: yes,\r\n\tfolded\r\n\
+                        \r\n\
+                        body";
+        inbound(input, CSME, expected);
+    }
+
+    #[test]
+    fn promotion_when_no_organization_header_existed() {
+        inbound(
+            "Subject: s\r\nx-ms-exchange-CROSSPREMISES-Foo:  v  \r\n\r\nb",
+            CSME,
+            "Subject: s\r\nX-MS-Exchange-Organization-Foo:  v  \r\n\r\nb",
+        );
+        // Whitespace before the colon goes; the value stays byte for byte.
+        inbound(
+            "X-MS-Exchange-CrossPremises-Foo \t: été\r\n \r\n\tx\r\n\r\n",
+            CSME,
+            "X-MS-Exchange-Organization-Foo: été\r\n \r\n\tx\r\n\r\n",
+        );
+    }
+
+    #[test]
+    fn cloud_services_keeps_other_organization_headers() {
+        let input = "X-MS-Exchange-Organization-SCL: -1\r\n\
+                     Subject: s\r\n\
+                     X-MS-Exchange-Organization-Network-Message-Id:\r\n abc\r\n\
+                     X-MS-Exchange-Organization-: odd but kept\r\n\
+                     \r\n\
+                     body\r\n";
+        inbound(input, CSME, input);
+    }
+
+    #[test]
+    fn cross_premises_header_without_a_valid_name_is_dropped_not_promoted() {
+        inbound(
+            "X-MS-Exchange-CrossPremises-: v\r\nX-MS-Exchange-CrossPremises-A B: v\r\nS: t\r\n\r\n",
+            CSME,
+            "S: t\r\n\r\n",
+        );
+    }
+
+    #[test]
+    fn mark_internal_adds_both_headers_at_the_end_of_the_header_section() {
+        inbound(
+            "Subject: s\r\n\r\nbody",
+            MARK,
+            &format!("Subject: s\r\n{MARKS}\r\nbody"),
+        );
+        inbound(
+            "Subject: s\r\n\r\nbody",
+            CSME_MARK,
+            &format!("Subject: s\r\n{MARKS}\r\nbody"),
+        );
+    }
+
+    #[test]
+    fn mark_internal_replaces_existing_headers_of_those_names() {
+        inbound(
+            "X-MS-Exchange-Organization-AuthAs: Anonymous\r\n\
+             Subject: s\r\n\
+             X-MS-Exchange-Organization-MessageDirectionality: Incoming\r\n\
+             \r\n\
+             body",
+            MARK,
+            &format!("Subject: s\r\n{MARKS}\r\nbody"),
+        );
+        // With CloudServicesMailEnabled the marks also win over promoted headers, and the
+        // other Organization headers stay.
+        inbound(
+            "x-ms-exchange-organization-authas: Anonymous\r\n\
+             X-MS-Exchange-CrossPremises-AuthAs: Partner\r\n\
+             X-MS-Exchange-CrossPremises-MessageDirectionality: Incoming\r\n\
+             X-MS-Exchange-Organization-SCL: 5\r\n\
+             X-MS-Exchange-CrossPremises-Foo: bar\r\n\
+             \r\n\
+             body",
+            CSME_MARK,
+            &format!(
+                "X-MS-Exchange-Organization-SCL: 5\r\n\
+                 X-MS-Exchange-Organization-Foo: bar\r\n\
+                 {MARKS}\r\nbody"
+            ),
+        );
+    }
+
+    #[test]
+    fn outbound_preserves_organization_headers_as_cross_premises() {
+        let input = "X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+                     X-MS-Exchange-CrossPremises-AuthAs: stale\r\n\
+                     X-MS-Exchange-CrossPremises-Other: keep\r\n\
+                     Subject: s\r\n\
+                     x-ms-exchange-organization-scl:\r\n -1\r\n\
+                     X-MS-Exchange-Organization-: no name\r\n\
+                     \r\n\
+                     X-MS-Exchange-Organization-InBody: stays\r\n";
+        outbound(
+            input,
+            true,
+            "X-MS-Exchange-CrossPremises-AuthAs: Internal\r\n\
+             X-MS-Exchange-CrossPremises-Other: keep\r\n\
+             Subject: s\r\n\
+             X-MS-Exchange-CrossPremises-scl:\r\n -1\r\n\
+             \r\n\
+             X-MS-Exchange-Organization-InBody: stays\r\n",
+        );
+        outbound(
+            input,
+            false,
+            "Subject: s\r\n\
+             \r\n\
+             X-MS-Exchange-Organization-InBody: stays\r\n",
+        );
+    }
+
+    #[test]
+    fn values_and_body_lines_are_never_matched() {
+        let input = "Subject: X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+                     X-Note: x-ms-exchange-crosspremises-foo: 1\r\n\
+                     X-MS-Exchange-OrganizationX: not the prefix\r\n\
+                     \r\n\
+                     X-MS-Exchange-Organization-Foo: x\r\n\
+                     X-MS-Exchange-CrossPremises-Foo: y\r\n";
+        for policy in [ANON, CSME] {
+            inbound(input, policy, input);
+        }
+        outbound(input, true, input);
+        outbound(input, false, input);
+    }
+
+    #[test]
+    fn fast_path_returns_a_copy() {
+        let input = b"Subject: s\r\n\r\nX-MS-Exchange-Organization-Foo: body\r\n";
+        assert_eq!(rewrite_inbound(input, &ANON), input);
+        assert_eq!(rewrite_outbound(input, false), input);
+        assert!(HeaderSection::find(input, false).is_none());
+    }
+
+    #[test]
+    fn messages_without_separator_or_without_headers() {
+        // All header, last line unterminated.
+        inbound(
+            "Subject: s\r\nX-MS-Exchange-Organization-A: 1",
+            ANON,
+            "Subject: s\r\n",
+        );
+        inbound(
+            "Subject: s\r\nX-MS-Exchange-CrossPremises-A: 1",
+            CSME,
+            "Subject: s\r\nX-MS-Exchange-Organization-A: 1",
+        );
+        inbound("Subject: s", MARK, &format!("Subject: s\r\n{MARKS}"));
+        // All header, terminated.
+        inbound(
+            "Subject: s\r\nX-MS-Exchange-Organization-A: 1\r\n",
+            ANON,
+            "Subject: s\r\n",
+        );
+        inbound("Subject: s\r\n", MARK, &format!("Subject: s\r\n{MARKS}"));
+        // Only the separator and headers.
+        inbound("X-MS-Exchange-Organization-A: 1\r\n\r\n", ANON, "\r\n");
+        // Empty header section: the "header" lines are body.
+        let no_headers = "\r\nX-MS-Exchange-Organization-A: 1\r\n";
+        inbound(no_headers, ANON, no_headers);
+        inbound(no_headers, MARK, &format!("{MARKS}{no_headers}"));
+        inbound("", ANON, "");
+        inbound("", MARK, MARKS);
+    }
+
+    #[test]
+    fn whitespace_before_the_colon_and_header_starting_with_whitespace() {
+        inbound(
+            "X-MS-Exchange-Organization-AuthAs : Internal\r\nS: t\r\n\r\n",
+            ANON,
+            "S: t\r\n\r\n",
+        );
+        // mail-parser skips leading whitespace and reads a header here; so does this module.
+        inbound(
+            " X-MS-Exchange-Organization-AuthAs: Internal\r\nS: t\r\n\r\n",
+            ANON,
+            "S: t\r\n\r\n",
+        );
+        inbound(
+            "garbage\r\n\tX-MS-Exchange-Organization-AuthAs: Internal\r\nS: t\r\n\r\n",
+            ANON,
+            "garbage\r\nS: t\r\n\r\n",
+        );
+    }
+
+    #[test]
+    fn hidden_behind_a_whitespace_only_line_is_still_found() {
+        // mail-parser stops at the whitespace-only line; the manual scan takes over.
+        let input = "garbage line\r\n \r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n\
+                     Subject: s\r\n\r\nbody";
+        let section = HeaderSection::find(input.as_bytes(), false).unwrap();
+        assert_eq!(segments_by_mail_parser(section.content), None);
+        inbound(input, ANON, "garbage line\r\n \r\nSubject: s\r\n\r\nbody");
+    }
+
+    #[test]
+    fn bare_lf_ends_a_header_line() {
+        inbound(
+            "Subject: s\nX-MS-Exchange-Organization-A: 1\nFrom: a\r\n\r\nbody",
+            ANON,
+            "Subject: s\nFrom: a\r\n\r\nbody",
+        );
+    }
+
+    #[test]
+    fn mail_parser_and_scan_agree_on_ordinary_headers() {
+        let inputs: [&[u8]; 5] = [
+            b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: \"x\" <a@b>\r\n",
+            b"To: a@b,\r\n c@d\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nDate: bogus\r\nX-MS-Exchange-Organization-A: 1\r\n",
+            b"Content-Type: multipart/mixed;\r\n boundary=\"xx\"\r\nMIME-Version: 1.0\r\nMessage-ID: <a@b>\r\n",
+            b"From: \"unterminated <a@b>\r\nX-MS-Exchange-Organization-A: 1\r\nS: \xff\xfe\r\n",
+            b"S: t\r\nno colon here\r\nT: u\r\n",
+        ];
+        for input in inputs {
+            assert_eq!(
+                segments_by_mail_parser(input),
+                Some(segments_by_scan(input)),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn segments_cover_the_content_exactly() {
+        let inputs: [&[u8]; 6] = [
+            b"",
+            b":",
+            b"\r\n",
+            b" \t\r\n:x\r\nx-ms-exchange-\r\n",
+            b"\xff\xfe\x00:\r\n\r",
+            b"a:\n\n\nX-MS-Exchange-Organization-A: 1\n \n",
+        ];
+        for input in inputs {
+            for segments in [
+                segments_by_mail_parser(input),
+                Some(segments_by_scan(input)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut pos = 0;
+                for s in &segments {
+                    assert_eq!(s.start, pos);
+                    assert!(s.end > s.start);
+                    pos = s.end;
+                }
+                assert_eq!(pos, input.len());
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        let inputs: [&[u8]; 9] = [
+            b"",
+            b"\r",
+            b"\n",
+            b"\r\n\r\n",
+            b":::\r\n\r\n",
+            b"x-ms-exchange-",
+            b"X-MS-Exchange-CrossPremises-:",
+            b"\xff\x00X-MS-Exchange-CrossPremises-A:\r\n\r\n\xff",
+            b" \r\n\tX-MS-Exchange-Organization-A: b\r\n \r\n",
+        ];
+        for input in inputs {
+            for policy in [ANON, CSME, MARK, CSME_MARK] {
+                let _ = rewrite_inbound(input, &policy);
+            }
+            let _ = rewrite_outbound(input, true);
+            let _ = rewrite_outbound(input, false);
+        }
+    }
+}
