@@ -16,6 +16,11 @@
 //!   included). Whitespace between the old name and its colon is dropped.
 //! - The internal marks are appended at the end of the header section, just before the empty
 //!   line, with CRLF line ends. Existing headers of those two names are removed first.
+//! - One exception to "untouched lines stay byte for byte", for header sections with bare LFs
+//!   (the DATA reader never stores those, so only for other callers): if removing a line
+//!   would join a bare-LF line end with a following CRLF into a new CRLF CRLF, and so move
+//!   the separator, the rewritten header section gets CRLF line ends and loses its empty
+//!   lines. The separator and the body still stay exactly as they were.
 //!
 //! Field boundaries come from mail-parser (`parse_headers`, which reports each field's byte
 //! offsets). Its view is used only when it is self-consistent: every field starts at a line
@@ -274,9 +279,40 @@ impl<'a> HeaderSection<'a> {
                 out.extend_from_slice(line.as_bytes());
             }
         }
-        out.extend_from_slice(&self.message[self.content.len()..]);
+        let tail = &self.message[self.content.len()..];
+        let mut content_len = out.len();
+        out.extend_from_slice(tail);
+        // The separator must stay where it was relative to the tail, or the body would
+        // change. Only a header section with bare LFs can break that (a removed line between
+        // a bare LF and a CRLF, or before the separator); then its line ends become CRLF and
+        // the empty lines inside it go.
+        if header_block(&out).len()
+            != content_len + (header_block(self.message).len() - self.content.len())
+        {
+            out.truncate(content_len);
+            let mut fixed = normalize_line_ends(&out);
+            content_len = fixed.len();
+            fixed.extend_from_slice(tail);
+            out = fixed;
+        }
+        debug_assert_eq!(&out[content_len..], tail);
         out
     }
+}
+
+/// CRLF for every line end (bare LF included), without empty lines; a last line without a
+/// line end gets CRLF too. Only for the header section (see `rebuild`).
+fn normalize_line_ends(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 16);
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !text.is_empty() {
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
 }
 
 /// Field boundaries as mail-parser sees them, or `None` when it parsed nothing or its view
@@ -687,6 +723,31 @@ mod tests {
             "Subject: s\nX-MS-Exchange-Organization-A: 1\nFrom: a\r\n\r\nbody",
             ANON,
             "Subject: s\nFrom: a\r\n\r\nbody",
+        );
+    }
+
+    #[test]
+    fn removal_next_to_bare_lf_does_not_move_the_separator() {
+        // Dropping the line would join "A: 1\r\n" with the CRLF that followed a bare LF, an
+        // empty line that would end the header section early; the section is made CRLF-only
+        // and its empty lines go instead.
+        inbound(
+            "A: 1\r\nX-MS-Exchange-Organization-A: 1\n\r\nB: 2\r\n\r\nbody\r\n",
+            ANON,
+            "A: 1\r\nB: 2\r\n\r\nbody\r\n",
+        );
+        // Dropping the last header would leave "A: 1\n" before the separator, which is then
+        // no longer CRLF CRLF.
+        inbound(
+            "A: 1\nX-MS-Exchange-Organization-A: 1\r\n\r\nbody\r\n\r\nmore\r\n",
+            ANON,
+            "A: 1\r\n\r\nbody\r\n\r\nmore\r\n",
+        );
+        // Without such a join the bare LFs stay.
+        inbound(
+            "A: 1\nX-MS-Exchange-Organization-A: 1\r\nB: 2\r\n\r\nbody",
+            ANON,
+            "A: 1\nB: 2\r\n\r\nbody",
         );
     }
 
