@@ -1,6 +1,8 @@
-//! Header rewriting (`Received:`), and the messages the relay writes itself (DSNs).
+//! Header rewriting (`Received:`, cross-premises headers), and the messages the relay writes
+//! itself (DSNs).
 
 pub mod dsn;
+pub mod headers;
 pub mod received;
 
 /// The header block of an RFC 5322 message: the bytes up to and including the empty line
