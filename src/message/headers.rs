@@ -31,8 +31,8 @@
 //! to hide a header from one parser) a manual RFC 5322 scan of the same bytes is used: a line
 //! ends at LF (CRLF or a bare LF; a bare CR is not a line end), a line that starts with SP or
 //! HTAB continues the preceding field, any other line starts a new field, named by what comes
-//! before its first colon with surrounding whitespace trimmed. Neither path can panic or
-//! reach into the body.
+//! before its first colon with surrounding whitespace trimmed (colons before the name are
+//! skipped, as mail-parser does). Neither path can panic or reach into the body.
 //!
 //! Names are matched case-insensitively on the field name only; a value or a body line that
 //! merely contains the prefix is never matched. A header whose name only starts with one of
@@ -185,7 +185,7 @@ struct HeaderSection<'a> {
 struct Segment {
     start: usize,
     end: usize,
-    /// The colon that ends the field name, if the first line has one.
+    /// The colon that ends the field name, if the first line has one (see [`name_colon`]).
     colon: Option<usize>,
 }
 
@@ -236,7 +236,12 @@ impl<'a> HeaderSection<'a> {
         let Some(colon) = segment.colon else {
             return Kind::Other;
         };
-        let name = trim_wsp(&self.content[segment.start..colon]);
+        let name = &self.content[segment.start..colon];
+        let skipped = name
+            .iter()
+            .take_while(|&&b| is_wsp_or_cr(b) || b == b':')
+            .count();
+        let name = trim_wsp(&name[skipped..]);
         if let Some(rest) = strip_prefix_ci(name, ORG) {
             Kind::Organization(rest)
         } else if let Some(rest) = strip_prefix_ci(name, CROSS) {
@@ -365,7 +370,7 @@ fn segments_by_mail_parser(content: &[u8]) -> Option<Vec<Segment>> {
             .iter()
             .position(|&b| b == b'\n')
             .unwrap_or(bytes.len());
-        let colon = bytes[..first_line_end].iter().position(|&b| b == b':')? + start;
+        let colon = name_colon(&bytes[..first_line_end])? + start;
         gap(&mut segments, pos, start)?;
         segments.push(Segment {
             start,
@@ -396,13 +401,28 @@ fn segments_by_scan(content: &[u8]) -> Vec<Segment> {
                 segments.push(Segment {
                     start: pos,
                     end: line_end,
-                    colon: line.iter().position(|&b| b == b':').map(|i| pos + i),
+                    colon: name_colon(line).map(|i| pos + i),
                 });
             }
         }
         pos = line_end;
     }
     segments
+}
+
+/// Where the field name of this (first) line ends: the first colon after the first byte
+/// that is neither whitespace nor a colon. Like mail-parser, colons before the name are
+/// skipped (`:X-MS-Exchange-Organization-A: 1` names `X-MS-Exchange-Organization-A`), so no
+/// reader finds a name this module does not.
+fn name_colon(line: &[u8]) -> Option<usize> {
+    let name_start = line
+        .iter()
+        .position(|&b| !is_wsp_or_cr(b) && b != b':' && b != b'\n')?;
+    line[name_start..]
+        .iter()
+        .take_while(|&&b| b != b'\n')
+        .position(|&b| b == b':')
+        .map(|i| name_start + i)
 }
 
 /// RFC 5322 ftext: printable US-ASCII except the colon.
@@ -704,6 +724,20 @@ mod tests {
             "garbage\r\n\tX-MS-Exchange-Organization-AuthAs: Internal\r\nS: t\r\n\r\n",
             ANON,
             "garbage\r\nS: t\r\n\r\n",
+        );
+    }
+
+    #[test]
+    fn colons_before_the_name_are_skipped_like_mail_parser_does() {
+        inbound(
+            ":X-MS-Exchange-Organization-AuthAs: Internal\r\n: :x-ms-exchange-crosspremises-a: 1\r\nS: t\r\n\r\n",
+            ANON,
+            "S: t\r\n\r\n",
+        );
+        inbound(
+            ": :X-MS-Exchange-CrossPremises-A : 1\r\n:::\r\n\r\n",
+            CSME,
+            "X-MS-Exchange-Organization-A: 1\r\n:::\r\n\r\n",
         );
     }
 
