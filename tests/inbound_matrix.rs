@@ -163,16 +163,29 @@ async fn run_case(case: &Case, v4: SocketAddr, v6: SocketAddr) -> Result<(), Str
     let (mail, rcpt) = match case.tls {
         Tls::Plain => {
             let mail = d.cmd(&format!("MAIL FROM:<{}>", case.sender), "").await;
-            let rcpt = if mail.starts_with("250") { d.cmd(&format!("RCPT TO:<{}>", case.rcpt), "").await } else { String::new() };
+            let rcpt = if mail.starts_with("250") {
+                d.cmd(&format!("RCPT TO:<{}>", case.rcpt), "").await
+            } else {
+                String::new()
+            };
             (mail, rcpt)
         }
         Tls::StartTls(cert) => {
             d.cmd("STARTTLS", "220").await;
             let pair = cert.map(|c| (format!("{c}.crt"), format!("{c}.key")));
-            let mut t = d.starttls("relay.contoso.test", pair.as_ref().map(|(c, k)| (c.as_str(), k.as_str()))).await;
+            let mut t = d
+                .starttls(
+                    "relay.contoso.test",
+                    pair.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+                )
+                .await;
             t.cmd("EHLO client.test", "250").await;
             let mail = t.cmd(&format!("MAIL FROM:<{}>", case.sender), "").await;
-            let rcpt = if mail.starts_with("250") { t.cmd(&format!("RCPT TO:<{}>", case.rcpt), "").await } else { String::new() };
+            let rcpt = if mail.starts_with("250") {
+                t.cmd(&format!("RCPT TO:<{}>", case.rcpt), "").await
+            } else {
+                String::new()
+            };
             (mail, rcpt)
         }
     };
@@ -181,16 +194,21 @@ async fn run_case(case: &Case, v4: SocketAddr, v6: SocketAddr) -> Result<(), Str
     }
     let decisive = if mail.starts_with("250") {
         if !rcpt.starts_with(case.rcpt_reply) {
-            return Err(format!("RCPT: expected {:?}, got {rcpt:?}", case.rcpt_reply));
+            return Err(format!(
+                "RCPT: expected {:?}, got {rcpt:?}",
+                case.rcpt_reply
+            ));
         }
         rcpt
     } else {
         mail
     };
-    if let Some(name) = case.names {
-        if !decisive.contains(&format!("\"{name}\"")) {
-            return Err(format!("the refusal does not name connector {name:?}: {decisive:?}"));
-        }
+    if let Some(name) = case.names
+        && !decisive.contains(&format!("\"{name}\""))
+    {
+        return Err(format!(
+            "the refusal does not name connector {name:?}: {decisive:?}"
+        ));
     }
     Ok(())
 }
@@ -208,7 +226,15 @@ async fn inbound_connector_matrix() {
             failures.push(format!("{}: {e}", case.name));
         }
     }
-    println!("inbound matrix: {} cases, {} failed", cases.len(), failures.len());
-    assert!(failures.is_empty(), "failed cases:\n{}", failures.join("\n"));
+    println!(
+        "inbound matrix: {} cases, {} failed",
+        cases.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
     relay.shutdown(Duration::from_secs(5)).await;
 }

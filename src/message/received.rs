@@ -33,8 +33,15 @@ pub fn received_header(f: &ReceivedFields) -> String {
         parts.push(format!("(version={} cipher={})", tls.version, tls.cipher));
     }
     if let Some(cert) = &s.client_cert {
-        let trust = if cert.trusted { "verified" } else { "not verified" };
-        parts.push(format!("(client certificate \"{}\" {trust})", clean(&cert.subject)));
+        let trust = if cert.trusted {
+            "verified"
+        } else {
+            "not verified"
+        };
+        parts.push(format!(
+            "(client certificate \"{}\" {trust})",
+            clean(&cert.subject)
+        ));
     }
     if let Some(c) = f.inbound_connector {
         parts.push(format!("(inbound connector \"{}\")", clean(c)));
@@ -47,17 +54,22 @@ pub fn received_header(f: &ReceivedFields) -> String {
     format!("Received: {};\r\n\t{date}\r\n", parts.join("\r\n\t"))
 }
 
-/// Keeps header text on one line and free of comment-breaking characters.
+/// Header text kept on one line and safe inside an RFC 5322 comment: control characters
+/// become spaces; `(`, `)` and `\` are escaped as quoted-pairs (RFC 5322 §3.2.2), so a
+/// connector named `From Fabrikam (forced TLS)` still reads as such.
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() || c == '(' || c == ')' || c == '"' {
-                '_'
-            } else {
-                c
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '(' | ')' | '\\' => {
+                out.push('\\');
+                out.push(c);
             }
-        })
-        .collect()
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// RFC 5322 §3.3 date-time in UTC, e.g. `Mon, 23 Nov 2026 16:38:30 +0000`.

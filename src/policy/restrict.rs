@@ -25,10 +25,18 @@ pub enum Refusal {
     /// `RequireTls` and the session is in plaintext: 451 5.7.3 at MAIL FROM.
     TlsRequired { connector: String },
     /// `RestrictDomainsToIPAddresses`: 550 5.7.51 at RCPT TO.
-    IpNotAllowed { connector: String, domain: String, ip: IpAddr },
+    IpNotAllowed {
+        connector: String,
+        domain: String,
+        ip: IpAddr,
+    },
     /// `RestrictDomainsToCertificate`, or `TlsSenderCertificateName` with `RequireTls`:
     /// 550 5.7.51 at RCPT TO.
-    CertificateRequired { connector: String, wanted: String, problem: String },
+    CertificateRequired {
+        connector: String,
+        wanted: String,
+        problem: String,
+    },
     /// Relay without an OnPremises attribution: 550 5.7.64.
     RelayDenied { connector: Option<String> },
 }
@@ -40,29 +48,43 @@ impl Refusal {
             Refusal::TlsRequired { connector } => (
                 451,
                 "5.7.3",
-                format!("STARTTLS is required to send mail; connector \"{connector}\" requires TLS"),
+                format!(
+                    "STARTTLS is required to send mail; connector \"{connector}\" requires TLS"
+                ),
             ),
-            Refusal::IpNotAllowed { connector, domain, ip } => (
+            Refusal::IpNotAllowed {
+                connector,
+                domain,
+                ip,
+            } => (
                 550,
                 "5.7.51",
                 format!(
                     "TenantInboundAttribution; connector \"{connector}\" restricts {domain} to its IP addresses, and {ip} is not one of them"
                 ),
             ),
-            Refusal::CertificateRequired { connector, wanted, problem } => (
+            Refusal::CertificateRequired {
+                connector,
+                wanted,
+                problem,
+            } => (
                 550,
                 "5.7.51",
                 format!(
                     "TenantInboundAttribution; connector \"{connector}\" requires a TLS client certificate for {wanted}: {problem}"
                 ),
             ),
-            Refusal::RelayDenied { connector: None } => {
-                (550, "5.7.64", "TenantAttribution; Relay Access Denied".to_string())
-            }
+            Refusal::RelayDenied { connector: None } => (
+                550,
+                "5.7.64",
+                "TenantAttribution; Relay Access Denied".to_string(),
+            ),
             Refusal::RelayDenied { connector: Some(c) } => (
                 550,
                 "5.7.64",
-                format!("TenantAttribution; Relay Access Denied (connector \"{c}\" is not an OnPremises connector)"),
+                format!(
+                    "TenantAttribution; Relay Access Denied (connector \"{c}\" is not an OnPremises connector)"
+                ),
             ),
         }
     }
@@ -94,7 +116,9 @@ pub struct InboundPolicy {
 
 impl InboundPolicy {
     pub fn new(policy: &Policy) -> Self {
-        InboundPolicy { table: InboundTable::new(&policy.inbound) }
+        InboundPolicy {
+            table: InboundTable::new(&policy.inbound),
+        }
     }
 
     pub fn table(&self) -> &InboundTable {
@@ -102,7 +126,11 @@ impl InboundPolicy {
     }
 
     /// Attribution from what is known so far (connect, after STARTTLS, MAIL FROM).
-    pub fn attribute(&self, facts: &SessionFacts<'_>, sender_domain: Option<&str>) -> Option<Attribution> {
+    pub fn attribute(
+        &self,
+        facts: &SessionFacts<'_>,
+        sender_domain: Option<&str>,
+    ) -> Option<Attribution> {
         self.table.attribute(&Facts {
             ip: facts.ip,
             cert_names: facts.trusted_cert_names,
@@ -119,9 +147,9 @@ impl InboundPolicy {
     ) -> (Option<Attribution>, Result<(), Refusal>) {
         let attribution = self.attribute(facts, sender_domain);
         let verdict = match attribution.map(|a| &policy.inbound[a.index]) {
-            Some(c) if c.require_tls && !facts.tls => {
-                Err(Refusal::TlsRequired { connector: c.name.clone() })
-            }
+            Some(c) if c.require_tls && !facts.tls => Err(Refusal::TlsRequired {
+                connector: c.name.clone(),
+            }),
             _ => Ok(()),
         };
         (attribution, verdict)
@@ -165,9 +193,16 @@ impl InboundPolicy {
                 } else if facts.trusted_cert_names.is_empty() {
                     "no client certificate was presented".to_string()
                 } else {
-                    format!("the certificate names {} do not match", facts.trusted_cert_names.join(", "))
+                    format!(
+                        "the certificate names {} do not match",
+                        facts.trusted_cert_names.join(", ")
+                    )
                 };
-                return Err(Refusal::CertificateRequired { connector: c.name.clone(), wanted, problem });
+                return Err(Refusal::CertificateRequired {
+                    connector: c.name.clone(),
+                    wanted,
+                    problem,
+                });
             }
         }
         if is_accepted(policy, rcpt_domain) {
@@ -175,7 +210,9 @@ impl InboundPolicy {
         }
         match applying.map(|a| &policy.inbound[a.index]) {
             Some(c) if c.connector_type == ConnectorType::OnPremises => Ok(()),
-            other => Err(Refusal::RelayDenied { connector: other.map(|c| c.name.clone()) }),
+            other => Err(Refusal::RelayDenied {
+                connector: other.map(|c| c.name.clone()),
+            }),
         }
     }
 }
@@ -183,11 +220,18 @@ impl InboundPolicy {
 /// `AssociatedAcceptedDomains`: when set, the connector applies only to those recipients.
 pub fn applies_to(c: &InboundConnector, rcpt_domain: &str) -> bool {
     c.associated_accepted_domains.is_empty()
-        || c.associated_accepted_domains.iter().any(|p| p.matches(rcpt_domain))
+        || c.associated_accepted_domains
+            .iter()
+            .any(|p| p.matches(rcpt_domain))
 }
 
 /// Is `domain` one of the organization's accepted domains? Address literals never are:
 /// mail to `user@[192.0.2.1]` is relaying.
 pub fn is_accepted(policy: &Policy, domain: &str) -> bool {
-    !domain.starts_with('[') && policy.relay.accepted_domains.iter().any(|p| p.matches(domain))
+    !domain.starts_with('[')
+        && policy
+            .relay
+            .accepted_domains
+            .iter()
+            .any(|p| p.matches(domain))
 }

@@ -27,7 +27,12 @@ impl RelayBackend {
         spool: Arc<Spool>,
         queue: QueueHandle,
     ) -> Self {
-        RelayBackend { policy, inbound, spool, queue }
+        RelayBackend {
+            policy,
+            inbound,
+            spool,
+            queue,
+        }
     }
 
     fn facts<'a>(&self, s: &'a SessionInfo) -> SessionFacts<'a> {
@@ -82,7 +87,9 @@ impl Backend for RelayBackend {
 
     fn mail(&self, s: &SessionInfo, tx: &mut Transaction) -> Result<(), Reply> {
         let sender = sender_domain(tx);
-        let (attribution, verdict) = self.inbound.check_mail(&self.policy, &self.facts(s), sender.as_deref());
+        let (attribution, verdict) =
+            self.inbound
+                .check_mail(&self.policy, &self.facts(s), sender.as_deref());
         tx.attribution = attribution;
         tracing::info!(
             event = "attribution",
@@ -93,19 +100,31 @@ impl Backend for RelayBackend {
             cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
             "transaction attributed"
         );
-        let from = tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        let from = tx
+            .mail_from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         verdict.map_err(|r| self.refuse(s, "MAIL", &from, r))
     }
 
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
         let domain = to.domain_lc();
         // <postmaster> of the relay itself is always accepted (RFC 5321 §4.5.1).
-        if domain == self.policy.relay.fqdn.to_ascii_lowercase() && to.local.eq_ignore_ascii_case("postmaster") {
+        if domain == self.policy.relay.fqdn.to_ascii_lowercase()
+            && to.local.eq_ignore_ascii_case("postmaster")
+        {
             return Ok(());
         }
         let sender = sender_domain(tx);
         self.inbound
-            .check_rcpt(&self.policy, &self.facts(s), tx.attribution, sender.as_deref(), &domain)
+            .check_rcpt(
+                &self.policy,
+                &self.facts(s),
+                tx.attribution,
+                sender.as_deref(),
+                &domain,
+            )
             .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))
     }
 
@@ -124,7 +143,9 @@ impl Backend for RelayBackend {
             mark_internal: connector.is_some_and(|c| {
                 c.treat_messages_as_internal
                     && c.connector_type == ConnectorType::OnPremises
-                    && sender.as_deref().is_some_and(|d| is_accepted(&self.policy, d))
+                    && sender
+                        .as_deref()
+                        .is_some_and(|d| is_accepted(&self.policy, d))
             }),
         };
         let message = rewrite_inbound(&message, &headers);
@@ -142,10 +163,15 @@ impl Backend for RelayBackend {
         data.extend_from_slice(&message);
         drop(message);
         let env = Envelope {
-            mail_from: tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            mail_from: tx
+                .mail_from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             recipients: tx.recipients.iter().map(|a| a.to_string()).collect(),
             arrived: now,
-            from_outside_org: !connector.is_some_and(|c| c.connector_type == ConnectorType::OnPremises),
+            from_outside_org: !connector
+                .is_some_and(|c| c.connector_type == ConnectorType::OnPremises),
             inbound_connector: connector.map(|c| c.name.clone()),
             smtputf8: tx.params.smtputf8,
         };

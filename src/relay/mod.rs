@@ -164,7 +164,12 @@ pub async fn start_with_resolver(
         client_certs,
     });
     let inbound = Arc::new(InboundPolicy::new(&policy));
-    let backend = Arc::new(RelayBackend::new(policy.clone(), inbound.clone(), spool, queue));
+    let backend = Arc::new(RelayBackend::new(
+        policy.clone(),
+        inbound.clone(),
+        spool,
+        queue,
+    ));
     let limits = Limits::new(
         r.max_inbound_connection,
         r.max_inbound_connection_per_source,
@@ -172,7 +177,12 @@ pub async fn start_with_resolver(
     // OnPremises servers (by IP) are exempt from the per-source connection cap.
     let p = policy.clone();
     let exempt: server::ExemptFn = Arc::new(move |ip| {
-        let facts = SessionFacts { ip, tls: false, trusted_cert_names: &[], cert_problem: None };
+        let facts = SessionFacts {
+            ip,
+            tls: false,
+            trusted_cert_names: &[],
+            cert_problem: None,
+        };
         inbound
             .attribute(&facts, None)
             .is_some_and(|a| p.inbound[a.index].connector_type == ConnectorType::OnPremises)
@@ -211,4 +221,3 @@ pub async fn start_with_resolver(
     }
     Ok(handle)
 }
-

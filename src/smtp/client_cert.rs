@@ -58,8 +58,10 @@ impl ClientCertValidator {
         for path in crls {
             lists.push(load_crl(path)?);
         }
-        let mut builder =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider());
+        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            tls::provider(),
+        );
         if !lists.is_empty() {
             builder = builder
                 .with_crls(lists)
@@ -85,7 +87,9 @@ impl ClientCertValidator {
                 });
             }
         };
-        let verdict = self.verifier.verify_client_cert(leaf, &chain[1..], UnixTime::now());
+        let verdict = self
+            .verifier
+            .verify_client_cert(leaf, &chain[1..], UnixTime::now());
         Some(ClientCertInfo {
             subject,
             issuer,
@@ -140,7 +144,9 @@ pub struct RequestClientCert {
 
 impl RequestClientCert {
     pub fn new() -> Arc<Self> {
-        Arc::new(RequestClientCert { provider: tls::provider() })
+        Arc::new(RequestClientCert {
+            provider: tls::provider(),
+        })
     }
 }
 
@@ -172,7 +178,12 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -181,11 +192,18 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -214,12 +232,21 @@ mod tests {
         assert!(good.trusted, "{:?}", good.problem);
         assert_eq!(good.names, ["mail.fabrikam.test"]);
         assert_eq!(good.trusted_names(), ["mail.fabrikam.test"]);
-        for bad in ["expired.crt", "selfsigned.crt", "untrusted.crt", "revoked.crt"] {
+        for bad in [
+            "expired.crt",
+            "selfsigned.crt",
+            "untrusted.crt",
+            "revoked.crt",
+        ] {
             let info = v.examine(&cert(bad)).unwrap();
             assert!(!info.trusted, "{bad} must not be trusted");
             assert!(info.problem.is_some());
             assert!(info.trusted_names().is_empty());
-            assert_eq!(info.names, ["mail.fabrikam.test"], "{bad}: names are still read");
+            assert_eq!(
+                info.names,
+                ["mail.fabrikam.test"],
+                "{bad}: names are still read"
+            );
         }
         assert_eq!(v.examine(&[]), None);
     }
