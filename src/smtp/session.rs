@@ -46,7 +46,7 @@ pub struct TlsInfo {
 /// One mail transaction: MAIL FROM, the accepted RCPT TOs.
 #[derive(Debug, Clone, Default)]
 pub struct Transaction {
-    /// `None` inside `Some(..)`-less state means no MAIL yet; see `Session::tx`.
+    /// The reverse-path; `None` is the null sender `<>`.
     pub mail_from: Option<Address>,
     pub params: MailParams,
     pub recipients: Vec<Address>,
