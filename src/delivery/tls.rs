@@ -171,11 +171,41 @@ impl PeerCertificate {
             _ => Vec::new(),
         };
         Some(PeerCertificate {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: rfc4514(cert.subject()),
+            issuer: rfc4514(cert.issuer()),
             sans,
         })
     }
+}
+
+/// A distinguished name in RFC 4514 order (last RDN first: `CN=mail.evil.test, O=Org`),
+/// the order Exchange prints ("Presented Subject: CN=...").
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use x509_parser::objects::{oid_registry, oid2abbrev};
+    let mut rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let key = oid2abbrev(atv.attr_type(), oid_registry())
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| atv.attr_type().to_id_string());
+                    let value = atv.as_str().unwrap_or("?");
+                    let mut escaped = String::with_capacity(value.len());
+                    for ch in value.chars() {
+                        if matches!(ch, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
+                            escaped.push('\\');
+                        }
+                        escaped.push(ch);
+                    }
+                    format!("{key}={escaped}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    rdns.join(", ")
 }
 
 fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
@@ -550,6 +580,26 @@ mod tests {
         assert!(name_matches(&p("*.fabrikam.test"), "*.fabrikam.test"));
         assert!(!name_matches(&p("*.fabrikam.test"), "fabrikam.test.evil"));
         assert!(name_matches(&p("*"), "anything.test"));
+    }
+
+    #[test]
+    fn peer_certificate_is_described() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-test/wrongname.crt");
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        let p = PeerCertificate::from_der(&der).unwrap();
+        assert_eq!(p.subject, "CN=mail.evil.test, O=connector-relay tests");
+        assert_eq!(
+            p.issuer,
+            "CN=connector-relay Test CA, O=connector-relay tests"
+        );
+        assert_eq!(p.sans, ["mail.evil.test"]);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-test/sink.test.crt");
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        let p = PeerCertificate::from_der(&der).unwrap();
+        assert_eq!(
+            p.sans,
+            ["sink.test", "*.sink.test", "localhost", "127.0.0.1", "::1"]
+        );
     }
 
     #[test]
