@@ -49,6 +49,15 @@ enum Cmd {
         /// Demand a client certificate issued by this CA.
         #[arg(long)]
         client_ca: Option<PathBuf>,
+        /// Never advertise STARTTLS, even with a certificate.
+        #[arg(long, conflicts_with_all = ["refuse_starttls", "break_starttls"])]
+        no_starttls: bool,
+        /// Advertise STARTTLS but answer it `454 4.7.0 TLS not available due to temporary reason`.
+        #[arg(long, conflicts_with = "break_starttls")]
+        refuse_starttls: bool,
+        /// Advertise STARTTLS, answer `220`, then close the connection (a failed handshake).
+        #[arg(long)]
+        break_starttls: bool,
     },
     /// Print message trace rows (not available yet).
     Trace {
@@ -102,7 +111,17 @@ fn main() -> ExitCode {
             tls_key,
             require_tls,
             client_ca,
+            no_starttls,
+            refuse_starttls,
+            break_starttls,
         } => {
+            use sink::StartTlsMode;
+            let starttls = match (no_starttls, refuse_starttls, break_starttls) {
+                (true, _, _) => StartTlsMode::Hide,
+                (_, true, _) => StartTlsMode::Refuse,
+                (_, _, true) => StartTlsMode::Break,
+                _ => StartTlsMode::Offer,
+            };
             let opts = sink::SinkOptions {
                 listen: Some(listen),
                 maildir,
@@ -111,6 +130,7 @@ fn main() -> ExitCode {
                 require_tls,
                 client_ca,
                 rcpt_hook: None,
+                starttls,
             };
             run_sink(opts)
         }

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::policy::BareNewlinePolicy;
 use crate::smtp::command::Address;
 use crate::smtp::server::{self, Limits};
+pub use crate::smtp::session::StartTlsMode;
 use crate::smtp::session::{Backend, SessionConfig, SessionInfo, Transaction};
 use crate::smtp::{Reply, tls};
 
@@ -32,6 +33,9 @@ pub struct SinkOptions {
     pub require_tls: bool,
     pub client_ca: Option<PathBuf>,
     pub rcpt_hook: Option<RcptHook>,
+    /// STARTTLS behaviour with a certificate: offer (default), hide (`--no-starttls`),
+    /// refuse with 454 (`--refuse-starttls`), or 220 then close (`--break-starttls`).
+    pub starttls: StartTlsMode,
 }
 
 pub struct SinkHandle {
@@ -83,6 +87,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         tls,
         require_tls: opts.require_tls,
         client_certs: None,
+        starttls: opts.starttls,
     });
     let backend = Arc::new(SinkBackend {
         maildir: opts.maildir.clone(),

@@ -198,12 +198,12 @@ fn cfg(starttls: StartTls) -> ClientConfig {
 }
 
 fn opportunistic() -> StartTls {
-    StartTls::Opportunistic(TlsContext::new(None).unwrap().opportunistic())
+    StartTls::Opportunistic(TlsContext::new(None, &[]).unwrap().opportunistic())
 }
 
 fn required() -> StartTls {
     StartTls::Required(
-        TlsContext::new(None)
+        TlsContext::new(None, &[])
             .unwrap()
             .client_config(TlsLevel::EncryptionOnly, None)
             .unwrap(),

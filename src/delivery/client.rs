@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::timeout;
 
-use super::tls::{certificate_names, classify_tls_error};
+use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
 use super::{DeliveryStatus, Failure};
 
 /// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets; real servers exceed it now and
@@ -224,6 +224,8 @@ pub struct TlsInfo {
     pub cipher: String,
     /// DNS names of the peer certificate (SANs, or the CN without SANs).
     pub peer_names: Vec<String>,
+    /// Subject, SANs and issuer of the peer certificate.
+    pub peer: Option<PeerCertificate>,
 }
 
 /// The stage a session was in when it failed.
@@ -248,6 +250,8 @@ pub struct SessionError {
     pub try_next_host: bool,
     /// Opportunistic TLS failed: retry on a new connection without STARTTLS.
     tls_fallback: bool,
+    /// The TLS check that failed (STARTTLS not offered, handshake, certificate).
+    pub tls_failure: Option<Box<TlsFailure>>,
 }
 
 impl SessionError {
@@ -262,6 +266,7 @@ impl SessionError {
             permanent: enhanced.starts_with('5'),
             try_next_host: true,
             tls_fallback: false,
+            tls_failure: None,
         }
     }
 
@@ -272,7 +277,31 @@ impl SessionError {
             permanent: reply.is_permanent(),
             try_next_host: true,
             tls_fallback: false,
+            tls_failure: None,
         }
+    }
+
+    /// A failed TLS requirement of this attempt: the reason, then the attempt's facts
+    /// (host, IP, check, peer certificate) in the text, for the trace and DSNs.
+    fn tls(failure: TlsFailure, host: &str, addr: SocketAddr) -> Self {
+        let mut text = format!(
+            "{} (host {host}, ip {}, check {}",
+            failure.reason,
+            addr.ip(),
+            failure.check
+        );
+        if let Some(p) = &failure.peer {
+            text.push_str(&format!(
+                ", peer subject \"{}\", SANs [{}], issuer \"{}\"",
+                p.subject,
+                p.sans.join(", "),
+                p.issuer
+            ));
+        }
+        text.push(')');
+        let mut e = Self::local(Stage::StartTls, failure.status, text);
+        e.tls_failure = Some(Box::new(failure));
+        e
     }
 
     fn protocol(stage: Stage, text: impl Into<String>) -> Self {
@@ -323,13 +352,49 @@ pub async fn deliver(
     cfg: &ClientConfig,
     env: &Envelope<'_>,
 ) -> Attempt {
-    match session(addr, host, cfg, env, true).await {
+    let first = session(addr, host, cfg, env, true).await;
+    trace_attempt(addr, host, &first);
+    match first {
         Attempt { result: Err(e), .. } if e.tls_fallback => {
             tracing::info!(%addr, host, error = %e.failure, "STARTTLS failed; retrying in plaintext (opportunistic TLS)");
-            session(addr, host, cfg, env, false).await
+            let second = session(addr, host, cfg, env, false).await;
+            trace_attempt(addr, host, &second);
+            second
         }
         attempt => attempt,
     }
+}
+
+/// One structured event per session (`event = "delivery_attempt"`): host, IP, TLS version
+/// and cipher, the peer certificate, the TLS check that failed, the reason and status.
+fn trace_attempt(addr: SocketAddr, host: &str, attempt: &Attempt) {
+    let (status, reason, failure) = match &attempt.result {
+        Ok(_) => ("ok".to_string(), String::new(), None),
+        Err(e) => (
+            e.failure.enhanced.clone(),
+            e.failure.text.clone(),
+            e.tls_failure.as_deref(),
+        ),
+    };
+    let peer = attempt
+        .tls
+        .as_ref()
+        .and_then(|t| t.peer.as_ref())
+        .or_else(|| failure.and_then(|f| f.peer.as_ref()));
+    tracing::info!(
+        event = "delivery_attempt",
+        host,
+        ip = %addr.ip(),
+        tls_version = attempt.tls.as_ref().map(|t| t.version.as_str()).unwrap_or(""),
+        tls_cipher = attempt.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or(""),
+        peer_subject = peer.map(|p| p.subject.as_str()).unwrap_or(""),
+        peer_sans = %peer.map(|p| p.sans.join(",")).unwrap_or_default(),
+        peer_issuer = peer.map(|p| p.issuer.as_str()).unwrap_or(""),
+        check = failure.map(|f| f.check.as_str()).unwrap_or(""),
+        reason,
+        status,
+        "delivery attempt"
+    );
 }
 
 /// One SMTP session over a new connection.
@@ -352,10 +417,15 @@ async fn session(
             (StartTls::Opportunistic(c), true) => ext.starttls.then_some((c, false)),
             (StartTls::Required(c), _) => {
                 if !ext.starttls {
-                    return Err(SessionError::local(
-                        Stage::StartTls,
-                        "4.4.317",
-                        format!("TLS is required but {host} did not offer STARTTLS"),
+                    return Err(SessionError::tls(
+                        TlsFailure {
+                            status: "4.4.317",
+                            check: TlsCheck::Offered,
+                            reason: "STARTTLS not offered".into(),
+                            peer: None,
+                        },
+                        host,
+                        addr,
                     ));
                 }
                 Some((c, true))
@@ -497,10 +567,16 @@ pub async fn starttls(
             // RFC 3207 §4: after a refusal the session continues in plaintext.
             return Ok(Upgrade::Refused(conn));
         }
-        let mut e = SessionError::remote(Stage::StartTls, &reply);
-        e.failure.enhanced = "4.4.317".into();
-        e.failure.text = format!("STARTTLS refused: {}", reply.to_line());
-        e.permanent = false;
+        let e = SessionError::tls(
+            TlsFailure {
+                status: "4.4.317",
+                check: TlsCheck::Offered,
+                reason: format!("STARTTLS refused: {}", reply.to_line()),
+                peer: None,
+            },
+            host,
+            addr,
+        );
         return Err(e);
     }
     let timeout_dur = conn.timeout;
@@ -512,21 +588,20 @@ pub async fn starttls(
     let stream = match timeout(timeout_dur, connector.connect(server_name, io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return Err(fail(SessionError::local(
-                Stage::StartTls,
-                classify_tls_error(&e),
-                format!("TLS handshake with {host} failed: {e}"),
-            )));
+            return Err(fail(SessionError::tls(classify_tls_error(&e), host, addr)));
         }
         Err(_) => {
-            return Err(fail(SessionError::local(
-                Stage::StartTls,
-                "4.4.317",
-                format!("TLS handshake with {host} timed out"),
-            )));
+            let failure = TlsFailure {
+                status: "4.4.317",
+                check: TlsCheck::Handshake,
+                reason: "TLS handshake failed: timed out".into(),
+                peer: None,
+            };
+            return Err(fail(SessionError::tls(failure, host, addr)));
         }
     };
     let (_, session) = stream.get_ref();
+    let peer_cert = session.peer_certificates().and_then(|c| c.first());
     let info = TlsInfo {
         version: session
             .protocol_version()
@@ -536,11 +611,8 @@ pub async fn starttls(
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default(),
-        peer_names: session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(certificate_names)
-            .unwrap_or_default(),
+        peer_names: peer_cert.map(certificate_names).unwrap_or_default(),
+        peer: peer_cert.and_then(PeerCertificate::from_der),
     };
     let mut conn = Conn::new(Box::new(stream), timeout_dur);
     conn.set_data_end_timeout(data_end);

@@ -136,10 +136,12 @@ struct GroupKey {
 
 impl Deliverer {
     pub fn new(policy: Arc<Policy>, resolver: Arc<dyn Resolver>) -> Self {
-        let tls = TlsContext::new(policy.relay.trusted_ca_file.as_deref())
+        let crls = &policy.relay.revocation_lists;
+        let tls = TlsContext::new(policy.relay.trusted_ca_file.as_deref(), crls)
             .or_else(|e| {
-                tracing::error!(error = %e, "TrustedCaFile unusable; using the webpki roots only");
-                TlsContext::new(None)
+                tracing::error!(error = %e, "TLS context unusable; trying the webpki roots only");
+                // Never without the CRLs: that would accept revoked certificates.
+                TlsContext::new(None, crls)
             })
             .map_err(|e| e.to_string());
         Deliverer {

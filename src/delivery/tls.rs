@@ -7,12 +7,25 @@
 //! | level | verifier |
 //! | --- | --- |
 //! | opportunistic, `EncryptionOnly` | [`AcceptAnyCertificate`]: no certificate checks, handshake signatures still verified |
-//! | `CertificateValidation` | webpki chain + validity dates against webpki-roots and `TrustedCaFile`; the name is not checked |
+//! | `CertificateValidation` | webpki chain + validity dates against webpki-roots and `TrustedCaFile`, revocation of the end-entity certificate against the CRLs of `RevocationLists`; the name is not checked |
 //! | `DomainValidation` | as above, plus a certificate name must match the wanted pattern |
 //!
-//! TODO (other issue): revocation (`RevocationLists`, stapled OCSP) for the validating levels.
+//! Revocation: only the end-entity certificate is checked against the configured CRLs, and
+//! a certificate whose issuer published no CRL here passes (unknown status allowed), as
+//! Exchange does with an unreachable CRL distribution point.
+//!
+//! **Stapled OCSP is not checked.** rustls hands the stapled response to the verifier as
+//! raw bytes but does not validate it, and webpki has no OCSP support: checking it would
+//! need an RFC 6960 response parser with signature and responder-authorization checks of
+//! our own, plus a freshness policy for stale responses. Until then revocation relies on
+//! `RevocationLists` only; the staple is ignored.
+//!
+//! A failed certificate check carries the peer certificate (subject, SANs, issuer) and the
+//! check that failed in the rustls error itself ([`CertificateRejected`]), so no
+//! per-connection state is needed to report it: [`classify_tls_error`] recovers it from the
+//! handshake error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -93,17 +106,175 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A certificate presented a name that does not match the wanted pattern
-/// (replies.md: `4.4.317 SubjectMismatch ...`).
-#[derive(Debug, thiserror::Error)]
-#[error("SubjectMismatch Expected Subject: {wanted}. Presented Subject: {presented}")]
-pub struct NameMismatch {
-    pub wanted: String,
-    pub presented: String,
+/// The TLS check an attempt failed (for the trace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsCheck {
+    /// TLS required, but the server did not offer STARTTLS (or refused it).
+    Offered,
+    /// The handshake itself failed (no shared parameters, connection closed, timeout).
+    Handshake,
+    /// The chain does not lead to a trusted root (unknown issuer, self-signed, bad signature).
+    Chain,
+    /// Outside the certificate's validity dates.
+    Dates,
+    /// Revoked by a CRL of `RevocationLists`.
+    Revocation,
+    /// No certificate name matches the wanted pattern (`DomainValidation`).
+    Name,
 }
 
-/// Chain validation via webpki, with an optional name check of our own (Exchange patterns
-/// such as `*.contoso.com` are not a single DNS name, so webpki's check cannot be used).
+impl TlsCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsCheck::Offered => "starttls",
+            TlsCheck::Handshake => "handshake",
+            TlsCheck::Chain => "chain",
+            TlsCheck::Dates => "dates",
+            TlsCheck::Revocation => "revocation",
+            TlsCheck::Name => "name",
+        }
+    }
+}
+
+impl std::fmt::Display for TlsCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The peer certificate as recorded for the trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// RFC 4514 form, e.g. `CN=mail.evil.test`.
+    pub subject: String,
+    pub issuer: String,
+    /// Subject alternative names: dNSNames and IP addresses, as written.
+    pub sans: Vec<String>,
+}
+
+impl PeerCertificate {
+    /// `None` when the DER does not parse as a certificate.
+    pub fn from_der(der: &CertificateDer<'_>) -> Option<PeerCertificate> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let sans = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::DNSName(n) => Some(n.to_string()),
+                    GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(PeerCertificate {
+            subject: rfc4514(cert.subject()),
+            issuer: rfc4514(cert.issuer()),
+            sans,
+        })
+    }
+}
+
+/// A distinguished name in RFC 4514 order (last RDN first: `CN=mail.evil.test, O=Org`),
+/// the order Exchange prints ("Presented Subject: CN=...").
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use x509_parser::objects::{oid_registry, oid2abbrev};
+    let mut rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let key = oid2abbrev(atv.attr_type(), oid_registry())
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| atv.attr_type().to_id_string());
+                    let value = atv.as_str().unwrap_or("?");
+                    let mut escaped = String::with_capacity(value.len());
+                    for ch in value.chars() {
+                        if matches!(ch, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
+                            escaped.push('\\');
+                        }
+                        escaped.push(ch);
+                    }
+                    format!("{key}={escaped}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    rdns.join(", ")
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => Some(<[u8; 4]>::try_from(b).ok()?.into()),
+        16 => Some(<[u8; 16]>::try_from(b).ok()?.into()),
+        _ => None,
+    }
+}
+
+/// A server certificate that failed a check of the validating verifier. Travels inside the
+/// rustls error (`CertificateError::Other`) so the handshake error names the check and the
+/// certificate. Its text is the reason as recorded (replies.md).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct CertificateRejected {
+    pub check: TlsCheck,
+    pub reason: String,
+    pub peer: Option<PeerCertificate>,
+}
+
+impl CertificateRejected {
+    /// The enhanced status code of replies.md: a name mismatch is `4.4.317`, any other
+    /// certificate failure (chain, dates, revocation) `4.7.320`.
+    pub fn status(&self) -> &'static str {
+        match self.check {
+            TlsCheck::Name | TlsCheck::Offered | TlsCheck::Handshake => "4.4.317",
+            TlsCheck::Chain | TlsCheck::Dates | TlsCheck::Revocation => "4.7.320",
+        }
+    }
+}
+
+/// The check and the reason of a webpki verdict (`certificate validation failed: expired`).
+fn webpki_failure(e: &TlsError) -> (TlsCheck, String) {
+    use CertificateError as C;
+    let (check, what) = match e {
+        TlsError::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => (TlsCheck::Dates, "expired".to_string()),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                (TlsCheck::Dates, "not yet valid".to_string())
+            }
+            C::Revoked => (TlsCheck::Revocation, "revoked".to_string()),
+            C::UnknownRevocationStatus => (
+                TlsCheck::Revocation,
+                "unknown revocation status".to_string(),
+            ),
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                (TlsCheck::Revocation, "expired CRL".to_string())
+            }
+            C::UnknownIssuer => (TlsCheck::Chain, "unknown issuer".to_string()),
+            C::BadSignature => (TlsCheck::Chain, "bad signature".to_string()),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+                TlsCheck::Chain,
+                "not valid for server authentication".to_string(),
+            ),
+            other => (TlsCheck::Chain, format!("{other:?}")),
+        },
+        other => (TlsCheck::Chain, other.to_string()),
+    };
+    (check, format!("certificate validation failed: {what}"))
+}
+
+fn rejected(rej: CertificateRejected) -> TlsError {
+    TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(rej))))
+}
+
+/// Chain validation via webpki (with the CRLs), with an optional name check of our own
+/// (Exchange patterns such as `*.contoso.com` are not a single DNS name, so webpki's check
+/// cannot be used). Failures become [`CertificateRejected`] errors.
 #[derive(Debug)]
 struct ValidatingVerifier {
     inner: Arc<WebPkiServerVerifier>,
@@ -133,21 +304,31 @@ impl ServerCertVerifier for ValidatingVerifier {
             Err(TlsError::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                let (check, reason) = webpki_failure(&e);
+                return Err(rejected(CertificateRejected {
+                    check,
+                    reason,
+                    peer: PeerCertificate::from_der(end_entity),
+                }));
+            }
         }
         if let Some(wanted) = &self.wanted {
             let names = certificate_names(end_entity);
             if !names.iter().any(|n| name_matches(wanted, n)) {
-                return Err(TlsError::InvalidCertificate(CertificateError::Other(
-                    OtherError(Arc::new(NameMismatch {
-                        wanted: wanted.to_string(),
-                        presented: if names.is_empty() {
-                            "(no DNS name)".into()
-                        } else {
-                            names.join(", ")
-                        },
-                    })),
-                )));
+                let peer = PeerCertificate::from_der(end_entity);
+                let presented = match &peer {
+                    Some(p) if !p.subject.is_empty() => p.subject.clone(),
+                    _ if !names.is_empty() => names.join(", "),
+                    _ => "(none)".to_string(),
+                };
+                return Err(rejected(CertificateRejected {
+                    check: TlsCheck::Name,
+                    reason: format!(
+                        "SubjectMismatch Expected Subject: {wanted}. Presented Subject: {presented}"
+                    ),
+                    peer,
+                }));
             }
         }
         Ok(ServerCertVerified::assertion())
@@ -226,22 +407,29 @@ pub fn name_matches(wanted: &DomainPattern, presented: &str) -> bool {
 pub enum TlsSetupError {
     #[error("cannot read trusted CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
+    #[error("cannot read revocation list {0}")]
+    Crl(String),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] TlsError),
 }
 
-/// Shared TLS state of the delivery engine: the provider, the trust anchors, and the
-/// accept-any configuration (built once).
+/// Shared TLS state of the delivery engine: the provider, the webpki verifier (trust
+/// anchors and CRLs), and the accept-any configuration (built once).
 #[derive(Debug, Clone)]
 pub struct TlsContext {
     provider: Arc<CryptoProvider>,
-    roots: Arc<RootCertStore>,
+    webpki: Arc<WebPkiServerVerifier>,
     accept_any: Arc<ClientConfig>,
 }
 
 impl TlsContext {
     /// Trust anchors: webpki-roots plus every certificate of `extra_ca_file` (PEM).
-    pub fn new(extra_ca_file: Option<&Path>) -> Result<TlsContext, TlsSetupError> {
+    /// Revocation: the CRLs of `revocation_lists` (PEM or DER), end-entity only, unknown
+    /// status allowed.
+    pub fn new(
+        extra_ca_file: Option<&Path>,
+        revocation_lists: &[PathBuf],
+    ) -> Result<TlsContext, TlsSetupError> {
         let provider = provider();
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -257,13 +445,23 @@ impl TlsContext {
                 roots.add(cert).map_err(|e| err(e.to_string()))?;
             }
         }
+        let crls = revocation_lists
+            .iter()
+            .map(|p| crate::smtp::client_cert::load_crl(p).map_err(TlsSetupError::Crl))
+            .collect::<Result<Vec<_>, _>>()?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| TlsSetupError::Rustls(TlsError::General(e.to_string())))?;
         let accept_any = Self::build(
             &provider,
             Arc::new(AcceptAnyCertificate::new(provider.clone())),
         )?;
         Ok(TlsContext {
             provider,
-            roots: Arc::new(roots),
+            webpki,
             accept_any,
         })
     }
@@ -297,34 +495,69 @@ impl TlsContext {
             TlsLevel::CertificateValidation => None,
             TlsLevel::DomainValidation => wanted,
         };
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| TlsSetupError::Rustls(TlsError::General(e.to_string())))?;
         Ok(Self::build(
             &self.provider,
-            Arc::new(ValidatingVerifier { inner, wanted }),
+            Arc::new(ValidatingVerifier {
+                inner: self.webpki.clone(),
+                wanted,
+            }),
         )?)
     }
 }
 
+/// Why a STARTTLS handshake failed, as recorded: status (replies.md), check, reason, and
+/// the peer certificate when the server presented one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFailure {
+    pub status: &'static str,
+    pub check: TlsCheck,
+    pub reason: String,
+    pub peer: Option<PeerCertificate>,
+}
+
 /// Maps a TLS handshake error onto replies.md: name mismatch → `4.4.317`, other certificate
-/// validation failures (chain, dates, revocation) → `4.7.320`, anything else → `4.4.317`.
-pub fn classify_tls_error(e: &std::io::Error) -> &'static str {
+/// validation failures (chain, dates, revocation) → `4.7.320`, anything else (no shared
+/// parameters, connection closed) → `4.4.317` `TLS handshake failed: ...`.
+pub fn classify_tls_error(e: &std::io::Error) -> TlsFailure {
+    let handshake = |reason: String| TlsFailure {
+        status: "4.4.317",
+        check: TlsCheck::Handshake,
+        reason: format!("TLS handshake failed: {reason}"),
+        peer: None,
+    };
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>()) else {
-        return "4.4.317";
+        return handshake(e.to_string());
     };
     match tls {
-        TlsError::InvalidCertificate(CertificateError::Other(OtherError(o)))
-            if o.downcast_ref::<NameMismatch>().is_some() =>
-        {
-            "4.4.317"
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(o))) => {
+            match o.downcast_ref::<CertificateRejected>() {
+                Some(r) => TlsFailure {
+                    status: r.status(),
+                    check: r.check,
+                    reason: r.reason.clone(),
+                    peer: r.peer.clone(),
+                },
+                None => handshake(tls.to_string()),
+            }
         }
         TlsError::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "4.4.317",
-        TlsError::InvalidCertificate(_) => "4.7.320",
-        _ => "4.4.317",
+        ) => TlsFailure {
+            status: "4.4.317",
+            check: TlsCheck::Name,
+            reason: tls.to_string(),
+            peer: None,
+        },
+        TlsError::InvalidCertificate(_) => {
+            let (check, reason) = webpki_failure(tls);
+            TlsFailure {
+                status: "4.7.320",
+                check,
+                reason,
+                peer: None,
+            }
+        }
+        _ => handshake(tls.to_string()),
     }
 }
 
@@ -350,8 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn peer_certificate_is_described() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-test/wrongname.crt");
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        let p = PeerCertificate::from_der(&der).unwrap();
+        assert_eq!(p.subject, "CN=mail.evil.test, O=connector-relay tests");
+        assert_eq!(
+            p.issuer,
+            "CN=connector-relay Test CA, O=connector-relay tests"
+        );
+        assert_eq!(p.sans, ["mail.evil.test"]);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-test/sink.test.crt");
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        let p = PeerCertificate::from_der(&der).unwrap();
+        assert_eq!(
+            p.sans,
+            ["sink.test", "*.sink.test", "localhost", "127.0.0.1", "::1"]
+        );
+    }
+
+    #[test]
     fn contexts_build() {
-        let ctx = TlsContext::new(None).unwrap();
+        let ctx = TlsContext::new(None, &[]).unwrap();
         ctx.client_config(TlsLevel::CertificateValidation, None)
             .unwrap();
         ctx.client_config(TlsLevel::DomainValidation, Some(p("*.x.test")))
@@ -360,6 +613,6 @@ mod tests {
             &ctx.client_config(TlsLevel::EncryptionOnly, None).unwrap(),
             &ctx.opportunistic()
         ));
-        assert!(TlsContext::new(Some(Path::new("/nonexistent/ca.pem"))).is_err());
+        assert!(TlsContext::new(Some(Path::new("/nonexistent/ca.pem")), &[]).is_err());
     }
 }

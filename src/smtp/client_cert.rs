@@ -100,7 +100,7 @@ impl ClientCertValidator {
     }
 }
 
-fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, String> {
+pub(crate) fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, String> {
     match CertificateRevocationListDer::from_pem_file(path) {
         Ok(c) => Ok(c),
         // Not PEM: take the file as DER.

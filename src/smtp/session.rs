@@ -70,6 +70,23 @@ pub struct SessionConfig {
     pub require_tls: bool,
     /// Judges client certificates after the TLS handshake (the relay; not the sink).
     pub client_certs: Option<Arc<ClientCertValidator>>,
+    /// How STARTTLS is answered when `tls` is set (test knobs of the sink).
+    pub starttls: StartTlsMode,
+}
+
+/// STARTTLS behaviour of a session that has a TLS configuration. Anything but `Offer` is
+/// for the sink, to play remote servers that get STARTTLS wrong.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartTlsMode {
+    /// Advertise STARTTLS and do it.
+    #[default]
+    Offer,
+    /// Never advertise it; `STARTTLS` gets `502` as without a certificate.
+    Hide,
+    /// Advertise it, answer `454 4.7.0 TLS not available due to temporary reason`.
+    Refuse,
+    /// Advertise it, answer `220`, then close the connection (the handshake fails).
+    Break,
 }
 
 /// Decisions and storage, supplied by the relay or the sink.
@@ -328,8 +345,18 @@ impl<B: Backend> Session<B> {
                 Command::StartTls => {
                     if self.info.tls.is_some() {
                         conn.queue(&Reply::bad_sequence("TLS already active"));
-                    } else if self.cfg.tls.is_none() {
+                    } else if self.cfg.tls.is_none() || self.cfg.starttls == StartTlsMode::Hide {
                         conn.queue(&Reply::not_implemented("STARTTLS not available"));
+                    } else if self.cfg.starttls == StartTlsMode::Refuse {
+                        conn.queue(&Reply::new(
+                            454,
+                            "4.7.0",
+                            "TLS not available due to temporary reason",
+                        ));
+                    } else if self.cfg.starttls == StartTlsMode::Break {
+                        conn.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+                        conn.flush().await?;
+                        return Ok(Exit::Close);
                     } else {
                         conn.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
                         conn.flush().await?;
@@ -383,7 +410,10 @@ impl<B: Backend> Session<B> {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
         ];
-        if self.cfg.tls.is_some() && self.info.tls.is_none() {
+        if self.cfg.tls.is_some()
+            && self.info.tls.is_none()
+            && self.cfg.starttls != StartTlsMode::Hide
+        {
             lines.push("STARTTLS".to_string());
         }
         // RFC 2034 §3: no enhanced codes on the EHLO reply.
