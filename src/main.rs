@@ -49,6 +49,9 @@ enum Cmd {
         /// Demand a client certificate issued by this CA.
         #[arg(long)]
         client_ca: Option<PathBuf>,
+        /// Offer AUTH PLAIN LOGIN and require it before MAIL: `--auth USER:PASS`.
+        #[arg(long, value_parser = parse_auth)]
+        auth: Option<(String, String)>,
     },
     /// Print message trace rows (not available yet).
     Trace {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             tls_key,
             require_tls,
             client_ca,
+            auth,
         } => {
             let opts = sink::SinkOptions {
                 listen: Some(listen),
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
                 require_tls,
                 client_ca,
                 rcpt_hook: None,
+                auth,
             };
             run_sink(opts)
         }
@@ -118,6 +123,14 @@ fn main() -> ExitCode {
             eprintln!("connector-relay: this command is not available in this version yet");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `USER:PASS` (the password may contain colons).
+fn parse_auth(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((u, p)) if !u.is_empty() => Ok((u.to_string(), p.to_string())),
+        _ => Err("expected USER:PASS".into()),
     }
 }
 

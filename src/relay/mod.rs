@@ -162,6 +162,7 @@ pub async fn start_with_resolver(
         tls,
         require_tls: false,
         client_certs,
+        auth: None,
     });
     let inbound = Arc::new(InboundPolicy::new(&policy));
     let backend = Arc::new(RelayBackend::new(
