@@ -523,7 +523,11 @@ impl<B: Backend> Session<B> {
                     match self.next_line(conn).await? {
                         Line::Command(l) => String::from_utf8_lossy(&l).into_owned(),
                         _ => {
-                            return Ok(Err(Reply::new(501, "5.5.2", "Bad authentication exchange")));
+                            return Ok(Err(Reply::new(
+                                501,
+                                "5.5.2",
+                                "Bad authentication exchange",
+                            )));
                         }
                     }
                 }
