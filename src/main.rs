@@ -58,6 +58,9 @@ enum Cmd {
         /// Advertise STARTTLS, answer `220`, then close the connection (a failed handshake).
         #[arg(long)]
         break_starttls: bool,
+        /// Offer AUTH PLAIN LOGIN and require it before MAIL: `--auth USER:PASS`.
+        #[arg(long, value_parser = parse_auth)]
+        auth: Option<(String, String)>,
     },
     /// Print message trace rows (not available yet).
     Trace {
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             no_starttls,
             refuse_starttls,
             break_starttls,
+            auth,
         } => {
             use sink::StartTlsMode;
             let starttls = match (no_starttls, refuse_starttls, break_starttls) {
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
                 client_ca,
                 rcpt_hook: None,
                 starttls,
+                auth,
             };
             run_sink(opts)
         }
@@ -138,6 +143,14 @@ fn main() -> ExitCode {
             eprintln!("connector-relay: this command is not available in this version yet");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `USER:PASS` (the password may contain colons).
+fn parse_auth(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((u, p)) if !u.is_empty() => Ok((u.to_string(), p.to_string())),
+        _ => Err("expected USER:PASS".into()),
     }
 }
 

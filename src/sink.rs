@@ -18,7 +18,7 @@ use crate::policy::BareNewlinePolicy;
 use crate::smtp::command::Address;
 use crate::smtp::server::{self, Limits};
 pub use crate::smtp::session::StartTlsMode;
-use crate::smtp::session::{Backend, SessionConfig, SessionInfo, Transaction};
+use crate::smtp::session::{AuthVerifier, Backend, SessionConfig, SessionInfo, Transaction};
 use crate::smtp::{Reply, tls};
 
 /// A test hook deciding the reply to a recipient (`None`: accept).
@@ -36,6 +36,9 @@ pub struct SinkOptions {
     /// STARTTLS behaviour with a certificate: offer (default), hide (`--no-starttls`),
     /// refuse with 454 (`--refuse-starttls`), or 220 then close (`--break-starttls`).
     pub starttls: StartTlsMode,
+    /// `--auth USER:PASS`: offer AUTH PLAIN LOGIN (under `--require-tls` only after
+    /// STARTTLS) and refuse MAIL without a successful AUTH (`530 5.7.0`).
+    pub auth: Option<(String, String)>,
 }
 
 pub struct SinkHandle {
@@ -43,9 +46,15 @@ pub struct SinkHandle {
     draining: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     limits: Arc<Limits>,
+    connections: Arc<AtomicU64>,
 }
 
 impl SinkHandle {
+    /// SMTP connections accepted so far (each TCP session counts once, STARTTLS or not).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     pub async fn shutdown(self) {
         let _ = self.draining.send(true);
         self.limits.drain(Duration::from_secs(5)).await;
@@ -88,11 +97,17 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         require_tls: opts.require_tls,
         client_certs: None,
         starttls: opts.starttls,
+        auth: opts.auth.clone().map(|(user, pass)| {
+            let verifier: AuthVerifier = Arc::new(move |u: &str, p: &str| u == user && p == pass);
+            verifier
+        }),
     });
+    let connections = Arc::new(AtomicU64::new(0));
     let backend = Arc::new(SinkBackend {
         maildir: opts.maildir.clone(),
         seq: AtomicU64::new(0),
         hook: opts.rcpt_hook.clone(),
+        connections: connections.clone(),
     });
     let limits = Limits::new(10_000, 10_000);
     let (draining, draining_rx) = watch::channel(false);
@@ -112,6 +127,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         draining,
         stop,
         limits,
+        connections,
     })
 }
 
@@ -146,9 +162,17 @@ struct SinkBackend {
     maildir: PathBuf,
     seq: AtomicU64,
     hook: Option<RcptHook>,
+    connections: Arc<AtomicU64>,
 }
 
 impl Backend for SinkBackend {
+    fn session_facts(&self, s: &SessionInfo) {
+        // Called at the start of a session and again after STARTTLS: count the first.
+        if s.tls.is_none() {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn rcpt(&self, _s: &SessionInfo, _tx: &Transaction, to: &Address) -> Result<(), Reply> {
         match self.hook.as_ref().and_then(|h| h(&to.to_string())) {
             Some(r) => Err(r),
@@ -168,8 +192,24 @@ impl Backend for SinkBackend {
             head.push_str(&format!("X-Sink-Rcpt-To: <{r}>\r\n"));
         }
         head.push_str(&format!("X-Sink-Client: {}\r\n", s.peer.ip()));
+        // The client's address and port: one value per connection (connection reuse).
+        head.push_str(&format!("X-Sink-Connection: {}\r\n", s.peer));
+        if let Some(helo) = &s.helo {
+            let verb = if s.esmtp { "EHLO" } else { "HELO" };
+            head.push_str(&format!("X-Sink-Helo: {verb} {helo}\r\n"));
+        }
+        if let Some(user) = &s.auth_user {
+            head.push_str(&format!("X-Sink-Auth: {user}\r\n"));
+        }
         if let Some(t) = &s.tls {
             head.push_str(&format!("X-Sink-Tls: {} {}\r\n", t.version, t.cipher));
+            if let Some(subject) = t.peer_certificates.first().and_then(|c| {
+                x509_parser::parse_x509_certificate(c.as_ref())
+                    .ok()
+                    .map(|(_, cert)| cert.subject().to_string())
+            }) {
+                head.push_str(&format!("X-Sink-Client-Cert: {subject}\r\n"));
+            }
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!(

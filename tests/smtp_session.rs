@@ -310,7 +310,7 @@ async fn sink_require_tls_and_client_ca() {
         require_tls: true,
         client_ca: Some(certs("ca.crt").into()),
         rcpt_hook: None,
-        starttls: Default::default(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -36,8 +36,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::timeout;
 
+use super::protolog::{LogSession, ProtocolLog};
 use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
 use super::{DeliveryStatus, Failure};
+use crate::smtp::sasl;
 
 /// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets; real servers exceed it now and
 /// then, so we accept up to 4096 before calling it a protocol error.
@@ -87,6 +89,46 @@ pub struct ClientConfig {
     /// Local address to bind to (Send connector `SourceIPAddress`).
     pub source_ip: Option<IpAddr>,
     pub starttls: StartTls,
+    /// AUTH after EHLO (Send connector `SmartHostAuthMechanism` = `BasicAuth*`).
+    pub auth: Option<SmtpAuth>,
+    /// Protocol log of the connector (`ProtocolLoggingLevel = "Verbose"`).
+    pub protocol_log: Option<ProtocolLogger>,
+}
+
+/// A password that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The password itself, for the SASL exchange only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Credentials for AUTH PLAIN / LOGIN.
+#[derive(Debug, Clone)]
+pub struct SmtpAuth {
+    pub user: String,
+    pub password: Secret,
+    /// `BasicAuthRequireTLS`: never authenticate outside TLS.
+    pub require_tls: bool,
+}
+
+/// The protocol log and the connector name its lines carry.
+#[derive(Debug, Clone)]
+pub struct ProtocolLogger {
+    pub log: Arc<ProtocolLog>,
+    pub connector: String,
 }
 
 impl ClientConfig {
@@ -100,6 +142,8 @@ impl ClientConfig {
             data_end_timeout: Duration::from_secs(600),
             source_ip: None,
             starttls,
+            auth: None,
+            protocol_log: None,
         }
     }
 }
@@ -235,6 +279,7 @@ pub enum Stage {
     Greeting,
     Hello,
     StartTls,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -405,11 +450,156 @@ async fn session(
     env: &Envelope<'_>,
     use_tls: bool,
 ) -> Attempt {
+    let (tls, opened) = open(addr, host, cfg, use_tls).await;
+    let result = match opened {
+        Ok(mut est) => {
+            let r = transaction(&mut est.conn, &est.ext, env).await;
+            quit(&mut est.conn).await;
+            r
+        }
+        Err(e) => Err(e),
+    };
+    Attempt { tls, result }
+}
+
+/// An open session, ready for a transaction: greeted, EHLO/HELO done, under TLS when that
+/// was negotiated, authenticated when configured. Kept between messages for connection
+/// reuse (`SmtpMaxMessagesPerConnection`).
+pub struct Established {
+    conn: Conn,
+    ext: Extensions,
+    tls: Option<TlsInfo>,
+    messages: u32,
+}
+
+impl Established {
+    /// Messages delivered on this connection so far.
+    pub fn messages(&self) -> u32 {
+        self.messages
+    }
+
+    /// QUIT and close.
+    pub async fn close(mut self) {
+        quit(&mut self.conn).await;
+    }
+}
+
+/// Like [`deliver`], but the session is kept for reuse: `reuse` is a session kept from an
+/// earlier message to the same next hop (RSET first; when that connection turns out to be
+/// broken, a new one is opened transparently). Returns the attempt and, when the
+/// transaction went through, the session to keep (the caller QUITs it or pools it).
+pub async fn deliver_reusing(
+    addr: SocketAddr,
+    host: &str,
+    cfg: &ClientConfig,
+    env: &Envelope<'_>,
+    reuse: Option<Established>,
+) -> (Attempt, Option<Established>) {
+    if let Some(mut est) = reuse {
+        if let Some(log) = est.conn.log.as_mut() {
+            log.info(&format!(
+                "reusing the connection (message {})",
+                est.messages + 1
+            ));
+        }
+        if reset(&mut est.conn).await {
+            match transaction(&mut est.conn, &est.ext, env).await {
+                Ok(statuses) => {
+                    est.messages += 1;
+                    let attempt = Attempt {
+                        tls: est.tls.clone(),
+                        result: Ok(statuses),
+                    };
+                    return (attempt, Some(est));
+                }
+                // The connection broke before anything was accepted: start over below.
+                Err(e) if e.try_next_host && e.failure.code.is_none() => {
+                    tracing::debug!(%addr, error = %e.failure, "pooled connection broken; reconnecting");
+                }
+                Err(e) => {
+                    let tls = est.tls.clone();
+                    quit(&mut est.conn).await;
+                    return (
+                        Attempt {
+                            tls,
+                            result: Err(e),
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    let (mut tls, mut opened) = open(addr, host, cfg, true).await;
+    if let Err(e) = &opened
+        && e.tls_fallback
+    {
+        tracing::info!(%addr, host, error = %e.failure, "STARTTLS failed; retrying in plaintext (opportunistic TLS)");
+        (tls, opened) = open(addr, host, cfg, false).await;
+    }
+    let mut est = match opened {
+        Ok(est) => est,
+        Err(e) => {
+            return (
+                Attempt {
+                    tls,
+                    result: Err(e),
+                },
+                None,
+            );
+        }
+    };
+    match transaction(&mut est.conn, &est.ext, env).await {
+        Ok(statuses) => {
+            est.messages += 1;
+            (
+                Attempt {
+                    tls,
+                    result: Ok(statuses),
+                },
+                Some(est),
+            )
+        }
+        Err(e) => {
+            quit(&mut est.conn).await;
+            (
+                Attempt {
+                    tls,
+                    result: Err(e),
+                },
+                None,
+            )
+        }
+    }
+}
+
+/// RSET before reusing a connection; false when the connection is no longer usable.
+async fn reset(conn: &mut Conn) -> bool {
+    if conn.send(Stage::Mail, b"RSET\r\n").await.is_err() {
+        return false;
+    }
+    matches!(conn.read_reply(Stage::Mail, "waiting for the RSET reply").await, Ok(r) if r.code == 250)
+}
+
+/// Stages 1-4 (and AUTH): a session ready for a transaction. The TLS facts are returned
+/// even when a later stage failed.
+async fn open(
+    addr: SocketAddr,
+    host: &str,
+    cfg: &ClientConfig,
+    use_tls: bool,
+) -> (Option<TlsInfo>, Result<Established, SessionError>) {
     let mut tls = None;
     let result = async {
         let io = connect(addr, cfg).await?;
+        let local = io.local_addr().ok();
         let mut conn = Conn::new(Box::new(io), cfg.command_timeout);
         conn.set_data_end_timeout(cfg.data_end_timeout);
+        if let (Some(p), Some(local)) = (&cfg.protocol_log, local) {
+            let mut log = p.log.session(&p.connector, local, addr);
+            log.info(&format!("connected to {host} [{addr}]"));
+            conn.log = Some(log);
+        }
         greet(&mut conn).await?;
         let mut ext = hello(&mut conn, cfg).await?;
         let config = match (&cfg.starttls, use_tls) {
@@ -435,6 +625,9 @@ async fn session(
             match starttls(conn, config.clone(), host, addr, required).await? {
                 Upgrade::Tls(c, info) => {
                     conn = c;
+                    if let Some(log) = conn.log.as_mut() {
+                        log.info(&format!("TLS negotiated: {} {}", info.version, info.cipher));
+                    }
                     tls = Some(info);
                     // RFC 3207 §4.2: forget what the server said before TLS; EHLO again.
                     ext = hello(&mut conn, cfg).await?;
@@ -442,12 +635,92 @@ async fn session(
                 Upgrade::Refused(c) => conn = c,
             }
         }
-        let statuses = transaction(&mut conn, &ext, env).await?;
-        quit(&mut conn).await;
-        Ok(statuses)
+        if let Some(auth) = &cfg.auth {
+            authenticate(&mut conn, &ext, auth, tls.is_some(), host).await?;
+        }
+        Ok(Established {
+            conn,
+            ext,
+            tls: tls.clone(),
+            messages: 0,
+        })
     }
     .await;
-    Attempt { tls, result }
+    (tls, result)
+}
+
+/// AUTH (RFC 4954) with PLAIN (RFC 4616, initial response) when offered, else LOGIN.
+///
+/// Failures are temporary (`4.7.0`, the next smart host may be tried): a wrong or expired
+/// password is fixed by an administrator, and Exchange too keeps the message queued for
+/// retry; at `MessageExpirationTimeout` the sender gets an NDR with the last reply.
+/// `BasicAuthRequireTLS` outside TLS fails before anything is sent.
+async fn authenticate(
+    conn: &mut Conn,
+    ext: &Extensions,
+    auth: &SmtpAuth,
+    under_tls: bool,
+    host: &str,
+) -> Result<(), SessionError> {
+    let fail = |text: String| SessionError::local(Stage::Auth, "4.7.0", text);
+    if auth.require_tls && !under_tls {
+        return Err(fail(format!(
+            "BasicAuthRequireTLS: TLS not established with {host}; credentials not sent"
+        )));
+    }
+    let plain = ext.auth.iter().any(|m| m == "PLAIN");
+    if !plain && !ext.auth.iter().any(|m| m == "LOGIN") {
+        return Err(fail(format!(
+            "{host} does not offer AUTH PLAIN or LOGIN (offered: {})",
+            if ext.auth.is_empty() {
+                "none".to_string()
+            } else {
+                ext.auth.join(" ")
+            }
+        )));
+    }
+    let refused = |r: &Reply| fail(format!("authentication failed at {host}: {}", r.to_line()));
+    conn.sasl = true;
+    let result = async {
+        if plain {
+            let msg = sasl::encode(&sasl::plain_message(&auth.user, auth.password.expose()));
+            conn.send_redacted(
+                Stage::Auth,
+                format!("AUTH PLAIN {msg}\r\n").as_bytes(),
+                "AUTH PLAIN <redacted>",
+            )
+            .await?;
+        } else {
+            conn.send(Stage::Auth, b"AUTH LOGIN\r\n").await?;
+            for answer in [auth.user.as_str(), auth.password.expose()] {
+                let r = conn
+                    .read_reply(Stage::Auth, "waiting for an AUTH LOGIN challenge")
+                    .await?;
+                if r.code != 334 {
+                    return Err(refused(&r));
+                }
+                let line = format!("{}\r\n", sasl::encode(answer.as_bytes()));
+                conn.send_redacted(Stage::Auth, line.as_bytes(), "<redacted>")
+                    .await?;
+            }
+        }
+        let r = conn
+            .read_reply(Stage::Auth, "waiting for the AUTH result")
+            .await?;
+        if r.code == 334 {
+            // A challenge we did not expect: cancel the exchange (RFC 4954 §4).
+            let _ = conn.send_redacted(Stage::Auth, b"*\r\n", "*").await;
+            let _ = conn.read_reply(Stage::Auth, "after cancelling AUTH").await;
+            return Err(refused(&r));
+        }
+        if r.code != 235 {
+            return Err(refused(&r));
+        }
+        Ok(())
+    }
+    .await;
+    conn.sasl = false;
+    result
 }
 
 /// Stage 1: TCP connection, bound to `source_ip` when set and of the same family.
@@ -581,6 +854,7 @@ pub async fn starttls(
     }
     let timeout_dur = conn.timeout;
     let data_end = conn.data_end_timeout;
+    let mut log = conn.log.take();
     let io = conn.into_io().map_err(fail)?;
     let server_name = ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
@@ -588,6 +862,9 @@ pub async fn starttls(
     let stream = match timeout(timeout_dur, connector.connect(server_name, io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            if let Some(log) = log.as_mut() {
+                log.info(&format!("TLS handshake failed: {e}"));
+            }
             return Err(fail(SessionError::tls(classify_tls_error(&e), host, addr)));
         }
         Err(_) => {
@@ -616,6 +893,7 @@ pub async fn starttls(
     };
     let mut conn = Conn::new(Box::new(stream), timeout_dur);
     conn.set_data_end_timeout(data_end);
+    conn.log = log;
     Ok(Upgrade::Tls(conn, info))
 }
 
@@ -841,11 +1119,20 @@ async fn lockstep_envelope(
 /// Errors here are never retried elsewhere: the server may already hold the message.
 pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionError> {
     let stuffed = dot_stuff(data);
+    // The message is not protocol: it is never written to the protocol log.
+    let log = conn.log.take();
+    let mut sent = Ok(());
     for chunk in stuffed.chunks(DATA_CHUNK) {
-        conn.send(Stage::Data, chunk)
-            .await
-            .map_err(SessionError::no_retry)?;
+        sent = conn.send(Stage::Data, chunk).await;
+        if sent.is_err() {
+            break;
+        }
     }
+    conn.log = log;
+    if let Some(log) = conn.log.as_mut() {
+        log.info(&format!("message data: {} bytes", stuffed.len()));
+    }
+    sent.map_err(SessionError::no_retry)?;
     let limit = conn.data_end_timeout;
     conn.read_reply_within(
         Stage::Data,
@@ -904,6 +1191,9 @@ pub async fn quit(conn: &mut Conn) {
             .await;
     }
     let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+    if let Some(log) = conn.log.as_mut() {
+        log.info("connection closed");
+    }
 }
 
 /// An SMTP connection: the stream plus a read buffer, every read and write under a timeout.
@@ -912,6 +1202,10 @@ pub struct Conn {
     buf: Vec<u8>,
     timeout: Duration,
     data_end_timeout: Duration,
+    /// Protocol log of this session, if the connector logs.
+    log: Option<LogSession>,
+    /// In a SASL exchange: server challenges are logged as `<redacted>`.
+    sasl: bool,
 }
 
 impl Conn {
@@ -921,6 +1215,8 @@ impl Conn {
             buf: Vec::with_capacity(1024),
             timeout,
             data_end_timeout: timeout.max(Duration::from_secs(600)),
+            log: None,
+            sasl: false,
         }
     }
 
@@ -944,8 +1240,32 @@ impl Conn {
         Ok(self.io)
     }
 
-    /// Writes all of `bytes` and flushes, under the command timeout.
+    /// Writes all of `bytes` and flushes, under the command timeout. Each line is logged.
     pub async fn send(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), SessionError> {
+        if let Some(log) = self.log.as_mut() {
+            for line in String::from_utf8_lossy(bytes).split("\r\n") {
+                if !line.is_empty() {
+                    log.sent(line);
+                }
+            }
+        }
+        self.write(stage, bytes).await
+    }
+
+    /// Like [`Conn::send`], logging `shown` instead of the bytes (credentials).
+    pub async fn send_redacted(
+        &mut self,
+        stage: Stage,
+        bytes: &[u8],
+        shown: &str,
+    ) -> Result<(), SessionError> {
+        if let Some(log) = self.log.as_mut() {
+            log.sent(shown);
+        }
+        self.write(stage, bytes).await
+    }
+
+    async fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), SessionError> {
         let write = async {
             self.io.write_all(bytes).await?;
             self.io.flush().await
@@ -975,6 +1295,13 @@ impl Conn {
         let mut enhanced = None;
         loop {
             let line = self.read_line(stage, what, limit).await?;
+            if let Some(log) = self.log.as_mut() {
+                if self.sasl && line.starts_with("334") {
+                    log.received("334 <redacted>");
+                } else {
+                    log.received(&line);
+                }
+            }
             let (c, last, text) = parse_reply_line(&line).ok_or_else(|| {
                 SessionError::protocol(
                     stage,

@@ -2,7 +2,11 @@
 //! classification of every outcome as delivered / temporary / permanent.
 
 pub mod client;
+pub mod errpolicy;
+pub mod identity;
 pub mod nexthop;
+pub mod pool;
+pub mod protolog;
 pub mod tls;
 
 /// Why a recipient was not delivered (recorded in the trace and used in DSNs).
@@ -62,9 +66,11 @@ use std::time::Duration;
 
 use crate::dns::Resolver;
 use crate::policy::route::{Route, RouteDecision, RouteTarget, TlsPolicy, select_route};
-use crate::policy::{DomainPattern, Policy, TlsLevel};
+use crate::policy::{AuthMechanism, DomainPattern, Policy, TlsLevel};
 
-use client::{ClientConfig, Envelope, SessionError, StartTls, TlsInfo};
+use client::{
+    ClientConfig, Envelope, ProtocolLogger, Secret, SessionError, SmtpAuth, StartTls, TlsInfo,
+};
 use nexthop::resolve_next_hops;
 use tls::TlsContext;
 
@@ -124,6 +130,12 @@ pub struct Deliverer {
     resolver: Arc<dyn Resolver>,
     tls: Result<TlsContext, String>,
     options: DelivererOptions,
+    /// `[Relay] ExternalDnsServers`, for Send connectors with `UseExternalDNSServersEnabled`.
+    external_resolver: Option<Arc<dyn Resolver>>,
+    /// Kept connections (`SmtpMaxMessagesPerConnection`).
+    pool: pool::Pool,
+    /// `ProtocolLogDir`, for connectors with `ProtocolLoggingLevel = "Verbose"`.
+    protocol_log: Arc<protolog::ProtocolLog>,
 }
 
 /// Recipients sharing a route. MX next hops depend on the domain, and so does the name
@@ -144,12 +156,23 @@ impl Deliverer {
                 TlsContext::new(None, crls)
             })
             .map_err(|e| e.to_string());
+        let protocol_log = protolog::ProtocolLog::new(policy.relay.protocol_log_dir.clone());
         Deliverer {
             policy,
             resolver,
             tls,
             options: DelivererOptions::default(),
+            external_resolver: None,
+            pool: pool::Pool::new(),
+            protocol_log,
         }
+    }
+
+    /// The resolver of `[Relay] ExternalDnsServers` (Send connectors with
+    /// `UseExternalDNSServersEnabled = true`; without one they use the main resolver).
+    pub fn with_external_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.external_resolver = Some(resolver);
+        self
     }
 
     pub fn with_options(mut self, options: DelivererOptions) -> Self {
@@ -210,7 +233,7 @@ impl Deliverer {
                     .clone()
                     .or_else(|| recipient_domain(&job.recipients[idxs[0]]))
                     .unwrap_or_default();
-                self.deliver_group(job, &key.route, domain, idxs)
+                self.deliver_group(job, key, domain, idxs)
             })
             .collect();
         for group in join_all(tasks).await {
@@ -245,6 +268,15 @@ impl Deliverer {
                 )
             }
         };
+        let starttls = match (starttls, self.client_identity(route)?) {
+            (StartTls::Opportunistic(c), Some(id)) => {
+                StartTls::Opportunistic(identity::with_identity(&c, &id))
+            }
+            (StartTls::Required(c), Some(id)) => {
+                StartTls::Required(identity::with_identity(&c, &id))
+            }
+            (s, _) => s,
+        };
         let relay = &self.policy.relay;
         Ok(ClientConfig {
             helo_name: route.helo.clone().unwrap_or_else(|| relay.fqdn.clone()),
@@ -258,17 +290,85 @@ impl Deliverer {
             data_end_timeout: self.options.data_end_timeout,
             source_ip: route.source_ip,
             starttls,
+            auth: self.smtp_auth(route)?,
+            protocol_log: route.send.protocol_log.then(|| ProtocolLogger {
+                log: self.protocol_log.clone(),
+                connector: route.connector.clone().unwrap_or_default(),
+            }),
         })
+    }
+
+    /// The client certificate to present: `TlsCertificateName`, or with
+    /// `DomainSecureEnabled` and no name, the relay's own `TlsCertificate`.
+    fn client_identity(&self, route: &Route) -> Result<Option<identity::ClientIdentity>, Failure> {
+        let fail = |text: String| Failure {
+            code: None,
+            enhanced: "4.7.320".into(),
+            text,
+        };
+        let relay = &self.policy.relay;
+        let (cert, key) = match (&route.send.tls_certificate_name, route.send.domain_secure) {
+            (Some(name), _) => {
+                let c = identity::find(name, &relay.certificates).map_err(fail)?;
+                (c.certificate.clone(), c.private_key.clone())
+            }
+            (None, true) => match (&relay.tls_certificate, &relay.tls_private_key) {
+                (Some(c), Some(k)) => (c.clone(), k.clone()),
+                _ => {
+                    return Err(fail(
+                        "DomainSecureEnabled: no certificate to present; set TlsCertificateName or [Relay] TlsCertificate".into(),
+                    ));
+                }
+            },
+            (None, false) => return Ok(None),
+        };
+        identity::load(&cert, &key, &tls::provider())
+            .map(Some)
+            .map_err(|e| fail(format!("client certificate: {e}")))
+    }
+
+    /// AUTH credentials of a `BasicAuth` / `BasicAuthRequireTLS` route; the password is
+    /// read from `PasswordFile` now (one trailing newline removed).
+    fn smtp_auth(&self, route: &Route) -> Result<Option<SmtpAuth>, Failure> {
+        let require_tls = match route.send.auth {
+            AuthMechanism::BasicAuth => false,
+            AuthMechanism::BasicAuthRequireTls => true,
+            AuthMechanism::None | AuthMechanism::ExternalAuthoritative => return Ok(None),
+        };
+        let Some(cred) = &route.send.credential else {
+            return Ok(None);
+        };
+        let mut password = std::fs::read_to_string(&cred.password_file).map_err(|e| Failure {
+            code: None,
+            enhanced: "4.7.0".into(),
+            text: format!(
+                "cannot read AuthenticationCredential.PasswordFile {}: {e}",
+                cred.password_file.display()
+            ),
+        })?;
+        if password.ends_with('\n') {
+            password.pop();
+            if password.ends_with('\r') {
+                password.pop();
+            }
+        }
+        Ok(Some(SmtpAuth {
+            user: cred.user_name.clone(),
+            password: Secret::new(password),
+            require_tls,
+        }))
     }
 
     /// One route group: next hops, then hosts in order until one gives an answer.
     async fn deliver_group(
         &self,
         job: &DeliveryJob<'_>,
-        route: &Route,
+        key: &GroupKey,
         domain: String,
         idxs: &[usize],
     ) -> Vec<(usize, RecipientOutcome)> {
+        let route = &key.route;
+        let policies = &route.send.error_policies;
         let recipients: Vec<String> = idxs.iter().map(|&i| job.recipients[i].clone()).collect();
         let outcome =
             |i: usize, status: DeliveryStatus, remote: Option<String>, tls: Option<TlsInfo>| {
@@ -276,7 +376,7 @@ impl Deliverer {
                     i,
                     RecipientOutcome {
                         recipient: job.recipients[i].clone(),
-                        status,
+                        status: errpolicy::apply(policies, status),
                         connector: route.connector.clone(),
                         remote_host: remote,
                         would_route: None, // filled in per recipient by the caller
@@ -311,7 +411,11 @@ impl Deliverer {
             Ok(c) => c,
             Err(f) => return all(DeliveryStatus::Temporary(f), None, None),
         };
-        let hops = match resolve_next_hops(self.resolver.as_ref(), route, &domain).await {
+        let resolver = match &self.external_resolver {
+            Some(r) if route.send.external_dns => r.as_ref(),
+            _ => self.resolver.as_ref(),
+        };
+        let hops = match resolve_next_hops(resolver, route, &domain).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::info!(id = job.id, domain, error = %e, "no next hop");
@@ -320,7 +424,7 @@ impl Deliverer {
                 } else {
                     DeliveryStatus::Temporary(e.to_failure())
                 };
-                return all(status, None, None);
+                return all(errpolicy::apply_dns(policies, status), None, None);
             }
         };
 
@@ -334,7 +438,22 @@ impl Deliverer {
         for hop in &hops {
             for addr in &hop.addrs {
                 let remote = format!("{} [{}]", hop.host, addr.ip());
-                let attempt = client::deliver(*addr, &hop.host, &cfg, &env).await;
+                let hop_key = pool::HopKey {
+                    group: format!("{key:?}"),
+                    host: hop.host.clone(),
+                    addr: *addr,
+                };
+                let kept = self.pool.take(&hop_key);
+                let (attempt, session) =
+                    client::deliver_reusing(*addr, &hop.host, &cfg, &env, kept).await;
+                if let Some(session) = session {
+                    self.pool.put(
+                        hop_key,
+                        session,
+                        route.send.max_messages_per_connection,
+                        cfg.command_timeout,
+                    );
+                }
                 match attempt.result {
                     Ok(statuses) => {
                         tracing::info!(

@@ -213,7 +213,7 @@ pub struct AddressSpace {
     pub cost: u8,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMechanism {
     None,
     BasicAuth,
@@ -221,14 +221,14 @@ pub enum AuthMechanism {
     ExternalAuthoritative,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Credential {
     pub user_name: String,
     /// The password lives in this file; it is read at delivery time and never logged.
     pub password_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorPolicy {
     Default,
     DowngradeDnsFailures,

@@ -25,7 +25,8 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::model::{
-    ConnectorType, DomainPattern, OutboundConnector, Policy, SendConnector, SmartHost, TlsLevel,
+    AuthMechanism, ConnectorType, Credential, DomainPattern, ErrorPolicy, OutboundConnector,
+    Policy, ProtocolLoggingLevel, SendConnector, SmartHost, TlsLevel,
 };
 
 /// Where the next hops of a route come from.
@@ -83,6 +84,45 @@ pub struct Route {
     pub inactivity_timeout: Option<Duration>,
     /// Send connector `MaxMessageSize` (bytes); `None` = unlimited.
     pub max_message_size: Option<u64>,
+    /// The other Send connector session settings (defaults for the other routes).
+    pub send: SendSettings,
+}
+
+/// Send connector parameters that shape the SMTP session (README "Send connector
+/// parameters"). Outbound connectors and the default route use [`SendSettings::default`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SendSettings {
+    /// `SmartHostAuthMechanism`.
+    pub auth: AuthMechanism,
+    /// `AuthenticationCredential` (used by `BasicAuth` / `BasicAuthRequireTLS`).
+    pub credential: Option<Credential>,
+    /// `TlsCertificateName` (`<I>issuer<S>subject`): the client certificate to present.
+    pub tls_certificate_name: Option<String>,
+    /// `DomainSecureEnabled`: present a client certificate (mutual TLS).
+    pub domain_secure: bool,
+    /// `SmtpMaxMessagesPerConnection` (Exchange's default 20 elsewhere).
+    pub max_messages_per_connection: u32,
+    /// `ErrorPolicies` without `Default` (empty: no downgrade or upgrade).
+    pub error_policies: Vec<ErrorPolicy>,
+    /// `ProtocolLoggingLevel = "Verbose"`.
+    pub protocol_log: bool,
+    /// `UseExternalDNSServersEnabled`.
+    pub external_dns: bool,
+}
+
+impl Default for SendSettings {
+    fn default() -> Self {
+        SendSettings {
+            auth: AuthMechanism::None,
+            credential: None,
+            tls_certificate_name: None,
+            domain_secure: false,
+            max_messages_per_connection: 20,
+            error_policies: Vec::new(),
+            protocol_log: false,
+            external_dns: false,
+        }
+    }
 }
 
 impl Route {
@@ -99,6 +139,7 @@ impl Route {
             source_ip: None,
             inactivity_timeout: None,
             max_message_size: None,
+            send: SendSettings::default(),
         }
     }
 
@@ -124,6 +165,7 @@ impl Route {
             source_ip: None,
             inactivity_timeout: None,
             max_message_size: None,
+            send: SendSettings::default(),
         }
     }
 
@@ -135,13 +177,43 @@ impl Route {
         };
         let tls = if c.ignore_starttls {
             TlsPolicy::Never
+        } else if c.domain_secure_enabled {
+            // Mutual TLS: DomainValidation against the recipient domain (or TlsDomain when
+            // the connector sets DomainValidation with one).
+            let wanted = c
+                .tls_domain
+                .clone()
+                .filter(|_| c.tls_auth_level == Some(TlsLevel::DomainValidation));
+            TlsPolicy::Required(TlsLevel::DomainValidation, wanted)
         } else if c.require_tls {
             TlsPolicy::Required(
                 c.tls_auth_level.unwrap_or(TlsLevel::EncryptionOnly),
                 c.tls_domain.clone(),
             )
+        } else if c.smart_host_auth_mechanism == AuthMechanism::ExternalAuthoritative {
+            // The smart host is a trusted hop: TLS is required (any certificate).
+            TlsPolicy::Required(TlsLevel::EncryptionOnly, None)
         } else {
             TlsPolicy::Opportunistic
+        };
+        let basic = matches!(
+            c.smart_host_auth_mechanism,
+            AuthMechanism::BasicAuth | AuthMechanism::BasicAuthRequireTls
+        );
+        let send = SendSettings {
+            auth: c.smart_host_auth_mechanism,
+            credential: c.authentication_credential.clone().filter(|_| basic),
+            tls_certificate_name: c.tls_certificate_name.clone(),
+            domain_secure: c.domain_secure_enabled,
+            max_messages_per_connection: c.smtp_max_messages_per_connection.max(1),
+            error_policies: c
+                .error_policies
+                .iter()
+                .copied()
+                .filter(|p| *p != ErrorPolicy::Default)
+                .collect(),
+            protocol_log: c.protocol_logging_level == ProtocolLoggingLevel::Verbose,
+            external_dns: c.use_external_dns_servers_enabled,
         };
         Route {
             connector: Some(c.name.clone()),
@@ -154,6 +226,7 @@ impl Route {
             source_ip: c.source_ip_address,
             inactivity_timeout: Some(c.connection_inactivity_timeout),
             max_message_size: c.max_message_size,
+            send,
         }
     }
 }

@@ -134,7 +134,13 @@ pub async fn start_with_resolver(
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let transport: Arc<dyn Transport> = Arc::new(Deliverer::new(policy.clone(), resolver));
+    let mut deliverer = Deliverer::new(policy.clone(), resolver);
+    if !r.external_dns_servers.is_empty() {
+        let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
+            .map_err(StartError::Dns)?;
+        deliverer = deliverer.with_external_resolver(Arc::new(external));
+    }
+    let transport: Arc<dyn Transport> = Arc::new(deliverer);
     let settings = QueueSettings {
         fqdn: r.fqdn.clone(),
         retry_first: r.transient_failure_retry_interval,
@@ -163,6 +169,7 @@ pub async fn start_with_resolver(
         require_tls: false,
         client_certs,
         starttls: Default::default(),
+        auth: None,
     });
     let inbound = Arc::new(InboundPolicy::new(&policy));
     let backend = Arc::new(RelayBackend::new(

@@ -52,6 +52,9 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
+    /// RFC 4954: `AUTH mechanism [initial-response]` (mechanism upper-cased; the response
+    /// as sent, `=` for an empty one). Only served when the session has an auth verifier.
+    Auth(String, Option<String>),
 }
 
 /// Parses one command line. The caller has already enforced the line length limit.
@@ -80,12 +83,29 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "VRFY" if arg.is_empty() => Err(Reply::param_syntax("Syntax: VRFY <address>")),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "AUTH" | "SEND" | "SOML" | "SAML" => {
+        "AUTH" => parse_auth(arg),
+        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "SEND" | "SOML" | "SAML" => {
             Err(Reply::not_implemented("Command not implemented"))
         }
         "" => Err(Reply::syntax("Syntax error: empty command")),
         _ => Err(Reply::syntax("Syntax error: command unrecognized")),
     }
+}
+
+fn parse_auth(arg: &str) -> Result<Command, Reply> {
+    let mut words = arg.split_ascii_whitespace();
+    let Some(mechanism) = words.next() else {
+        return Err(Reply::param_syntax(
+            "Syntax: AUTH mechanism [initial-response]",
+        ));
+    };
+    let initial = words.next().map(str::to_string);
+    if words.next().is_some() {
+        return Err(Reply::param_syntax(
+            "Syntax: AUTH mechanism [initial-response]",
+        ));
+    }
+    Ok(Command::Auth(mechanism.to_ascii_uppercase(), initial))
 }
 
 fn no_arg(arg: &str, cmd: Command) -> Result<Command, Reply> {
@@ -325,6 +345,15 @@ mod tests {
         assert_eq!(parse(b"FOO").unwrap_err().code, 500);
         assert_eq!(parse(b"EXPN list").unwrap_err().code, 502);
         assert_eq!(parse(b"VRFY bob").unwrap(), Command::Vrfy);
+        assert_eq!(
+            parse(b"auth plain AHUAcA=="),
+            Ok(Command::Auth("PLAIN".into(), Some("AHUAcA==".into())))
+        );
+        assert_eq!(
+            parse(b"AUTH LOGIN"),
+            Ok(Command::Auth("LOGIN".into(), None))
+        );
+        assert_eq!(parse(b"AUTH").unwrap_err().code, 501);
     }
 
     #[test]

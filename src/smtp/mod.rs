@@ -5,6 +5,7 @@ pub mod client_cert;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod sasl;
 
 pub use reply::Reply;
 pub mod server;

@@ -19,6 +19,7 @@ use super::client_cert::{ClientCertInfo, ClientCertValidator};
 use super::command::{self, Address, Command, MAX_COMMAND_LINE, MailParams};
 use super::data::{DataError, DataReader};
 use super::reply::Reply;
+use super::sasl;
 use crate::policy::BareNewlinePolicy;
 use crate::policy::inbound::Attribution;
 
@@ -32,6 +33,8 @@ pub struct SessionInfo {
     pub tls: Option<TlsInfo>,
     /// The client certificate presented under TLS, judged (see `client_cert`).
     pub client_cert: Option<ClientCertInfo>,
+    /// The user name of a successful AUTH (only with `SessionConfig::auth`).
+    pub auth_user: Option<String>,
 }
 
 /// Facts about a TLS session, for the Received header, the trace and policy.
@@ -70,6 +73,9 @@ pub struct SessionConfig {
     pub require_tls: bool,
     /// Judges client certificates after the TLS handshake (the relay; not the sink).
     pub client_certs: Option<Arc<ClientCertValidator>>,
+    /// Checks AUTH credentials (the sink's `--auth`). `None`: AUTH is not offered and the
+    /// command is answered 502 (the relay).
+    pub auth: Option<AuthVerifier>,
     /// How STARTTLS is answered when `tls` is set (test knobs of the sink).
     pub starttls: StartTlsMode,
 }
@@ -88,6 +94,9 @@ pub enum StartTlsMode {
     /// Advertise it, answer `220`, then close the connection (the handshake fails).
     Break,
 }
+
+/// Checks a user name and password (RFC 4954 AUTH PLAIN / LOGIN).
+pub type AuthVerifier = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// Decisions and storage, supplied by the relay or the sink.
 pub trait Backend: Send + Sync + 'static {
@@ -209,6 +218,7 @@ impl<B: Backend> Session<B> {
                 esmtp: false,
                 tls: None,
                 client_cert: None,
+                auth_user: None,
             },
             tx: None,
             errors: 0,
@@ -255,6 +265,7 @@ impl<B: Backend> Session<B> {
                 self.tls_established(tls.get_ref().1);
                 self.info.helo = None;
                 self.info.esmtp = false;
+                self.info.auth_user = None;
                 self.tx = None;
                 let mut conn = Conn::new(tls);
                 let _ = self.serve(&mut conn).await;
@@ -342,6 +353,11 @@ impl<B: Backend> Session<B> {
                     conn.flush().await?;
                     return Ok(Exit::Close);
                 }
+                Command::Auth(mechanism, initial) => {
+                    if let Some(exit) = self.auth(conn, &mechanism, initial).await? {
+                        return Ok(exit);
+                    }
+                }
                 Command::StartTls => {
                     if self.info.tls.is_some() {
                         conn.queue(&Reply::bad_sequence("TLS already active"));
@@ -416,6 +432,9 @@ impl<B: Backend> Session<B> {
         {
             lines.push("STARTTLS".to_string());
         }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
         // RFC 2034 §3: no enhanced codes on the EHLO reply.
         conn.queue(&Reply::new(250, "", lines.join("\n")));
     }
@@ -435,6 +454,9 @@ impl<B: Backend> Session<B> {
             }
             if self.cfg.require_tls && self.info.tls.is_none() {
                 return Reply::tls_required();
+            }
+            if self.cfg.auth.is_some() && self.info.auth_user.is_none() {
+                return Reply::new(530, "5.7.0", "Authentication required");
             }
             // RFC 1870 §6: a declared size over the limit is refused at MAIL.
             if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
@@ -476,6 +498,109 @@ impl<B: Backend> Session<B> {
             }
             Err(r) => conn.queue(&r),
         }
+    }
+
+    /// AUTH is offered when a verifier is configured, and under `require_tls` only once
+    /// the session is under TLS.
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth.is_some() && (!self.cfg.require_tls || self.info.tls.is_some())
+    }
+
+    /// RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN, initial response allowed for both.
+    /// Returns `Some(exit)` when the session must end (connection lost during the exchange).
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> std::io::Result<Option<Exit>> {
+        let Some(verify) = self.cfg.auth.clone() else {
+            conn.queue(&Reply::not_implemented("Command not implemented"));
+            return Ok(None);
+        };
+        let refuse = if self.info.helo.is_none() || !self.info.esmtp {
+            Some(Reply::bad_sequence("Send EHLO first"))
+        } else if !self.auth_offered() {
+            Some(Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first",
+            ))
+        } else if self.info.auth_user.is_some() {
+            Some(Reply::bad_sequence("Already authenticated"))
+        } else if self.tx.is_some() {
+            Some(Reply::bad_sequence(
+                "AUTH not allowed during a mail transaction",
+            ))
+        } else if mechanism != "PLAIN" && mechanism != "LOGIN" {
+            Some(Reply::new(504, "5.5.4", "Unrecognized authentication type"))
+        } else {
+            None
+        };
+        if let Some(r) = refuse {
+            conn.queue(&r);
+            return Ok(None);
+        }
+        // Each step: the initial response if given, else a 334 challenge and the next line.
+        let mut initial = initial;
+        let mut step = async |conn: &mut Conn<S>,
+                              challenge: &str|
+               -> std::io::Result<Result<Vec<u8>, Reply>> {
+            let line = match initial.take() {
+                Some(l) => l,
+                None => {
+                    conn.queue(&Reply::new(334, "", challenge));
+                    match self.next_line(conn).await? {
+                        Line::Command(l) => String::from_utf8_lossy(&l).into_owned(),
+                        _ => {
+                            return Ok(Err(Reply::new(
+                                501,
+                                "5.5.2",
+                                "Bad authentication exchange",
+                            )));
+                        }
+                    }
+                }
+            };
+            let line = line.trim();
+            if line == "*" {
+                return Ok(Err(Reply::new(501, "5.7.0", "Authentication cancelled")));
+            }
+            if line == "=" {
+                return Ok(Ok(Vec::new()));
+            }
+            Ok(sasl::decode(line).ok_or_else(|| {
+                Reply::new(501, "5.5.2", "Invalid base64 in authentication exchange")
+            }))
+        };
+        let credentials = if mechanism == "PLAIN" {
+            match step(conn, "").await? {
+                Ok(m) => sasl::parse_plain(&m)
+                    .ok_or_else(|| Reply::new(501, "5.5.2", "Malformed PLAIN message")),
+                Err(r) => Err(r),
+            }
+        } else {
+            match step(conn, sasl::LOGIN_USERNAME).await? {
+                Ok(user) => match step(conn, sasl::LOGIN_PASSWORD).await? {
+                    Ok(pass) => Ok((
+                        String::from_utf8_lossy(&user).into_owned(),
+                        String::from_utf8_lossy(&pass).into_owned(),
+                    )),
+                    Err(r) => Err(r),
+                },
+                Err(r) => Err(r),
+            }
+        };
+        let reply = match credentials {
+            Ok((user, pass)) if verify(&user, &pass) => {
+                self.info.auth_user = Some(user);
+                Reply::new(235, "2.7.0", "Authentication successful")
+            }
+            Ok(_) => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            Err(r) => r,
+        };
+        conn.queue(&reply);
+        Ok(None)
     }
 
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(

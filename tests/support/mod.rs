@@ -108,7 +108,7 @@ pub async fn start_sink_with(listen: SocketAddr, tls: bool, hook: Option<sink::R
         require_tls: false,
         client_ca: None,
         rcpt_hook: hook,
-        starttls: Default::default(),
+        ..Default::default()
     };
     Sink {
         handle: sink::start(opts).await.expect("sink starts"),
