@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod nexthop;
+pub mod rewrite;
 pub mod tls;
 
 /// Why a recipient was not delivered (recorded in the trace and used in DSNs).
@@ -124,6 +125,8 @@ pub struct Deliverer {
     resolver: Arc<dyn Resolver>,
     tls: Result<TlsContext, String>,
     options: DelivererOptions,
+    /// SRS signer for `SenderRewritingEnabled` routes (see [`rewrite`]).
+    srs: Option<Arc<crate::message::srs::Srs>>,
 }
 
 /// Recipients sharing a route. MX next hops depend on the domain, and so does the name
@@ -147,7 +150,13 @@ impl Deliverer {
             resolver,
             tls,
             options: DelivererOptions::default(),
+            srs: None,
         }
+    }
+
+    pub fn with_srs(mut self, srs: Option<Arc<crate::message::srs::Srs>>) -> Self {
+        self.srs = srs;
+        self
     }
 
     pub fn with_options(mut self, options: DelivererOptions) -> Self {
@@ -322,10 +331,18 @@ impl Deliverer {
             }
         };
 
+        // Outbound headers (CloudServicesMailEnabled) and SRS, once per route group.
+        let (mail_from, data) = rewrite::for_route(
+            &self.policy,
+            self.srs.as_deref(),
+            route,
+            job.mail_from,
+            job.data,
+        );
         let env = Envelope {
-            mail_from: job.mail_from,
+            mail_from: &mail_from,
             recipients: &recipients,
-            data: job.data,
+            data: &data,
         };
         let mut last: Option<(SessionError, String)> = None;
         let mut all_permanent = true;
