@@ -60,3 +60,58 @@ pub fn for_route<'a>(
     };
     (mail_from, data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::route::test_support::{pat, policy};
+
+    const MSG: &[u8] = b"X-MS-Exchange-Organization-SCL: 5\r\n\
+X-MS-Exchange-CrossPremises-X: 1\r\nSubject: s\r\n\r\nX-MS-Exchange-Organization-SCL: body\r\n";
+
+    #[test]
+    fn headers_by_route() {
+        let p = policy();
+        let mx = Route::default_mx(25);
+        let (_, data) = for_route(&p, None, &mx, "a@x.test", MSG);
+        assert_eq!(
+            &data[..],
+            b"Subject: s\r\n\r\nX-MS-Exchange-Organization-SCL: body\r\n"
+        );
+        let csme = Route {
+            cloud_services_mail_enabled: Some(true),
+            ..mx.clone()
+        };
+        let (_, data) = for_route(&p, None, &csme, "a@x.test", MSG);
+        assert_eq!(
+            &data[..],
+            b"X-MS-Exchange-CrossPremises-SCL: 5\r\nX-MS-Exchange-CrossPremises-X: 1\r\n\
+Subject: s\r\n\r\nX-MS-Exchange-Organization-SCL: body\r\n"
+        );
+    }
+
+    #[test]
+    fn srs_only_for_foreign_senders_on_srs_routes() {
+        let mut p = policy();
+        p.relay.accepted_domains = vec![pat("*.corp.contoso.test"), pat("contoso.test")];
+        assert_eq!(srs_domain(&p), "contoso.test");
+        let srs = Srs::new(b"k");
+        let route = Route {
+            sender_rewriting: true,
+            ..Route::default_mx(25)
+        };
+        let from = |r: &Route, s: &str| for_route(&p, Some(&srs), r, s, b"").0.into_owned();
+        assert!(from(&route, "alice@fabrikam.test").starts_with("SRS0="));
+        assert!(from(&route, "alice@fabrikam.test").ends_with("=fabrikam.test=alice@contoso.test"));
+        assert_eq!(from(&route, "bob@contoso.test"), "bob@contoso.test");
+        assert_eq!(
+            from(&route, "bob@x.corp.contoso.test"),
+            "bob@x.corp.contoso.test"
+        );
+        assert_eq!(from(&route, ""), "");
+        let plain = Route::default_mx(25);
+        assert_eq!(from(&plain, "alice@fabrikam.test"), "alice@fabrikam.test");
+        p.relay.accepted_domains = vec![pat("*.corp.contoso.test")];
+        assert_eq!(srs_domain(&p), "relay.contoso.test");
+    }
+}
