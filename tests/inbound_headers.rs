@@ -2,6 +2,10 @@
 //! for an anonymous session, an OnPremises connector without and with
 //! CloudServicesMailEnabled (+ TreatMessagesAsInternal), and a Partner connector with
 //! CloudServicesMailEnabled. The body must arrive byte for byte (DKIM body hash unchanged).
+//!
+//! The outbound connector to the sink has CloudServicesMailEnabled too, so what the inbound
+//! side kept is visible at the sink: every `X-MS-Exchange-Organization-NAME` the relay holds
+//! leaves as `X-MS-Exchange-CrossPremises-NAME` (policy.md "Outbound: headers").
 
 mod support;
 
@@ -62,6 +66,7 @@ ConnectorType = "OnPremises"
 AllAcceptedDomains = true
 UseMXRecord = false
 SmartHosts = ["{sink}"]
+CloudServicesMailEnabled = true
 "#,
         spool = spool.display()
     )
@@ -156,12 +161,12 @@ async fn cross_premises_headers_exact() {
         "From: a@contoso.test\r\n\
 To: bob@contoso.test\r\n\
 Subject: headers\r\n\
-X-MS-Exchange-Organization-SCL: 5\r\n\
-X-MS-Exchange-Organization-OriginalClientIPAddress: 10.0.0.1\r\n\
-X-MS-Exchange-Organization-AuthSource: onprem.contoso.test\r\n\
+X-MS-Exchange-CrossPremises-SCL: 5\r\n\
+X-MS-Exchange-CrossPremises-OriginalClientIPAddress: 10.0.0.1\r\n\
+X-MS-Exchange-CrossPremises-AuthSource: onprem.contoso.test\r\n\
 X-Other: keep\r\n\
-X-MS-Exchange-Organization-MessageDirectionality: Originating\r\n\
-X-MS-Exchange-Organization-AuthAs: Internal\r\n"
+X-MS-Exchange-CrossPremises-MessageDirectionality: Originating\r\n\
+X-MS-Exchange-CrossPremises-AuthAs: Internal\r\n"
     );
     assert_eq!(body, BODY);
     assert_eq!(body_hash(&body), body_hash(BODY));
@@ -173,10 +178,10 @@ X-MS-Exchange-Organization-AuthAs: Internal\r\n"
         "From: a@contoso.test\r\n\
 To: bob@contoso.test\r\n\
 Subject: headers\r\n\
-X-MS-Exchange-Organization-SCL: 5\r\n\
-X-MS-Exchange-Organization-OriginalClientIPAddress: 10.0.0.1\r\n\
-X-MS-Exchange-Organization-AuthSource: onprem.contoso.test\r\n\
-X-MS-Exchange-Organization-AuthAs:\r\n Anonymous\r\n\
+X-MS-Exchange-CrossPremises-SCL: 5\r\n\
+X-MS-Exchange-CrossPremises-OriginalClientIPAddress: 10.0.0.1\r\n\
+X-MS-Exchange-CrossPremises-AuthSource: onprem.contoso.test\r\n\
+X-MS-Exchange-CrossPremises-AuthAs:\r\n Anonymous\r\n\
 X-Other: keep\r\n"
     );
     relay.shutdown(Duration::from_secs(5)).await;

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod nexthop;
 pub mod pool;
 pub mod protolog;
+pub mod rewrite;
 pub mod tls;
 
 /// Why a recipient was not delivered (recorded in the trace and used in DSNs).
@@ -136,6 +137,8 @@ pub struct Deliverer {
     pool: pool::Pool,
     /// `ProtocolLogDir`, for connectors with `ProtocolLoggingLevel = "Verbose"`.
     protocol_log: Arc<protolog::ProtocolLog>,
+    /// SRS signer for `SenderRewritingEnabled` routes (see [`rewrite`]).
+    srs: Option<Arc<crate::message::srs::Srs>>,
 }
 
 /// Recipients sharing a route. MX next hops depend on the domain, and so does the name
@@ -165,6 +168,7 @@ impl Deliverer {
             external_resolver: None,
             pool: pool::Pool::new(),
             protocol_log,
+            srs: None,
         }
     }
 
@@ -172,6 +176,12 @@ impl Deliverer {
     /// `UseExternalDNSServersEnabled = true`; without one they use the main resolver).
     pub fn with_external_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
         self.external_resolver = Some(resolver);
+        self
+    }
+
+    /// The SRS signer for `SenderRewritingEnabled` routes.
+    pub fn with_srs(mut self, srs: Option<Arc<crate::message::srs::Srs>>) -> Self {
+        self.srs = srs;
         self
     }
 
@@ -428,10 +438,18 @@ impl Deliverer {
             }
         };
 
+        // Outbound headers (CloudServicesMailEnabled) and SRS, once per route group.
+        let (mail_from, data) = rewrite::for_route(
+            &self.policy,
+            self.srs.as_deref(),
+            route,
+            job.mail_from,
+            job.data,
+        );
         let env = Envelope {
-            mail_from: job.mail_from,
+            mail_from: &mail_from,
             recipients: &recipients,
-            data: job.data,
+            data: &data,
         };
         let mut last: Option<(SessionError, String)> = None;
         let mut all_permanent = true;

@@ -4,6 +4,7 @@
 pub mod dsn;
 pub mod headers;
 pub mod received;
+pub mod srs;
 
 /// The header block of an RFC 5322 message: the bytes up to and including the empty line
 /// (CRLF CRLF) that separates the header section from the body (RFC 5322 §2.1). A message

@@ -84,6 +84,12 @@ pub struct Route {
     pub inactivity_timeout: Option<Duration>,
     /// Send connector `MaxMessageSize` (bytes); `None` = unlimited.
     pub max_message_size: Option<u64>,
+    /// The connector's `CloudServicesMailEnabled`; `None` = the default MX route (treated
+    /// as `false`: cross-premises headers are removed).
+    pub cloud_services_mail_enabled: Option<bool>,
+    /// `SenderRewritingEnabled` on an OnPremises Outbound connector: SRS for senders whose
+    /// domain is not accepted.
+    pub sender_rewriting: bool,
     /// The other Send connector session settings (defaults for the other routes).
     pub send: SendSettings,
 }
@@ -140,6 +146,8 @@ impl Route {
             inactivity_timeout: None,
             max_message_size: None,
             send: SendSettings::default(),
+            cloud_services_mail_enabled: None,
+            sender_rewriting: false,
         }
     }
 
@@ -166,6 +174,10 @@ impl Route {
             inactivity_timeout: None,
             max_message_size: None,
             send: SendSettings::default(),
+            cloud_services_mail_enabled: Some(c.cloud_services_mail_enabled),
+            // policy.md / New-OutboundConnector: effective only for OnPremises connectors.
+            sender_rewriting: c.sender_rewriting_enabled
+                && c.connector_type == ConnectorType::OnPremises,
         }
     }
 
@@ -227,6 +239,8 @@ impl Route {
             inactivity_timeout: Some(c.connection_inactivity_timeout),
             max_message_size: c.max_message_size,
             send,
+            cloud_services_mail_enabled: Some(c.cloud_services_mail_enabled),
+            sender_rewriting: false,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound};
 use crate::message::received::{ReceivedFields, received_header};
+use crate::message::srs::{MAX_AGE_DAYS, Srs, SrsError, is_srs0, today};
 use crate::policy::restrict::{InboundPolicy, Refusal, SessionFacts, applies_to, is_accepted};
 use crate::policy::{ConnectorType, Policy};
 use crate::queue::manager::QueueHandle;
@@ -18,6 +19,8 @@ pub(super) struct RelayBackend {
     inbound: Arc<InboundPolicy>,
     spool: Arc<Spool>,
     queue: QueueHandle,
+    /// SRS secret, when SRS is in use (`relay::load_srs`).
+    srs: Option<Arc<Srs>>,
 }
 
 impl RelayBackend {
@@ -26,13 +29,29 @@ impl RelayBackend {
         inbound: Arc<InboundPolicy>,
         spool: Arc<Spool>,
         queue: QueueHandle,
+        srs: Option<Arc<Srs>>,
     ) -> Self {
         RelayBackend {
             policy,
             inbound,
             spool,
             queue,
+            srs,
         }
+    }
+
+    /// For an SRS0 address at one of our domains (an accepted domain or the relay's Fqdn)
+    /// while SRS is in use: the original address, or why it is refused. `None`: not an SRS
+    /// address of ours, an ordinary recipient. `max_age` in days.
+    fn srs_reverse(&self, to: &Address, max_age: u32) -> Option<Result<String, SrsError>> {
+        let srs = self.srs.as_ref()?;
+        let domain = to.domain_lc();
+        let ours = is_accepted(&self.policy, &domain)
+            || domain == self.policy.relay.fqdn.to_ascii_lowercase();
+        if !ours || !is_srs0(&to.local) {
+            return None;
+        }
+        Some(srs.reverse_at(&to.to_string(), today(), max_age))
     }
 
     fn facts<'a>(&self, s: &'a SessionInfo) -> SessionFacts<'a> {
@@ -116,6 +135,21 @@ impl Backend for RelayBackend {
         {
             return Ok(());
         }
+        // An SRS bounce: refused unless we issued it (valid hash, fresh timestamp); then it
+        // counts as mail to our (accepted) SRS domain and is relayed to the original address.
+        if let Some(Err(e)) = self.srs_reverse(to, MAX_AGE_DAYS) {
+            tracing::info!(
+                event = "rejected",
+                stage = "RCPT",
+                client_ip = %s.peer.ip(),
+                address = %to,
+                rule = "srs",
+                reason = %e,
+                reply = "550 5.1.1",
+                "refused"
+            );
+            return Err(Reply::new(550, "5.1.1", "Invalid SRS address"));
+        }
         let sender = sender_domain(tx);
         self.inbound
             .check_rcpt(
@@ -168,7 +202,16 @@ impl Backend for RelayBackend {
                 .as_ref()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            recipients: tx.recipients.iter().map(|a| a.to_string()).collect(),
+            // SRS bounces go to the original address. One day of grace over RCPT's check, so
+            // a transaction that crosses midnight on the last valid day is not lost.
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|a| match self.srs_reverse(a, MAX_AGE_DAYS + 1) {
+                    Some(Ok(original)) => original,
+                    _ => a.to_string(),
+                })
+                .collect(),
             arrived: now,
             from_outside_org: !connector
                 .is_some_and(|c| c.connector_type == ConnectorType::OnPremises),

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
+use crate::message::srs::Srs;
 use crate::policy::restrict::{InboundPolicy, SessionFacts};
 use crate::policy::{ConnectorType, Policy};
 use crate::queue::manager::{self, QueueSettings, Transport};
@@ -40,6 +41,11 @@ pub enum StartError {
     Tls(String),
     #[error("DNS resolver: {0}")]
     Dns(String),
+    #[error("SRS secret {path}: {source}")]
+    Srs {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running relay.
@@ -132,9 +138,11 @@ pub async fn start_with_resolver(
         implicit.push(l);
     }
 
+    let srs = load_srs(&policy)?;
+
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut deliverer = Deliverer::new(policy.clone(), resolver);
+    let mut deliverer = Deliverer::new(policy.clone(), resolver).with_srs(srs.clone());
     if !r.external_dns_servers.is_empty() {
         let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
             .map_err(StartError::Dns)?;
@@ -177,6 +185,7 @@ pub async fn start_with_resolver(
         inbound.clone(),
         spool,
         queue,
+        srs,
     ));
     let limits = Limits::new(
         r.max_inbound_connection,
@@ -228,4 +237,21 @@ pub async fn start_with_resolver(
         }
     }
     Ok(handle)
+}
+
+/// The SRS secret (`[Relay] SrsSecretFile`), when SRS is in use: some Outbound connector has
+/// `SenderRewritingEnabled` (then the file is created if missing), or the file exists (so
+/// bounces to addresses issued before SRS was switched off are still reversed). Never logged.
+fn load_srs(policy: &Policy) -> Result<Option<Arc<Srs>>, StartError> {
+    let path = &policy.relay.srs_secret_file;
+    let wanted = policy.outbound.iter().any(|c| c.sender_rewriting_enabled);
+    if !wanted && !path.exists() {
+        return Ok(None);
+    }
+    Srs::load_or_create(path)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|source| StartError::Srs {
+            path: path.display().to_string(),
+            source,
+        })
 }
