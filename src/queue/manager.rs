@@ -298,6 +298,11 @@ impl AttemptCtx {
                 .map(|c| format!(" via connector \"{c}\""))
                 .unwrap_or_default();
             let host = o.remote_host.clone().unwrap_or_default();
+            if let Some(w) = &o.would_route {
+                // policy.md: a TestMode connector is evaluated and recorded, not used.
+                tracing::info!(event = "routed", id = %entry.id, rcpt = %o.recipient, connector = ?o.connector,
+                    would_route = %w, "TestMode connector would route this recipient");
+            }
             match &o.status {
                 DeliveryStatus::Delivered { reply } => {
                     tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
