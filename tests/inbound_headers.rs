@@ -101,25 +101,7 @@ async fn relay_once(
         .find(|m| m.contains(&format!("X-Sink-Mail-From: <{sender}>")))
         .expect("relayed")
         .clone();
-    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
-    let mut kept = String::new();
-    let mut in_received = false;
-    for line in head.split("\r\n") {
-        if line.starts_with("X-Sink-") {
-            continue;
-        }
-        if line.starts_with("Received:") {
-            in_received = true;
-            continue;
-        }
-        if in_received && line.starts_with([' ', '\t']) {
-            continue;
-        }
-        in_received = false;
-        kept.push_str(line);
-        kept.push_str("\r\n");
-    }
-    (kept, body.to_string())
+    split_relayed(&msg)
 }
 
 fn body_hash(body: &str) -> Vec<u8> {

@@ -72,30 +72,6 @@ CloudServicesMailEnabled = true
     )
 }
 
-/// The relayed message's header block without the sink's and the relay's trace lines, and
-/// its body.
-fn split(msg: &str) -> (String, String) {
-    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
-    let mut kept = String::new();
-    let mut in_received = false;
-    for line in head.split("\r\n") {
-        if line.starts_with("X-Sink-") {
-            continue;
-        }
-        if line.starts_with("Received:") {
-            in_received = true;
-            continue;
-        }
-        if in_received && line.starts_with([' ', '\t']) {
-            continue;
-        }
-        in_received = false;
-        kept.push_str(line);
-        kept.push_str("\r\n");
-    }
-    (kept, body.to_string())
-}
-
 #[tokio::test]
 async fn cross_premises_headers_per_route() {
     let csme = start_sink().await;
@@ -141,7 +117,7 @@ X-Other: keep\r\n";
         let got = wait_messages(sink.maildir(), 1, WAIT).await;
         assert_eq!(got.len(), 1, "{rcpt}");
         assert!(got[0].contains(&format!("X-Sink-Rcpt-To: <{rcpt}>\r\n")));
-        let (head, body) = split(&got[0]);
+        let (head, body) = split_relayed(&got[0]);
         assert_eq!(head, expected, "{rcpt}");
         assert_eq!(body, BODY, "{rcpt}: body unchanged");
     }

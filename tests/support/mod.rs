@@ -158,6 +158,31 @@ pub async fn wait_messages(dir: &Path, n: usize, limit: Duration) -> Vec<String>
     }
 }
 
+/// A relayed message (a sink file) split into its header block without the sink's
+/// `X-Sink-*` lines and the relay's `Received:` header (dynamic ids and dates), and its
+/// body.
+pub fn split_relayed(msg: &str) -> (String, String) {
+    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
+    let mut kept = String::new();
+    let mut in_received = false;
+    for line in head.split("\r\n") {
+        if line.starts_with("X-Sink-") {
+            continue;
+        }
+        if line.starts_with("Received:") {
+            in_received = true;
+            continue;
+        }
+        if in_received && line.starts_with([' ', '\t']) {
+            continue;
+        }
+        in_received = false;
+        kept.push_str(line);
+        kept.push_str("\r\n");
+    }
+    (kept, body.to_string())
+}
+
 /// A raw SMTP client that asserts exact reply codes, over TCP or TLS.
 pub struct Dialog<S = TcpStream> {
     reader: BufReader<tokio::io::ReadHalf<S>>,
