@@ -92,6 +92,8 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         bare_newline: BareNewlinePolicy::Reject,
         inactivity_timeout: Duration::from_secs(300),
         session_timeout: Duration::from_secs(3600),
+        min_data_rate: crate::policy::MIN_DATA_RATE,
+        min_data_rate_grace: crate::policy::MIN_DATA_RATE_GRACE,
         max_protocol_errors: 100,
         tls,
         require_tls: opts.require_tls,

@@ -96,6 +96,7 @@ fn spec_example_relay() {
     assert_eq!(r.bare_newline_policy, BareNewlinePolicy::Reject);
     assert_eq!(r.max_inbound_connection, 5000);
     assert_eq!(r.max_inbound_connection_per_source, 20);
+    assert_eq!(r.max_inbound_connection_rate_per_source, 600);
     assert_eq!(r.connection_timeout, Duration::from_secs(600));
     assert_eq!(r.connection_inactivity_timeout, Duration::from_secs(300));
     assert_eq!(r.max_protocol_errors, 5);

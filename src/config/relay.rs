@@ -9,6 +9,7 @@ use super::check_file;
 use super::reader::{Ctx, Reader, TIMESPAN, describe, describe_value};
 use super::units::{parse_size, parse_timespan};
 use super::values::{dns_server, domain_pattern, host_name, socket_addr};
+use crate::policy::model::{MIN_DATA_RATE, MIN_DATA_RATE_GRACE};
 use crate::policy::{BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings};
 
 const BARE_NEWLINE: [(&str, BareNewlinePolicy); 2] = [
@@ -67,6 +68,9 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     let max_inbound_connection = r.int(ctx, "MaxInboundConnection", 5000, 1, i64::MAX) as usize;
     let max_inbound_connection_per_source =
         r.int(ctx, "MaxInboundConnectionPerSource", 20, 1, i64::MAX) as usize;
+    // Extension key (not an Exchange parameter): Postfix's smtpd_client_connection_rate_limit.
+    let max_inbound_connection_rate_per_source =
+        r.int(ctx, "MaxInboundConnectionRatePerSource", 600, 0, 1_000_000) as u32;
     let connection_timeout = timespan(ctx, &mut r, "ConnectionTimeout", "00:10:00");
     let connection_inactivity_timeout =
         timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
@@ -104,10 +108,13 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         bare_newline_policy,
         max_inbound_connection,
         max_inbound_connection_per_source,
+        max_inbound_connection_rate_per_source,
         connection_timeout,
         connection_inactivity_timeout,
         max_protocol_errors,
         max_header_size,
+        min_data_rate: MIN_DATA_RATE,
+        min_data_rate_grace: MIN_DATA_RATE_GRACE,
     };
     // Rules between keys only once every value parsed, so that one bad value is not also
     // reported as a missing one.

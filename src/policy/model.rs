@@ -53,12 +53,26 @@ pub struct RelaySettings {
     pub bare_newline_policy: BareNewlinePolicy,
     pub max_inbound_connection: usize,
     pub max_inbound_connection_per_source: usize,
+    /// `MaxInboundConnectionRatePerSource` (extension): new connections per minute per
+    /// client IP; 0 = no limit. OnPremises connector IPs are exempt.
+    pub max_inbound_connection_rate_per_source: u32,
     pub connection_timeout: Duration,
     pub connection_inactivity_timeout: Duration,
     pub max_protocol_errors: u32,
     /// Bytes.
     pub max_header_size: u64,
+    /// Slowest average rate of DATA/BDAT input, bytes per second, once `min_data_rate_grace`
+    /// has passed since the `354`; 0 = no minimum. Not a config key: always
+    /// [`MIN_DATA_RATE`] from the loader (tests lower the grace on the model).
+    pub min_data_rate: u64,
+    pub min_data_rate_grace: Duration,
 }
+
+/// Minimum average DATA rate, bytes per second (Postfix `smtpd_min_data_rate` is 500).
+pub const MIN_DATA_RATE: u64 = 1024;
+/// How long DATA may run before [`MIN_DATA_RATE`] is enforced (covers slow starts and
+/// small messages: a message under 30 KB is never cut by the rate, only by the timeouts).
+pub const MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 
 /// One entry of `[Relay] Certificates`.
 #[derive(Debug, Clone)]

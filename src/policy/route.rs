@@ -462,10 +462,13 @@ pub(crate) mod test_support {
             bare_newline_policy: BareNewlinePolicy::Reject,
             max_inbound_connection: 5000,
             max_inbound_connection_per_source: 20,
+            max_inbound_connection_rate_per_source: 600,
             connection_timeout: Duration::from_secs(600),
             connection_inactivity_timeout: Duration::from_secs(300),
             max_protocol_errors: 5,
             max_header_size: 256 << 10,
+            min_data_rate: MIN_DATA_RATE,
+            min_data_rate_grace: MIN_DATA_RATE_GRACE,
         }
     }
 

@@ -172,6 +172,8 @@ pub async fn start_with_resolver(
         bare_newline: r.bare_newline_policy,
         inactivity_timeout: r.connection_inactivity_timeout,
         session_timeout: r.connection_timeout,
+        min_data_rate: r.min_data_rate,
+        min_data_rate_grace: r.min_data_rate_grace,
         max_protocol_errors: r.max_protocol_errors,
         tls,
         require_tls: false,
@@ -187,11 +189,12 @@ pub async fn start_with_resolver(
         queue,
         srs,
     ));
-    let limits = Limits::new(
+    let limits = Limits::with_rate(
         r.max_inbound_connection,
         r.max_inbound_connection_per_source,
+        r.max_inbound_connection_rate_per_source,
     );
-    // OnPremises servers (by IP) are exempt from the per-source connection cap.
+    // OnPremises servers (by IP) are exempt from the per-source connection cap and rate.
     let p = policy.clone();
     let exempt: server::ExemptFn = Arc::new(move |ip| {
         let facts = SessionFacts {

@@ -1,6 +1,7 @@
 //! Listeners (after mini-redis's `server.rs`): a semaphore caps concurrent sessions, a
-//! per-source counter caps sessions per client IP, a watch channel signals shutdown, and
-//! accept errors back off instead of spinning.
+//! per-source counter caps sessions per client IP, a per-source token bucket caps the rate
+//! of new connections per client IP, a watch channel signals shutdown, and accept errors
+//! back off instead of spinning.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
 use super::reply::Reply;
 use super::session::{Backend, Session, SessionConfig};
@@ -20,16 +22,69 @@ pub struct Limits {
     max_sessions: usize,
     per_source_max: usize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per minute per IP; 0 = no limit.
+    rate_per_minute: u32,
+    rate: Mutex<RateTable>,
+}
+
+/// Per-IP token buckets for the connection rate: `rate_per_minute` tokens at most, refilled
+/// continuously at `rate_per_minute` per 60 s; each accepted connection takes one. A burst
+/// of a full minute's allowance is allowed, then one connection per `60 s / rate`.
+/// Refused attempts take nothing (they cost the relay only the 421). A bucket that has
+/// refilled completely is the same as no bucket, so sweeps drop those: memory stays
+/// bounded by the IPs that connected within the last minute.
+#[derive(Default)]
+struct RateTable {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    last_sweep: Option<Instant>,
 }
 
 impl Limits {
     pub fn new(max_sessions: usize, per_source_max: usize) -> Arc<Limits> {
+        Self::with_rate(max_sessions, per_source_max, 0)
+    }
+
+    /// `new` plus a limit of `rate_per_minute` new connections per minute per client IP
+    /// (0 = none).
+    pub fn with_rate(
+        max_sessions: usize,
+        per_source_max: usize,
+        rate_per_minute: u32,
+    ) -> Arc<Limits> {
         Arc::new(Limits {
             sessions: Arc::new(Semaphore::new(max_sessions)),
             max_sessions,
             per_source_max,
             per_source: Mutex::new(HashMap::new()),
+            rate_per_minute,
+            rate: Mutex::new(RateTable::default()),
         })
+    }
+
+    /// Takes one token from `ip`'s bucket; false when the bucket is empty (too fast).
+    fn take_rate_token(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate_per_minute == 0 {
+            return true;
+        }
+        let cap = f64::from(self.rate_per_minute);
+        let per_sec = cap / 60.0;
+        let refill = |(tokens, at): (f64, Instant)| {
+            (tokens + now.duration_since(at).as_secs_f64() * per_sec).min(cap)
+        };
+        let mut table = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        if table
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            table.buckets.retain(|_, b| refill(*b) < cap);
+            table.last_sweep = Some(now);
+        }
+        let tokens = table.buckets.get(&ip).map_or(cap, |b| refill(*b));
+        if tokens < 1.0 {
+            return false;
+        }
+        table.buckets.insert(ip, (tokens - 1.0, now));
+        true
     }
 
     /// Waits until every session has ended, or `limit` has passed. True when drained.
@@ -146,6 +201,18 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
         let source = if exempt(peer.ip()) {
             None
         } else {
+            if !limits.take_rate_token(peer.ip(), Instant::now()) {
+                tracing::warn!(%peer, "connection refused: MaxInboundConnectionRatePerSource reached");
+                refuse(
+                    stream,
+                    Reply::new(
+                        421,
+                        "4.7.0",
+                        "Too many connections from your host, slow down",
+                    ),
+                );
+                continue;
+            }
             match limits.enter_source(peer.ip()) {
                 Some(g) => Some(g),
                 None => {
@@ -177,4 +244,32 @@ fn refuse(mut stream: TcpStream, reply: Reply) {
         })
         .await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_rate_bucket_refills() {
+        let limits = Limits::with_rate(10, 10, 3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limits.take_rate_token(ip, t0));
+        }
+        assert!(!limits.take_rate_token(ip, t0), "4th within the minute");
+        assert!(limits.take_rate_token(other, t0), "other IPs unaffected");
+        // 3 per minute: one token back after 20 s.
+        assert!(!limits.take_rate_token(ip, t0 + Duration::from_secs(19)));
+        assert!(limits.take_rate_token(ip, t0 + Duration::from_secs(21)));
+        assert!(!limits.take_rate_token(ip, t0 + Duration::from_secs(22)));
+        // A sweep a minute later forgets full buckets only.
+        assert!(limits.take_rate_token(other, t0 + Duration::from_secs(200)));
+        let table = limits.rate.lock().unwrap();
+        assert_eq!(table.buckets.len(), 1, "only the bucket just used is kept");
+        drop(table);
+        assert!(Limits::new(1, 1).take_rate_token(ip, t0), "0 = no limit");
+    }
 }

@@ -66,6 +66,10 @@ pub struct SessionConfig {
     pub bare_newline: BareNewlinePolicy,
     pub inactivity_timeout: Duration,
     pub session_timeout: Duration,
+    /// Slowest average DATA input, bytes per second, enforced once `min_data_rate_grace`
+    /// has passed since the `354` (a slow-drip client); 0 = no minimum.
+    pub min_data_rate: u64,
+    pub min_data_rate_grace: Duration,
     pub max_protocol_errors: u32,
     /// Present when STARTTLS is offered (and for implicit TLS listeners).
     pub tls: Option<TlsAcceptor>,
@@ -624,19 +628,36 @@ impl<B: Backend> Session<B> {
 
         let mut reader = DataReader::new(self.cfg.max_message_size, self.cfg.bare_newline);
         let mut message = Vec::with_capacity(8192);
+        let started = Instant::now();
+        let mut received: u64 = 0;
         loop {
             let (used, done) = reader.feed(conn.buffered(), &mut message);
             conn.rpos += used;
+            received += used as u64;
             if done {
                 break;
             }
             // Every read has a timeout (the session is in DATA: shutdown does not cut it).
             let deadline = (Instant::now() + self.cfg.inactivity_timeout).min(self.deadline);
-            match timeout_at(deadline, conn.fill()).await {
+            // Minimum data rate: after the grace period the average must stay at or above
+            // `min_data_rate`, so `received` bytes buy `received / rate` seconds in all.
+            let slow_at = (self.cfg.min_data_rate > 0).then(|| {
+                let earned =
+                    Duration::from_secs_f64(received as f64 / self.cfg.min_data_rate as f64);
+                started + earned.max(self.cfg.min_data_rate_grace)
+            });
+            match timeout_at(slow_at.map_or(deadline, |s| s.min(deadline)), conn.fill()).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(Exit::Close)),
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    conn.queue(&Reply::timeout());
+                    let reply = if slow_at.is_some_and(|s| s < deadline) {
+                        tracing::warn!(peer = %self.info.peer, bytes = received,
+                            secs = started.elapsed().as_secs(), "DATA below the minimum rate; closing");
+                        Reply::new(421, "4.4.2", "Data rate too slow, closing connection")
+                    } else {
+                        Reply::timeout()
+                    };
+                    conn.queue(&reply);
                     conn.flush().await?;
                     return Ok(Some(Exit::Close));
                 }
