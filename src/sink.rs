@@ -103,6 +103,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
             let verifier: AuthVerifier = Arc::new(move |u: &str, p: &str| u == user && p == pass);
             verifier
         }),
+        forbid_unauth_pipelining: false,
     });
     let connections = Arc::new(AtomicU64::new(0));
     let backend = Arc::new(SinkBackend {

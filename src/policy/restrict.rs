@@ -39,6 +39,10 @@ pub enum Refusal {
     },
     /// Relay without an OnPremises attribution: 550 5.7.64.
     RelayDenied { connector: Option<String> },
+    /// A local part at an accepted domain that carries a route (`%`, `!` or `@`: the
+    /// percent hack, bang paths, quoted addresses) from a client not attributed to an
+    /// OnPremises connector: 550 5.7.1 (Postfix `allow_untrusted_routing = no`).
+    RoutingInLocalPart { local: String },
 }
 
 impl Refusal {
@@ -79,6 +83,13 @@ impl Refusal {
                 "5.7.64",
                 "TenantAttribution; Relay Access Denied".to_string(),
             ),
+            Refusal::RoutingInLocalPart { local } => (
+                550,
+                "5.7.1",
+                format!(
+                    "Recipient address rejected: routing characters (% ! @) not allowed in the local part {local}"
+                ),
+            ),
             Refusal::RelayDenied { connector: Some(c) } => (
                 550,
                 "5.7.64",
@@ -96,6 +107,7 @@ impl Refusal {
             Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses",
             Refusal::CertificateRequired { .. } => "RestrictDomainsToCertificate",
             Refusal::RelayDenied { .. } => "RelayWithoutOnPremisesAttribution",
+            Refusal::RoutingInLocalPart { .. } => "UntrustedRoutingInLocalPart",
         }
     }
 
@@ -105,6 +117,7 @@ impl Refusal {
             | Refusal::IpNotAllowed { connector, .. }
             | Refusal::CertificateRequired { connector, .. } => Some(connector),
             Refusal::RelayDenied { connector } => connector.as_deref(),
+            Refusal::RoutingInLocalPart { .. } => None,
         }
     }
 }
@@ -153,6 +166,31 @@ impl InboundPolicy {
             _ => Ok(()),
         };
         (attribution, verdict)
+    }
+
+    /// RCPT TO at an accepted domain: a local part with `%`, `!` or `@` (quoted or not) is a
+    /// route to somewhere else (`to%D@S`, `D!to@S`, `"to@D"@S`). The relay never follows
+    /// such routes, but a downstream server might (percent hack, bang paths), so only an
+    /// OnPremises client may send them. Other recipients are left to `check_rcpt`.
+    pub fn check_local_part(
+        &self,
+        policy: &Policy,
+        attribution: Option<Attribution>,
+        rcpt_domain: &str,
+        local: &str,
+    ) -> Result<(), Refusal> {
+        if !is_accepted(policy, rcpt_domain) || !local.contains(['%', '!', '@']) {
+            return Ok(());
+        }
+        let on_premises = attribution
+            .filter(|a| applies_to(&policy.inbound[a.index], rcpt_domain))
+            .is_some_and(|a| policy.inbound[a.index].connector_type == ConnectorType::OnPremises);
+        if on_premises {
+            return Ok(());
+        }
+        Err(Refusal::RoutingInLocalPart {
+            local: local.to_string(),
+        })
     }
 
     /// RCPT TO: the attributed connector's restrictions (when it applies to this

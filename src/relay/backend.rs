@@ -150,6 +150,9 @@ impl Backend for RelayBackend {
             );
             return Err(Reply::new(550, "5.1.1", "Invalid SRS address"));
         }
+        self.inbound
+            .check_local_part(&self.policy, tx.attribution, &domain, &to.local)
+            .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))?;
         let sender = sender_domain(tx);
         self.inbound
             .check_rcpt(

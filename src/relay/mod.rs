@@ -180,6 +180,7 @@ pub async fn start_with_resolver(
         client_certs,
         starttls: Default::default(),
         auth: None,
+        forbid_unauth_pipelining: true,
     });
     let inbound = Arc::new(InboundPolicy::new(&policy));
     let backend = Arc::new(RelayBackend::new(

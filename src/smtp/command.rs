@@ -92,6 +92,26 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     }
 }
 
+/// Does this command line start an HTTP request (`GET / HTTP/1.1`, `POST`, `CONNECT`, ...)?
+/// Postfix refuses these verbs (`smtpd_forbidden_commands`); a browser or a cross-protocol
+/// attack is not an SMTP client.
+pub fn is_http_request(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"CONNECT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+        b"TRACE ",
+    ];
+    METHODS
+        .iter()
+        .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
+}
+
 fn parse_auth(arg: &str) -> Result<Command, Reply> {
     let mut words = arg.split_ascii_whitespace();
     let Some(mechanism) = words.next() else {
@@ -426,6 +446,16 @@ mod tests {
             parse(b"RCPT TO:<x@y.test> NOTIFY=NEVER").unwrap_err().code,
             555
         );
+    }
+
+    #[test]
+    fn http_requests_are_recognised() {
+        assert!(is_http_request(b"GET / HTTP/1.1"));
+        assert!(is_http_request(b"post /x HTTP/1.0"));
+        assert!(is_http_request(b"CONNECT relay.test:25 HTTP/1.1"));
+        assert!(!is_http_request(b"GETX"));
+        assert!(!is_http_request(b"EHLO get"));
+        assert!(!is_http_request(b"GET"));
     }
 
     #[test]

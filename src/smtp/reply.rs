@@ -119,6 +119,10 @@ impl Reply {
     pub fn timeout() -> Self {
         Reply::new(421, "4.4.2", "Connection timed out")
     }
+    /// Postfix's reply to improper pipelining (`smtpd_forbid_unauth_pipelining`).
+    pub fn sync_error() -> Self {
+        Reply::new(554, "5.5.0", "Error: SMTP protocol synchronization")
+    }
     pub fn too_many_errors() -> Self {
         Reply::new(421, "4.7.0", "Too many errors, closing connection")
     }

@@ -82,7 +82,17 @@ pub struct SessionConfig {
     pub auth: Option<AuthVerifier>,
     /// How STARTTLS is answered when `tls` is set (test knobs of the sink).
     pub starttls: StartTlsMode,
+    /// Postfix `smtpd_forbid_unauth_pipelining`: a client that talks before the greeting
+    /// (listened for during `PREGREET_WAIT`), pipelines without EHLO, or sends more input
+    /// after a command that must end a group (RFC 2920 §3.1: EHLO, HELO, DATA, QUIT, NOOP,
+    /// VRFY, HELP, AUTH) gets `554 5.5.0 Error: SMTP protocol synchronization` and is
+    /// disconnected. On for the relay; off for the sink.
+    pub forbid_unauth_pipelining: bool,
 }
+
+/// How long a session with `forbid_unauth_pipelining` listens before sending its greeting:
+/// a client whose commands arrive in that time is talking first (a spam engine's shortcut).
+pub const PREGREET_WAIT: Duration = Duration::from_millis(100);
 
 /// STARTTLS behaviour of a session that has a TLS configuration. Anything but `Offer` is
 /// for the sink, to play remote servers that get STARTTLS wrong.
@@ -251,6 +261,20 @@ impl<B: Backend> Session<B> {
             return;
         }
         self.backend.session_facts(&self.info);
+        if self.cfg.forbid_unauth_pipelining {
+            let mut probe = [0u8; 1];
+            match timeout(PREGREET_WAIT, stream.peek(&mut probe)).await {
+                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {
+                    tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
+                    let mut stream = stream;
+                    let _ = stream.write_all(&Reply::sync_error().to_wire()).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+        }
         let mut conn = Conn::new(stream);
         conn.queue(&Reply::greeting(&self.cfg.fqdn));
         match self.serve(&mut conn).await {
@@ -317,6 +341,14 @@ impl<B: Backend> Session<B> {
                     return Ok(Exit::Close);
                 }
             };
+            if command::is_http_request(&line) {
+                // Postfix `smtpd_forbidden_commands`: a web client (or a cross-protocol
+                // attack through one) is answered once and disconnected.
+                tracing::warn!(peer = %self.info.peer, "HTTP request on the SMTP port");
+                conn.queue(&Reply::new(554, "5.7.0", "HTTP not allowed here"));
+                conn.flush().await?;
+                return Ok(Exit::Close);
+            }
             let cmd = match command::parse(&line) {
                 Ok(c) => c,
                 Err(reply) => {
@@ -327,6 +359,16 @@ impl<B: Backend> Session<B> {
                     continue;
                 }
             };
+            if self.cfg.forbid_unauth_pipelining
+                && self.must_end_group(&cmd)
+                && input_pending(conn).await
+            {
+                tracing::warn!(peer = %self.info.peer, command = ?cmd,
+                    "improper command pipelining (SMTP protocol synchronization)");
+                conn.queue(&Reply::sync_error());
+                conn.flush().await?;
+                return Ok(Exit::Close);
+            }
             match cmd {
                 Command::Ehlo(name) => self.ehlo(conn, name, true),
                 Command::Helo(name) => self.ehlo(conn, name, false),
@@ -389,6 +431,24 @@ impl<B: Backend> Session<B> {
                     }
                 }
             }
+        }
+    }
+
+    /// RFC 2920 §3.1: without EHLO there is no pipelining at all; with it, these commands
+    /// must be the last of a group. STARTTLS is not listed: input after it is discarded
+    /// (CVE-2011-0411) and the handshake proceeds.
+    fn must_end_group(&self, cmd: &Command) -> bool {
+        match cmd {
+            Command::StartTls => false,
+            Command::Ehlo(_)
+            | Command::Helo(_)
+            | Command::Data
+            | Command::Quit
+            | Command::Noop
+            | Command::Vrfy
+            | Command::Help
+            | Command::Auth(..) => true,
+            Command::Mail(..) | Command::Rcpt(_) | Command::Rset => !self.info.esmtp,
         }
     }
 
@@ -723,6 +783,15 @@ impl<B: Backend> Session<B> {
             }
         }
     }
+}
+
+/// Is client input waiting beyond the current command? Looks at the buffer, then polls the
+/// stream once without waiting.
+async fn input_pending<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) -> bool {
+    if !conn.buffered().is_empty() {
+        return true;
+    }
+    matches!(timeout(Duration::ZERO, conn.fill()).await, Ok(Ok(n)) if n > 0)
 }
 
 enum Line {
