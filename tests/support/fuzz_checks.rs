@@ -44,11 +44,7 @@ pub fn check_command_parser(data: &[u8]) {
     };
     match &cmd {
         Command::Ehlo(s) | Command::Helo(s) => clean(s),
-        Command::Mail(a, _) => {
-            if let Some(a) = a {
-                clean(&a.to_string());
-            }
-        }
+        Command::Mail(Some(a), _) => clean(&a.to_string()),
         Command::Rcpt(a) => clean(&a.to_string()),
         Command::Auth(m, r) => {
             clean(m);
