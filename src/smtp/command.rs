@@ -150,10 +150,13 @@ fn helo_arg(arg: &str) -> Result<String, Reply> {
 /// Postfix and Exchange both tolerate one; so do we.
 fn after_keyword<'a>(rest: &'a str, keyword: &str) -> Option<&'a str> {
     let rest = rest.trim_start();
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
-        return None;
+    // `get`, not indexing: a multi-byte character may straddle `keyword.len()` (fuzzing).
+    match rest.get(..keyword.len()) {
+        Some(head) if head.eq_ignore_ascii_case(keyword) => {
+            Some(rest[keyword.len()..].trim_start())
+        }
+        _ => None,
     }
-    Some(rest[keyword.len()..].trim_start())
 }
 
 fn parse_mail(rest: &str) -> Result<Command, Reply> {
@@ -462,5 +465,18 @@ mod tests {
     fn rejects_control_bytes_and_bad_utf8() {
         assert_eq!(parse(b"NOOP \0").unwrap_err().code, 500);
         assert_eq!(parse(b"NOOP \xff").unwrap_err().code, 500);
+    }
+
+    /// Found by the `command_parser` fuzz target: a multi-byte character straddling the end
+    /// of `FROM:`/`TO:` made `after_keyword` slice inside it and panic.
+    #[test]
+    fn keyword_followed_by_multibyte_char_is_a_syntax_error() {
+        assert_eq!(
+            parse("MAIL FROMé:<alice@contoso.com>".as_bytes())
+                .unwrap_err()
+                .code,
+            501
+        );
+        assert_eq!(parse("RCPT Té:<a@b.com>".as_bytes()).unwrap_err().code, 501);
     }
 }

@@ -1,0 +1,259 @@
+//! Invariant checks shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`, which include
+//! this file with `#[path]`) and the stable-toolchain smoke test (`tests/fuzz_smoke.rs`).
+//! Each `check_*` function takes raw fuzz input and panics when an invariant breaks.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use connector_relay::config;
+use connector_relay::message::header_block;
+use connector_relay::message::headers::{InboundHeaderPolicy, rewrite_inbound, rewrite_outbound};
+use connector_relay::policy::BareNewlinePolicy;
+use connector_relay::smtp::command::{self, Command};
+use connector_relay::smtp::data::{DataError, DataReader};
+
+/// The fuzz targets, by corpus directory name.
+pub const TARGETS: [&str; 4] = [
+    "command_parser",
+    "dot_reader",
+    "header_rewriter",
+    "config_loader",
+];
+
+/// Runs the check of `target` on `data`.
+pub fn check(target: &str, data: &[u8]) {
+    match target {
+        "command_parser" => check_command_parser(data),
+        "dot_reader" => check_dot_reader(data),
+        "header_rewriter" => check_header_rewriter(data),
+        "config_loader" => check_config_loader(data),
+        _ => panic!("unknown fuzz target {target}"),
+    }
+}
+
+/// `command::parse` never panics, and nothing it accepts carries CR, LF or NUL.
+pub fn check_command_parser(data: &[u8]) {
+    let Ok(cmd) = command::parse(data) else {
+        return;
+    };
+    let clean = |s: &str| {
+        assert!(
+            !s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0),
+            "control character accepted in {cmd:?}"
+        )
+    };
+    match &cmd {
+        Command::Ehlo(s) | Command::Helo(s) => clean(s),
+        Command::Mail(Some(a), _) => clean(&a.to_string()),
+        Command::Rcpt(a) => clean(&a.to_string()),
+        Command::Auth(m, r) => {
+            clean(m);
+            if let Some(r) = r {
+                clean(r);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// FNV-1a, to derive split points and a size limit from the input itself.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Where the end-of-data line ends (the number of bytes that belong to the message), by the
+/// RFC 5321 rule written plainly: the first `.CRLF` that starts the data or follows a CRLF.
+fn reference_end(data: &[u8]) -> Option<usize> {
+    if data.starts_with(b".\r\n") {
+        return Some(3);
+    }
+    data.windows(5)
+        .position(|w| w == b"\r\n.\r\n")
+        .map(|i| i + 5)
+}
+
+/// True when `out` holds a CR not followed by LF or an LF not preceded by CR.
+fn has_bare_newline(out: &[u8]) -> bool {
+    out.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => out.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || out[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct DotResult {
+    consumed: usize,
+    done: bool,
+    out: Vec<u8>,
+    error: Option<DataError>,
+    size: u64,
+}
+
+/// Feeds `data` in the given chunk sizes (cycled), stopping at `done` like the session does.
+fn feed_chunks(
+    data: &[u8],
+    max: u64,
+    policy: BareNewlinePolicy,
+    chunks: &mut dyn FnMut() -> usize,
+) -> DotResult {
+    let mut r = DataReader::new(max, policy);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut done = false;
+    while pos < data.len() {
+        let end = (pos + chunks().max(1)).min(data.len());
+        let (n, d) = r.feed(&data[pos..end], &mut out);
+        assert!(n <= end - pos, "consumed {n} of a {}-byte chunk", end - pos);
+        assert!(d || n == end - pos, "not done but chunk not consumed");
+        pos += n;
+        if d {
+            done = true;
+            break;
+        }
+    }
+    DotResult {
+        consumed: pos,
+        done,
+        out,
+        error: r.error(),
+        size: r.size(),
+    }
+}
+
+/// The DATA reader, fed whole, byte by byte and split at points derived from the input,
+/// under both bare-newline policies and with a large and a small size limit.
+pub fn check_dot_reader(data: &[u8]) {
+    let h = fnv(data);
+    let expected_end = reference_end(data);
+    for policy in [BareNewlinePolicy::Reject, BareNewlinePolicy::Normalize] {
+        for max in [1u64 << 20, h % 257] {
+            let whole = feed_chunks(data, max, policy, &mut || usize::MAX);
+            let ctx = || format!("policy {policy:?} max {max}");
+            assert!(whole.consumed <= data.len(), "{}", ctx());
+            // Done exactly at the first CRLF.CRLF (or a leading .CRLF), never elsewhere.
+            assert_eq!(
+                whole.done.then_some(whole.consumed),
+                expected_end,
+                "end of data misplaced, {}",
+                ctx()
+            );
+            if whole.done {
+                let prefix = &data[..whole.consumed];
+                assert!(
+                    prefix == b".\r\n" || prefix.ends_with(b"\r\n.\r\n"),
+                    "{}",
+                    ctx()
+                );
+            }
+            match whole.error {
+                None => {
+                    assert!(whole.out.len() as u64 <= max, "{}", ctx());
+                    assert_eq!(whole.out.len() as u64, whole.size, "{}", ctx());
+                    // Nothing bare is ever stored: Normalize converts, Reject refuses.
+                    assert!(
+                        !has_bare_newline(&whole.out),
+                        "bare newline stored, {}: {:?}",
+                        ctx(),
+                        whole.out
+                    );
+                }
+                // `out` is dropped lazily, but always by the time the end is found.
+                Some(_) if whole.done => {
+                    assert!(whole.out.is_empty(), "refused message kept, {}", ctx())
+                }
+                Some(_) => {}
+            }
+            // Once done every CR is resolved (a trailing CR of an unfinished feed is not).
+            if policy == BareNewlinePolicy::Reject && whole.done && whole.error.is_none() {
+                let msg = &data[..whole.consumed];
+                assert!(!has_bare_newline(msg), "bare newline accepted, {}", ctx());
+            }
+            let bytes = feed_chunks(data, max, policy, &mut || 1);
+            assert_eq!(bytes, whole, "byte by byte differs, {}", ctx());
+            let mut state = h | 1;
+            let split = feed_chunks(data, max, policy, &mut || {
+                // xorshift64: chunk sizes 1..=64 from the input's hash.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 64) as usize + 1
+            });
+            assert_eq!(split, whole, "split feed differs, {}", ctx());
+        }
+    }
+}
+
+/// The header rewriters never panic and never touch the body (everything after the first
+/// CRLF CRLF, as `header_block` defines it): the output's own header block ends right where
+/// the unchanged body starts.
+pub fn check_header_rewriter(data: &[u8]) {
+    let body = &data[header_block(data).len()..];
+    let has_separator = data.starts_with(b"\r\n") || data.windows(4).any(|w| w == b"\r\n\r\n");
+    let mut outputs = Vec::new();
+    for csme in [false, true] {
+        for mark_internal in [false, true] {
+            let policy = InboundHeaderPolicy {
+                cloud_services_mail_enabled: csme,
+                mark_internal,
+            };
+            outputs.push((
+                format!("inbound {policy:?}"),
+                rewrite_inbound(data, &policy),
+            ));
+        }
+        outputs.push((
+            format!("outbound csme {csme}"),
+            rewrite_outbound(data, csme),
+        ));
+    }
+    for (what, out) in outputs {
+        assert!(out.ends_with(body), "{what}: body changed");
+        if has_separator {
+            assert_eq!(
+                header_block(&out).len(),
+                out.len() - body.len(),
+                "{what}: header/body separator moved"
+            );
+        }
+    }
+}
+
+/// `config::load_str` never panics on any text, and every error or warning reads
+/// `fuzz.toml:LINE: ...` (LINE within the file) or `fuzz.toml: ...`.
+pub fn check_config_loader(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let file = Path::new("fuzz.toml");
+    let lines = text.lines().count() + 1;
+    let (errors, warnings) = match config::load_str(&text, file) {
+        Ok(loaded) => (Vec::new(), loaded.warnings),
+        Err(errors) => {
+            assert!(!errors.is_empty(), "Err with no errors");
+            (errors, Vec::new())
+        }
+    };
+    for e in errors.iter().chain(&warnings) {
+        let shown = e.to_string();
+        let rest = shown
+            .strip_prefix("fuzz.toml")
+            .unwrap_or_else(|| panic!("error without the file name: {shown:?}"));
+        if let Some(rest) = rest.strip_prefix(':').filter(|r| !r.starts_with(' ')) {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            assert!(digits > 0, "bad line number: {shown:?}");
+            let line: usize = rest[..digits].parse().expect("line number");
+            assert!(
+                line >= 1 && line <= lines,
+                "line {line} outside the file: {shown:?}"
+            );
+            assert!(
+                rest[digits..].starts_with(": "),
+                "no ': ' after the line: {shown:?}"
+            );
+        } else {
+            assert!(rest.starts_with(": "), "no ': ' after the file: {shown:?}");
+        }
+        assert!(!e.reason.is_empty(), "empty reason: {shown:?}");
+    }
+}
