@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,30 +16,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const CLIENTS: usize = 10;
 const PER_CLIENT: usize = 60;
-
-fn spawn_relay(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_connector-relay"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("relay binary starts")
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("relay did not start listening on {port}");
-}
 
 /// One client: a session with many transactions; records the tags answered 250.
 async fn client(
@@ -114,31 +90,9 @@ async fn kill_dash_nine_loses_nothing() {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!(
-        r#"
-[Relay]
-Fqdn = "relay.contoso.test"
-Listen = ["127.0.0.1:{port}"]
-AcceptedDomains = ["contoso.test"]
-SpoolDir = "{spool}"
-DataDir = "{spool}"
-TransientFailureRetryInterval = "00:00:01"
-MaxRetryInterval = "00:00:02"
+    let cfg_path = write_kill9_config(tmp.path(), port, sink.addr());
 
-[[OutboundConnector]]
-Name = "To on-premises"
-ConnectorType = "OnPremises"
-AllAcceptedDomains = true
-UseMXRecord = false
-SmartHosts = ["{sink}"]
-"#,
-        spool = tmp.path().join("spool").display(),
-        sink = sink.addr()
-    );
-    let cfg_path = tmp.path().join("relay.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-
-    let mut relay = spawn_relay(&cfg_path);
+    let mut relay = spawn_relay_binary(&cfg_path, "warn");
     wait_listening(port).await;
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
@@ -169,7 +123,7 @@ SmartHosts = ["{sink}"]
     let delivered_before = messages(sink.maildir()).len();
 
     // Restart on the same spool; the clients send the rest of the load (new tags).
-    let mut relay = spawn_relay(&cfg_path);
+    let mut relay = spawn_relay_binary(&cfg_path, "warn");
     wait_listening(port).await;
     let remaining = (total - acked_before_kill).div_ceil(CLIENTS);
     let mut tasks = Vec::new();

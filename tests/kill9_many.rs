@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,30 +19,6 @@ const CLIENTS: usize = 10;
 const KILLS: usize = 20;
 /// Messages each client sends after the last restart (the load "continues" to the end).
 const FINAL_PER_CLIENT: usize = 10;
-
-fn spawn_relay(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_connector-relay"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("relay binary starts")
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("relay did not start listening on {port}");
-}
 
 type Reader = BufReader<tokio::io::ReadHalf<tokio::net::TcpStream>>;
 
@@ -137,35 +113,13 @@ async fn twenty_random_kill_points_lose_nothing() {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!(
-        r#"
-[Relay]
-Fqdn = "relay.contoso.test"
-Listen = ["127.0.0.1:{port}"]
-AcceptedDomains = ["contoso.test"]
-SpoolDir = "{spool}"
-DataDir = "{spool}"
-TransientFailureRetryInterval = "00:00:01"
-MaxRetryInterval = "00:00:02"
-
-[[OutboundConnector]]
-Name = "To on-premises"
-ConnectorType = "OnPremises"
-AllAcceptedDomains = true
-UseMXRecord = false
-SmartHosts = ["{sink}"]
-"#,
-        spool = tmp.path().join("spool").display(),
-        sink = sink.addr()
-    );
-    let cfg_path = tmp.path().join("relay.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    let cfg_path = write_kill9_config(tmp.path(), port, sink.addr());
 
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let mut per_kill = Vec::new();
     for cycle in 0..KILLS {
-        let mut relay = spawn_relay(&cfg_path);
+        let mut relay = spawn_relay_binary(&cfg_path, "error");
         wait_listening(port).await;
         let before = count.load(Ordering::SeqCst);
         // Effectively unbounded: the kill ends the load of this cycle.
@@ -182,7 +136,7 @@ SmartHosts = ["{sink}"]
     let accepted_at_kills = count.load(Ordering::SeqCst);
 
     // Last start: the load continues, then the queue drains.
-    let mut relay = spawn_relay(&cfg_path);
+    let mut relay = spawn_relay_binary(&cfg_path, "error");
     wait_listening(port).await;
     for t in run_clients(port, KILLS, FINAL_PER_CLIENT, &accepted, &count) {
         let _ = t.await;

@@ -120,6 +120,57 @@ pub async fn start_sink() -> Sink {
     start_sink_with("127.0.0.1:0".parse().unwrap(), false, None).await
 }
 
+/// The real relay binary on `config`, logging at `log` level to stderr.
+pub fn spawn_relay_binary(config: &Path, log: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_connector-relay"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("relay binary starts")
+}
+
+/// Waits (bounded) until something listens on 127.0.0.1:`port`.
+pub async fn wait_listening(port: u16) {
+    for _ in 0..400 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("relay did not start listening on {port}");
+}
+
+/// Writes the kill -9 tests' relay config (listen on `port`, contoso.test to `sink`, short
+/// retries) into `dir` and returns its path.
+pub fn write_kill9_config(dir: &Path, port: u16, sink: SocketAddr) -> PathBuf {
+    let cfg = format!(
+        r#"
+[Relay]
+Fqdn = "relay.contoso.test"
+Listen = ["127.0.0.1:{port}"]
+AcceptedDomains = ["contoso.test"]
+SpoolDir = "{spool}"
+DataDir = "{spool}"
+TransientFailureRetryInterval = "00:00:01"
+MaxRetryInterval = "00:00:02"
+
+[[OutboundConnector]]
+Name = "To on-premises"
+ConnectorType = "OnPremises"
+AllAcceptedDomains = true
+UseMXRecord = false
+SmartHosts = ["{sink}"]
+"#,
+        spool = dir.join("spool").display(),
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
 /// A port that is free on every 127.0.0.x address right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
