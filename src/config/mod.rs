@@ -4,6 +4,7 @@
 //! Every problem is reported as `file:line: key: reason`, and all problems found in one run
 //! are reported together (sorted by line), so an administrator fixes a file in one pass.
 
+pub mod edit;
 mod inbound;
 mod outbound;
 mod reader;

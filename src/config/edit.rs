@@ -1,0 +1,386 @@
+//! Changes to the config file made by the relay itself (admin API, `validate`): one
+//! connector's keys set or removed, a connector added. The file is edited with `toml_edit`
+//! so comments, key order and layout survive; the new text is validated exactly like
+//! `check` before anything is written; the write is atomic (temporary file in the same
+//! directory, fsync, rename, directory fsync) so a crash leaves the old or the new file,
+//! never half of one.
+
+use std::io::Write;
+use std::path::Path;
+
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
+
+use super::{ConfigError, Loaded, load_str};
+
+/// Which array of connector tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Send,
+}
+
+impl Direction {
+    /// The TOML array-of-tables name.
+    pub fn section(self) -> &'static str {
+        match self {
+            Direction::Inbound => "InboundConnector",
+            Direction::Outbound => "OutboundConnector",
+            Direction::Send => "SendConnector",
+        }
+    }
+
+    pub fn all() -> [Direction; 3] {
+        [Direction::Inbound, Direction::Outbound, Direction::Send]
+    }
+
+    pub fn parse(s: &str) -> Option<Direction> {
+        Direction::all()
+            .into_iter()
+            .find(|d| format!("{d:?}").eq_ignore_ascii_case(s) || d.section() == s)
+    }
+}
+
+/// A change to one connector. `None` in `set` removes the key (back to its default).
+#[derive(Debug, Clone)]
+pub struct Edit {
+    pub direction: Direction,
+    /// The connector to change; `None` creates a new one (its `Name` must be in `set`).
+    pub name: Option<String>,
+    pub set: Vec<(String, Option<Value>)>,
+}
+
+/// The result of an accepted edit.
+#[derive(Debug)]
+pub struct Edited {
+    pub old_text: String,
+    pub new_text: String,
+    /// The validated configuration of `new_text`.
+    pub loaded: Loaded,
+}
+
+fn err(file: &Path, key: &str, reason: impl Into<String>) -> Vec<ConfigError> {
+    vec![ConfigError {
+        file: file.to_path_buf(),
+        line: 0,
+        key: key.to_string(),
+        reason: reason.into(),
+    }]
+}
+
+/// The connector table called `name` in `direction`, if any.
+pub fn find_connector<'a>(
+    doc: &'a mut DocumentMut,
+    direction: Direction,
+    name: &str,
+) -> Option<&'a mut Table> {
+    doc.get_mut(direction.section())
+        .and_then(Item::as_array_of_tables_mut)?
+        .iter_mut()
+        .find(|t| t.get("Name").and_then(Item::as_str) == Some(name))
+}
+
+/// Applies `edit` to config `text` (from `file`, named in errors) and validates the result
+/// like `check`. Nothing is written.
+pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigError>> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| err(file, "", e.message().trim().to_string()))?;
+    let table = match &edit.name {
+        Some(name) => find_connector(&mut doc, edit.direction, name).ok_or_else(|| {
+            err(
+                file,
+                "Name",
+                format!("there is no {} named {name:?}", edit.direction.section()),
+            )
+        })?,
+        None => {
+            let new_name = edit
+                .set
+                .iter()
+                .find(|(k, _)| k == "Name")
+                .and_then(|(_, v)| v.as_ref())
+                .and_then(Value::as_str)
+                .ok_or_else(|| err(file, "Name", "a new connector needs a Name"))?
+                .to_string();
+            if find_connector(&mut doc, edit.direction, &new_name).is_some() {
+                return Err(err(
+                    file,
+                    "Name",
+                    format!(
+                        "a {} named {new_name:?} already exists",
+                        edit.direction.section()
+                    ),
+                ));
+            }
+            let section = edit.direction.section();
+            if doc.get(section).is_none() {
+                doc.insert(section, Item::ArrayOfTables(ArrayOfTables::new()));
+            }
+            let array = doc
+                .get_mut(section)
+                .and_then(Item::as_array_of_tables_mut)
+                .ok_or_else(|| err(file, section, "is not an array of tables ([[...]])"))?;
+            array.push(Table::new());
+            array.iter_mut().last().expect("just pushed")
+        }
+    };
+    for (key, value) in &edit.set {
+        match value {
+            None => {
+                table.remove(key);
+            }
+            Some(v) => set_keeping_decor(table, key, v.clone()),
+        }
+    }
+    let new_text = doc.to_string();
+    let loaded = load_str(&new_text, file)?;
+    Ok(Edited {
+        old_text: text.to_string(),
+        new_text,
+        loaded,
+    })
+}
+
+/// Sets `key`, keeping the comment and spacing around an existing value.
+fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
+    if let Some(old) = table.get_mut(key).and_then(Item::as_value_mut) {
+        let decor = old.decor().clone();
+        *value.decor_mut() = decor;
+        *old = value;
+    } else {
+        table.insert(key, Item::Value(value));
+    }
+}
+
+/// Reads `path`, applies `edit`, validates, and (unless `what_if`) writes the file back
+/// atomically.
+pub fn edit_file(path: &Path, edit: &Edit, what_if: bool) -> Result<Edited, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(path, "", format!("cannot read the config file: {e}")))?;
+    let edited = apply(&text, path, edit)?;
+    if !what_if {
+        write_atomically(path, &edited.new_text)
+            .map_err(|e| err(path, "", format!("cannot write the config file: {e}")))?;
+    }
+    Ok(edited)
+}
+
+/// Replaces `path` with `text`: temporary file beside it, fsync, rename, directory fsync.
+/// The file keeps its permissions.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A JSON value from the admin API as a TOML value (`null` is handled by the caller as
+/// "remove the key"). Objects become inline tables (`AuthenticationCredential`).
+pub fn json_to_toml(v: &serde_json::Value) -> Result<Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => return Err("null is only allowed to remove a key".into()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::from(i),
+            None => return Err(format!("{n} is not an integer")),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => {
+            let mut a = toml_edit::Array::new();
+            for i in items {
+                a.push(json_to_toml(i)?);
+            }
+            Value::Array(a)
+        }
+        J::Object(map) => {
+            let mut t = toml_edit::InlineTable::new();
+            for (k, v) in map {
+                t.insert(k, json_to_toml(v)?);
+            }
+            Value::InlineTable(t)
+        }
+    })
+}
+
+/// A TOML item as JSON (for `GET /api/exchange/connectors`).
+pub fn toml_to_json(item: &Item) -> serde_json::Value {
+    use serde_json::Value as J;
+    match item {
+        Item::None => J::Null,
+        Item::Value(v) => value_to_json(v),
+        Item::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_string(), toml_to_json(v)))
+                .collect(),
+        ),
+        Item::ArrayOfTables(a) => J::Array(
+            a.iter()
+                .map(|t| toml_to_json(&Item::Table(t.clone())))
+                .collect(),
+        ),
+    }
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::String(s) => J::String(s.value().clone()),
+        Value::Integer(i) => J::from(*i.value()),
+        Value::Float(f) => J::from(*f.value()),
+        Value::Boolean(b) => J::Bool(*b.value()),
+        Value::Datetime(d) => J::String(d.value().to_string()),
+        Value::Array(a) => J::Array(a.iter().map(value_to_json).collect()),
+        Value::InlineTable(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_string(), value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# the relay
+[Relay]
+Fqdn = "relay.contoso.test" # our name
+AcceptedDomains = ["contoso.test"]
+
+# partners
+[[InboundConnector]]
+Name = "Fabrikam"
+SenderDomains = ["fabrikam.test"]  # their domain
+SenderIPAddresses = ["127.0.0.20/30"]
+RestrictDomainsToIPAddresses = true
+"#;
+
+    fn edit(name: Option<&str>, set: Vec<(&str, Option<Value>)>) -> Edit {
+        Edit {
+            direction: Direction::Inbound,
+            name: name.map(str::to_string),
+            set: set.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    #[test]
+    fn changing_a_key_keeps_comments_and_layout() {
+        let e = edit(
+            Some("Fabrikam"),
+            vec![("Enabled", Some(Value::from(false)))],
+        );
+        let out = apply(TEXT, Path::new("relay.toml"), &e).unwrap();
+        assert!(out.new_text.starts_with("# the relay\n[Relay]\n"));
+        assert!(
+            out.new_text
+                .contains("Fqdn = \"relay.contoso.test\" # our name")
+        );
+        assert!(out.new_text.contains("# partners\n[[InboundConnector]]"));
+        assert!(out.new_text.contains("Enabled = false"));
+        assert!(!out.loaded.policy.inbound[0].enabled);
+
+        let e = edit(
+            Some("Fabrikam"),
+            vec![(
+                "SenderDomains",
+                Some(
+                    json_to_toml(&serde_json::json!(["fabrikam.test", "*.fabrikam.test"])).unwrap(),
+                ),
+            )],
+        );
+        let out = apply(TEXT, Path::new("relay.toml"), &e).unwrap();
+        assert!(
+            out.new_text.contains(
+                r#"SenderDomains = ["fabrikam.test", "*.fabrikam.test"]  # their domain"#
+            ),
+            "{}",
+            out.new_text
+        );
+    }
+
+    #[test]
+    fn invalid_changes_are_refused_with_the_key() {
+        let e = edit(
+            Some("Fabrikam"),
+            vec![("SenderIPAddresses", Some(Value::from("not-an-ip")))],
+        );
+        let errors = apply(TEXT, Path::new("relay.toml"), &e).unwrap_err();
+        assert_eq!(errors[0].key, "SenderIPAddresses", "{errors:?}");
+        let e = edit(Some("Nobody"), vec![("Enabled", Some(Value::from(false)))]);
+        let errors = apply(TEXT, Path::new("relay.toml"), &e).unwrap_err();
+        assert!(errors[0].reason.contains("no InboundConnector named"));
+    }
+
+    #[test]
+    fn creating_and_removing() {
+        let e = edit(
+            None,
+            vec![
+                ("Name", Some(Value::from("On-prem"))),
+                ("ConnectorType", Some(Value::from("OnPremises"))),
+                (
+                    "SenderIPAddresses",
+                    Some(json_to_toml(&serde_json::json!(["127.0.0.10"])).unwrap()),
+                ),
+            ],
+        );
+        let out = apply(TEXT, Path::new("relay.toml"), &e).unwrap();
+        assert_eq!(out.loaded.policy.inbound.len(), 2);
+        assert_eq!(out.loaded.policy.inbound[1].name, "On-prem");
+        let dup = edit(None, vec![("Name", Some(Value::from("Fabrikam")))]);
+        assert!(apply(TEXT, Path::new("relay.toml"), &dup).is_err());
+
+        let e = edit(
+            Some("Fabrikam"),
+            vec![("RestrictDomainsToIPAddresses", None)],
+        );
+        let out = apply(TEXT, Path::new("relay.toml"), &e).unwrap();
+        assert!(!out.new_text.contains("RestrictDomainsToIPAddresses"));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let e = edit(Some("Fabrikam"), vec![("Comment", Some(Value::from("hi")))]);
+        edit_file(&path, &e, true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            TEXT,
+            "whatIf wrote"
+        );
+        edit_file(&path, &e, false).unwrap();
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("Comment = \"hi\"")
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left"
+        );
+    }
+}

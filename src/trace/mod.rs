@@ -1,0 +1,135 @@
+//! Message trace: one [`TraceEvent`] per thing that happened to a session, message or
+//! recipient. Emitters (SMTP session, relay backend, queue manager, delivery engine) call
+//! [`Events::emit`], which never blocks: the event is handed to a bounded channel read by the
+//! trace writer (SQLite in `DataDir`, written in batches off the hot path) and counted by
+//! the metrics.
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventKind {
+    /// A message was accepted (answered 250 after it was spooled).
+    Received,
+    /// A session, sender, recipient or message was refused (the rule and connector say why).
+    Rejected,
+    /// A recipient was given a route (outbound connector; "would route" under TestMode).
+    Routed,
+    /// One delivery attempt toward one next hop.
+    Attempt,
+    Delivered,
+    Deferred,
+    Failed,
+    DsnSent,
+    Expired,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Received => "Received",
+            EventKind::Rejected => "Rejected",
+            EventKind::Routed => "Routed",
+            EventKind::Attempt => "Attempt",
+            EventKind::Delivered => "Delivered",
+            EventKind::Deferred => "Deferred",
+            EventKind::Failed => "Failed",
+            EventKind::DsnSent => "DsnSent",
+            EventKind::Expired => "Expired",
+        }
+    }
+}
+
+/// One trace row. Fields that do not apply to an event are `None`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceEvent {
+    /// Unix time in milliseconds.
+    pub time_ms: i64,
+    pub event: EventKind,
+    /// The relay's queue id of the message (absent for a session refused before DATA).
+    pub queue_id: Option<String>,
+    /// The message's `Message-ID` header.
+    pub message_id: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub client_ip: Option<String>,
+    pub helo: Option<String>,
+    /// The inbound connector (Received, Rejected) or outbound/send connector (Routed,
+    /// Attempt, Delivered, ...).
+    pub connector: Option<String>,
+    /// The rule that refused (Rejected), or the reason class (Deferred, Failed).
+    pub rule: Option<String>,
+    /// Next hop host name and address (Attempt, Delivered, Deferred, Failed).
+    pub host: Option<String>,
+    pub ip: Option<String>,
+    /// TLS version and cipher, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    pub tls: Option<String>,
+    /// Client certificate subject (Received/Rejected) or the server certificate checks and
+    /// their result (Attempt).
+    pub certificate: Option<String>,
+    /// The SMTP reply given (Rejected) or received (Attempt, Delivered, Deferred, Failed).
+    pub reply: Option<String>,
+    /// Anything else worth reading (route description, DSN kind, size, ...).
+    pub detail: Option<String>,
+}
+
+impl TraceEvent {
+    /// An event of `kind` at the current time with every other field empty.
+    pub fn new(kind: EventKind) -> Self {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        TraceEvent {
+            time_ms,
+            event: kind,
+            queue_id: None,
+            message_id: None,
+            sender: None,
+            recipient: None,
+            client_ip: None,
+            helo: None,
+            connector: None,
+            rule: None,
+            host: None,
+            ip: None,
+            tls: None,
+            certificate: None,
+            reply: None,
+            detail: None,
+        }
+    }
+}
+
+/// The emitting end: cheap to clone, never blocks. A full channel drops the event (and
+/// counts the drop) rather than slow down SMTP or delivery.
+#[derive(Clone, Default)]
+pub struct Events {
+    tx: Option<mpsc::Sender<TraceEvent>>,
+}
+
+/// Events buffered between the emitters and the writer.
+pub const CHANNEL_CAPACITY: usize = 65_536;
+
+impl Events {
+    /// Events that go nowhere (unit tests, tools that do not trace).
+    pub fn disabled() -> Self {
+        Events { tx: None }
+    }
+
+    /// A handle and the receiving end for the writer.
+    pub fn channel() -> (Self, mpsc::Receiver<TraceEvent>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        (Events { tx: Some(tx) }, rx)
+    }
+
+    pub fn emit(&self, event: TraceEvent) {
+        crate::metrics::observe(&event);
+        if let Some(tx) = &self.tx
+            && tx.try_send(event).is_err()
+        {
+            tracing::warn!("trace channel full or closed; event dropped");
+        }
+    }
+}
