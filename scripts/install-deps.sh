@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks, idempotently. The test suite itself needs only the
-# Rust toolchain; swaks is for the README walk-through and the interoperability tests.
+# Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
+# interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
+# page is tested in a real headless Chromium driven over WebDriver).
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # swaks speaks TLS through Net::SSLeay / IO::Socket::SSL (only "Recommends" in Debian).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
