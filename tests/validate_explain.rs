@@ -694,6 +694,7 @@ async fn explain_agrees_with_the_live_relay() {
     d.cmd("EHLO client.test", "250").await;
     let got = d.cmd("MAIL FROM:<alice@fabrikam.test>", "451").await;
     assert_eq!(got, e.mail_from_without_tls.unwrap().reply);
+    d.cmd("QUIT", "221").await;
 
     // Under TLS without a certificate: RestrictDomainsToCertificate at RCPT TO.
     let mut d = Dialog::connect_from(partner, addr).await;
@@ -705,6 +706,7 @@ async fn explain_agrees_with_the_live_relay() {
     assert_eq!(got, e.mail_from.reply);
     let got = d.cmd("RCPT TO:<bob@contoso.test>", "550").await;
     assert_eq!(got, e.recipients[0].verdict.reply);
+    d.cmd("QUIT", "221").await;
 
     // Anonymous relaying.
     let e = explained("127.0.0.1", "a@example.org", "carol@example.com");
@@ -713,6 +715,7 @@ async fn explain_agrees_with_the_live_relay() {
     d.cmd("MAIL FROM:<a@example.org>", "250").await;
     let got = d.cmd("RCPT TO:<carol@example.com>", "550").await;
     assert_eq!(got, e.recipients[0].verdict.reply);
+    d.cmd("QUIT", "221").await;
     relay.shutdown(Duration::from_secs(5)).await;
 }
 

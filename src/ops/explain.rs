@@ -437,7 +437,7 @@ fn recipient(
             "relaying allowed: the session is attributed to OnPremises connector \"{}\"",
             attribution.map_or("?", |a| policy.inbound[a.index].name.as_str())
         ),
-        Err(r) => format!("refused by {}", r.rule()),
+        Err(r) => refusal_why(r, &domain),
     };
     if is_srs0(&to.local) && (is_accepted(policy, &domain) || domain == policy.relay.fqdn) {
         why.push_str(
@@ -452,6 +452,19 @@ fn recipient(
         },
         why,
         route: None,
+    }
+}
+
+/// What a refusal means, in the words of the rule.
+fn refusal_why(r: &Refusal, domain: &str) -> String {
+    match r {
+        Refusal::RelayDenied { .. } => format!(
+            "{domain} is not an accepted domain, and the session is not attributed to an OnPremises connector that applies to it"
+        ),
+        Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses: the connector was chosen by the sender's domain, and the client IP is not in its SenderIPAddresses".into(),
+        Refusal::CertificateRequired { .. } => "RestrictDomainsToCertificate (or TlsSenderCertificateName with RequireTls): no trusted client certificate with a matching name".into(),
+        Refusal::RoutingInLocalPart { .. } => "routing characters in the local part at an accepted domain are only taken from OnPremises connectors".into(),
+        Refusal::TlsRequired { .. } => "RequireTls: the session is not under TLS".into(),
     }
 }
 

@@ -7,7 +7,7 @@ pub mod explain;
 pub mod validate;
 
 pub use explain::{Explanation, explain};
-pub use validate::{Step, ValidationReport, record, validate};
+pub use validate::{Step, ValidationReport, record, validate, validate_traced};
 
 use crate::smtp::Reply;
 use crate::smtp::command::{self, Address, Command};

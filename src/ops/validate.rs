@@ -146,6 +146,18 @@ pub async fn validate(
     connector: &str,
     recipients: &[String],
 ) -> ValidationReport {
+    validate_traced(policy, resolver, connector, recipients, None).await
+}
+
+/// [`validate`], also handing the test message's `Routed` and `Attempt` events to `forward`
+/// (the running relay's trace store), so the validation shows in the message trace too.
+pub async fn validate_traced(
+    policy: Arc<Policy>,
+    resolver: Arc<dyn Resolver>,
+    connector: &str,
+    recipients: &[String],
+    forward: Option<&Events>,
+) -> ValidationReport {
     let timestamp = rfc3339(std::time::SystemTime::now());
     let Some(route) = Route::for_connector(&policy, connector) else {
         return ValidationReport::refused(
@@ -239,6 +251,9 @@ pub async fn validate(
     drop(deliverer); // closes the channel: the events are all in `rx`
     let mut trace = Vec::new();
     while let Ok(e) = rx.try_recv() {
+        if let Some(f) = forward {
+            f.emit(e.clone());
+        }
         trace.push(e);
     }
 
@@ -309,11 +324,15 @@ fn route_step(
         }
     }
     let mut notes = Vec::new();
-    let mut domains: Vec<&str> = rcpts
+    let mut domains: Vec<&str> = Vec::new();
+    for d in rcpts
         .iter()
         .filter_map(|r| r.rsplit_once('@').map(|(_, d)| d))
-        .collect();
-    domains.dedup();
+    {
+        if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
     for d in domains {
         let normal = select_route(policy, d, false).route;
         if normal.connector != route.connector {
