@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod dns;
 pub mod message;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod queue;
 pub mod relay;

@@ -1,14 +1,15 @@
 //! The `connector-relay` command line (see `shared/spec/config.md`).
-//! Exit codes: 0 ok, 1 invalid input (config, arguments), 2 runtime failure.
+//! Exit codes: 0 ok, 1 invalid input (config, arguments), 2 runtime failure; `validate`
+//! exits 3 when the connector failed validation.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use connector_relay::{config, relay, sink};
+use connector_relay::{config, ops, relay, sink};
 
 #[derive(Parser)]
 #[command(
@@ -69,19 +70,41 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         rest: Vec<String>,
     },
-    /// Send a test message through an outbound connector (not available yet).
+    /// Send a test message through an Outbound (or Send) connector and report every step.
+    /// Exit 0 validated (recorded in the config), 1 bad input, 2 config not writable, 3
+    /// validation failed.
     Validate {
         #[arg(long, default_value = "config/relay.toml")]
         config: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// The connector's Name.
+        #[arg(long)]
+        connector: String,
+        /// Recipient of the test message (repeatable); default: ValidationRecipients.
+        #[arg(long = "recipient", value_name = "ADDRESS")]
+        recipients: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Explain which connectors would decide what (not available yet).
+    /// Explain which connectors would decide what for such a session (nothing is sent).
     Explain {
         #[arg(long, default_value = "config/relay.toml")]
         config: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// The client's IP address.
+        #[arg(long)]
+        ip: IpAddr,
+        /// A client certificate file (PEM or DER), presented under TLS.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// MAIL FROM address (`<>` for the null sender).
+        #[arg(long, allow_hyphen_values = true)]
+        sender: String,
+        /// RCPT TO address (repeatable).
+        #[arg(long = "recipient", value_name = "ADDRESS", required = true)]
+        recipients: Vec<String>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -139,7 +162,21 @@ fn main() -> ExitCode {
             };
             run_sink(opts)
         }
-        Cmd::Trace { .. } | Cmd::Validate { .. } | Cmd::Explain { .. } => {
+        Cmd::Validate {
+            config,
+            connector,
+            recipients,
+            json,
+        } => validate(&config, &connector, &recipients, json),
+        Cmd::Explain {
+            config,
+            ip,
+            cert,
+            sender,
+            recipients,
+            json,
+        } => explain(&config, ip, cert.as_deref(), &sender, &recipients, json),
+        Cmd::Trace { .. } => {
             eprintln!("connector-relay: this command is not available in this version yet");
             ExitCode::from(1)
         }
@@ -181,6 +218,96 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// `validate`: send through the connector, print the report, record the result in the
+/// config file (Outbound connectors).
+fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let policy = Arc::new(loaded.policy);
+    let resolver =
+        match connector_relay::dns::hickory::HickoryResolver::new(&policy.relay.dns_servers) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                eprintln!("connector-relay: DNS resolver: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let report = runtime().block_on(ops::validate(policy, resolver, connector, recipients));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.error.is_some() {
+        return ExitCode::from(1);
+    }
+    match ops::record(path, &report) {
+        Ok(Some(_)) => eprintln!(
+            "{}: IsValidated = {}{}",
+            path.display(),
+            report.success,
+            if report.success {
+                format!(", LastValidationTimestamp = {}", report.timestamp)
+            } else {
+                String::new()
+            }
+        ),
+        Ok(None) => {}
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("connector-relay: cannot record the validation: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    }
+    if report.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// `explain`: what the relay would decide, without sending anything.
+fn explain(
+    path: &Path,
+    ip: IpAddr,
+    cert: Option<&Path>,
+    sender: &str,
+    recipients: &[String],
+    json: bool,
+) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cert = match cert.map(std::fs::read).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connector-relay: cannot read the certificate file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let explanation = ops::explain(&loaded.policy, ip, cert.as_deref(), sender, recipients);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).expect("explanation serializes")
+        );
+    } else {
+        print!("{}", explanation.to_text());
+    }
+    if explanation.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

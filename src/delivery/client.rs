@@ -387,6 +387,11 @@ pub struct Attempt {
     pub tls: Option<TlsInfo>,
     /// One status per recipient (input order), or a session-level error.
     pub result: Result<Vec<DeliveryStatus>, SessionError>,
+    /// Opportunistic TLS: the failed STARTTLS session that came before this plaintext one
+    /// (a separate connection, reported as its own attempt in the trace).
+    pub fallback: Option<Box<SessionError>>,
+    /// The transaction ran on a connection kept from an earlier message.
+    pub reused: bool,
 }
 
 /// One delivery attempt to `addr` (`host` names it for SNI and certificate checks).
@@ -402,8 +407,9 @@ pub async fn deliver(
     match first {
         Attempt { result: Err(e), .. } if e.tls_fallback => {
             tracing::info!(%addr, host, error = %e.failure, "STARTTLS failed; retrying in plaintext (opportunistic TLS)");
-            let second = session(addr, host, cfg, env, false).await;
+            let mut second = session(addr, host, cfg, env, false).await;
             trace_attempt(addr, host, &second);
+            second.fallback = Some(Box::new(e));
             second
         }
         attempt => attempt,
@@ -459,7 +465,12 @@ async fn session(
         }
         Err(e) => Err(e),
     };
-    Attempt { tls, result }
+    Attempt {
+        tls,
+        result,
+        fallback: None,
+        reused: false,
+    }
 }
 
 /// An open session, ready for a transaction: greeted, EHLO/HELO done, under TLS when that
@@ -509,6 +520,8 @@ pub async fn deliver_reusing(
                     let attempt = Attempt {
                         tls: est.tls.clone(),
                         result: Ok(statuses),
+                        fallback: None,
+                        reused: true,
                     };
                     return (attempt, Some(est));
                 }
@@ -523,6 +536,8 @@ pub async fn deliver_reusing(
                         Attempt {
                             tls,
                             result: Err(e),
+                            fallback: None,
+                            reused: true,
                         },
                         None,
                     );
@@ -531,44 +546,33 @@ pub async fn deliver_reusing(
         }
     }
     let (mut tls, mut opened) = open(addr, host, cfg, true).await;
+    let mut fallback = None;
     if let Err(e) = &opened
         && e.tls_fallback
     {
         tracing::info!(%addr, host, error = %e.failure, "STARTTLS failed; retrying in plaintext (opportunistic TLS)");
-        (tls, opened) = open(addr, host, cfg, false).await;
+        let (t, o) = open(addr, host, cfg, false).await;
+        fallback = std::mem::replace(&mut opened, o).err().map(Box::new);
+        tls = t;
     }
+    let attempt = |tls, result| Attempt {
+        tls,
+        result,
+        fallback,
+        reused: false,
+    };
     let mut est = match opened {
         Ok(est) => est,
-        Err(e) => {
-            return (
-                Attempt {
-                    tls,
-                    result: Err(e),
-                },
-                None,
-            );
-        }
+        Err(e) => return (attempt(tls, Err(e)), None),
     };
     match transaction(&mut est.conn, &est.ext, env).await {
         Ok(statuses) => {
             est.messages += 1;
-            (
-                Attempt {
-                    tls,
-                    result: Ok(statuses),
-                },
-                Some(est),
-            )
+            (attempt(tls, Ok(statuses)), Some(est))
         }
         Err(e) => {
             quit(&mut est.conn).await;
-            (
-                Attempt {
-                    tls,
-                    result: Err(e),
-                },
-                None,
-            )
+            (attempt(tls, Err(e)), None)
         }
     }
 }

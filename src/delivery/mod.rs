@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod errpolicy;
+mod events;
 pub mod identity;
 pub mod nexthop;
 pub mod pool;
@@ -68,6 +69,7 @@ use std::time::Duration;
 use crate::dns::Resolver;
 use crate::policy::route::{Route, RouteDecision, RouteTarget, TlsPolicy, select_route};
 use crate::policy::{AuthMechanism, DomainPattern, Policy, TlsLevel};
+use crate::trace::Events;
 
 use client::{
     ClientConfig, Envelope, ProtocolLogger, Secret, SessionError, SmtpAuth, StartTls, TlsInfo,
@@ -139,6 +141,8 @@ pub struct Deliverer {
     protocol_log: Arc<protolog::ProtocolLog>,
     /// SRS signer for `SenderRewritingEnabled` routes (see [`rewrite`]).
     srs: Option<Arc<crate::message::srs::Srs>>,
+    /// Trace events (`Routed`, `Attempt`); `None`: none are built at all.
+    events: Option<Events>,
 }
 
 /// Recipients sharing a route. MX next hops depend on the domain, and so does the name
@@ -169,7 +173,15 @@ impl Deliverer {
             pool: pool::Pool::new(),
             protocol_log,
             srs: None,
+            events: None,
         }
+    }
+
+    /// Emits a `Routed` event per recipient and an `Attempt` event per session with a next
+    /// hop (see [`events`]). Without it no event is built.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The resolver of `[Relay] ExternalDnsServers` (Send connectors with
@@ -194,6 +206,34 @@ impl Deliverer {
     /// transaction per group, groups in parallel), tries next hops in order (every address of
     /// a host before the next host), and returns one outcome per recipient in input order.
     pub async fn deliver(&self, job: &DeliveryJob<'_>) -> Vec<RecipientOutcome> {
+        self.deliver_routed(job, None).await
+    }
+
+    /// Like [`Self::deliver`], but every recipient takes `route`, whatever route selection
+    /// would choose for its domain: connector validation proves that a connector works,
+    /// including for recipients it would not normally carry.
+    pub async fn deliver_via(&self, job: &DeliveryJob<'_>, route: &Route) -> Vec<RecipientOutcome> {
+        self.deliver_routed(job, Some(route)).await
+    }
+
+    /// Facts shared by the trace events of one message (`None` without events).
+    fn message_facts<'a>(&'a self, job: &DeliveryJob<'a>) -> Option<events::MessageFacts<'a>> {
+        let events = self.events.as_ref()?;
+        Some(events::MessageFacts {
+            events,
+            queue_id: job.id,
+            message_id: events::message_id(job.data),
+            sender: job.mail_from,
+            crls: !self.policy.relay.revocation_lists.is_empty(),
+        })
+    }
+
+    async fn deliver_routed(
+        &self,
+        job: &DeliveryJob<'_>,
+        forced: Option<&Route>,
+    ) -> Vec<RecipientOutcome> {
+        let facts = self.message_facts(job);
         let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; job.recipients.len()];
         let mut decisions: HashMap<String, RouteDecision> = HashMap::new();
         let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
@@ -218,7 +258,16 @@ impl Deliverer {
             };
             let decision = decisions
                 .entry(domain.clone())
-                .or_insert_with(|| select_route(&self.policy, &domain, job.from_outside_org));
+                .or_insert_with(|| match forced {
+                    Some(route) => RouteDecision {
+                        route: route.clone(),
+                        would_route: None,
+                    },
+                    None => select_route(&self.policy, &domain, job.from_outside_org),
+                });
+            if let Some(f) = &facts {
+                f.routed(rcpt, &domain, decision, forced.is_some());
+            }
             would_route[i] = decision.would_route.clone();
             let per_domain = decision.route.target == RouteTarget::Mx
                 || matches!(
@@ -243,7 +292,7 @@ impl Deliverer {
                     .clone()
                     .or_else(|| recipient_domain(&job.recipients[idxs[0]]))
                     .unwrap_or_default();
-                self.deliver_group(job, key, domain, idxs)
+                self.deliver_group(job, facts.as_ref(), key, domain, idxs)
             })
             .collect();
         for group in join_all(tasks).await {
@@ -373,6 +422,7 @@ impl Deliverer {
     async fn deliver_group(
         &self,
         job: &DeliveryJob<'_>,
+        facts: Option<&events::MessageFacts<'_>>,
         key: &GroupKey,
         domain: String,
         idxs: &[usize],
@@ -453,8 +503,12 @@ impl Deliverer {
         };
         let mut last: Option<(SessionError, String)> = None;
         let mut all_permanent = true;
+        let hops_text = facts.map(|_| events::hops_text(&hops));
+        let total: usize = hops.iter().map(|h| h.addrs.len()).sum();
+        let mut n = 0;
         for hop in &hops {
             for addr in &hop.addrs {
+                n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
                 let hop_key = pool::HopKey {
                     group: format!("{key:?}"),
@@ -464,6 +518,18 @@ impl Deliverer {
                 let kept = self.pool.take(&hop_key);
                 let (attempt, session) =
                     client::deliver_reusing(*addr, &hop.host, &cfg, &env, kept).await;
+                if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
+                    let hop_facts = events::HopFacts {
+                        connector: route.connector.as_deref(),
+                        tls: &route.tls,
+                        domain: &domain,
+                        host: &hop.host,
+                        ip: addr.ip(),
+                        recipients: &recipients,
+                        position: format!("address {n} of {total}; next hops: {hops_text}"),
+                    };
+                    f.attempts(&hop_facts, &attempt);
+                }
                 if let Some(session) = session {
                     self.pool.put(
                         hop_key,

@@ -168,6 +168,27 @@ impl InboundPolicy {
         (attribution, verdict)
     }
 
+    /// RCPT TO, every rule in the order the session applies them: `<postmaster>` of the
+    /// relay itself is always accepted (RFC 5321 §4.5.1); then [`Self::check_local_part`];
+    /// then [`Self::check_rcpt`]. (SRS reversal, which needs the secret, comes before this
+    /// in the relay backend.) The policy explainer calls this too, so it answers exactly
+    /// what a session would.
+    pub fn check_recipient(
+        &self,
+        policy: &Policy,
+        facts: &SessionFacts<'_>,
+        attribution: Option<Attribution>,
+        sender_domain: Option<&str>,
+        rcpt_local: &str,
+        rcpt_domain: &str,
+    ) -> Result<(), Refusal> {
+        if is_relay_postmaster(policy, rcpt_local, rcpt_domain) {
+            return Ok(());
+        }
+        self.check_local_part(policy, attribution, rcpt_domain, rcpt_local)?;
+        self.check_rcpt(policy, facts, attribution, sender_domain, rcpt_domain)
+    }
+
     /// RCPT TO at an accepted domain: a local part with `%`, `!` or `@` (quoted or not) is a
     /// route to somewhere else (`to%D@S`, `D!to@S`, `"to@D"@S`). The relay never follows
     /// such routes, but a downstream server might (percent hack, bang paths), so only an
@@ -253,6 +274,27 @@ impl InboundPolicy {
             }),
         }
     }
+}
+
+/// `<postmaster@Fqdn>` of the relay itself (always accepted, RFC 5321 §4.5.1).
+pub fn is_relay_postmaster(policy: &Policy, local: &str, domain: &str) -> bool {
+    local.eq_ignore_ascii_case("postmaster") && domain.eq_ignore_ascii_case(&policy.relay.fqdn)
+}
+
+/// The inbound connector that counts for a whole message: the transaction's attribution
+/// when the connector applies to at least one recipient (`AssociatedAcceptedDomains`).
+/// It decides the header rewriting and whether the message came from outside the
+/// organization (not from an OnPremises connector) for `RouteAllMessagesViaOnPremises`.
+pub fn message_connector<D: AsRef<str>>(
+    policy: &Policy,
+    attribution: Option<Attribution>,
+    recipient_domains: impl IntoIterator<Item = D>,
+) -> Option<&InboundConnector> {
+    attribution.map(|a| &policy.inbound[a.index]).filter(|c| {
+        recipient_domains
+            .into_iter()
+            .any(|d| applies_to(c, d.as_ref()))
+    })
 }
 
 /// `AssociatedAcceptedDomains`: when set, the connector applies only to those recipients.

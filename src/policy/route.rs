@@ -245,6 +245,111 @@ impl Route {
     }
 }
 
+/// Descriptions for the trace, connector validation and the policy explainer.
+impl Route {
+    /// The route of the Outbound or Send connector called `name` (compared without case,
+    /// as the loader does), whether or not it is enabled or would be selected: connector
+    /// validation sends through it regardless (an Outbound connector is looked up first;
+    /// the loader keeps names unique across both kinds).
+    pub fn for_connector(policy: &Policy, name: &str) -> Option<Route> {
+        let port = policy.relay.delivery_port;
+        if let Some(c) = policy
+            .outbound
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+        {
+            return Some(Route::from_outbound(c, port));
+        }
+        policy
+            .send
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .map(Route::from_send)
+    }
+
+    /// Who decides: `Outbound connector "X"`, `Send connector "X"` or `default MX route`.
+    pub fn source(&self) -> String {
+        match (&self.connector, self.kind) {
+            (Some(name), Some(ConnectorKind::Send)) => format!("Send connector \"{name}\""),
+            (Some(name), _) => format!("Outbound connector \"{name}\""),
+            (None, _) => "default MX route".to_string(),
+        }
+    }
+
+    /// Where the next hops come from, without resolving anything: `MX lookup of
+    /// fabrikam.test (port 25)` or `smart hosts 127.0.0.1:2626, mail.contoso.test:25`.
+    pub fn next_hops_text(&self, domain: &str) -> String {
+        match &self.target {
+            RouteTarget::Mx => format!("MX lookup of {domain} (port {})", self.port),
+            RouteTarget::SmartHosts(hosts) => {
+                let list: Vec<String> = hosts
+                    .iter()
+                    .map(|h| smart_host_text(h, self.port))
+                    .collect();
+                format!("smart hosts {}", list.join(", "))
+            }
+        }
+    }
+
+    /// The whole route on one line, for the `Routed` trace event and the explainer:
+    /// `Outbound connector "X": smart hosts 127.0.0.1:2626; TLS: required, CertificateValidation ...`.
+    pub fn describe(&self, domain: &str) -> String {
+        format!(
+            "{}: {}; TLS: {}",
+            self.source(),
+            self.next_hops_text(domain),
+            self.tls.describe(domain)
+        )
+    }
+}
+
+/// A smart host as `host:port` (`[v6]:port`), with the route's port when it has none.
+fn smart_host_text(h: &SmartHost, default_port: u16) -> String {
+    match h {
+        SmartHost::Name { host, port } => format!("{host}:{}", port.unwrap_or(default_port)),
+        SmartHost::Ip { addr, port } => {
+            std::net::SocketAddr::new(*addr, port.unwrap_or(default_port)).to_string()
+        }
+        SmartHost::Cidr { net, port } => format!("{net} port {}", port.unwrap_or(default_port)),
+    }
+}
+
+impl TlsPolicy {
+    /// The level in words; `domain` is the recipient domain a blank `TlsDomain` stands for.
+    pub fn describe(&self, domain: &str) -> String {
+        match self {
+            TlsPolicy::Opportunistic => {
+                "opportunistic (STARTTLS when offered, certificate not checked, plaintext fallback)"
+                    .to_string()
+            }
+            TlsPolicy::Never => "none (IgnoreSTARTTLS)".to_string(),
+            TlsPolicy::Required(TlsLevel::EncryptionOnly, _) => {
+                "required, EncryptionOnly (certificate not checked)".to_string()
+            }
+            TlsPolicy::Required(TlsLevel::CertificateValidation, _) => {
+                "required, CertificateValidation (chain, dates, revocation)".to_string()
+            }
+            TlsPolicy::Required(TlsLevel::DomainValidation, Some(p)) => format!(
+                "required, DomainValidation (chain, dates, revocation; a certificate name must match TlsDomain {p})"
+            ),
+            TlsPolicy::Required(TlsLevel::DomainValidation, None) => format!(
+                "required, DomainValidation (chain, dates, revocation; a certificate name must match the recipient domain *.{domain})"
+            ),
+        }
+    }
+
+    /// The level's short name: `opportunistic`, `none`, or the `TlsLevel` name.
+    pub fn level_name(&self) -> &'static str {
+        match self {
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Never => "none",
+            TlsPolicy::Required(TlsLevel::EncryptionOnly, _) => "EncryptionOnly",
+            TlsPolicy::Required(TlsLevel::CertificateValidation, _) => "CertificateValidation",
+            TlsPolicy::Required(TlsLevel::DomainValidation, _) => "DomainValidation",
+        }
+    }
+}
+
 /// The result of route selection for one recipient domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteDecision {

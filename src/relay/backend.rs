@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound};
 use crate::message::received::{ReceivedFields, received_header};
 use crate::message::srs::{MAX_AGE_DAYS, Srs, SrsError, is_srs0, today};
-use crate::policy::restrict::{InboundPolicy, Refusal, SessionFacts, applies_to, is_accepted};
+use crate::policy::restrict::{
+    InboundPolicy, Refusal, SessionFacts, is_accepted, message_connector,
+};
 use crate::policy::{ConnectorType, Policy};
 use crate::queue::manager::QueueHandle;
 use crate::queue::spool::{Envelope, Spool, unix_now};
@@ -129,12 +131,6 @@ impl Backend for RelayBackend {
 
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
         let domain = to.domain_lc();
-        // <postmaster> of the relay itself is always accepted (RFC 5321 §4.5.1).
-        if domain == self.policy.relay.fqdn.to_ascii_lowercase()
-            && to.local.eq_ignore_ascii_case("postmaster")
-        {
-            return Ok(());
-        }
         // An SRS bounce: refused unless we issued it (valid hash, fresh timestamp); then it
         // counts as mail to our (accepted) SRS domain and is relayed to the original address.
         if let Some(Err(e)) = self.srs_reverse(to, MAX_AGE_DAYS) {
@@ -150,16 +146,15 @@ impl Backend for RelayBackend {
             );
             return Err(Reply::new(550, "5.1.1", "Invalid SRS address"));
         }
-        self.inbound
-            .check_local_part(&self.policy, tx.attribution, &domain, &to.local)
-            .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))?;
+        // <postmaster> of the relay, routing characters, restrictions, anti-relay.
         let sender = sender_domain(tx);
         self.inbound
-            .check_rcpt(
+            .check_recipient(
                 &self.policy,
                 &self.facts(s),
                 tx.attribution,
                 sender.as_deref(),
+                &to.local,
                 &domain,
             )
             .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))
@@ -170,10 +165,11 @@ impl Backend for RelayBackend {
         let now = unix_now();
         // The connector counts for the message when it applies to at least one recipient
         // (AssociatedAcceptedDomains).
-        let connector = tx
-            .attribution
-            .map(|a| &self.policy.inbound[a.index])
-            .filter(|c| tx.recipients.iter().any(|r| applies_to(c, &r.domain_lc())));
+        let connector = message_connector(
+            &self.policy,
+            tx.attribution,
+            tx.recipients.iter().map(|r| r.domain_lc()),
+        );
         let sender = sender_domain(tx);
         let headers = InboundHeaderPolicy {
             cloud_services_mail_enabled: connector.is_some_and(|c| c.cloud_services_mail_enabled),

@@ -51,6 +51,14 @@ impl Reply {
     pub fn ok(text: impl Into<String>) -> Self {
         Reply::new(250, "2.0.0", text)
     }
+    /// MAIL FROM accepted.
+    pub fn sender_ok() -> Self {
+        Reply::new(250, "2.1.0", "Sender OK")
+    }
+    /// RCPT TO accepted.
+    pub fn recipient_ok() -> Self {
+        Reply::new(250, "2.1.5", "Recipient OK")
+    }
     pub fn greeting(fqdn: &str) -> Self {
         // RFC 2034 §3: enhanced codes are not used on the 220 greeting.
         Reply::new(220, "", format!("{fqdn} ESMTP connector-relay ready"))

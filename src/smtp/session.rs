@@ -536,7 +536,7 @@ impl<B: Backend> Session<B> {
                 return r;
             }
             self.tx = Some(tx);
-            Reply::new(250, "2.1.0", "Sender OK")
+            Reply::sender_ok()
         })();
         conn.queue(&reply);
     }
@@ -558,7 +558,7 @@ impl<B: Backend> Session<B> {
         match self.backend.rcpt(&self.info, tx, &to) {
             Ok(()) => {
                 tx.recipients.push(to);
-                conn.queue(&Reply::new(250, "2.1.5", "Recipient OK"));
+                conn.queue(&Reply::recipient_ok());
             }
             Err(r) => conn.queue(&r),
         }
