@@ -35,7 +35,9 @@ pub fn message_id(message: &[u8]) -> Option<String> {
         {
             continue;
         }
-        let mut value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_string();
+        let mut value = String::from_utf8_lossy(&line[colon + 1..])
+            .trim()
+            .to_string();
         // Folded continuation lines (RFC 5322 §2.2.3).
         while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
             let next = next.strip_suffix(b"\r").unwrap_or(next);

@@ -349,6 +349,8 @@ impl AttemptCtx {
         // Expiry: what is still pending after MessageExpirationTimeout is returned (5.4.7).
         let age = Duration::from_secs(now.saturating_sub(entry.env.arrived));
         if age >= self.settings.expiration {
+            // This attempt's deferrals were the last: they go in before the Expired rows.
+            self.emit_deferred(std::mem::take(&mut deferred), entry.attempts, None);
             for i in entry.pending() {
                 let last = entry.last_error[i]
                     .clone()
@@ -416,7 +418,7 @@ impl AttemptCtx {
             tracing::error!(id = %entry.id, error = %e, "cannot record delivery outcome");
         }
         if done {
-            self.emit_deferred(deferred, entry.attempts, None);
+            // Nothing was deferred (a deferred recipient is pending until it expires).
             return None;
         }
         let mut delay = self.settings.backoff(entry.attempts);
@@ -553,12 +555,20 @@ impl MessageTrace {
                 None => e.host = Some(remote.clone()),
             }
         }
-        e.tls = o.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+        e.tls = o
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher));
         e
     }
 
     /// Deferred or Failed: the reason class and the reply or error.
-    fn failure(&self, kind: EventKind, o: &RecipientOutcome, f: &crate::delivery::Failure) -> TraceEvent {
+    fn failure(
+        &self,
+        kind: EventKind,
+        o: &RecipientOutcome,
+        f: &crate::delivery::Failure,
+    ) -> TraceEvent {
         let mut e = self.outcome(kind, o);
         e.rule = reason_class(&f.enhanced).map(str::to_string);
         e.reply = Some(describe(f));

@@ -76,13 +76,16 @@ impl RelayBackend {
         let mut e = TraceEvent::new(kind);
         e.client_ip = Some(s.peer.ip().to_string());
         e.helo = s.helo.clone();
-        e.tls = s.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+        e.tls = s
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher));
         e.certificate = s.client_cert.as_ref().map(|c| match &c.problem {
             Some(p) => format!("{} (not trusted: {p})", c.subject),
             None => c.subject.clone(),
         });
         if let Some(tx) = tx {
-            e.sender = Some(tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default());
+            e.sender = Some(mail_from(tx));
             e.connector = tx
                 .attribution
                 .map(|a| self.policy.inbound[a.index].name.clone());
@@ -118,7 +121,7 @@ impl RelayBackend {
     ) -> Reply {
         let address = match recipient {
             Some(to) => to.to_string(),
-            None => tx.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            None => mail_from(tx),
         };
         let (code, enhanced, text) = r.reply_parts();
         tracing::info!(
@@ -141,6 +144,14 @@ impl RelayBackend {
         self.events.emit(e);
         reply
     }
+}
+
+/// The reverse-path as text; empty for the null sender `<>`.
+fn mail_from(tx: &Transaction) -> String {
+    tx.mail_from
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 fn sender_domain(tx: &Transaction) -> Option<String> {
@@ -324,8 +335,7 @@ impl Backend for RelayBackend {
             Err(e) => {
                 tracing::error!(error = %e, "spool write failed; message refused with a temporary error");
                 // ENOSPC / EDQUOT: 452 4.3.1 (RFC 3463); anything else: 451 4.3.0.
-                let reply = if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-                {
+                let reply = if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
                     Reply::insufficient_storage()
                 } else {
                     Reply::local_error()

@@ -287,7 +287,8 @@ impl<B: Backend> Session<B> {
                 Ok(Ok(_)) => {
                     tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
                     let reply = Reply::sync_error();
-                    self.backend.refused(&self.info, None, "CONNECT", PROTOCOL_SYNC, &reply);
+                    self.backend
+                        .refused(&self.info, None, "CONNECT", PROTOCOL_SYNC, &reply);
                     let mut stream = stream;
                     let _ = stream.write_all(&reply.to_wire()).await;
                     let _ = stream.shutdown().await;
@@ -561,7 +562,11 @@ impl<B: Backend> Session<B> {
                 attribution: None,
             };
             // RFC 1870 §6: a declared size over the limit is refused at MAIL.
-            if tx.params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+            if tx
+                .params
+                .size
+                .is_some_and(|s| s > self.cfg.max_message_size)
+            {
                 let reply = Reply::message_too_big();
                 self.backend
                     .refused(&self.info, Some(&tx), "MAIL", "MaxMessageSize", &reply);

@@ -139,6 +139,9 @@ pub struct Events {
     tx: Option<mpsc::Sender<TraceEvent>>,
 }
 
+/// Events dropped because the channel was full, since the process started.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Events buffered between the emitters and the writer.
 pub const CHANNEL_CAPACITY: usize = 65_536;
 
@@ -162,7 +165,11 @@ impl Events {
         match tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!("trace channel full; event dropped")
+                // Warn on the first drop and every 1000th: a flood must not flood the log.
+                let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % 1000 == 1 {
+                    tracing::warn!(dropped = n, "trace channel full; events dropped");
+                }
             }
             // The writer has stopped (relay shutdown): a straggler's event.
             Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -212,7 +212,10 @@ mod tests {
             sender: s("ALICE@contoso.TEST"),
             ..Default::default()
         });
-        assert_eq!(alice, [("A".into(), 1000), ("-".into(), 2500), ("A".into(), 3000)]);
+        assert_eq!(
+            alice,
+            [("A".into(), 1000), ("-".into(), 2500), ("A".into(), 3000)]
+        );
         for id in ["m1@contoso.test", "<M1@contoso.test>"] {
             let m = find(TraceQuery {
                 message_id: s(id),

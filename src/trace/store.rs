@@ -223,7 +223,9 @@ async fn write(store: &Arc<Mutex<Store>>, batch: &mut Vec<TraceEvent>) {
     .await;
     match done {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, rows = n, "trace store write failed; rows dropped"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, rows = n, "trace store write failed; rows dropped")
+        }
         Err(e) => tracing::error!(error = %e, rows = n, "trace writer task failed; rows dropped"),
     }
 }
@@ -283,7 +285,10 @@ mod tests {
             },
         )
         .unwrap();
-        let ids: Vec<_> = kept.iter().map(|e| e.queue_id.as_deref().unwrap()).collect();
+        let ids: Vec<_> = kept
+            .iter()
+            .map(|e| e.queue_id.as_deref().unwrap())
+            .collect();
         assert_eq!(ids, ["EDGE", "KEPT", "NEW"]);
         assert_eq!(kept[2], rows[12_003], "a row reads back as written");
     }

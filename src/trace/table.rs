@@ -2,8 +2,8 @@
 //! the second), event, queue id, sender, recipient, connector, then one free-form details
 //! column with whatever else the row holds.
 
-use super::TraceEvent;
 use super::time::format_utc;
+use super::{EventKind, TraceEvent};
 
 const HEADERS: [&str; 7] = [
     "TIME",
@@ -60,14 +60,23 @@ fn cells(e: &TraceEvent) -> [String; 7] {
     ]
 }
 
-/// `key=value` pairs of the other fields that are set (values with spaces in quotes),
-/// then the free text of `detail`.
+/// `key=value` pairs of the other fields that are set (values with spaces in double
+/// quotes, their text verbatim: this is for reading, `--json` for parsing), then the free
+/// text of `detail`.
 pub fn details(e: &TraceEvent) -> String {
     let fields = [
         ("rule", &e.rule),
         ("client", &e.client_ip),
         ("helo", &e.helo),
-        ("message-id", &e.message_id),
+        // Shown where a message enters the trace; its other rows share the queue id.
+        (
+            "message-id",
+            if e.event == EventKind::Received {
+                &e.message_id
+            } else {
+                &None
+            },
+        ),
         ("host", &e.host),
         ("ip", &e.ip),
         ("tls", &e.tls),
@@ -80,8 +89,8 @@ pub fn details(e: &TraceEvent) -> String {
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| {
             let v = one_line(v);
-            if v.contains([' ', '"']) {
-                format!("{k}=\"{}\"", v.replace('"', "'"))
+            if v.contains(' ') {
+                format!("{k}=\"{v}\"")
             } else {
                 format!("{k}={v}")
             }
@@ -103,7 +112,6 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::EventKind;
 
     #[test]
     fn aligned_columns_and_details() {

@@ -187,10 +187,16 @@ mod tests {
         assert_eq!(parse_since("2026-11-27T09:30:00+01:30", NOW), Ok(NOW));
         assert_eq!(parse_since("2026-11-27T03:00:00-05:00", NOW), Ok(NOW));
         assert_eq!(parse_since("2026-11-27T08:00:00.25Z", NOW), Ok(NOW + 250));
-        assert_eq!(parse_since("2026-11-27T08:00:00.123456Z", NOW), Ok(NOW + 123));
+        assert_eq!(
+            parse_since("2026-11-27T08:00:00.123456Z", NOW),
+            Ok(NOW + 123)
+        );
         assert_eq!(parse_since("2026-11-27", NOW), Ok(NOW - 8 * 3_600_000));
         assert_eq!(parse_since("1970-01-01T00:00:00Z", NOW), Ok(0));
-        assert_eq!(parse_since("2024-02-29T00:00:00Z", NOW), Ok(1_709_164_800_000));
+        assert_eq!(
+            parse_since("2024-02-29T00:00:00Z", NOW),
+            Ok(1_709_164_800_000)
+        );
         for bad in [
             "",
             "2",
