@@ -485,3 +485,50 @@ async fn queue_outcomes_are_traced() {
         "both DSNs"
     );
 }
+
+/// A store that cannot be opened stops the start with a clear error and exit code 2.
+#[test]
+fn unopenable_store_stops_the_relay_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_a_dir = tmp.path().join("data");
+    std::fs::write(&not_a_dir, b"a file where DataDir should be").unwrap();
+    let config = tmp.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[Relay]\nListen = [\"127.0.0.1:0\"]\nSpoolDir = \"{}\"\nDataDir = \"{}\"\n",
+            tmp.path().join("spool").display(),
+            not_a_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_connector-relay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the relay started without its trace store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot open the message trace store {}/trace.sqlite",
+            not_a_dir.display()
+        )),
+        "{stderr}"
+    );
+}
