@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use connector_relay::{config, ops, relay, sink};
+use connector_relay::{config, ops, relay, sink, trace};
 
 #[derive(Parser)]
 #[command(
@@ -63,12 +63,37 @@ enum Cmd {
         #[arg(long, value_parser = parse_auth)]
         auth: Option<(String, String)>,
     },
-    /// Print message trace rows (not available yet).
+    /// Print message trace rows: every event of the messages that match, and refused
+    /// sessions that match, oldest first.
     Trace {
         #[arg(long, default_value = "config/relay.toml")]
         config: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// The Message-ID header (with or without its angle brackets).
+        #[arg(long)]
+        message_id: Option<String>,
+        /// The envelope sender (`<>` for the null sender).
+        #[arg(long)]
+        sender: Option<String>,
+        #[arg(long)]
+        recipient: Option<String>,
+        /// An inbound or outbound connector name.
+        #[arg(long)]
+        connector: Option<String>,
+        /// The relay's queue id of a message.
+        #[arg(long)]
+        queue_id: Option<String>,
+        /// From this time: RFC 3339 (2026-11-27T08:00:00Z), a date, or back from now (2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many rows (the most recent).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// A JSON array of the rows instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Send a test message through an Outbound (or Send) connector and report every step.
     /// Exit 0 validated (recorded in the config), 1 bad input, 2 config not writable, 3
@@ -176,9 +201,29 @@ fn main() -> ExitCode {
             recipients,
             json,
         } => explain(&config, ip, cert.as_deref(), &sender, &recipients, json),
-        Cmd::Trace { .. } => {
-            eprintln!("connector-relay: this command is not available in this version yet");
-            ExitCode::from(1)
+        Cmd::Trace {
+            config,
+            message_id,
+            sender,
+            recipient,
+            connector,
+            queue_id,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let q = TraceArgs {
+                message_id,
+                sender,
+                recipient,
+                connector,
+                queue_id,
+                since,
+                until,
+                limit,
+            };
+            trace_cmd(&config, q, json)
         }
     }
 }
@@ -309,6 +354,82 @@ fn explain(
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The filters of `connector-relay trace`, as typed.
+struct TraceArgs {
+    message_id: Option<String>,
+    sender: Option<String>,
+    recipient: Option<String>,
+    connector: Option<String>,
+    queue_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: usize,
+}
+
+/// `connector-relay trace`: exit 1 on a bad config or argument, 2 when the store cannot be
+/// read; no rows is not an error.
+fn trace_cmd(path: &Path, a: TraceArgs, json: bool) -> ExitCode {
+    let bad = |msg: String| {
+        eprintln!("connector-relay trace: {msg}");
+        ExitCode::from(1)
+    };
+    if a.limit == 0 {
+        return bad("--limit must be at least 1".into());
+    }
+    let now = trace::time::now_ms();
+    let bound = |name: &str, v: &Option<String>| match v {
+        Some(t) => trace::parse_since(t, now)
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}")),
+        None => Ok(None),
+    };
+    let (since_ms, until_ms) = match (bound("--since", &a.since), bound("--until", &a.until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let q = trace::TraceQuery {
+        message_id: a.message_id,
+        sender: a.sender,
+        recipient: a.recipient,
+        connector: a.connector,
+        queue_id: a.queue_id,
+        since_ms,
+        until_ms,
+        limit: a.limit,
+    };
+    let rows = match trace::query(&loaded.policy.relay.data_dir, &q) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("connector-relay trace: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("connector-relay trace: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if !rows.is_empty() {
+        print!("{}", trace::table::render(&rows));
+    }
+    if rows.is_empty() {
+        eprintln!("no trace rows match");
+    } else if rows.len() == q.limit {
+        eprintln!(
+            "(the latest {} rows; there may be more: raise --limit or narrow the search)",
+            q.limit
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {

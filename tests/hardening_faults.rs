@@ -281,7 +281,12 @@ async fn full_spool_disk_refuses_with_452_and_keeps_nothing() {
         }
     }
     let _mount = Mount(spool.clone());
-    let relay = start_relay(&relay_config(&spool, sink.addr(), ""), None).await;
+    // Only the spool is on the tiny disk: the trace store (DataDir) lives beside it.
+    let cfg = relay_config(&spool, sink.addr(), "").replace(
+        &format!("DataDir = \"{}\"", spool.display()),
+        &format!("DataDir = \"{}\"", tmp.path().join("data").display()),
+    );
+    let relay = start_relay(&cfg, None).await;
     let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
     d.cmd("EHLO client.test", "250").await;
     let big = format!("{}\r\n", "z".repeat(98)).repeat(2000);

@@ -227,50 +227,9 @@ pub(super) fn certificate_verdict(
     })
 }
 
-/// The `Message-ID` of a message (its first one), without folding whitespace; `None` when
-/// the header block has none. Only called when events are on.
-pub(super) fn message_id(data: &[u8]) -> Option<String> {
-    let head = crate::message::header_block(data);
-    let mut lines = head.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if !line[..colon]
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"message-id")
-        {
-            continue;
-        }
-        let mut value = String::from_utf8_lossy(&line[colon + 1..])
-            .trim()
-            .to_string();
-        // Folded continuation lines (RFC 5322 §2.2.3).
-        while let Some(next) = lines.peek() {
-            if !next.starts_with(b" ") && !next.starts_with(b"\t") {
-                break;
-            }
-            let next = lines.next().unwrap_or_default();
-            let next = next.strip_suffix(b"\r").unwrap_or(next);
-            value.push_str(String::from_utf8_lossy(next).trim());
-        }
-        return (!value.is_empty()).then_some(value);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn message_id_is_found_case_insensitively_and_unfolded() {
-        let m =
-            b"Subject: x\r\nmessage-ID:\r\n <a.b@c.test>\r\nTo: y\r\n\r\nMessage-ID: <body@x>\r\n";
-        assert_eq!(message_id(m).as_deref(), Some("<a.b@c.test>"));
-        assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <b@x>\r\n"), None);
-    }
 
     #[test]
     fn replies_are_summarised() {

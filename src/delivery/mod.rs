@@ -222,7 +222,7 @@ impl Deliverer {
         Some(events::MessageFacts {
             events,
             queue_id: job.id,
-            message_id: events::message_id(job.data),
+            message_id: crate::message::message_id(job.data),
             sender: job.mail_from,
             crls: !self.policy.relay.revocation_lists.is_empty(),
         })

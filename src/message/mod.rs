@@ -20,9 +20,45 @@ pub fn header_block(message: &[u8]) -> &[u8] {
     }
 }
 
+/// The `Message-ID` of a message (its first one in the header block), unfolded and trimmed,
+/// as written (usually with its angle brackets); `None` when there is none. For the trace.
+pub fn message_id(message: &[u8]) -> Option<String> {
+    let mut lines = header_block(message).split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"message-id")
+        {
+            continue;
+        }
+        let mut value = String::from_utf8_lossy(&line[colon + 1..])
+            .trim()
+            .to_string();
+        // Folded continuation lines (RFC 5322 §2.2.3).
+        while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
+            let next = next.strip_suffix(b"\r").unwrap_or(next);
+            value.push_str(String::from_utf8_lossy(next).trim());
+        }
+        return (!value.is_empty()).then_some(value);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use super::header_block;
+    use super::{header_block, message_id};
+
+    #[test]
+    fn message_id_found_case_insensitively_unfolded_and_not_in_the_body() {
+        let m = b"Subject: x\r\nmessage-ID:\r\n <a.b@c.test>\r\nTo: y\r\n\r\nMessage-ID: <b@x>\r\n";
+        assert_eq!(message_id(m).as_deref(), Some("<a.b@c.test>"));
+        assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <b@x>\r\n"), None);
+        assert_eq!(message_id(b"Message-Id: \r\n\r\n"), None);
+    }
 
     #[test]
     fn header_block_ends_after_the_empty_line() {

@@ -18,6 +18,7 @@ use super::spool::{Envelope, LogRecord, RcptState, Recovered, Spool, unix_now};
 use crate::delivery::{DeliveryJob, DeliveryStatus, RecipientOutcome};
 use crate::message::dsn::{DsnAction, DsnInput, DsnKind, DsnRecipient, build_dsn};
 use crate::message::received::rfc5322_date;
+use crate::trace::{EventKind, Events, TraceEvent};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -113,13 +114,15 @@ impl QueueHandle {
     }
 }
 
-/// Starts the queue manager on the recovered spool content.
+/// Starts the queue manager on the recovered spool content. Outcomes (Delivered, Deferred,
+/// Failed, Expired, DsnSent) go to `events`.
 pub fn start(
     spool: Arc<Spool>,
     transport: Arc<dyn Transport>,
     settings: QueueSettings,
     recovered: Vec<Recovered>,
     shutdown: watch::Receiver<bool>,
+    events: Events,
 ) -> (QueueHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle { tx };
@@ -132,6 +135,7 @@ pub fn start(
         waiting: HashMap::new(),
         attempts: JoinSet::new(),
         permits: Arc::new(Semaphore::new(1)),
+        events,
     };
     let join = tokio::spawn(mgr.run(rx, recovered, shutdown));
     (handle, join)
@@ -148,6 +152,7 @@ struct Manager {
     /// Attempts under way; owned here so that a stop can wait for them, then end them.
     attempts: JoinSet<()>,
     permits: Arc<Semaphore>,
+    events: Events,
 }
 
 /// How long a stop waits for delivery attempts under way before ending them. An attempt
@@ -233,6 +238,7 @@ impl Manager {
                 transport: self.transport.clone(),
                 settings: self.settings.clone(),
                 handle: self.handle.clone(),
+                events: self.events.clone(),
             };
             let permits = self.permits.clone();
             let tx = self.handle.tx.clone();
@@ -257,6 +263,7 @@ struct AttemptCtx {
     transport: Arc<dyn Transport>,
     settings: Arc<QueueSettings>,
     handle: QueueHandle,
+    events: Events,
 }
 
 impl AttemptCtx {
@@ -286,6 +293,9 @@ impl AttemptCtx {
         };
         let outcomes = self.transport.deliver(&job).await;
         let now = unix_now();
+        let trace = MessageTrace::new(&entry, &data);
+        // Deferred rows wait for the next attempt's time.
+        let mut deferred = Vec::new();
         let mut records = Vec::new();
         let mut failed = Vec::new();
         for (slot, &i) in pending.iter().enumerate() {
@@ -306,6 +316,9 @@ impl AttemptCtx {
             match &o.status {
                 DeliveryStatus::Delivered { reply } => {
                     tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
+                    let mut e = trace.outcome(EventKind::Delivered, o);
+                    e.reply = Some(reply.clone());
+                    self.events.emit(e);
                     entry.states[i] = RcptState::Delivered;
                     records.push(LogRecord::Delivered {
                         rcpt: i,
@@ -314,6 +327,7 @@ impl AttemptCtx {
                 }
                 DeliveryStatus::Permanent(f) => {
                     tracing::warn!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "failed permanently");
+                    self.events.emit(trace.failure(EventKind::Failed, o, f));
                     entry.states[i] = RcptState::Failed;
                     records.push(LogRecord::Failed {
                         rcpt: i,
@@ -323,6 +337,7 @@ impl AttemptCtx {
                 }
                 DeliveryStatus::Temporary(f) => {
                     tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "deferred");
+                    deferred.push(trace.failure(EventKind::Deferred, o, f));
                     let d = describe(f);
                     entry.last_error[i] = Some(format!("{d}{via}"));
                     records.push(LogRecord::Deferred { rcpt: i, detail: d });
@@ -334,11 +349,20 @@ impl AttemptCtx {
         // Expiry: what is still pending after MessageExpirationTimeout is returned (5.4.7).
         let age = Duration::from_secs(now.saturating_sub(entry.env.arrived));
         if age >= self.settings.expiration {
+            // This attempt's deferrals were the last: they go in before the Expired rows.
+            self.emit_deferred(std::mem::take(&mut deferred), entry.attempts, None);
             for i in entry.pending() {
                 let last = entry.last_error[i]
                     .clone()
                     .unwrap_or_else(|| "no attempt succeeded".into());
                 tracing::warn!(id = %entry.id, rcpt = %entry.env.recipients[i], last = %last, "expired");
+                let mut e = trace.event(EventKind::Expired, &entry.env.recipients[i]);
+                e.rule = Some("MessageExpirationTimeout".into());
+                e.detail = Some(format!(
+                    "not delivered after {} (MessageExpirationTimeout); last error: {last}",
+                    span(age)
+                ));
+                self.events.emit(e);
                 entry.states[i] = RcptState::Failed;
                 records.push(LogRecord::Failed {
                     rcpt: i,
@@ -359,7 +383,7 @@ impl AttemptCtx {
         // DSNs go into the spool before the log records the outcome: a crash in between
         // may repeat a DSN, but never lose one.
         if !failed.is_empty() {
-            self.send_dsn(&entry, DsnKind::Failure, &failed, &data, now)
+            self.send_dsn(&entry, &trace, DsnKind::Failure, &failed, &data, now)
                 .await;
         }
         let still_pending = entry.pending();
@@ -376,7 +400,7 @@ impl AttemptCtx {
                     last_attempt: Some(rfc5322_date(now)),
                 })
                 .collect();
-            self.send_dsn(&entry, DsnKind::Delay, &delayed, &data, now)
+            self.send_dsn(&entry, &trace, DsnKind::Delay, &delayed, &data, now)
                 .await;
             entry.delay_notified = true;
             records.push(LogRecord::DelayNotified);
@@ -394,6 +418,7 @@ impl AttemptCtx {
             tracing::error!(id = %entry.id, error = %e, "cannot record delivery outcome");
         }
         if done {
+            // Nothing was deferred (a deferred recipient is pending until it expires).
             return None;
         }
         let mut delay = self.settings.backoff(entry.attempts);
@@ -408,7 +433,26 @@ impl AttemptCtx {
                 delay = delay.min(until_notice);
             }
         }
-        Some((entry, delay.max(Duration::from_millis(100))))
+        let delay = delay.max(Duration::from_millis(100));
+        self.emit_deferred(deferred, entry.attempts, Some(delay));
+        Some((entry, delay))
+    }
+
+    /// The Deferred rows of an attempt, with when the next attempt is due (`None`: there is
+    /// none, the message expired).
+    fn emit_deferred(&self, rows: Vec<TraceEvent>, attempts: u32, next: Option<Duration>) {
+        let when = match next {
+            Some(d) => format!(
+                "next attempt at {} (in {})",
+                crate::trace::time::format_utc(crate::trace::time::now_ms() + d.as_millis() as i64),
+                span(d)
+            ),
+            None => "no further attempt (expired)".to_string(),
+        };
+        for mut e in rows {
+            e.detail = Some(format!("attempt {attempts}; {when}"));
+            self.events.emit(e);
+        }
     }
 
     /// Builds a DSN and queues it, from the null sender, to the original sender. Never to
@@ -416,6 +460,7 @@ impl AttemptCtx {
     async fn send_dsn(
         &self,
         entry: &Entry,
+        trace: &MessageTrace,
         kind: DsnKind,
         rcpts: &[DsnRecipient],
         original: &[u8],
@@ -451,10 +496,110 @@ impl AttemptCtx {
         match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
             Ok(Ok(())) => {
                 tracing::info!(id = %entry.id, dsn = %dsn_id, to = %entry.env.mail_from, "DSN queued");
+                let about: Vec<&str> = rcpts.iter().map(|r| r.address.as_str()).collect();
+                let mut e = trace.event(EventKind::DsnSent, "");
+                e.recipient = None;
+                e.detail = Some(format!(
+                    "{} notice to {} about {}; queued as {dsn_id}",
+                    match kind {
+                        DsnKind::Failure => "failure",
+                        DsnKind::Delay => "delay",
+                    },
+                    entry.env.mail_from,
+                    about.join(", ")
+                ));
+                self.events.emit(e);
                 self.handle.submit(dsn_id, env);
             }
             other => tracing::error!(id = %entry.id, error = ?other, "cannot store DSN"),
         }
+    }
+}
+
+/// What every trace row of one message shares.
+struct MessageTrace {
+    queue_id: String,
+    message_id: Option<String>,
+    sender: String,
+}
+
+impl MessageTrace {
+    fn new(entry: &Entry, data: &[u8]) -> Self {
+        MessageTrace {
+            queue_id: entry.id.clone(),
+            message_id: crate::message::message_id(data),
+            sender: entry.env.mail_from.clone(),
+        }
+    }
+
+    fn event(&self, kind: EventKind, recipient: &str) -> TraceEvent {
+        let mut e = TraceEvent::new(kind);
+        e.queue_id = Some(self.queue_id.clone());
+        e.message_id = self.message_id.clone();
+        e.sender = Some(self.sender.clone());
+        e.recipient = Some(recipient.to_string());
+        e
+    }
+
+    /// A recipient's outcome: connector, the host that answered, TLS.
+    fn outcome(&self, kind: EventKind, o: &RecipientOutcome) -> TraceEvent {
+        let mut e = self.event(kind, &o.recipient);
+        e.connector = o.connector.clone();
+        if let Some(remote) = &o.remote_host {
+            // `host [ip]`
+            match remote.strip_suffix(']').and_then(|r| r.rsplit_once(" [")) {
+                Some((host, ip)) => {
+                    e.host = Some(host.to_string());
+                    e.ip = Some(ip.to_string());
+                }
+                None => e.host = Some(remote.clone()),
+            }
+        }
+        e.tls = o
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher));
+        e
+    }
+
+    /// Deferred or Failed: the reason class and the reply or error.
+    fn failure(
+        &self,
+        kind: EventKind,
+        o: &RecipientOutcome,
+        f: &crate::delivery::Failure,
+    ) -> TraceEvent {
+        let mut e = self.outcome(kind, o);
+        e.rule = reason_class(&f.enhanced).map(str::to_string);
+        e.reply = Some(describe(f));
+        e
+    }
+}
+
+/// The RFC 3463 subject of an enhanced status code, as the reason class of a Deferred or
+/// Failed row (`4.4.1` → `NetworkRouting`, `5.7.1` → `Security`).
+fn reason_class(enhanced: &str) -> Option<&'static str> {
+    Some(match enhanced.split('.').nth(1)? {
+        "0" => "Other",
+        "1" => "Addressing",
+        "2" => "Mailbox",
+        "3" => "MailSystem",
+        "4" => "NetworkRouting",
+        "5" => "Protocol",
+        "6" => "Content",
+        "7" => "Security",
+        _ => return None,
+    })
+}
+
+/// A duration for people: `90s`, `5m`, `2h 30m`, `2d 4h`.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h {}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d {}h", s / 86_400, s / 3600 % 24),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::queue::spool::{Envelope, Spool, unix_now};
 use crate::smtp::Reply;
 use crate::smtp::command::Address;
 use crate::smtp::session::{Backend, SessionInfo, Transaction};
+use crate::trace::{EventKind, Events, TraceEvent};
 
 pub(super) struct RelayBackend {
     policy: Arc<Policy>,
@@ -23,6 +24,9 @@ pub(super) struct RelayBackend {
     queue: QueueHandle,
     /// SRS secret, when SRS is in use (`relay::load_srs`).
     srs: Option<Arc<Srs>>,
+    /// The message trace: `Received` for every message answered 250, `Rejected` for every
+    /// refusal by a policy rule or limit.
+    events: Events,
 }
 
 impl RelayBackend {
@@ -32,6 +36,7 @@ impl RelayBackend {
         spool: Arc<Spool>,
         queue: QueueHandle,
         srs: Option<Arc<Srs>>,
+        events: Events,
     ) -> Self {
         RelayBackend {
             policy,
@@ -39,6 +44,7 @@ impl RelayBackend {
             spool,
             queue,
             srs,
+            events,
         }
     }
 
@@ -66,9 +72,59 @@ impl RelayBackend {
         }
     }
 
-    /// Logs a refusal as a structured event (ready for the message trace) and builds the
-    /// reply.
-    fn refuse(&self, s: &SessionInfo, stage: &str, address: &str, r: Refusal) -> Reply {
+    /// A trace event with what the session knows: client IP, HELO, TLS, client
+    /// certificate, and with a transaction its sender and inbound connector.
+    fn event(&self, kind: EventKind, s: &SessionInfo, tx: Option<&Transaction>) -> TraceEvent {
+        let mut e = TraceEvent::new(kind);
+        e.client_ip = Some(s.peer.ip().to_string());
+        e.helo = s.helo.clone();
+        e.tls = s
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher));
+        e.certificate = s.client_cert.as_ref().map(|c| match &c.problem {
+            Some(p) => format!("{} (not trusted: {p})", c.subject),
+            None => c.subject.clone(),
+        });
+        if let Some(tx) = tx {
+            e.sender = Some(mail_from(tx));
+            e.connector = tx
+                .attribution
+                .map(|a| self.policy.inbound[a.index].name.clone());
+        }
+        e
+    }
+
+    /// A `Rejected` event: the rule, the reply given, where; its connector is the one the
+    /// transaction is attributed to until the caller names the one that refused.
+    fn rejected(
+        &self,
+        s: &SessionInfo,
+        tx: Option<&Transaction>,
+        stage: &str,
+        rule: &str,
+        reply: &Reply,
+    ) -> TraceEvent {
+        let mut e = self.event(EventKind::Rejected, s, tx);
+        e.rule = Some(rule.to_string());
+        e.reply = Some(reply.to_string());
+        e.detail = Some(format!("refused at {stage}"));
+        e
+    }
+
+    /// Logs a refusal as a structured event, records it in the trace and builds the reply.
+    fn refuse(
+        &self,
+        s: &SessionInfo,
+        tx: &Transaction,
+        stage: &str,
+        recipient: Option<&Address>,
+        r: Refusal,
+    ) -> Reply {
+        let address = match recipient {
+            Some(to) => to.to_string(),
+            None => mail_from(tx),
+        };
         let (code, enhanced, text) = r.reply_parts();
         tracing::info!(
             event = "rejected",
@@ -81,8 +137,23 @@ impl RelayBackend {
             reply = %format!("{code} {enhanced}"),
             "refused"
         );
-        Reply::new(code, enhanced, text)
+        let reply = Reply::new(code, enhanced, text);
+        let mut e = self.rejected(s, Some(tx), stage, r.rule(), &reply);
+        e.recipient = recipient.map(|a| a.to_string());
+        if let Some(c) = r.connector() {
+            e.connector = Some(c.to_string());
+        }
+        self.events.emit(e);
+        reply
     }
+}
+
+/// The reverse-path as text; empty for the null sender `<>`.
+fn mail_from(tx: &Transaction) -> String {
+    tx.mail_from
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 fn sender_domain(tx: &Transaction) -> Option<String> {
@@ -121,12 +192,7 @@ impl Backend for RelayBackend {
             cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
             "transaction attributed"
         );
-        let from = tx
-            .mail_from
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        verdict.map_err(|r| self.refuse(s, "MAIL", &from, r))
+        verdict.map_err(|r| self.refuse(s, tx, "MAIL", None, r))
     }
 
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
@@ -144,7 +210,12 @@ impl Backend for RelayBackend {
                 reply = "550 5.1.1",
                 "refused"
             );
-            return Err(Reply::new(550, "5.1.1", "Invalid SRS address"));
+            let reply = Reply::new(550, "5.1.1", "Invalid SRS address");
+            let mut ev = self.rejected(s, Some(tx), "RCPT", "InvalidSrsAddress", &reply);
+            ev.recipient = Some(to.to_string());
+            ev.detail = Some(format!("refused at RCPT: {e}"));
+            self.events.emit(ev);
+            return Err(reply);
         }
         // <postmaster> of the relay, routing characters, restrictions, anti-relay.
         let sender = sender_domain(tx);
@@ -157,7 +228,7 @@ impl Backend for RelayBackend {
                 &to.local,
                 &domain,
             )
-            .map_err(|r| self.refuse(s, "RCPT", &to.to_string(), r))
+            .map_err(|r| self.refuse(s, tx, "RCPT", Some(to), r))
     }
 
     async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
@@ -195,6 +266,8 @@ impl Backend for RelayBackend {
         data.extend_from_slice(header.as_bytes());
         data.extend_from_slice(&message);
         drop(message);
+        let message_id = crate::message::message_id(&data);
+        let size = data.len();
         let env = Envelope {
             mail_from: tx
                 .mail_from
@@ -219,8 +292,11 @@ impl Backend for RelayBackend {
         };
         let spool = self.spool.clone();
         let (id2, env2) = (id.clone(), env.clone());
-        match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
-            Ok(Ok(())) => {
+        let stored = tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match stored {
+            Ok(()) => {
                 tracing::info!(
                     event = "received",
                     id = %id,
@@ -234,19 +310,59 @@ impl Backend for RelayBackend {
                     connector = env.inbound_connector.as_deref().unwrap_or(""),
                     "message accepted"
                 );
+                let reply = Reply::ok(format!("Ok: queued as {id}"));
+                // Before the queue can deliver: Received comes first in the trace.
+                for rcpt in &env.recipients {
+                    let mut e = self.event(EventKind::Received, s, Some(tx));
+                    e.queue_id = Some(id.clone());
+                    e.message_id = message_id.clone();
+                    e.recipient = Some(rcpt.clone());
+                    e.connector = env.inbound_connector.clone();
+                    e.reply = Some(reply.to_string());
+                    e.detail = Some(format!(
+                        "{size} bytes, {} recipient(s)",
+                        env.recipients.len()
+                    ));
+                    self.events.emit(e);
+                }
                 self.queue.submit(id.clone(), env);
-                Reply::ok(format!("Ok: queued as {id}"))
+                reply
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "spool write failed; message refused with a temporary error");
                 // ENOSPC / EDQUOT: 452 4.3.1 (RFC 3463); anything else: 451 4.3.0.
-                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                let reply = if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
                     Reply::insufficient_storage()
                 } else {
                     Reply::local_error()
-                }
+                };
+                let mut ev = self.rejected(s, Some(tx), "DATA", "SpoolWriteFailed", &reply);
+                ev.message_id = message_id;
+                ev.detail = Some(format!("refused at DATA: {e}"));
+                self.events.emit(ev);
+                reply
             }
-            Err(_) => Reply::local_error(),
         }
+    }
+
+    fn refused(
+        &self,
+        s: &SessionInfo,
+        tx: Option<&Transaction>,
+        stage: &'static str,
+        rule: &'static str,
+        reply: &Reply,
+    ) {
+        let e = self.rejected(s, tx, stage, rule, reply);
+        self.events.emit(e);
+    }
+
+    fn connection_refused(&self, peer: std::net::SocketAddr, rule: &'static str, reply: &Reply) {
+        let mut e = TraceEvent::new(EventKind::Rejected);
+        e.client_ip = Some(peer.ip().to_string());
+        e.rule = Some(rule.to_string());
+        e.reply = Some(reply.to_string());
+        e.detail = Some("refused at CONNECT".into());
+        self.events.emit(e);
     }
 }

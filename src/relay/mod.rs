@@ -22,6 +22,7 @@ use crate::smtp::client_cert::ClientCertValidator;
 use crate::smtp::server::{self, Limits};
 use crate::smtp::session::SessionConfig;
 use crate::smtp::tls;
+use crate::trace::{Events, store as trace_store};
 use backend::RelayBackend;
 
 /// Why the relay could not start (exit code 2).
@@ -46,6 +47,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot open the message trace store {0}")]
+    Trace(String),
 }
 
 /// A running relay.
@@ -57,6 +60,9 @@ pub struct RelayHandle {
     stop: watch::Sender<bool>,
     limits: Arc<Limits>,
     queue: tokio::task::JoinHandle<()>,
+    /// The message trace: hand a clone to whatever else should record events.
+    pub events: Events,
+    trace: trace_store::Writer,
 }
 
 impl RelayHandle {
@@ -70,6 +76,8 @@ impl RelayHandle {
         }
         let _ = self.stop.send(true);
         let _ = self.queue.await;
+        // Last: the trace rows of everything above are written before the relay stops.
+        self.trace.finish().await;
     }
 }
 
@@ -139,10 +147,14 @@ pub async fn start_with_resolver(
     }
 
     let srs = load_srs(&policy)?;
+    let (events, trace) =
+        trace_store::start(&r.data_dir, r.trace_retention_days).map_err(StartError::Trace)?;
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut deliverer = Deliverer::new(policy.clone(), resolver).with_srs(srs.clone());
+    let mut deliverer = Deliverer::new(policy.clone(), resolver)
+        .with_srs(srs.clone())
+        .with_events(events.clone());
     if !r.external_dns_servers.is_empty() {
         let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
             .map_err(StartError::Dns)?;
@@ -163,6 +175,7 @@ pub async fn start_with_resolver(
         settings,
         recovered,
         stop_rx.clone(),
+        events.clone(),
     );
 
     let cfg = Arc::new(SessionConfig {
@@ -189,6 +202,7 @@ pub async fn start_with_resolver(
         spool,
         queue,
         srs,
+        events.clone(),
     ));
     let limits = Limits::with_rate(
         r.max_inbound_connection,
@@ -224,6 +238,8 @@ pub async fn start_with_resolver(
         stop: stop_tx,
         limits: limits.clone(),
         queue: queue_join,
+        events,
+        trace,
     };
     for (listeners, implicit_tls) in [(plain, false), (implicit, true)] {
         for l in listeners {

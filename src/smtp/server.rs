@@ -195,7 +195,9 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
         }
         let Ok(permit) = limits.sessions.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: MaxInboundConnection reached");
-            refuse(stream, Reply::service_unavailable());
+            let reply = Reply::service_unavailable();
+            backend.connection_refused(peer, "MaxInboundConnection", &reply);
+            refuse(stream, reply);
             continue;
         };
         let source = if exempt(peer.ip()) {
@@ -203,24 +205,22 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
         } else {
             if !limits.take_rate_token(peer.ip(), Instant::now()) {
                 tracing::warn!(%peer, "connection refused: MaxInboundConnectionRatePerSource reached");
-                refuse(
-                    stream,
-                    Reply::new(
-                        421,
-                        "4.7.0",
-                        "Too many connections from your host, slow down",
-                    ),
+                let reply = Reply::new(
+                    421,
+                    "4.7.0",
+                    "Too many connections from your host, slow down",
                 );
+                backend.connection_refused(peer, "MaxInboundConnectionRatePerSource", &reply);
+                refuse(stream, reply);
                 continue;
             }
             match limits.enter_source(peer.ip()) {
                 Some(g) => Some(g),
                 None => {
                     tracing::warn!(%peer, "connection refused: MaxInboundConnectionPerSource reached");
-                    refuse(
-                        stream,
-                        Reply::new(421, "4.7.0", "Too many connections from your host"),
-                    );
+                    let reply = Reply::new(421, "4.7.0", "Too many connections from your host");
+                    backend.connection_refused(peer, "MaxInboundConnectionPerSource", &reply);
+                    refuse(stream, reply);
                     continue;
                 }
             }

@@ -90,6 +90,10 @@ pub struct SessionConfig {
     pub forbid_unauth_pipelining: bool,
 }
 
+/// The rule name of a refusal for talking out of turn (before the greeting, or improper
+/// pipelining).
+const PROTOCOL_SYNC: &str = "ProtocolSynchronization";
+
 /// How long a session with `forbid_unauth_pipelining` listens before sending its greeting:
 /// a client whose commands arrive in that time is talking first (a spam engine's shortcut).
 pub const PREGREET_WAIT: Duration = Duration::from_millis(100);
@@ -121,6 +125,20 @@ pub trait Backend: Send + Sync + 'static {
     fn mail(&self, _s: &SessionInfo, _tx: &mut Transaction) -> Result<(), Reply> {
         Ok(())
     }
+    /// The session refused something by one of its own limits or protocol rules (for the
+    /// trace): `stage` is where (`CONNECT`, `SESSION`, `MAIL`, `RCPT`, `DATA`), `rule` names the
+    /// setting or rule, `reply` is what the client was told.
+    fn refused(
+        &self,
+        _s: &SessionInfo,
+        _tx: Option<&Transaction>,
+        _stage: &'static str,
+        _rule: &'static str,
+        _reply: &Reply,
+    ) {
+    }
+    /// A connection was refused before its session started (connection limits).
+    fn connection_refused(&self, _peer: SocketAddr, _rule: &'static str, _reply: &Reply) {}
     /// RCPT TO: may refuse the recipient.
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply>;
     /// End of DATA: store the message; the reply is the final answer to the client
@@ -268,8 +286,11 @@ impl<B: Backend> Session<B> {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {
                     tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
+                    let reply = Reply::sync_error();
+                    self.backend
+                        .refused(&self.info, None, "CONNECT", PROTOCOL_SYNC, &reply);
                     let mut stream = stream;
-                    let _ = stream.write_all(&Reply::sync_error().to_wire()).await;
+                    let _ = stream.write_all(&reply.to_wire()).await;
                     let _ = stream.shutdown().await;
                     return;
                 }
@@ -345,7 +366,8 @@ impl<B: Backend> Session<B> {
                 // Postfix `smtpd_forbidden_commands`: a web client (or a cross-protocol
                 // attack through one) is answered once and disconnected.
                 tracing::warn!(peer = %self.info.peer, "HTTP request on the SMTP port");
-                conn.queue(&Reply::new(554, "5.7.0", "HTTP not allowed here"));
+                let reply = Reply::new(554, "5.7.0", "HTTP not allowed here");
+                self.refused(conn, "HttpRequest", reply);
                 conn.flush().await?;
                 return Ok(Exit::Close);
             }
@@ -365,7 +387,7 @@ impl<B: Backend> Session<B> {
             {
                 tracing::warn!(peer = %self.info.peer, command = ?cmd,
                     "improper command pipelining (SMTP protocol synchronization)");
-                conn.queue(&Reply::sync_error());
+                self.refused(conn, PROTOCOL_SYNC, Reply::sync_error());
                 conn.flush().await?;
                 return Ok(Exit::Close);
             }
@@ -452,6 +474,17 @@ impl<B: Backend> Session<B> {
         }
     }
 
+    /// Queues `reply`, a refusal by one of the session's own rules, and tells the backend
+    /// (the trace) at stage `SESSION`: these end the session whatever its state.
+    fn refused<S>(&mut self, conn: &mut Conn<S>, rule: &'static str, reply: Reply)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.backend
+            .refused(&self.info, self.tx.as_ref(), "SESSION", rule, &reply);
+        conn.queue(&reply);
+    }
+
     /// Answers a bad command with `reply` and counts it. `MaxProtocolErrors` errors are
     /// tolerated (as Exchange's receive connector does); the next one is answered `421`
     /// instead, and the caller closes the session (returns true).
@@ -461,7 +494,7 @@ impl<B: Backend> Session<B> {
     {
         self.errors += 1;
         if self.errors > self.cfg.max_protocol_errors {
-            conn.queue(&Reply::too_many_errors());
+            self.refused(conn, "MaxProtocolErrors", Reply::too_many_errors());
             return true;
         }
         conn.queue(&reply);
@@ -522,16 +555,23 @@ impl<B: Backend> Session<B> {
             if self.cfg.auth.is_some() && self.info.auth_user.is_none() {
                 return Reply::new(530, "5.7.0", "Authentication required");
             }
-            // RFC 1870 §6: a declared size over the limit is refused at MAIL.
-            if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
-                return Reply::message_too_big();
-            }
             let mut tx = Transaction {
                 mail_from: from,
                 params,
                 recipients: Vec::new(),
                 attribution: None,
             };
+            // RFC 1870 §6: a declared size over the limit is refused at MAIL.
+            if tx
+                .params
+                .size
+                .is_some_and(|s| s > self.cfg.max_message_size)
+            {
+                let reply = Reply::message_too_big();
+                self.backend
+                    .refused(&self.info, Some(&tx), "MAIL", "MaxMessageSize", &reply);
+                return reply;
+            }
             if let Err(r) = self.backend.mail(&self.info, &mut tx) {
                 return r;
             }
@@ -547,7 +587,15 @@ impl<B: Backend> Session<B> {
             return;
         };
         if tx.recipients.len() >= self.cfg.max_recipients {
-            conn.queue(&Reply::too_many_recipients());
+            let reply = Reply::too_many_recipients();
+            self.backend.refused(
+                &self.info,
+                Some(tx),
+                "RCPT",
+                "MaxRecipientsPerMessage",
+                &reply,
+            );
+            conn.queue(&reply);
             return;
         }
         let mut to = to;
@@ -713,7 +761,12 @@ impl<B: Backend> Session<B> {
                     let reply = if slow_at.is_some_and(|s| s < deadline) {
                         tracing::warn!(peer = %self.info.peer, bytes = received,
                             secs = started.elapsed().as_secs(), "DATA below the minimum rate; closing");
-                        Reply::new(421, "4.4.2", "Data rate too slow, closing connection")
+                        let reply =
+                            Reply::new(421, "4.4.2", "Data rate too slow, closing connection");
+                        let tx = self.tx.as_ref();
+                        self.backend
+                            .refused(&self.info, tx, "DATA", "MinDataRate", &reply);
+                        reply
                     } else {
                         Reply::timeout()
                     };
@@ -724,10 +777,18 @@ impl<B: Backend> Session<B> {
             }
         }
         let tx = self.tx.take().unwrap_or_default();
-        let reply = match reader.error() {
-            Some(DataError::TooBig) => Reply::message_too_big(),
-            Some(DataError::LineTooLong) => Reply::line_too_long(),
-            Some(DataError::BareNewline) => Reply::bare_newline(),
+        let refused = match reader.error() {
+            Some(DataError::TooBig) => Some(("MaxMessageSize", Reply::message_too_big())),
+            Some(DataError::LineTooLong) => Some(("LineTooLong", Reply::line_too_long())),
+            Some(DataError::BareNewline) => Some(("BareNewlinePolicy", Reply::bare_newline())),
+            None => None,
+        };
+        let reply = match refused {
+            Some((rule, reply)) => {
+                self.backend
+                    .refused(&self.info, Some(&tx), "DATA", rule, &reply);
+                reply
+            }
             None => self.backend.data(&self.info, &tx, message).await,
         };
         conn.queue(&reply);

@@ -3,12 +3,24 @@
 //! [`Events::emit`], which never blocks: the event is handed to a bounded channel read by the
 //! trace writer (SQLite in `DataDir`, written in batches off the hot path) and counted by
 //! the metrics.
+//!
+//! [`store`] keeps the rows in `DataDir/trace.sqlite`, [`query`] reads them back (the
+//! `trace` command, the admin API), [`time`] parses the `--since` / `--until` bounds and
+//! [`table`] prints rows for people.
 
-use serde::Serialize;
+pub mod query;
+pub mod store;
+pub mod table;
+pub mod time;
+
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use query::{TraceQuery, query};
+pub use time::parse_since;
+
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     /// A message was accepted (answered 250 after it was spooled).
     Received,
@@ -26,6 +38,23 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Received,
+        EventKind::Rejected,
+        EventKind::Routed,
+        EventKind::Attempt,
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Failed,
+        EventKind::DsnSent,
+        EventKind::Expired,
+    ];
+
+    /// The kind named by [`EventKind::as_str`].
+    pub fn parse(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Received => "Received",
@@ -42,7 +71,7 @@ impl EventKind {
 }
 
 /// One trace row. Fields that do not apply to an event are `None`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceEvent {
     /// Unix time in milliseconds.
     pub time_ms: i64,
@@ -51,6 +80,7 @@ pub struct TraceEvent {
     pub queue_id: Option<String>,
     /// The message's `Message-ID` header.
     pub message_id: Option<String>,
+    /// The envelope sender (MAIL FROM); empty for the null sender `<>`.
     pub sender: Option<String>,
     pub recipient: Option<String>,
     pub client_ip: Option<String>,
@@ -63,7 +93,7 @@ pub struct TraceEvent {
     /// Next hop host name and address (Attempt, Delivered, Deferred, Failed).
     pub host: Option<String>,
     pub ip: Option<String>,
-    /// TLS version and cipher, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    /// TLS version and cipher, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384`.
     pub tls: Option<String>,
     /// Client certificate subject (Received/Rejected) or the server certificate checks and
     /// their result (Attempt).
@@ -109,6 +139,9 @@ pub struct Events {
     tx: Option<mpsc::Sender<TraceEvent>>,
 }
 
+/// Events dropped because the channel was full, since the process started.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Events buffered between the emitters and the writer.
 pub const CHANNEL_CAPACITY: usize = 65_536;
 
@@ -126,10 +159,22 @@ impl Events {
 
     pub fn emit(&self, event: TraceEvent) {
         crate::metrics::observe(&event);
-        if let Some(tx) = &self.tx
-            && tx.try_send(event).is_err()
-        {
-            tracing::warn!("trace channel full or closed; event dropped");
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Warn on the first drop and every 1000th: a flood must not flood the log.
+                let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % 1000 == 1 {
+                    tracing::warn!(dropped = n, "trace channel full; events dropped");
+                }
+            }
+            // The writer has stopped (relay shutdown): a straggler's event.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("trace writer stopped; event dropped")
+            }
         }
     }
 }

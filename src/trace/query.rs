@@ -1,0 +1,274 @@
+//! Reading the trace back (the `trace` command, the admin API), on a read-only connection
+//! that works while the relay is writing.
+//!
+//! Semantics: filters select **messages**, and every event of a selected message is
+//! returned, so a search by sender also shows the routing, attempts and delivery of what
+//! that sender sent. A message (a queue id) is selected when, for each filter given, at
+//! least one of its events matches it (`sender`, `recipient`, `connector`, `message_id`,
+//! `queue_id` compared without regard to ASCII case; a `message_id` with or without its
+//! angle brackets), and, when a time range is given, at least one of its events falls in it
+//! (`since` inclusive, `until` exclusive). Rows without a queue id (sessions refused
+//! before DATA, refused connections) are returned when they match every filter and the
+//! time range themselves. No filter at all selects everything. Results are in time order;
+//! when more than `limit` rows qualify, the most recent `limit` are returned.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, Row};
+
+use super::store::{self, COLUMNS};
+use super::{EventKind, TraceEvent};
+
+/// What to look for; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceQuery {
+    pub message_id: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub connector: Option<String>,
+    /// The relay's queue id of a message.
+    pub queue_id: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<i64>,
+    /// The most rows returned (the most recent ones).
+    pub limit: usize,
+}
+
+/// The rows `q` selects, oldest first (see the module documentation). An error when the
+/// store does not exist or cannot be read.
+pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {
+    let file = store::path(data_dir);
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    if !file.exists() {
+        return Err(fail(
+            &"no trace store here (the relay creates it in its DataDir when it starts)",
+        ));
+    }
+    let conn = Connection::open_with_flags(
+        &file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(&e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| fail(&e))?;
+    let (sql, args) = build(q);
+    let mut st = conn.prepare(&sql).map_err(|e| fail(&e))?;
+    let mut rows: Vec<TraceEvent> = st
+        .query_map(rusqlite::params_from_iter(args), read_row)
+        .map_err(|e| fail(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(&e))?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The SQL and its arguments: the newest `limit` qualifying rows, newest first.
+fn build(q: &TraceQuery) -> (String, Vec<Value>) {
+    let mut args: Vec<Value> = Vec::new();
+    let mut arg = |v: Value| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    // One condition per filter, each true of a row that matches that filter.
+    let mut filters = Vec::new();
+    if let Some(id) = &q.message_id {
+        let bare = id.trim().trim_start_matches('<').trim_end_matches('>');
+        let (a, b) = (
+            arg(Value::Text(bare.to_string())),
+            arg(Value::Text(format!("<{bare}>"))),
+        );
+        filters.push(format!("message_id IN ({a}, {b})"));
+    }
+    for (column, value) in [
+        ("sender", &q.sender),
+        ("recipient", &q.recipient),
+        ("connector", &q.connector),
+        ("queue_id", &q.queue_id),
+    ] {
+        if let Some(v) = value {
+            let mut v = v.trim().to_string();
+            if column == "sender" && v == "<>" {
+                v.clear(); // the null sender is stored empty
+            }
+            filters.push(format!("{column} = {}", arg(Value::Text(v))));
+        }
+    }
+    let mut window = Vec::new();
+    if let Some(t) = q.since_ms {
+        window.push(format!("time_ms >= {}", arg(Value::Integer(t))));
+    }
+    if let Some(t) = q.until_ms {
+        window.push(format!("time_ms < {}", arg(Value::Integer(t))));
+    }
+    let limit = arg(Value::Integer(q.limit.min(i64::MAX as usize) as i64));
+    let order = format!("ORDER BY time_ms DESC, id DESC LIMIT {limit}");
+    if filters.is_empty() && window.is_empty() {
+        return (format!("SELECT id, {COLUMNS} FROM events {order}"), args);
+    }
+    // Messages: one set of queue ids per filter (and one for the window), intersected.
+    let sets: Vec<String> = filters
+        .iter()
+        .map(|f| f.to_string())
+        .chain((!window.is_empty()).then(|| window.join(" AND ")))
+        .map(|c| format!("SELECT queue_id FROM events WHERE queue_id IS NOT NULL AND {c}"))
+        .collect();
+    let session: Vec<&String> = filters.iter().chain(&window).collect();
+    let session = session
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT id, {COLUMNS} FROM events WHERE queue_id IN ({sets}) \
+         UNION ALL \
+         SELECT id, {COLUMNS} FROM events WHERE queue_id IS NULL AND {session} \
+         {order}",
+        sets = sets.join(" INTERSECT "),
+    );
+    (sql, args)
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<TraceEvent> {
+    let name: String = r.get(2)?;
+    let event = EventKind::parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Text,
+            format!("unknown trace event {name:?}").into(),
+        )
+    })?;
+    Ok(TraceEvent {
+        time_ms: r.get(1)?,
+        event,
+        queue_id: r.get(3)?,
+        message_id: r.get(4)?,
+        sender: r.get(5)?,
+        recipient: r.get(6)?,
+        client_ip: r.get(7)?,
+        helo: r.get(8)?,
+        connector: r.get(9)?,
+        rule: r.get(10)?,
+        host: r.get(11)?,
+        ip: r.get(12)?,
+        tls: r.get(13)?,
+        certificate: r.get(14)?,
+        reply: r.get(15)?,
+        detail: r.get(16)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::store::Store;
+
+    fn ev(kind: EventKind, t: i64, qid: Option<&str>) -> TraceEvent {
+        let mut e = TraceEvent::new(kind);
+        e.time_ms = t;
+        e.queue_id = qid.map(str::to_string);
+        e
+    }
+
+    /// Two messages and a refused session; the filters select whole messages.
+    #[test]
+    fn filters_select_messages_and_session_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 30).unwrap();
+        let mut a = ev(EventKind::Received, 1000, Some("A"));
+        a.sender = Some("Alice@Contoso.test".into());
+        a.recipient = Some("bob@contoso.test".into());
+        a.message_id = Some("<m1@contoso.test>".into());
+        a.connector = Some("From on-premises".into());
+        let mut a2 = ev(EventKind::Delivered, 3000, Some("A"));
+        a2.recipient = Some("bob@contoso.test".into());
+        a2.connector = Some("To on-premises".into());
+        let mut b = ev(EventKind::Received, 2000, Some("B"));
+        b.sender = Some(String::new());
+        b.recipient = Some("carol@contoso.test".into());
+        let mut r = ev(EventKind::Rejected, 2500, None);
+        r.sender = Some("alice@contoso.test".into());
+        r.recipient = Some("x@fabrikam.test".into());
+        store.insert(&[a, b, r, a2]).unwrap();
+        let find = |q: TraceQuery| -> Vec<(String, i64)> {
+            query(dir.path(), &TraceQuery { limit: 50, ..q })
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.queue_id.unwrap_or_else(|| "-".into()), e.time_ms))
+                .collect()
+        };
+        let s = |v: &str| Some(v.to_string());
+        let all = vec![
+            ("A".into(), 1000),
+            ("B".into(), 2000),
+            ("-".into(), 2500),
+            ("A".into(), 3000),
+        ];
+        assert_eq!(find(TraceQuery::default()), all);
+        let alice = find(TraceQuery {
+            sender: s("ALICE@contoso.TEST"),
+            ..Default::default()
+        });
+        assert_eq!(
+            alice,
+            [("A".into(), 1000), ("-".into(), 2500), ("A".into(), 3000)]
+        );
+        for id in ["m1@contoso.test", "<M1@contoso.test>"] {
+            let m = find(TraceQuery {
+                message_id: s(id),
+                ..Default::default()
+            });
+            assert_eq!(m, [("A".into(), 1000), ("A".into(), 3000)], "{id}");
+        }
+        // Each filter may be matched by a different event of the message.
+        let both = find(TraceQuery {
+            sender: s("alice@contoso.test"),
+            connector: s("to on-premises"),
+            ..Default::default()
+        });
+        assert_eq!(both, [("A".into(), 1000), ("A".into(), 3000)]);
+        assert_eq!(
+            find(TraceQuery {
+                sender: s("<>"),
+                ..Default::default()
+            }),
+            [("B".into(), 2000)]
+        );
+        // A message with an event in the window is shown whole.
+        let window = find(TraceQuery {
+            since_ms: Some(2500),
+            until_ms: Some(3001),
+            ..Default::default()
+        });
+        assert_eq!(
+            window,
+            [("A".into(), 1000), ("-".into(), 2500), ("A".into(), 3000)]
+        );
+        assert!(
+            find(TraceQuery {
+                until_ms: Some(1000),
+                ..Default::default()
+            })
+            .is_empty(),
+            "until is exclusive"
+        );
+        // The most recent rows when the limit cuts.
+        let two = query(
+            dir.path(),
+            &TraceQuery {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            two.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [2500, 3000]
+        );
+        let missing = query(&dir.path().join("nothing"), &TraceQuery::default());
+        assert!(missing.unwrap_err().contains("no trace store"));
+    }
+}
