@@ -345,6 +345,7 @@ impl SessionError {
         }
         text.push(')');
         let mut e = Self::local(Stage::StartTls, failure.status, text);
+        crate::metrics::tls_failure("outbound", failure.check.as_str());
         e.tls_failure = Some(Box::new(failure));
         e
     }

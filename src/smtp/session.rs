@@ -269,6 +269,7 @@ impl<B: Backend> Session<B> {
             let Ok(Ok(tls)) = timeout(self.cfg.inactivity_timeout, acceptor.accept(stream)).await
             else {
                 tracing::debug!(peer = %self.info.peer, "implicit TLS handshake failed");
+                crate::metrics::tls_failure("inbound", "handshake");
                 return;
             };
             self.tls_established(tls.get_ref().1);
@@ -321,9 +322,13 @@ impl<B: Backend> Session<B> {
                 let _ = conn.stream.shutdown().await;
             }
             Ok(Err(e)) => {
-                tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed")
+                tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
+                crate::metrics::tls_failure("inbound", "handshake");
             }
-            Err(_) => tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out"),
+            Err(_) => {
+                tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out");
+                crate::metrics::tls_failure("inbound", "timeout");
+            }
         }
     }
 
