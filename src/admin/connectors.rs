@@ -180,7 +180,14 @@ fn send_scenario(c: &SendConnector, policy: &Policy) -> &'static str {
 }
 
 fn inbound_tls(c: &InboundConnector) -> String {
-    let mut parts = vec![if c.require_tls { "Required" } else { "Opportunistic" }.to_string()];
+    let mut parts = vec![
+        if c.require_tls {
+            "Required"
+        } else {
+            "Opportunistic"
+        }
+        .to_string(),
+    ];
     if let Some(name) = &c.tls_sender_certificate_name {
         parts.push(format!("certificate {name}"));
     }
@@ -244,7 +251,11 @@ fn few(items: Vec<String>) -> String {
 fn inbound_senders(c: &InboundConnector) -> String {
     let mut parts = Vec::new();
     if !c.sender_domains.is_empty() {
-        parts.push(few(c.sender_domains.iter().map(ToString::to_string).collect()));
+        parts.push(few(c
+            .sender_domains
+            .iter()
+            .map(ToString::to_string)
+            .collect()));
     }
     if !c.sender_ip_addresses.is_empty() {
         parts.push(few(c
@@ -291,7 +302,11 @@ fn outbound_recipients(c: &OutboundConnector) -> String {
         scope.push("all messages".to_string());
     }
     if !c.recipient_domains.is_empty() {
-        scope.push(few(c.recipient_domains.iter().map(ToString::to_string).collect()));
+        scope.push(few(c
+            .recipient_domains
+            .iter()
+            .map(ToString::to_string)
+            .collect()));
     }
     let via = if c.use_mx_record {
         "MX".to_string()
@@ -342,12 +357,15 @@ pub(super) async fn get_one(
                 None => error(StatusCode::NOT_FOUND, format!("no connector {id:?}")),
             }
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 /// The connector `id` names: an `Identity`, or a `Name` (exact, then without case).
-fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Response> {
+/// An answer given early by a helper (boxed, so that the `Result`s stay small).
+type Early = Box<Response>;
+
+fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Early> {
     let all: Vec<(Direction, &str)> = policy
         .inbound
         .iter()
@@ -358,7 +376,12 @@ fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Response> {
                 .iter()
                 .map(|c| (Direction::Outbound, c.name.as_str())),
         )
-        .chain(policy.send.iter().map(|c| (Direction::Send, c.name.as_str())))
+        .chain(
+            policy
+                .send
+                .iter()
+                .map(|c| (Direction::Send, c.name.as_str())),
+        )
         .collect();
     if let Some((d, n)) = all.iter().find(|(d, n)| identity(*d, n) == id) {
         return Ok((*d, n.to_string()));
@@ -371,12 +394,12 @@ fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Response> {
             .collect();
     }
     match by_name.as_slice() {
-        [] => Err(error(
+        [] => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("no connector has the Identity or Name {id:?}"),
-        )),
+        ))),
         [(d, n)] => Ok((*d, n.to_string())),
-        many => Err(error(
+        many => Err(Box::new(error(
             StatusCode::CONFLICT,
             format!(
                 "{id:?} names several connectors; use the Identity: {}",
@@ -385,22 +408,18 @@ fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Response> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        )),
+        ))),
     }
 }
 
 /// A JSON object body, or a 400.
-fn object(body: &Bytes) -> Result<Map<String, Value>, Response> {
-    let bad = |reason: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "key": "", "error": reason })),
-        )
-            .into_response()
-    };
+fn object(body: &Bytes) -> Result<Map<String, Value>, Early> {
+    let bad = |reason: String| Box::new(key_error("", reason));
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(bad("the body must be a JSON object of connector keys".into())),
+        Ok(_) => Err(bad(
+            "the body must be a JSON object of connector keys".into()
+        )),
         Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
     }
 }
@@ -414,7 +433,7 @@ fn key_error(key: &str, reason: impl Into<String>) -> Response {
 }
 
 /// The keys of a body as an edit: computed fields dropped, `null` = remove the key.
-fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, Response> {
+fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, Early> {
     let mut set = Vec::new();
     for (key, value) in body {
         if COMPUTED.contains(&key.as_str()) {
@@ -422,7 +441,7 @@ fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Va
         }
         let v = match value {
             Value::Null => None,
-            v => Some(json_to_toml(&v).map_err(|e| key_error(&key, e))?),
+            v => Some(json_to_toml(&v).map_err(|e| Box::new(key_error(&key, e)))?),
         };
         set.push((key, v));
     }
@@ -437,9 +456,9 @@ pub(super) async fn create(
 ) -> Response {
     let mut body = match object(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let direction = match body.remove("Direction") {
+    let direction = match body.shift_remove("Direction") {
         Some(Value::String(s)) => match Direction::parse(&s) {
             Some(d) => d,
             None => {
@@ -456,10 +475,12 @@ pub(super) async fn create(
             );
         }
     };
-    let set = match changes(body) {
+    let mut set: Vec<_> = match changes(body) {
         Ok(s) => s.into_iter().filter(|(_, v)| v.is_some()).collect(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
+    // A new table starts with its Name, as connectors are written by hand.
+    set.sort_by_key(|(k, _)| k != "Name");
     let edit = Edit {
         direction,
         name: None,
@@ -477,23 +498,25 @@ pub(super) async fn update(
 ) -> Response {
     let (direction, name) = match resolve(&state.control.policy(), &id) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match object(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(d) = body.get("Direction")
         && d.as_str().and_then(Direction::parse) != Some(direction)
     {
         return key_error(
             "Direction",
-            format!("cannot be changed (the connector is {direction:?}); create a new connector instead"),
+            format!(
+                "cannot be changed (the connector is {direction:?}); create a new connector instead"
+            ),
         );
     }
     let set = match changes(body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if set.is_empty() {
         return key_error("", "the body names no key to change");
@@ -515,14 +538,17 @@ pub(super) async fn set_status(
 ) -> Response {
     let (direction, name) = match resolve(&state.control.policy(), &id) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match object(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(enabled) = body.get("Enabled").and_then(Value::as_bool) else {
-        return key_error("Enabled", "must be true or false, e.g. {\"Enabled\": false}");
+        return key_error(
+            "Enabled",
+            "must be true or false, e.g. {\"Enabled\": false}",
+        );
     };
     let edit = Edit {
         direction,

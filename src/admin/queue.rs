@@ -74,7 +74,10 @@ pub(super) async fn list(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 /// `POST /api/queue/{id}/retry`
-pub(super) async fn retry(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+pub(super) async fn retry(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Response {
     match state.queue.retry(&id).await {
         Ok(()) => {
             tracing::info!(id = %id, "retry requested through the admin API");
@@ -86,9 +89,14 @@ pub(super) async fn retry(State(state): State<Arc<AdminState>>, Path(id): Path<S
 }
 
 /// `DELETE /api/queue/{id}`
-pub(super) async fn delete(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+pub(super) async fn delete(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Response {
     match state.queue.delete(&id).await {
-        Ok(()) => Json(json!({ "Identity": id, "Deleted": true, "NdrSent": false })).into_response(),
+        Ok(()) => {
+            Json(json!({ "Identity": id, "Deleted": true, "NdrSent": false })).into_response()
+        }
         Err(e) => answer(e),
     }
 }

@@ -29,17 +29,24 @@ async fn update_gauges(state: &AdminState) -> (usize, crate::queue::manager::Que
 }
 
 /// `GET /metrics`
-pub(super) async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AdminState>>) -> Response {
+pub(super) async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
+) -> Response {
     update_gauges(&state).await;
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(),
     )
         .into_response()
 }
 
 /// `GET /api/status`
-pub(super) async fn status(axum::extract::State(state): axum::extract::State<Arc<AdminState>>) -> Response {
+pub(super) async fn status(
+    axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
+) -> Response {
     let (sessions, stats) = update_gauges(&state).await;
     let live = state.control.live();
     let now = unix_now();
@@ -84,7 +91,9 @@ pub(super) async fn status(axum::extract::State(state): axum::extract::State<Arc
 }
 
 /// `POST /api/reload`: re-reads the config file (as SIGHUP does).
-pub(super) async fn reload(axum::extract::State(state): axum::extract::State<Arc<AdminState>>) -> Response {
+pub(super) async fn reload(
+    axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
+) -> Response {
     let control = state.control.clone();
     match tokio::task::spawn_blocking(move || control.reload(Trigger::Request)).await {
         Ok(Ok(r)) => Json(json!({

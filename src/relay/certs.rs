@@ -131,7 +131,10 @@ mod tests {
         let expired = &found[1];
         assert!(expired.subject.contains("CN=mail.fabrikam.test"));
         assert!(expired.days_left(now) < 0 && expired.expiring_soon(now));
-        assert!(!found[0].expiring_soon(now), "the relay's test cert runs to 2046");
+        assert!(
+            !found[0].expiring_soon(now),
+            "the relay's test cert runs to 2046"
+        );
         // Jan 1 2021 minus one day and a bit: 1 day left (floor), and soon.
         let c = CertificateExpiry {
             not_after: 1_609_459_200,

@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::StartError;
 use super::backend::RelayBackend;
-use crate::delivery::{DeliveryJob, Deliverer, RecipientOutcome};
+use crate::delivery::{Deliverer, DeliveryJob, RecipientOutcome};
 use crate::dns::Resolver;
 use crate::message::srs::Srs;
 use crate::policy::restrict::{InboundPolicy, SessionFacts};

@@ -229,12 +229,13 @@ pub async fn start_with_options(
                 addr: r.admin_listen,
                 source,
             })?;
-    let admin_token = crate::admin::Token::load_or_create(&r.admin_token_file).map_err(|source| {
-        StartError::AdminToken {
-            path: r.admin_token_file.display().to_string(),
-            source,
-        }
-    })?;
+    let admin_token =
+        crate::admin::Token::load_or_create(&r.admin_token_file).map_err(|source| {
+            StartError::AdminToken {
+                path: r.admin_token_file.display().to_string(),
+                source,
+            }
+        })?;
 
     let srs = live::load_srs(&policy)?;
 
@@ -285,13 +286,21 @@ pub async fn start_with_options(
         config_stamp,
     ));
 
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Listen {
-        addr: r.admin_listen,
-        source,
-    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: r.admin_listen,
+            source,
+        })?;
     let admin = crate::admin::start(
         admin_listener,
-        crate::admin::AdminState::new(control.clone(), queue, limits.clone(), admin_token, admin_addr),
+        crate::admin::AdminState::new(
+            control.clone(),
+            queue,
+            limits.clone(),
+            admin_token,
+            admin_addr,
+        ),
         stop_rx.clone(),
     );
 

@@ -331,14 +331,17 @@ impl Control {
     }
 
     /// Builds the next generation from a validated config, without swapping anything.
-    fn prepare(&self, text: String, loaded: Loaded) -> Result<Prepared, (Vec<ConfigError>, Stamps)> {
+    fn prepare(
+        &self,
+        text: String,
+        loaded: Loaded,
+    ) -> Result<Prepared, (Vec<ConfigError>, Stamps)> {
         let old = self.live.load_full();
         let mut policy = loaded.policy;
         let restart_needed = keep_fixed(&old.policy, &mut policy);
         let path = self.config_path.clone().unwrap_or_default();
         let stamps = stamps_of(referenced_files(&policy));
-        if !policy.relay.implicit_tls_listen.is_empty() && policy.relay.tls_certificate.is_none()
-        {
+        if !policy.relay.implicit_tls_listen.is_empty() && policy.relay.tls_certificate.is_none() {
             let error = ConfigError {
                 file: path,
                 line: 0,
@@ -405,7 +408,12 @@ impl Control {
         }
     }
 
-    fn refused(&self, state: &mut State, trigger: Trigger, errors: Vec<ConfigError>) -> ReloadError {
+    fn refused(
+        &self,
+        state: &mut State,
+        trigger: Trigger,
+        errors: Vec<ConfigError>,
+    ) -> ReloadError {
         tracing::error!(
             trigger = trigger.as_str(),
             errors = errors.len(),
@@ -475,7 +483,11 @@ mod tests {
 
     #[test]
     fn fixed_keys_keep_their_running_values() {
-        let load = |t: &str| crate::config::load_str(t, Path::new("t.toml")).unwrap().policy;
+        let load = |t: &str| {
+            crate::config::load_str(t, Path::new("t.toml"))
+                .unwrap()
+                .policy
+        };
         let old = load("[Relay]\nListen = [\"127.0.0.1:2525\"]\nSpoolDir = \"a\"\n");
         let mut new = load(
             "[Relay]\nListen = [\"127.0.0.1:2526\"]\nSpoolDir = \"a\"\nMaxRecipientsPerMessage = 7\n",
