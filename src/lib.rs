@@ -4,6 +4,7 @@
 //! through `message`, hands finished messages to `queue` (durable spool, then 250);
 //! `queue` drives `delivery`, which asks `policy` for routes and `dns` for next hops.
 
+pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod dns;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod policy;
 pub mod queue;
 pub mod relay;
+pub mod secret;
 pub mod sink;
 pub mod smtp;
 pub mod trace;

@@ -445,8 +445,12 @@ fn run(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let policy = Arc::new(loaded.policy);
+    let options = relay::StartOptions {
+        config_path: Some(path.to_path_buf()),
+        ..relay::StartOptions::default()
+    };
     runtime().block_on(async move {
-        let handle = match relay::start(policy).await {
+        let handle = match relay::start_with_options(policy, options).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("{e}");
@@ -454,7 +458,7 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_signal().await;
+        wait_for_stop(Some(&handle)).await;
         tracing::info!("shutting down: draining sessions");
         handle.shutdown(Duration::from_secs(30)).await;
         tracing::info!("stopped");
@@ -472,18 +476,30 @@ fn run_sink(opts: sink::SinkOptions) -> ExitCode {
             }
         };
         tracing::info!(addr = %handle.addr, "sink listening");
-        wait_for_signal().await;
+        wait_for_stop(None).await;
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT. With a relay, SIGHUP reloads its configuration meanwhile
+/// (a refused config is logged by the reload and the running one stays).
+async fn wait_for_stop(relay: Option<&relay::RelayHandle>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match relay {
+                Some(r) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = r.reload_for(relay::Trigger::Sighup).await;
+                }
+                None => tracing::info!("SIGHUP ignored"),
+            },
+        }
     }
 }

@@ -115,12 +115,15 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
     let limits = Limits::new(10_000, 10_000);
     let (draining, draining_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    let shared = server::Server {
+    let setup = server::Setup {
         cfg,
         backend,
-        limits: limits.clone(),
         // The sink has no per-source cap: load generators open many sessions.
         exempt: Arc::new(|_| true),
+    };
+    let shared = server::Server {
+        setup: Arc::new(arc_swap::ArcSwap::from_pointee(setup)),
+        limits: limits.clone(),
         draining: draining_rx,
         stop: stop_rx,
     };

@@ -42,6 +42,8 @@ Listen = ["127.0.0.1:0"]
 AcceptedDomains = ["contoso.test"]
 SpoolDir = "{spool}"
 DataDir = "{spool}"
+AdminListen = "127.0.0.1:0"
+AdminTokenFile = "{spool}/admin.token"
 
 [[InboundConnector]]
 Name = "Hybrid on-premises"

@@ -24,6 +24,8 @@ RevocationLists = ["{crl}"]
 AcceptedDomains = ["contoso.test", "sales.contoso.test"]
 SpoolDir = "{spool}"
 DataDir = "{spool}"
+AdminListen = "127.0.0.1:0"
+AdminTokenFile = "{spool}/admin.token"
 MaxProtocolErrors = 50
 
 [[InboundConnector]]

@@ -27,6 +27,14 @@ fn example(name: &str, spool: &Path, smart_hosts: &[(&str, SocketAddr)]) -> Stri
     }
     let mut out = String::new();
     for line in text.lines() {
+        if line == "[Relay]" {
+            // Never the fixed default admin port (tests run in parallel); token in the temp dir.
+            out.push_str(&format!(
+                "[Relay]\nAdminListen = \"127.0.0.1:0\"\nAdminTokenFile = \"{}\"\n",
+                spool.join("admin.token").display()
+            ));
+            continue;
+        }
         let line = if line.starts_with("SpoolDir") {
             format!("SpoolDir = \"{}\"", spool.join("spool").display())
         } else if line.starts_with("DataDir") {

@@ -70,41 +70,7 @@ impl Srs {
     /// Reads the secret from `path`, creating the file first (32 random bytes as hex, mode
     /// 0600) when it does not exist. An empty file is an error.
     pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if !path.exists() {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut bytes = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                .map_err(|_| std::io::Error::other("no system randomness"))?;
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    f.write_all(hex.as_bytes())?;
-                    f.write_all(b"\n")?;
-                    f.sync_all()?;
-                }
-                // Another process created it meanwhile: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let secret = std::fs::read(path)?;
-        let secret = secret.trim_ascii();
-        if secret.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the SRS secret file is empty",
-            ));
-        }
-        Ok(Srs::new(secret))
+        crate::secret::load_or_create(path).map(|secret| Srs::new(&secret))
     }
 
     /// The SRS0 form of `sender` (`local@domain`) at `rewrite_domain`, for today.

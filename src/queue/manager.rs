@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -97,8 +97,14 @@ impl Entry {
 
 enum Msg {
     New(Box<Entry>),
-    /// An attempt finished; `None` when the message is done and removed.
-    Done(Option<(Box<Entry>, Duration)>),
+    /// The attempt on message `id` finished; `next` is `None` when the message is done and
+    /// removed.
+    Done {
+        id: String,
+        next: Option<(Box<Entry>, Duration)>,
+    },
+    /// From the admin API (see [`AdminCommand`]).
+    Admin(AdminCommand),
 }
 
 /// The handle the SMTP side uses to hand over stored messages.
@@ -133,6 +139,7 @@ pub fn start(
         handle: handle.clone(),
         schedule: BinaryHeap::new(),
         waiting: HashMap::new(),
+        in_flight: HashMap::new(),
         attempts: JoinSet::new(),
         permits: Arc::new(Semaphore::new(1)),
         events,
@@ -149,6 +156,9 @@ struct Manager {
     schedule: BinaryHeap<Reverse<(Instant, String)>>,
     /// Messages waiting for their due time (not in flight).
     waiting: HashMap<String, (Entry, Instant)>,
+    /// Messages under a delivery attempt, as they were when it started (for the admin
+    /// API's queue view; the attempt owns the real entry).
+    in_flight: HashMap<String, Entry>,
     /// Attempts under way; owned here so that a stop can wait for them, then end them.
     attempts: JoinSet<()>,
     permits: Arc<Semaphore>,
@@ -182,10 +192,13 @@ impl Manager {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::New(e)) => self.schedule_at(*e, Instant::now()),
-                    Some(Msg::Done(Some((e, delay)))) => {
-                        self.schedule_at(*e, Instant::now() + delay);
+                    Some(Msg::Done { id, next }) => {
+                        self.in_flight.remove(&id);
+                        if let Some((e, delay)) = next {
+                            self.schedule_at(*e, Instant::now() + delay);
+                        }
                     }
-                    Some(Msg::Done(None)) => {}
+                    Some(Msg::Admin(cmd)) => self.admin(cmd),
                     None => break,
                 },
                 Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
@@ -242,10 +255,12 @@ impl Manager {
             };
             let permits = self.permits.clone();
             let tx = self.handle.tx.clone();
+            self.in_flight.insert(id.clone(), entry.clone());
             self.attempts.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let next = ctx.attempt(entry).await;
-                let _ = tx.send(Msg::Done(next.map(|(e, d)| (Box::new(e), d))));
+                let next = next.map(|(e, d)| (Box::new(e), d));
+                let _ = tx.send(Msg::Done { id, next });
             });
         }
     }
@@ -600,6 +615,191 @@ fn span(d: Duration) -> String {
         120..7200 => format!("{}m", s / 60),
         7200..172_800 => format!("{}h {}m", s / 3600, s / 60 % 60),
         _ => format!("{}d {}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+// ---- Admin commands (the admin API's queue routes and gauges) ------------------------
+// Kept in one block, apart from the delivery logic above: a command carries a oneshot for
+// its answer and is handled by the manager task, which owns the schedule (DESIGN.md).
+
+/// A message in the queue, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub id: String,
+    /// `""` = the null sender (a DSN).
+    pub mail_from: String,
+    pub recipients: Vec<QueuedRecipient>,
+    pub attempts: u32,
+    /// Unix time of arrival.
+    pub arrived: u64,
+    /// Unix time of the next attempt; `None` while an attempt is under way.
+    pub next_attempt: Option<u64>,
+    pub in_flight: bool,
+    pub inbound_connector: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueuedRecipient {
+    pub address: String,
+    pub state: RcptState,
+    /// The last temporary failure (for a pending recipient).
+    pub last_error: Option<String>,
+}
+
+/// Queue depth and the oldest arrival (gauges).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStats {
+    pub depth: usize,
+    /// Unix time of the oldest message's arrival.
+    pub oldest_arrived: Option<u64>,
+}
+
+/// Why an admin command on one message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("no message with this id is in the queue")]
+    NotFound,
+    #[error("a delivery attempt for this message is under way; try again when it has finished")]
+    InFlight,
+    #[error("the queue manager is not running")]
+    Stopped,
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A request from the admin API to the manager task.
+pub enum AdminCommand {
+    List(oneshot::Sender<Vec<QueuedMessage>>),
+    /// Attempt the message now instead of at its scheduled time.
+    Retry(String, oneshot::Sender<Result<(), AdminError>>),
+    /// Remove the message from the queue and the spool without any DSN (`postsuper -d`).
+    Delete(String, oneshot::Sender<Result<(), AdminError>>),
+    Stats(oneshot::Sender<QueueStats>),
+    /// New retry/expiry settings (live reload); used from the next attempt on.
+    Settings(QueueSettings),
+}
+
+impl QueueHandle {
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> AdminCommand) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Admin(cmd(tx))).ok()?;
+        rx.await.ok()
+    }
+
+    /// Every message in the queue, oldest first.
+    pub async fn list(&self) -> Vec<QueuedMessage> {
+        self.ask(AdminCommand::List).await.unwrap_or_default()
+    }
+
+    pub async fn retry(&self, id: &str) -> Result<(), AdminError> {
+        let id = id.to_string();
+        self.ask(|tx| AdminCommand::Retry(id, tx))
+            .await
+            .unwrap_or(Err(AdminError::Stopped))
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), AdminError> {
+        let id = id.to_string();
+        self.ask(|tx| AdminCommand::Delete(id, tx))
+            .await
+            .unwrap_or(Err(AdminError::Stopped))
+    }
+
+    pub async fn stats(&self) -> QueueStats {
+        self.ask(AdminCommand::Stats).await.unwrap_or_default()
+    }
+
+    pub fn update_settings(&self, settings: QueueSettings) {
+        let _ = self.tx.send(Msg::Admin(AdminCommand::Settings(settings)));
+    }
+}
+
+impl Manager {
+    fn admin(&mut self, cmd: AdminCommand) {
+        match cmd {
+            AdminCommand::List(reply) => {
+                let now = Instant::now();
+                let unix = unix_now();
+                let waiting = self.waiting.values().map(|(e, due)| {
+                    let wait = due.saturating_duration_since(now).as_secs();
+                    queued(e, Some(unix + wait))
+                });
+                let running = self.in_flight.values().map(|e| queued(e, None));
+                let mut all: Vec<QueuedMessage> = waiting.chain(running).collect();
+                all.sort_by(|a, b| (a.arrived, &a.id).cmp(&(b.arrived, &b.id)));
+                let _ = reply.send(all);
+            }
+            AdminCommand::Retry(id, reply) => {
+                let answer = if self.in_flight.contains_key(&id) {
+                    Err(AdminError::InFlight)
+                } else if let Some((entry, _)) = self.waiting.remove(&id) {
+                    self.schedule_at(entry, Instant::now());
+                    Ok(())
+                } else {
+                    Err(AdminError::NotFound)
+                };
+                let _ = reply.send(answer);
+            }
+            AdminCommand::Delete(id, reply) => {
+                if self.in_flight.contains_key(&id) {
+                    let _ = reply.send(Err(AdminError::InFlight));
+                    return;
+                }
+                // Its heap entry goes stale and is skipped by `start_due`.
+                if self.waiting.remove(&id).is_none() {
+                    let _ = reply.send(Err(AdminError::NotFound));
+                    return;
+                }
+                tracing::warn!(id = %id, "deleted from the queue by the admin API (no DSN)");
+                let spool = self.spool.clone();
+                tokio::spawn(async move {
+                    let removed = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
+                    let answer = match removed {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(AdminError::Io(e.to_string())),
+                        Err(e) => Err(AdminError::Io(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            AdminCommand::Stats(reply) => {
+                let entries = self
+                    .waiting
+                    .values()
+                    .map(|(e, _)| e)
+                    .chain(self.in_flight.values());
+                let mut stats = QueueStats::default();
+                for e in entries {
+                    stats.depth += 1;
+                    stats.oldest_arrived = Some(
+                        stats
+                            .oldest_arrived
+                            .map_or(e.env.arrived, |o| o.min(e.env.arrived)),
+                    );
+                }
+                let _ = reply.send(stats);
+            }
+            AdminCommand::Settings(settings) => self.settings = Arc::new(settings),
+        }
+    }
+}
+
+fn queued(e: &Entry, next_attempt: Option<u64>) -> QueuedMessage {
+    QueuedMessage {
+        id: e.id.clone(),
+        mail_from: e.env.mail_from.clone(),
+        recipients: (0..e.env.recipients.len())
+            .map(|i| QueuedRecipient {
+                address: e.env.recipients[i].clone(),
+                state: e.states[i].clone(),
+                last_error: e.last_error[i].clone(),
+            })
+            .collect(),
+        attempts: e.attempts,
+        arrived: e.env.arrived,
+        next_attempt,
+        in_flight: next_attempt.is_none(),
+        inbound_connector: e.env.inbound_connector.clone(),
     }
 }
 

@@ -1,29 +1,30 @@
 //! Wires the relay together: spool recovery, queue manager, delivery engine, listeners,
-//! and the drain on shutdown. Used by `connector-relay run` and by in-process tests.
+//! the admin API, live reload, and the drain on shutdown. Used by `connector-relay run` and
+//! by in-process tests.
 
 mod backend;
+pub mod certs;
+mod live;
+pub mod reload;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
-use crate::delivery::Deliverer;
 use crate::dns::Resolver;
-use crate::message::srs::Srs;
-use crate::policy::restrict::{InboundPolicy, SessionFacts};
-use crate::policy::{ConnectorType, Policy};
-use crate::queue::manager::{self, QueueSettings, Transport};
+use crate::policy::Policy;
+use crate::queue::manager::{self, Transport};
 use crate::queue::spool::Spool;
-use crate::smtp::client_cert::ClientCertValidator;
 use crate::smtp::server::{self, Limits};
-use crate::smtp::session::SessionConfig;
-use crate::smtp::tls;
 use crate::trace::{Events, store as trace_store};
 use backend::RelayBackend;
+use live::{Shared, SwapTransport};
+pub use reload::{Control, EditOutcome, LastReload, Live, ReloadError, Reloaded, Trigger};
 
 /// Why the relay could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,16 @@ pub enum StartError {
     },
     #[error("cannot open the message trace store {0}")]
     Trace(String),
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the config file {path}: {source}")]
+    Config {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running relay.
@@ -56,6 +67,9 @@ pub struct RelayHandle {
     /// Bound addresses of `Listen` (in order), then of `ImplicitTlsListen`.
     pub smtp_addrs: Vec<SocketAddr>,
     pub implicit_tls_addrs: Vec<SocketAddr>,
+    /// Bound address of `AdminListen` (the admin API and `/metrics`).
+    pub admin_addr: Option<SocketAddr>,
+    control: Arc<Control>,
     draining: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     limits: Arc<Limits>,
@@ -63,6 +77,7 @@ pub struct RelayHandle {
     /// The message trace: hand a clone to whatever else should record events.
     pub events: Events,
     trace: trace_store::Writer,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RelayHandle {
@@ -76,23 +91,108 @@ impl RelayHandle {
         }
         let _ = self.stop.send(true);
         let _ = self.queue.await;
+        if let Some(admin) = self.admin {
+            // Open keep-alive connections must not hold the shutdown up.
+            let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+        }
         // Last: the trace rows of everything above are written before the relay stops.
         self.trace.finish().await;
+    }
+
+    /// Re-reads the config file and swaps the new configuration in (see [`reload`]). A
+    /// config that fails validation is refused (logged with its `file:line` errors, and
+    /// returned) and the running one stays.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reload_for(Trigger::Request).await
+    }
+
+    /// [`RelayHandle::reload`], recording what triggered it (SIGHUP in `main`).
+    pub async fn reload_for(&self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || control.reload(trigger))
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Io(e.to_string())))
+    }
+
+    /// The configuration in effect and the ways to change it (what the admin API uses).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// The policy in effect now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.control.policy()
+    }
+}
+
+/// How to start the relay beyond its policy.
+#[derive(Clone)]
+pub struct StartOptions {
+    /// The config file the policy was loaded from. With it the relay reloads (SIGHUP,
+    /// `RelayHandle::reload`, a change of the file or of a certificate file it names) and
+    /// the admin API can change connectors. Without it the policy is fixed.
+    pub config_path: Option<PathBuf>,
+    /// Resolves next hops; `None`: hickory on `[Relay] DnsServers` (or the system's).
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// How often the config and certificate files are checked for changes.
+    pub watch_interval: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            config_path: None,
+            resolver: None,
+            watch_interval: Duration::from_secs(2),
+        }
     }
 }
 
 /// Starts the relay with the system (or configured) DNS resolver.
 pub async fn start(policy: Arc<Policy>) -> Result<RelayHandle, StartError> {
-    let resolver = crate::dns::hickory::HickoryResolver::new(&policy.relay.dns_servers)
-        .map_err(StartError::Dns)?;
-    start_with_resolver(policy, Arc::new(resolver)).await
+    start_with_options(policy, StartOptions::default()).await
 }
 
+/// Starts the relay on a fixed policy (no config file: no reload) with `resolver`.
 pub async fn start_with_resolver(
     policy: Arc<Policy>,
     resolver: Arc<dyn Resolver>,
 ) -> Result<RelayHandle, StartError> {
+    let options = StartOptions {
+        resolver: Some(resolver),
+        ..StartOptions::default()
+    };
+    start_with_options(policy, options).await
+}
+
+/// Starts the relay. `policy` must have been loaded from `options.config_path` when that is
+/// given (`connector-relay run` loads it first to report errors and warnings).
+pub async fn start_with_options(
+    policy: Arc<Policy>,
+    options: StartOptions,
+) -> Result<RelayHandle, StartError> {
+    crate::metrics::install();
     let r = &policy.relay;
+    let resolver = match options.resolver {
+        Some(r) => r,
+        None => Arc::new(
+            crate::dns::hickory::HickoryResolver::new(&r.dns_servers).map_err(StartError::Dns)?,
+        ),
+    };
+    // The text behind the policy (the admin API lists connectors as written), fingerprinted
+    // before it is read so that a change made meanwhile is picked up by the first poll.
+    let (config_stamp, text) = match &options.config_path {
+        Some(path) => {
+            let stamp = reload::stamp(path);
+            let text = std::fs::read_to_string(path).map_err(|source| StartError::Config {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (stamp, Some(Arc::<str>::from(text)))
+        }
+        None => (None, None),
+    };
+
     let spool_err = |source| StartError::Spool {
         path: r.spool_dir.display().to_string(),
         source,
@@ -108,22 +208,7 @@ pub async fn start_with_resolver(
         "spool recovered"
     );
 
-    let tls = match (&r.tls_certificate, &r.tls_private_key) {
-        (Some(c), Some(k)) => Some(TlsAcceptor::from(
-            tls::server_config(c, k, true).map_err(StartError::Tls)?,
-        )),
-        _ => None,
-    };
-
-    // Client certificates are requested under TLS and judged against TrustedCaFile, the
-    // webpki roots and RevocationLists.
-    let client_certs = match &tls {
-        Some(_) => Some(Arc::new(
-            ClientCertValidator::new(r.trusted_ca_file.as_deref(), &r.revocation_lists)
-                .map_err(StartError::Tls)?,
-        )),
-        None => None,
-    };
+    let tls = live::inbound_tls(r)?;
 
     // Bind everything before starting anything, so a port in use fails cleanly.
     let mut plain = Vec::new();
@@ -134,7 +219,7 @@ pub async fn start_with_resolver(
         plain.push(l);
     }
     let mut implicit = Vec::new();
-    if !r.implicit_tls_listen.is_empty() && tls.is_none() {
+    if !r.implicit_tls_listen.is_empty() && tls.acceptor.is_none() {
         return Err(StartError::Tls(
             "ImplicitTlsListen needs TlsCertificate and TlsPrivateKey".into(),
         ));
@@ -145,101 +230,119 @@ pub async fn start_with_resolver(
             .map_err(|source| StartError::Listen { addr: *a, source })?;
         implicit.push(l);
     }
+    let admin_listener =
+        TcpListener::bind(r.admin_listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: r.admin_listen,
+                source,
+            })?;
+    let admin_token =
+        crate::admin::Token::load_or_create(&r.admin_token_file).map_err(|source| {
+            StartError::AdminToken {
+                path: r.admin_token_file.display().to_string(),
+                source,
+            }
+        })?;
 
-    let srs = load_srs(&policy)?;
+    let srs = live::load_srs(&policy)?;
     let (events, trace) =
         trace_store::start(&r.data_dir, r.trace_retention_days).map_err(StartError::Trace)?;
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut deliverer = Deliverer::new(policy.clone(), resolver)
-        .with_srs(srs.clone())
-        .with_events(events.clone());
-    if !r.external_dns_servers.is_empty() {
-        let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
-            .map_err(StartError::Dns)?;
-        deliverer = deliverer.with_external_resolver(Arc::new(external));
-    }
-    let transport: Arc<dyn Transport> = Arc::new(deliverer);
-    let settings = QueueSettings {
-        fqdn: r.fqdn.clone(),
-        retry_first: r.transient_failure_retry_interval,
-        retry_max: r.max_retry_interval,
-        expiration: r.message_expiration_timeout,
-        delay_notice: r.delay_notification_timeout,
-        max_concurrent_attempts: 100,
-    };
+    let transport = Arc::new(SwapTransport::new(live::deliverer(
+        &policy,
+        &resolver,
+        srs.clone(),
+        &events,
+    )?));
     let (queue, queue_join) = manager::start(
         spool.clone(),
-        transport,
-        settings,
+        transport.clone() as Arc<dyn Transport>,
+        live::queue_settings(r),
         recovered,
         stop_rx.clone(),
         events.clone(),
     );
-
-    let cfg = Arc::new(SessionConfig {
-        fqdn: r.fqdn.clone(),
-        max_message_size: r.max_message_size,
-        max_recipients: r.max_recipients_per_message,
-        bare_newline: r.bare_newline_policy,
-        inactivity_timeout: r.connection_inactivity_timeout,
-        session_timeout: r.connection_timeout,
-        min_data_rate: r.min_data_rate,
-        min_data_rate_grace: r.min_data_rate_grace,
-        max_protocol_errors: r.max_protocol_errors,
-        tls,
-        require_tls: false,
-        client_certs,
-        starttls: Default::default(),
-        auth: None,
-        forbid_unauth_pipelining: true,
-    });
-    let inbound = Arc::new(InboundPolicy::new(&policy));
-    let backend = Arc::new(RelayBackend::new(
-        policy.clone(),
-        inbound.clone(),
+    let shared = Shared {
         spool,
-        queue,
-        srs,
-        events.clone(),
-    ));
+        queue: queue.clone(),
+        resolver,
+        events: events.clone(),
+    };
+    let setup = Arc::new(ArcSwap::from_pointee(live::setup(
+        &policy, tls, &shared, srs,
+    )));
     let limits = Limits::with_rate(
         r.max_inbound_connection,
         r.max_inbound_connection_per_source,
         r.max_inbound_connection_rate_per_source,
     );
-    // OnPremises servers (by IP) are exempt from the per-source connection cap and rate.
-    let p = policy.clone();
-    let exempt: server::ExemptFn = Arc::new(move |ip| {
-        let facts = SessionFacts {
-            ip,
-            tls: false,
-            trusted_cert_names: &[],
-            cert_problem: None,
-        };
-        inbound
-            .attribute(&facts, None)
-            .is_some_and(|a| p.inbound[a.index].connector_type == ConnectorType::OnPremises)
-    });
+
+    let certificates = certs::scan(r);
+    certs::warn_expiring(&certificates, "at start-up");
+    certs::set_gauges(&certificates);
+    let initial = Live {
+        policy: policy.clone(),
+        text,
+        generation: 1,
+        warnings: Vec::new(),
+        certificates,
+    };
+    let control = Arc::new(Control::new(
+        options.config_path.clone(),
+        initial,
+        setup.clone(),
+        transport,
+        shared,
+        config_stamp,
+    ));
+
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: r.admin_listen,
+            source,
+        })?;
+    let admin = crate::admin::start(
+        admin_listener,
+        crate::admin::AdminState::new(
+            control.clone(),
+            queue,
+            limits.clone(),
+            admin_token,
+            admin_addr,
+        ),
+        stop_rx.clone(),
+    );
+
+    if options.config_path.is_some() {
+        tokio::spawn(watch_files(
+            control.clone(),
+            options.watch_interval,
+            stop_rx.clone(),
+        ));
+    }
 
     let shared = server::Server {
-        cfg,
-        backend,
+        setup,
         limits: limits.clone(),
-        exempt,
         draining: draining_rx,
         stop: stop_rx,
     };
     let mut handle = RelayHandle {
         smtp_addrs: Vec::new(),
         implicit_tls_addrs: Vec::new(),
+        admin_addr: Some(admin_addr),
+        control,
         draining: draining_tx,
         stop: stop_tx,
         limits: limits.clone(),
         queue: queue_join,
         events,
         trace,
+        admin: Some(admin),
     };
     for (listeners, implicit_tls) in [(plain, false), (implicit, true)] {
         for l in listeners {
@@ -259,19 +362,14 @@ pub async fn start_with_resolver(
     Ok(handle)
 }
 
-/// The SRS secret (`[Relay] SrsSecretFile`), when SRS is in use: some Outbound connector has
-/// `SenderRewritingEnabled` (then the file is created if missing), or the file exists (so
-/// bounces to addresses issued before SRS was switched off are still reversed). Never logged.
-fn load_srs(policy: &Policy) -> Result<Option<Arc<Srs>>, StartError> {
-    let path = &policy.relay.srs_secret_file;
-    let wanted = policy.outbound.iter().any(|c| c.sender_rewriting_enabled);
-    if !wanted && !path.exists() {
-        return Ok(None);
+/// The poll of the config and certificate files (see [`reload`]).
+async fn watch_files(control: Arc<Control>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.poll()).await;
     }
-    Srs::load_or_create(path)
-        .map(|s| Some(Arc::new(s)))
-        .map_err(|source| StartError::Srs {
-            path: path.display().to_string(),
-            source,
-        })
 }

@@ -2,12 +2,18 @@
 //! per-source counter caps sessions per client IP, a per-source token bucket caps the rate
 //! of new connections per client IP, a watch channel signals shutdown, and accept errors
 //! back off instead of spinning.
+//!
+//! Live reload: what a connection is served with ([`Setup`]: session config, backend,
+//! exemption rule) sits in an `ArcSwap`. Each accepted connection takes the current setup
+//! once and keeps it for its whole life, so a reload changes the next session and never one
+//! in progress.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -87,6 +93,12 @@ impl Limits {
         true
     }
 
+    /// Sessions running now (the `connector_relay_sessions_in_progress` gauge).
+    pub fn in_progress(&self) -> usize {
+        self.max_sessions
+            .saturating_sub(self.sessions.available_permits())
+    }
+
     /// Waits until every session has ended, or `limit` has passed. True when drained.
     pub async fn drain(&self, limit: Duration) -> bool {
         tokio::time::timeout(limit, self.sessions.acquire_many(self.max_sessions as u32))
@@ -132,13 +144,19 @@ impl Drop for SourceGuard {
 /// Decides whether a client IP is exempt from the per-source limit (OnPremises servers).
 pub type ExemptFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
-/// What every listener of one server shares.
-pub struct Server<B: Backend> {
+/// What a connection is served with, fixed for its whole life. Swapped whole on reload.
+pub struct Setup<B: Backend> {
     pub cfg: Arc<SessionConfig>,
     pub backend: Arc<B>,
-    pub limits: Arc<Limits>,
     /// Client IPs exempt from the per-source cap (OnPremises servers).
     pub exempt: ExemptFn,
+}
+
+/// What every listener of one server shares.
+pub struct Server<B: Backend> {
+    /// The setup for the next connection (see the module doc).
+    pub setup: Arc<ArcSwap<Setup<B>>>,
+    pub limits: Arc<Limits>,
     /// Set when the drain starts: new connections get 421, idle sessions end.
     pub draining: watch::Receiver<bool>,
     /// Set when the drain is over: listeners close.
@@ -148,10 +166,8 @@ pub struct Server<B: Backend> {
 impl<B: Backend> Clone for Server<B> {
     fn clone(&self) -> Self {
         Server {
-            cfg: self.cfg.clone(),
-            backend: self.backend.clone(),
+            setup: self.setup.clone(),
             limits: self.limits.clone(),
-            exempt: self.exempt.clone(),
             draining: self.draining.clone(),
             stop: self.stop.clone(),
         }
@@ -163,10 +179,8 @@ impl<B: Backend> Clone for Server<B> {
 /// already running finish their transactions meanwhile).
 pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server: Server<B>) {
     let Server {
-        cfg,
-        backend,
+        setup,
         limits,
-        exempt,
         draining,
         mut stop,
     } = server;
@@ -193,6 +207,13 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
             refuse(stream, Reply::service_unavailable());
             continue;
         }
+        // This connection's setup, kept until it closes (live reload: see the module doc).
+        let current = setup.load_full();
+        let Setup {
+            cfg,
+            backend,
+            exempt,
+        } = &*current;
         let Ok(permit) = limits.sessions.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: MaxInboundConnection reached");
             let reply = Reply::service_unavailable();

@@ -35,7 +35,9 @@ pub fn policy(toml: &str) -> connector_relay::policy::Policy {
 }
 
 /// A relay config: accepted domain contoso.test routed to `onprem` (smart host), the
-/// OnPremises inbound connector for 127.0.0.10, and `extra` appended.
+/// OnPremises inbound connector for 127.0.0.10, and `extra` appended to `[Relay]`. The admin
+/// API listens on a free port (never the fixed default 8025: tests run in parallel) with
+/// its token file in `spool`.
 pub fn relay_config(spool: &std::path::Path, onprem: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -47,6 +49,8 @@ TlsPrivateKey = "{key}"
 AcceptedDomains = ["contoso.test"]
 SpoolDir = "{spool}"
 DataDir = "{spool}"
+AdminListen = "127.0.0.1:0"
+AdminTokenFile = "{spool}/admin.token"
 TransientFailureRetryInterval = "00:00:01"
 MaxRetryInterval = "00:00:02"
 {extra}
@@ -154,6 +158,8 @@ Listen = ["127.0.0.1:{port}"]
 AcceptedDomains = ["contoso.test"]
 SpoolDir = "{spool}"
 DataDir = "{spool}"
+AdminListen = "127.0.0.1:0"
+AdminTokenFile = "{spool}/admin.token"
 TransientFailureRetryInterval = "00:00:01"
 MaxRetryInterval = "00:00:02"
 

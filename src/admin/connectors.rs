@@ -1,0 +1,720 @@
+//! `/api/exchange/connectors`: the connector list (keys as written in the config file, plus
+//! computed fields for a connector page) and changes, validated like `check`, written back
+//! with comments kept and applied live.
+//!
+//! `Identity` is `in-`, `out-` or `send-` followed by the first 10 hex digits of the SHA-256
+//! of the lower-cased `Name`: stable across restarts and reloads, usable in URLs without
+//! encoding, and unique since names are unique (case-insensitively) within each direction.
+//! Like Exchange's `Identity` (which is the name), it follows a rename.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use toml_edit::{DocumentMut, Item};
+
+use super::{AdminState, error, reload_error};
+use crate::config::edit::{Direction, Edit, json_to_toml, toml_to_json};
+use crate::policy::{
+    ConnectorType, DomainPattern, InboundConnector, OutboundConnector, Policy, SendConnector,
+    SmartHost, TlsLevel,
+};
+
+/// Fields the list adds to the written keys; dropped from request bodies, so that what a
+/// client got can be sent back.
+const COMPUTED: [&str; 6] = [
+    "Identity",
+    "Direction",
+    "Scenario",
+    "TlsSummary",
+    "SenderSummary",
+    "RecipientSummary",
+];
+
+/// The stable id of a connector (see the module doc).
+pub fn identity(direction: Direction, name: &str) -> String {
+    let prefix = match direction {
+        Direction::Inbound => "in",
+        Direction::Outbound => "out",
+        Direction::Send => "send",
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.to_lowercase().as_bytes());
+    let hex: String = digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}-{hex}")
+}
+
+/// The connector tables of `text` as JSON objects, per direction, in file order (the order
+/// of the policy's connectors).
+fn written(text: Option<&str>, direction: Direction) -> Vec<Map<String, Value>> {
+    let Some(doc) = text.and_then(|t| t.parse::<DocumentMut>().ok()) else {
+        return Vec::new();
+    };
+    let Some(item) = doc.get(direction.section()) else {
+        return Vec::new();
+    };
+    let items: Vec<Value> = match item {
+        Item::ArrayOfTables(a) => a
+            .iter()
+            .map(|t| toml_to_json(&Item::Table(t.clone())))
+            .collect(),
+        // `InboundConnector = [{ ... }, ...]` is accepted by the loader too.
+        Item::Value(toml_edit::Value::Array(a)) => a
+            .iter()
+            .map(|v| toml_to_json(&Item::Value(v.clone())))
+            .collect(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .map(|v| match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        })
+        .collect()
+}
+
+/// Every connector: its keys as written in the config file, plus `Identity`, `Direction`,
+/// `Enabled` (explicit even when defaulted), `Scenario`, `TlsSummary` and `SenderSummary`
+/// (inbound) or `RecipientSummary` (outbound, send). `text` is the file `policy` was
+/// loaded from (`None`: only the computed fields and `Name`).
+pub fn connectors_json(text: Option<&str>, policy: &Policy) -> Vec<Value> {
+    let mut out = Vec::new();
+    for direction in Direction::all() {
+        let mut tables = written(text, direction).into_iter();
+        let n = match direction {
+            Direction::Inbound => policy.inbound.len(),
+            Direction::Outbound => policy.outbound.len(),
+            Direction::Send => policy.send.len(),
+        };
+        for i in 0..n {
+            let mut obj = tables.next().unwrap_or_default();
+            let (name, enabled, scenario, tls, summary) = match direction {
+                Direction::Inbound => {
+                    let c = &policy.inbound[i];
+                    let s = ("SenderSummary", inbound_senders(c));
+                    (&c.name, c.enabled, inbound_scenario(c), inbound_tls(c), s)
+                }
+                Direction::Outbound => {
+                    let c = &policy.outbound[i];
+                    let s = ("RecipientSummary", outbound_recipients(c));
+                    let scenario = outbound_scenario(c);
+                    (&c.name, c.enabled, scenario, outbound_tls(c), s)
+                }
+                Direction::Send => {
+                    let c = &policy.send[i];
+                    let s = ("RecipientSummary", send_recipients(c));
+                    let scenario = send_scenario(c, policy);
+                    (&c.name, c.enabled, scenario, send_tls(c), s)
+                }
+            };
+            obj.insert("Name".into(), json!(name));
+            obj.insert("Identity".into(), json!(identity(direction, name)));
+            obj.insert("Direction".into(), json!(format!("{direction:?}")));
+            obj.insert("Enabled".into(), json!(enabled));
+            obj.insert("Scenario".into(), json!(scenario));
+            obj.insert("TlsSummary".into(), json!(tls));
+            obj.insert(summary.0.into(), json!(summary.1));
+            out.push(Value::Object(obj));
+        }
+    }
+    out
+}
+
+/// One connector as in [`connectors_json`].
+pub fn connector_json(
+    text: Option<&str>,
+    policy: &Policy,
+    direction: Direction,
+    name: &str,
+) -> Option<Value> {
+    let dir = format!("{direction:?}");
+    connectors_json(text, policy)
+        .into_iter()
+        .find(|c| c["Direction"] == dir.as_str() && c["Name"] == name)
+}
+
+// ---- computed fields --------------------------------------------------------------------
+
+fn inbound_scenario(c: &InboundConnector) -> &'static str {
+    match c.connector_type {
+        ConnectorType::Partner => "Partner",
+        ConnectorType::OnPremises => "OnPremises",
+    }
+}
+
+fn covers_everything(domains: &[DomainPattern]) -> bool {
+    domains.contains(&DomainPattern::Any)
+}
+
+fn outbound_scenario(c: &OutboundConnector) -> &'static str {
+    match c.connector_type {
+        ConnectorType::OnPremises => "OnPremises",
+        ConnectorType::Partner if covers_everything(&c.recipient_domains) => "Internet",
+        ConnectorType::Partner => "Partner",
+    }
+}
+
+/// Send connectors have no ConnectorType: `*` in the address spaces is the Internet route;
+/// address spaces that are all accepted domains lead to the organization's own servers.
+fn send_scenario(c: &SendConnector, policy: &Policy) -> &'static str {
+    let domains: Vec<DomainPattern> = c.address_spaces.iter().map(|a| a.domain.clone()).collect();
+    if covers_everything(&domains) {
+        "Internet"
+    } else if !domains.is_empty()
+        && domains.iter().all(|d| {
+            let d = d.to_string();
+            crate::policy::restrict::is_accepted(policy, d.trim_start_matches("*."))
+        })
+    {
+        "OnPremises"
+    } else {
+        "Partner"
+    }
+}
+
+fn inbound_tls(c: &InboundConnector) -> String {
+    let mut parts = vec![
+        if c.require_tls {
+            "Required"
+        } else {
+            "Opportunistic"
+        }
+        .to_string(),
+    ];
+    if let Some(name) = &c.tls_sender_certificate_name {
+        parts.push(format!("certificate {name}"));
+    }
+    if c.restrict_domains_to_certificate {
+        parts.push("domains restricted to the certificate".into());
+    }
+    parts.join(", ")
+}
+
+fn level(l: TlsLevel) -> String {
+    format!("{l:?}")
+}
+
+fn outbound_tls(c: &OutboundConnector) -> String {
+    match c.tls_settings {
+        None => "Opportunistic".into(),
+        Some(l) => {
+            let mut s = format!("Required, {}", level(l));
+            if let (TlsLevel::DomainValidation, Some(d)) = (l, &c.tls_domain) {
+                s.push_str(&format!(", TlsDomain {d}"));
+            }
+            s
+        }
+    }
+}
+
+fn send_tls(c: &SendConnector) -> String {
+    if c.ignore_starttls {
+        return "Off (IgnoreSTARTTLS)".into();
+    }
+    let mut s = if c.require_tls {
+        "Required".to_string()
+    } else {
+        "Opportunistic".to_string()
+    };
+    if let Some(l) = c.tls_auth_level {
+        s.push_str(&format!(", {}", level(l)));
+        if let (TlsLevel::DomainValidation, Some(d)) = (l, &c.tls_domain) {
+            s.push_str(&format!(", TlsDomain {d}"));
+        }
+    }
+    if c.domain_secure_enabled {
+        s.push_str(", DomainSecure");
+    }
+    s
+}
+
+/// The first few items, then "+N more".
+fn few(items: Vec<String>) -> String {
+    const SHOWN: usize = 3;
+    if items.len() <= SHOWN {
+        return items.join(", ");
+    }
+    format!(
+        "{} +{} more",
+        items[..SHOWN].join(", "),
+        items.len() - SHOWN
+    )
+}
+
+fn inbound_senders(c: &InboundConnector) -> String {
+    let mut parts = Vec::new();
+    if !c.sender_domains.is_empty() {
+        parts.push(few(c
+            .sender_domains
+            .iter()
+            .map(ToString::to_string)
+            .collect()));
+    }
+    if !c.sender_ip_addresses.is_empty() {
+        parts.push(few(c
+            .sender_ip_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect()));
+    }
+    if let Some(name) = &c.tls_sender_certificate_name {
+        parts.push(format!("certificate {name}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn hosts(smart_hosts: &[SmartHost]) -> String {
+    few(smart_hosts
+        .iter()
+        .map(|h| match h {
+            SmartHost::Name { host, port } => with_port(host.clone(), *port),
+            SmartHost::Ip { addr, port } => with_port(addr.to_string(), *port),
+            SmartHost::Cidr { net, port } => with_port(net.to_string(), *port),
+        })
+        .collect())
+}
+
+fn with_port(host: String, port: Option<u16>) -> String {
+    match port {
+        Some(p) if host.contains(':') => format!("[{host}]:{p}"),
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+fn outbound_recipients(c: &OutboundConnector) -> String {
+    let mut scope = Vec::new();
+    if c.all_accepted_domains {
+        scope.push("all accepted domains".to_string());
+    }
+    if c.route_all_messages_via_on_premises {
+        scope.push("all messages".to_string());
+    }
+    if !c.recipient_domains.is_empty() {
+        scope.push(few(c
+            .recipient_domains
+            .iter()
+            .map(ToString::to_string)
+            .collect()));
+    }
+    let via = if c.use_mx_record {
+        "MX".to_string()
+    } else {
+        hosts(&c.smart_hosts)
+    };
+    format!("{} via {via}", scope.join("; "))
+}
+
+fn send_recipients(c: &SendConnector) -> String {
+    let spaces = few(c
+        .address_spaces
+        .iter()
+        .map(|a| format!("{};{}", a.domain, a.cost))
+        .collect());
+    let via = if c.dns_routing_enabled {
+        "MX".to_string()
+    } else {
+        hosts(&c.smart_hosts)
+    };
+    format!("{spaces} via {via}")
+}
+
+// ---- handlers ---------------------------------------------------------------------------
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct WhatIf {
+    #[serde(rename = "whatIf", alias = "WhatIf", alias = "whatif", default)]
+    what_if: bool,
+}
+
+/// `GET /api/exchange/connectors`
+pub(super) async fn list(State(state): State<Arc<AdminState>>) -> Response {
+    let live = state.control.live();
+    Json(connectors_json(live.text.as_deref(), &live.policy)).into_response()
+}
+
+/// `GET /api/exchange/connectors/{id}`
+pub(super) async fn get_one(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let live = state.control.live();
+    match resolve(&live.policy, &id) {
+        Ok((direction, name)) => {
+            match connector_json(live.text.as_deref(), &live.policy, direction, &name) {
+                Some(c) => Json(c).into_response(),
+                None => error(StatusCode::NOT_FOUND, format!("no connector {id:?}")),
+            }
+        }
+        Err(r) => *r,
+    }
+}
+
+/// The connector `id` names: an `Identity`, or a `Name` (exact, then without case).
+/// An answer given early by a helper (boxed, so that the `Result`s stay small).
+type Early = Box<Response>;
+
+fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Early> {
+    let all: Vec<(Direction, &str)> = policy
+        .inbound
+        .iter()
+        .map(|c| (Direction::Inbound, c.name.as_str()))
+        .chain(
+            policy
+                .outbound
+                .iter()
+                .map(|c| (Direction::Outbound, c.name.as_str())),
+        )
+        .chain(
+            policy
+                .send
+                .iter()
+                .map(|c| (Direction::Send, c.name.as_str())),
+        )
+        .collect();
+    if let Some((d, n)) = all.iter().find(|(d, n)| identity(*d, n) == id) {
+        return Ok((*d, n.to_string()));
+    }
+    let mut by_name: Vec<&(Direction, &str)> = all.iter().filter(|(_, n)| *n == id).collect();
+    if by_name.is_empty() {
+        by_name = all
+            .iter()
+            .filter(|(_, n)| n.to_lowercase() == id.to_lowercase())
+            .collect();
+    }
+    match by_name.as_slice() {
+        [] => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no connector has the Identity or Name {id:?}"),
+        ))),
+        [(d, n)] => Ok((*d, n.to_string())),
+        many => Err(Box::new(error(
+            StatusCode::CONFLICT,
+            format!(
+                "{id:?} names several connectors; use the Identity: {}",
+                many.iter()
+                    .map(|(d, n)| format!("{} ({d:?})", identity(*d, n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))),
+    }
+}
+
+/// A JSON object body, or a 400.
+fn object(body: &Bytes) -> Result<Map<String, Value>, Early> {
+    let bad = |reason: String| Box::new(key_error("", reason));
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad(
+            "the body must be a JSON object of connector keys".into()
+        )),
+        Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+fn key_error(key: &str, reason: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "key": key, "error": reason.into() })),
+    )
+        .into_response()
+}
+
+/// The keys of a body as an edit: computed fields dropped, `null` = remove the key.
+fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, Early> {
+    let mut set = Vec::new();
+    for (key, value) in body {
+        if COMPUTED.contains(&key.as_str()) {
+            continue;
+        }
+        let v = match value {
+            Value::Null => None,
+            v => Some(json_to_toml(&v).map_err(|e| Box::new(key_error(&key, e)))?),
+        };
+        set.push((key, v));
+    }
+    Ok(set)
+}
+
+/// `POST /api/exchange/connectors`: `{"Direction": "Inbound", "Name": ..., ...}`.
+pub(super) async fn create(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<WhatIf>,
+    body: Bytes,
+) -> Response {
+    let mut body = match object(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let direction = match body.shift_remove("Direction") {
+        Some(Value::String(s)) => match Direction::parse(&s) {
+            Some(d) => d,
+            None => {
+                return key_error(
+                    "Direction",
+                    format!("{s:?} is not a direction; use \"Inbound\", \"Outbound\" or \"Send\""),
+                );
+            }
+        },
+        _ => {
+            return key_error(
+                "Direction",
+                "missing; say which kind of connector: \"Inbound\", \"Outbound\" or \"Send\"",
+            );
+        }
+    };
+    let mut set: Vec<_> = match changes(body) {
+        Ok(s) => s.into_iter().filter(|(_, v)| v.is_some()).collect(),
+        Err(r) => return *r,
+    };
+    // A new table starts with its Name, as connectors are written by hand.
+    set.sort_by_key(|(k, _)| k != "Name");
+    let edit = Edit {
+        direction,
+        name: None,
+        set,
+    };
+    apply(state, edit, q.what_if, StatusCode::CREATED).await
+}
+
+/// `PUT /api/exchange/connectors/{id}`: the keys to set; `null` removes a key.
+pub(super) async fn update(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Query(q): Query<WhatIf>,
+    body: Bytes,
+) -> Response {
+    let (direction, name) = match resolve(&state.control.policy(), &id) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let body = match object(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Some(d) = body.get("Direction")
+        && d.as_str().and_then(Direction::parse) != Some(direction)
+    {
+        return key_error(
+            "Direction",
+            format!(
+                "cannot be changed (the connector is {direction:?}); create a new connector instead"
+            ),
+        );
+    }
+    let set = match changes(body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if set.is_empty() {
+        return key_error("", "the body names no key to change");
+    }
+    let edit = Edit {
+        direction,
+        name: Some(name),
+        set,
+    };
+    apply(state, edit, q.what_if, StatusCode::OK).await
+}
+
+/// `PUT /api/exchange/connectors/{id}/status`: `{"Enabled": true|false}`.
+pub(super) async fn set_status(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Query(q): Query<WhatIf>,
+    body: Bytes,
+) -> Response {
+    let (direction, name) = match resolve(&state.control.policy(), &id) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let body = match object(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(enabled) = body.get("Enabled").and_then(Value::as_bool) else {
+        return key_error(
+            "Enabled",
+            "must be true or false, e.g. {\"Enabled\": false}",
+        );
+    };
+    let edit = Edit {
+        direction,
+        name: Some(name),
+        set: vec![("Enabled".into(), Some(toml_edit::Value::from(enabled)))],
+    };
+    apply(state, edit, q.what_if, StatusCode::OK).await
+}
+
+/// Runs an edit through [`crate::relay::Control::edit`] and answers what changed.
+async fn apply(state: Arc<AdminState>, edit: Edit, what_if: bool, created: StatusCode) -> Response {
+    let control = state.control.clone();
+    let e = edit.clone();
+    let outcome = match tokio::task::spawn_blocking(move || control.edit(&e, what_if)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(err)) => {
+            tracing::info!(direction = ?edit.direction, connector = edit.name.as_deref().unwrap_or(""), error = %err, "connector change refused");
+            return reload_error(&err);
+        }
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    let new_name = edit
+        .set
+        .iter()
+        .find(|(k, _)| k == "Name")
+        .and_then(|(_, v)| v.as_ref()?.as_str().map(str::to_string))
+        .or(edit.name.clone())
+        .unwrap_or_default();
+    let old_name = edit.name.clone().unwrap_or_default();
+    let keys: Vec<&str> = edit.set.iter().map(|(k, _)| k.as_str()).collect();
+    if !what_if {
+        tracing::info!(direction = ?edit.direction, connector = %new_name, keys = ?keys, "connector changed through the admin API");
+    }
+    let old_table = table(&outcome.old_text, edit.direction, &old_name);
+    let new_table = table(&outcome.new_text, edit.direction, &new_name);
+    let changes: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            json!({
+                "Key": k,
+                "Old": old_table.as_ref().and_then(|t| t.get(*k)).cloned().unwrap_or(Value::Null),
+                "New": new_table.as_ref().and_then(|t| t.get(*k)).cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let connector = connector_json(
+        Some(&outcome.new_text),
+        &outcome.policy,
+        edit.direction,
+        &new_name,
+    );
+    let applied = outcome.applied.as_ref();
+    let body = json!({
+        "WhatIf": what_if,
+        "Live": applied.is_some(),
+        "Generation": applied.map(|a| a.generation),
+        "Connector": connector,
+        "Changes": changes,
+        "Diff": diff(&outcome.old_text, &outcome.new_text),
+        "Warnings": outcome.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "RestartNeeded": applied.map(|a| a.restart_needed.clone()).unwrap_or_default(),
+    });
+    let status = if what_if { StatusCode::OK } else { created };
+    (status, Json(body)).into_response()
+}
+
+/// The written keys of the connector `name` in `text`.
+fn table(text: &str, direction: Direction, name: &str) -> Option<Map<String, Value>> {
+    if name.is_empty() {
+        return None;
+    }
+    written(Some(text), direction)
+        .into_iter()
+        .find(|t| t.get("Name").and_then(Value::as_str) == Some(name))
+}
+
+/// The changed region of the file: `@@ line N`, then `-old` and `+new` lines. Edits touch
+/// one table, so trimming the common head and tail finds it without a full diff.
+fn diff(old: &str, new: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    if head == a.len() && head == b.len() {
+        return Vec::new();
+    }
+    let mut out = vec![format!("@@ line {}", head + 1)];
+    out.extend(a[head..a.len() - tail].iter().map(|l| format!("-{l}")));
+    out.extend(b[head..b.len() - tail].iter().map(|l| format!("+{l}")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[Relay]
+AcceptedDomains = ["contoso.test"]
+
+# the partner
+[[InboundConnector]]
+Name = "Fabrikam"
+SenderDomains = ["fabrikam.test"] # theirs
+SenderIPAddresses = ["192.0.2.0/24"]
+RequireTls = true
+TlsSenderCertificateName = "mail.fabrikam.test"
+
+[[OutboundConnector]]
+Name = "To on-premises"
+ConnectorType = "OnPremises"
+AllAcceptedDomains = true
+UseMXRecord = false
+SmartHosts = ["192.0.2.25"]
+TlsSettings = "CertificateValidation"
+
+[[SendConnector]]
+Name = "Internet"
+AddressSpaces = ["*"]
+"#;
+
+    #[test]
+    fn list_has_written_keys_and_computed_fields() {
+        let policy = crate::config::load_str(TEXT, std::path::Path::new("t.toml"))
+            .unwrap()
+            .policy;
+        let list = connectors_json(Some(TEXT), &policy);
+        assert_eq!(list.len(), 3);
+        let fab = &list[0];
+        assert_eq!(fab["Direction"], "Inbound");
+        assert_eq!(fab["Enabled"], true, "explicit although defaulted");
+        assert_eq!(fab["SenderDomains"], json!(["fabrikam.test"]));
+        assert_eq!(fab["Scenario"], "Partner");
+        assert_eq!(
+            fab["TlsSummary"],
+            "Required, certificate mail.fabrikam.test"
+        );
+        assert_eq!(
+            fab["SenderSummary"],
+            "fabrikam.test; 192.0.2.0/24; certificate mail.fabrikam.test"
+        );
+        assert_eq!(fab["Identity"], identity(Direction::Inbound, "FABRIKAM"));
+        assert!(fab["Identity"].as_str().unwrap().starts_with("in-"));
+        assert_eq!(list[1]["Scenario"], "OnPremises");
+        assert_eq!(list[1]["TlsSummary"], "Required, CertificateValidation");
+        assert_eq!(
+            list[1]["RecipientSummary"],
+            "all accepted domains via 192.0.2.25"
+        );
+        assert_eq!(list[2]["Scenario"], "Internet");
+        assert_eq!(list[2]["RecipientSummary"], "*;1 via MX");
+
+        assert!(resolve(&policy, "fabrikam").is_ok(), "by name, any case");
+        let id = identity(Direction::Send, "Internet");
+        assert_eq!(resolve(&policy, &id).unwrap().0, Direction::Send);
+        assert!(resolve(&policy, "nobody").is_err());
+    }
+
+    #[test]
+    fn diff_shows_the_changed_region() {
+        let d = diff("a\nb\nc\n", "a\nB\nx\nc\n");
+        assert_eq!(d, ["@@ line 2", "-b", "+B", "+x"]);
+        assert!(diff("a\n", "a\n").is_empty());
+    }
+}
