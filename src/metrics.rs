@@ -2,8 +2,10 @@
 //! `metrics-exporter-prometheus` recorder (rendered on request; no listener of its own).
 //!
 //! Message counters are derived from trace events ([`observe`]) so every emitter feeds
-//! both the trace store and the metrics from one call. Gauges and the latency histogram
-//! have their own small functions, called where the value is known.
+//! both the trace store and the metrics from one call. TLS failures and the delivery
+//! latency histogram have their own functions, called where the value is known; the gauges
+//! (sessions, queue, certificate expiry) are set by the admin API at scrape time
+//! (`admin/status.rs`, `relay/certs.rs`).
 //!
 //! Label values are connector names, rule names and reason classes: all bounded by the
 //! config or by the code, never by what a remote peer sends.
@@ -104,27 +106,6 @@ pub fn tls_failure(direction: &'static str, reason: &'static str) {
 /// Time from acceptance (250 to DATA) to delivery of one recipient.
 pub fn delivery_latency(latency: Duration) {
     metrics::histogram!(DELIVERY_LATENCY).record(latency.as_secs_f64());
-}
-
-/// SMTP sessions in progress.
-pub fn sessions(n: usize) {
-    metrics::gauge!("connector_relay_sessions").set(n as f64);
-}
-
-/// Messages in the queue and the age of the oldest one.
-pub fn queue(depth: usize, oldest: Duration) {
-    metrics::gauge!("connector_relay_queue_depth").set(depth as f64);
-    metrics::gauge!("connector_relay_queue_oldest_age_seconds").set(oldest.as_secs_f64());
-}
-
-/// Days until a certificate the relay uses expires (negative once expired).
-pub fn certificate_days_to_expiry(file: &str, subject: &str, days: f64) {
-    metrics::gauge!(
-        "connector_relay_certificate_days_to_expiry",
-        "file" => file.to_string(),
-        "subject" => subject.to_string()
-    )
-    .set(days);
 }
 
 #[cfg(test)]

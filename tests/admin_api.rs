@@ -12,86 +12,10 @@ use std::time::Duration;
 
 use connector_relay::relay::{self, RelayHandle, ReloadError, StartOptions};
 use serde_json::{Value, json};
+use support::http::{Resp, http, until};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-// ---- a tiny HTTP/1.1 client -------------------------------------------------------------
-
-struct Resp {
-    status: u16,
-    /// Raw header lines.
-    headers: String,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-/// One request on its own connection (`Connection: close`), read to the end.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Resp {
-    let mut stream = TcpStream::connect(addr).await.expect("admin listener");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .expect("answer within 30 s")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("header end");
-    let status = head[9..12].parse().unwrap();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Resp {
-        status,
-        headers: head.to_string(),
-        body,
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-}
 
 // ---- set-up -----------------------------------------------------------------------------
 
@@ -213,22 +137,6 @@ async fn relay_attempt(smtp: SocketAddr, from: &str) -> String {
     let reply = d.read_reply().await;
     d.send(b"QUIT\r\n").await;
     reply
-}
-
-/// Polls `check` (every 100 ms, up to 30 s) until it gives a value.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---- tests ------------------------------------------------------------------------------
@@ -814,4 +722,145 @@ async fn sighup_reloads_the_running_binary_and_the_token_stays_out_of_logs() {
     let all = log.join("\n");
     assert!(all.contains("admin API listening"), "{all}");
     assert!(!all.contains(&token), "the token appeared in the log");
+}
+
+#[tokio::test]
+async fn trace_explain_and_validate_routes() {
+    let onprem = start_sink().await;
+    let lab = start_lab(onprem.addr(), down_host()).await;
+
+    // One relayed message and one refused relay attempt, then both through GET /api/trace.
+    let mut d = Dialog::connect_from(ip("127.0.0.10"), lab.smtp).await;
+    d.cmd("EHLO exchange.contoso.test", "250").await;
+    d.cmd("MAIL FROM:<traced@contoso.test>", "250").await;
+    d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
+    d.cmd("DATA", "354").await;
+    d.send(b"Message-ID: <api-trace@contoso.test>\r\nSubject: t\r\n\r\nx\r\n.\r\n")
+        .await;
+    d.expect("250", "end of DATA").await;
+    d.cmd("QUIT", "221").await;
+    let reply = relay_attempt(lab.smtp, "127.0.0.77").await;
+    assert!(reply.starts_with("550 5.7.64"), "{reply}");
+
+    let l = &lab;
+    let rows = until("Received and Delivered rows", || async move {
+        let r = l
+            .get("/api/trace?messageId=api-trace@contoso.test&since=1h&sender=&connector=")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let rows = r.json();
+        let events: Vec<String> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_string())
+            .collect();
+        (events.contains(&"Received".to_string()) && events.contains(&"Delivered".to_string()))
+            .then_some(rows)
+    })
+    .await;
+    let received = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "Received")
+        .unwrap();
+    assert_eq!(received["client_ip"], "127.0.0.10");
+    assert_eq!(received["connector"], "From on-premises");
+    assert_eq!(received["sender"], "traced@contoso.test");
+    let rejected = until("the Rejected row", || async move {
+        let rows = l.get("/api/trace?sender=app@contoso.test").await.json();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["event"] == "Rejected")
+            .cloned()
+    })
+    .await;
+    assert_eq!(rejected["client_ip"], "127.0.0.77");
+    assert!(
+        rejected["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.7.64"),
+        "{rejected}"
+    );
+    let bad = lab.get("/api/trace?since=yesterday-ish").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["key"], "since");
+    let anonymous = http(lab.admin, "GET", "/api/trace", None, None).await;
+    assert_eq!(anonymous.status, 401);
+
+    // The explainer answers what the relay just did, without sending anything.
+    let body = json!({"ClientIp": "127.0.0.77", "Sender": "app@contoso.test",
+        "Recipients": ["someone@fabrikam.test", "bob@contoso.test"]});
+    let r = lab.send("POST", "/api/explain", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["Text"].as_str().unwrap().to_string();
+    assert!(
+        text.contains(&reply),
+        "the live reply {reply:?} in:\n{text}"
+    );
+    assert!(text.contains("To on-premises"), "{text}");
+    let r = lab
+        .send("POST", "/api/explain", Some(json!({"ClientIp": "nope"})))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["key"], "ClientIp");
+
+    // Validation of the on-premises connector: the report, and the result recorded in the
+    // file (comments kept) and live.
+    let id = lab.connector("To on-premises").await["Identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = lab
+        .send(
+            "POST",
+            &format!("/api/exchange/connectors/{id}/validate"),
+            Some(json!({"Recipients": ["postmaster@contoso.test"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = r.json();
+    assert_eq!(report["Success"], true, "{report}");
+    assert_eq!(report["Recorded"], true, "{report}");
+    let steps: Vec<&str> = report["Steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"Route") && steps.contains(&"Reply"),
+        "{steps:?}"
+    );
+    let file = lab.file();
+    assert!(file.contains("IsValidated = true"), "{file}");
+    assert!(file.contains("LastValidationTimestamp = "), "{file}");
+    assert!(file.contains("# Fabrikam's gateway"), "{file}");
+    assert_eq!(lab.connector("To on-premises").await["IsValidated"], true);
+    // The validation message reached the on-premises sink.
+    let got = wait_messages(onprem.maildir(), 2, WAIT).await;
+    assert!(
+        got.iter()
+            .any(|m| m.contains("connector-relay validation of To on-premises")),
+        "{got:?}"
+    );
+
+    // Inbound connectors are not validated by sending.
+    let inbound = lab.connector("From on-premises").await["Identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = lab
+        .send(
+            "POST",
+            &format!("/api/exchange/connectors/{inbound}/validate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["key"], "Direction");
+    lab.relay.shutdown(Duration::from_secs(5)).await;
 }

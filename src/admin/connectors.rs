@@ -363,9 +363,9 @@ pub(super) async fn get_one(
 
 /// The connector `id` names: an `Identity`, or a `Name` (exact, then without case).
 /// An answer given early by a helper (boxed, so that the `Result`s stay small).
-type Early = Box<Response>;
+pub(super) type Early = Box<Response>;
 
-fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Early> {
+pub(super) fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Early> {
     let all: Vec<(Direction, &str)> = policy
         .inbound
         .iter()
@@ -413,7 +413,7 @@ fn resolve(policy: &Policy, id: &str) -> Result<(Direction, String), Early> {
 }
 
 /// A JSON object body, or a 400.
-fn object(body: &Bytes) -> Result<Map<String, Value>, Early> {
+pub(super) fn object(body: &Bytes) -> Result<Map<String, Value>, Early> {
     let bad = |reason: String| Box::new(key_error("", reason));
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -424,7 +424,7 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, Early> {
     }
 }
 
-fn key_error(key: &str, reason: impl Into<String>) -> Response {
+pub(super) fn key_error(key: &str, reason: impl Into<String>) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({ "key": key, "error": reason.into() })),

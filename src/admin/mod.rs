@@ -1,5 +1,6 @@
 //! The admin HTTP API on `[Relay] AdminListen` (spec: `shared/spec/config.md`, "Admin
-//! API"): the connector list and changes, the queue, status and `/metrics`.
+//! API"): the connector list and changes, connector validation, the policy explainer, the
+//! message trace, the queue, status, `/metrics`, and the web page that uses them.
 //!
 //! Every request needs `Authorization: Bearer <token>`, the content of `AdminTokenFile`
 //! (created with 32 random bytes, mode 0600, when missing); otherwise 401 with a JSON error.
@@ -13,6 +14,8 @@
 //! its assets) go in [`AdminState::is_public`].
 
 mod connectors;
+mod ops;
+mod page;
 mod queue;
 mod status;
 
@@ -100,9 +103,10 @@ impl AdminState {
         }
     }
 
-    /// Paths served without the token.
+    /// Paths served without the token: the page (it asks for the token), and `/metrics`
+    /// on a loopback listener.
     fn is_public(&self, path: &str) -> bool {
-        path == "/metrics" && self.metrics_open
+        page::PATHS.contains(&path) || (path == "/metrics" && self.metrics_open)
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -136,12 +140,22 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/api/exchange/connectors/{id}/status",
             put(connectors::set_status),
         )
+        .route(
+            "/api/exchange/connectors/{id}/validate",
+            post(ops::validate),
+        )
+        .route("/api/explain", post(ops::explain))
+        .route("/api/trace", get(ops::trace))
         .route("/api/queue", get(queue::list))
         .route("/api/queue/{id}", axum::routing::delete(queue::delete))
         .route("/api/queue/{id}/retry", post(queue::retry))
         .route("/api/status", get(status::status))
         .route("/api/reload", post(status::reload))
         .route("/metrics", get(status::metrics))
+        .route("/", get(page::index))
+        .route("/index.html", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/app.css", get(page::style))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)

@@ -7,7 +7,7 @@ pub mod explain;
 pub mod validate;
 
 pub use explain::{Explanation, explain};
-pub use validate::{Step, ValidationReport, record, validate, validate_traced};
+pub use validate::{Step, ValidationReport, record, record_edit, validate, validate_traced};
 
 use crate::smtp::Reply;
 use crate::smtp::command::{self, Address, Command};

@@ -486,14 +486,10 @@ fn attempt_steps(
     }
 }
 
-/// Records a validation in the config file (atomically, comments kept): `IsValidated` and,
-/// on success, `LastValidationTimestamp` of an Outbound connector. `Ok(None)` when there is
-/// nothing to record (a Send connector, or a validation that could not run). The returned
-/// [`Edited`] holds the new, validated policy for a live reload.
-pub fn record(
-    config_file: &Path,
-    report: &ValidationReport,
-) -> Result<Option<Edited>, Vec<ConfigError>> {
+/// The config change that records a validation: `IsValidated` and, on success,
+/// `LastValidationTimestamp` of an Outbound connector. `Ok(None)` when there is nothing to
+/// record (a Send connector, or a validation that could not run).
+pub fn record_edit(report: &ValidationReport) -> Result<Option<Edit>, String> {
     if report.error.is_some() || report.direction != Some(Direction::Outbound) {
         return Ok(None);
     }
@@ -502,27 +498,39 @@ pub fn record(
         Some(toml_edit::Value::from(report.success)),
     )];
     if report.success {
-        let when: toml_edit::Datetime =
-            report
-                .timestamp
-                .parse()
-                .map_err(|e: toml_edit::DatetimeParseError| {
-                    vec![ConfigError {
-                        file: config_file.to_path_buf(),
-                        line: 0,
-                        key: "LastValidationTimestamp".into(),
-                        reason: e.to_string(),
-                    }]
-                })?;
+        let when: toml_edit::Datetime = report
+            .timestamp
+            .parse()
+            .map_err(|e: toml_edit::DatetimeParseError| e.to_string())?;
         set.push((
             "LastValidationTimestamp".to_string(),
             Some(toml_edit::Value::from(when)),
         ));
     }
-    let edit = Edit {
+    Ok(Some(Edit {
         direction: Direction::Outbound,
         name: Some(report.connector.clone()),
         set,
-    };
-    edit_file(config_file, &edit, false).map(Some)
+    }))
+}
+
+/// Records a validation in the config file (atomically, comments kept), see
+/// [`record_edit`]. The returned [`Edited`] holds the new, validated policy. The running
+/// relay records through `Control::edit` instead, which also applies the change live.
+pub fn record(
+    config_file: &Path,
+    report: &ValidationReport,
+) -> Result<Option<Edited>, Vec<ConfigError>> {
+    let edit = record_edit(report).map_err(|reason| {
+        vec![ConfigError {
+            file: config_file.to_path_buf(),
+            line: 0,
+            key: "LastValidationTimestamp".into(),
+            reason,
+        }]
+    })?;
+    match edit {
+        Some(edit) => edit_file(config_file, &edit, false).map(Some),
+        None => Ok(None),
+    }
 }

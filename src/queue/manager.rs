@@ -62,6 +62,9 @@ pub struct Entry {
     pub last_error: Vec<Option<String>>,
     pub attempts: u32,
     pub delay_notified: bool,
+    /// When the message was accepted, on this process's clock (delivery latency metric;
+    /// for a message recovered from the spool, reconstructed from its arrival second).
+    pub accepted: std::time::Instant,
 }
 
 impl Entry {
@@ -74,11 +77,15 @@ impl Entry {
             last_error: vec![None; n],
             attempts: 0,
             delay_notified: false,
+            accepted: std::time::Instant::now(),
         }
     }
 
     fn from_recovered(r: Recovered) -> Entry {
+        let age = unix_now().saturating_sub(r.envelope.arrived);
+        let now = std::time::Instant::now();
         Entry {
+            accepted: now.checked_sub(Duration::from_secs(age)).unwrap_or(now),
             id: r.id,
             env: r.envelope,
             states: r.states,
@@ -331,6 +338,7 @@ impl AttemptCtx {
             match &o.status {
                 DeliveryStatus::Delivered { reply } => {
                     tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
+                    crate::metrics::delivery_latency(entry.accepted.elapsed());
                     let mut e = trace.outcome(EventKind::Delivered, o);
                     e.reply = Some(reply.clone());
                     self.events.emit(e);

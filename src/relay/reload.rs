@@ -221,6 +221,16 @@ impl Control {
         self.config_path.as_deref()
     }
 
+    /// The resolver deliveries use (connector validation from the admin API sends with it).
+    pub fn resolver(&self) -> Arc<dyn crate::dns::Resolver> {
+        self.shared.resolver.clone()
+    }
+
+    /// The message trace the relay writes.
+    pub fn events(&self) -> crate::trace::Events {
+        self.shared.events.clone()
+    }
+
     /// The outcome of the last reload attempt (any trigger), if there was one.
     pub fn last_reload(&self) -> Option<LastReload> {
         self.lock().last.clone()

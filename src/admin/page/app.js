@@ -60,47 +60,12 @@ function button(label, cls, onClick) {
   return b;
 }
 
-const list = (v) => (Array.isArray(v) ? v : v == null || v === "" ? [] : [v]);
 
 // ---- connectors -------------------------------------------------------------------
 
-// The Scenario column, as the Exchange admin centre names the ends of a connector.
-function scenario(c) {
-  if (c.Scenario) return c.Scenario;
-  if (c.ConnectorType === "OnPremises") return "On-premises";
-  const spaces = c.Direction === "Send"
-    ? list(c.AddressSpaces).map((a) => String(a).replace(/^smtp:/i, "").split(";")[0])
-    : list(c.RecipientDomains);
-  if (c.Direction !== "Inbound" && spaces.includes("*")) return "Internet";
-  return "Partner";
-}
-
-function senderColumn(c) {
-  if (c.SenderSummary) return c.SenderSummary;
-  if (c.Direction === "Inbound") {
-    const parts = [...list(c.SenderDomains), ...list(c.SenderIPAddresses)];
-    if (c.TlsSenderCertificateName) parts.push("cert " + c.TlsSenderCertificateName);
-    return parts.join(", ");
-  }
-  const to = c.Direction === "Send" ? list(c.AddressSpaces) : c.AllAcceptedDomains ? ["all accepted domains"] : list(c.RecipientDomains);
-  const via = list(c.SmartHosts);
-  return "to " + to.join(", ") + (via.length ? " via " + via.join(", ") : " via MX");
-}
-
-function tlsColumn(c) {
-  if (c.TlsSummary) return c.TlsSummary;
-  if (c.Direction === "Inbound") {
-    if (!c.RequireTls) return "Opportunistic";
-    return "Required" + (c.TlsSenderCertificateName ? ", certificate " + c.TlsSenderCertificateName : "");
-  }
-  if (c.Direction === "Outbound") {
-    if (!c.TlsSettings) return "Opportunistic";
-    return "Required, " + c.TlsSettings + (c.TlsDomain ? " " + c.TlsDomain : "");
-  }
-  if (c.IgnoreSTARTTLS) return "Never";
-  if (!c.RequireTLS) return "Opportunistic";
-  return "Required, " + (c.TlsAuthLevel || "EncryptionOnly") + (c.TlsDomain ? " " + c.TlsDomain : "");
-}
+// The Scenario column (the server computes Partner / OnPremises / Internet from the
+// connector; the page spells OnPremises as the issue and the Exchange admin centre do).
+const scenario = (c) => (c.Scenario === "OnPremises" ? "On-premises" : c.Scenario || "");
 
 async function loadConnectors() {
   const connectors = await api("GET", "/api/exchange/connectors");
@@ -114,8 +79,8 @@ async function loadConnectors() {
     cell(tr, c.Direction);
     cell(tr, scenario(c));
     cell(tr, c.Enabled ? "Enabled" : "Disabled", "status " + (c.Enabled ? "status-on" : "status-off"));
-    cell(tr, senderColumn(c));
-    cell(tr, tlsColumn(c));
+    cell(tr, c.Direction === "Inbound" ? c.SenderSummary : "to " + (c.RecipientSummary || ""));
+    cell(tr, c.TlsSummary);
     const actions = cell(tr, "");
     actions.appendChild(button(c.Enabled ? "Disable" : "Enable", "toggle", () => setEnabled(c, !c.Enabled)));
     if (c.Direction === "Outbound" || c.Direction === "Send") {
@@ -141,11 +106,12 @@ async function validate(c) {
   box.hidden = false;
   try {
     const r = await api("POST", "/api/exchange/connectors/" + encodeURIComponent(c.Identity) + "/validate");
-    $("#report-title").textContent = c.Name + (r.success ? ": succeeded" : ": failed");
-    for (const s of r.steps || []) {
+    $("#report-title").textContent = c.Name + (r.Success ? ": succeeded" : ": failed") +
+      (r.Recorded ? " (recorded in the config)" : "");
+    for (const s of r.Steps || []) {
       const li = document.createElement("li");
-      li.className = s.ok ? "ok" : "fail";
-      li.textContent = s.step + ": " + s.detail;
+      li.className = s.Ok ? "ok" : "fail";
+      li.textContent = s.Step + ": " + s.Detail;
       $("#report-steps").appendChild(li);
     }
     await loadConnectors();
@@ -211,19 +177,19 @@ async function loadQueue() {
     body.replaceChildren();
     for (const m of items) {
       const tr = document.createElement("tr");
-      tr.dataset.id = m.id;
-      cell(tr, m.id);
-      cell(tr, m.sender === "" ? "<>" : m.sender);
-      cell(tr, (m.recipients || []).map((r) => (typeof r === "string" ? r : r.address + " (" + r.state + ")")).join(", "));
-      cell(tr, m.attempts);
-      cell(tr, age(m.age_seconds));
-      cell(tr, m.next_attempt_seconds == null ? "" : "in " + age(m.next_attempt_seconds));
-      cell(tr, m.last_error || (m.recipients || []).map((r) => r.last_error).filter(Boolean).join("; "), "details");
+      tr.dataset.id = m.Identity;
+      cell(tr, m.Identity);
+      cell(tr, m.FromAddress === "" ? "<>" : m.FromAddress);
+      cell(tr, (m.Recipients || []).map((r) => r.Address + " (" + r.Status + ")").join(", "));
+      cell(tr, m.RetryCount);
+      cell(tr, age(m.AgeSeconds));
+      cell(tr, m.Status === "Active" ? "now (attempt under way)" : m.NextRetryTime || "");
+      cell(tr, m.LastError, "details");
       const actions = cell(tr, "");
-      actions.appendChild(button("Retry", "retry", () => queueAction("POST", m.id, "/retry", "retry scheduled")));
+      actions.appendChild(button("Retry", "retry", () => queueAction("POST", m.Identity, "/retry", "retry scheduled")));
       actions.appendChild(document.createTextNode(" "));
       actions.appendChild(button("Delete", "delete", () => {
-        if (confirm("Delete " + m.id + " without a bounce?")) queueAction("DELETE", m.id, "", "deleted");
+        if (confirm("Delete " + m.Identity + " without a bounce?")) queueAction("DELETE", m.Identity, "", "deleted");
       }));
       body.appendChild(tr);
     }
@@ -244,13 +210,13 @@ async function queueAction(method, id, suffix, done) {
 async function explain(ev) {
   ev.preventDefault();
   const body = {
-    ip: $("#explain-ip").value.trim(),
-    sender: $("#explain-sender").value.trim(),
-    recipients: $("#explain-recipients").value.split(",").map((s) => s.trim()).filter(Boolean),
+    ClientIp: $("#explain-ip").value.trim(),
+    Sender: $("#explain-sender").value.trim(),
+    Recipients: $("#explain-recipients").value.split(",").map((s) => s.trim()).filter(Boolean),
   };
   try {
     const r = await api("POST", "/api/explain", body);
-    $("#explain-result").textContent = r.text || JSON.stringify(r, null, 2);
+    $("#explain-result").textContent = r.Text || JSON.stringify(r, null, 2);
   } catch (e) { report(e); }
 }
 
@@ -258,12 +224,13 @@ async function explain(ev) {
 
 async function loadCertificates() {
   try {
-    const certs = await api("GET", "/api/certificates");
-    const soon = certs.filter((c) => c.days_left < 30);
+    const status = await api("GET", "/api/status");
+    const soon = (status.Certificates || []).filter((c) => c.ExpiringSoon);
     const box = $("#certificates");
     box.hidden = soon.length === 0;
     box.textContent = soon
-      .map((c) => (c.days_left < 0 ? "EXPIRED: " : "Expires in " + Math.floor(c.days_left) + " days: ") + c.subject + " (" + c.file + ")")
+      .map((c) => (c.DaysLeft < 0 ? "EXPIRED: " : "Expires in " + Math.floor(c.DaysLeft) + " days: ") +
+        c.Subject + " (" + c.File + ")")
       .join("\n");
   } catch (e) { report(e); }
 }

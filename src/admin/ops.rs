@@ -1,0 +1,193 @@
+//! The operations routes: connector validation (`POST
+//! /api/exchange/connectors/{id}/validate`), the policy explainer (`POST /api/explain`) and
+//! the message trace (`GET /api/trace`). They call the same library functions as the
+//! `validate`, `explain` and `trace` commands, on the configuration in effect.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::connectors::{key_error, object, resolve};
+use super::{AdminState, error, reload_error};
+use crate::config::edit::Direction;
+use crate::trace::{TraceQuery, parse_since};
+
+const NOT_A_LIST: &str = "must be a list of addresses";
+
+/// Strings of a JSON array (a single string is taken as a one-element list).
+fn strings(v: Option<&Value>) -> Result<Vec<String>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or(NOT_A_LIST))
+            .collect(),
+        Some(_) => Err(NOT_A_LIST),
+    }
+}
+
+/// `POST /api/exchange/connectors/{id}/validate`, body optional: `{"Recipients": [...]}`
+/// (default: the connector's `ValidationRecipients`). Sends the test message, answers the
+/// report, and records `IsValidated` / `LastValidationTimestamp` for an Outbound connector
+/// in the config file, applied live (`Recorded` says whether that happened).
+pub(super) async fn validate(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let policy = state.control.policy();
+    let (direction, name) = match resolve(&policy, &id) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if direction == Direction::Inbound {
+        return key_error(
+            "Direction",
+            "only Outbound and Send connectors can be validated; for an inbound connector, ask POST /api/explain what it would decide",
+        );
+    }
+    let recipients = if body.iter().all(u8::is_ascii_whitespace) {
+        Vec::new()
+    } else {
+        let body = match object(&body) {
+            Ok(b) => b,
+            Err(r) => return *r,
+        };
+        match strings(body.get("Recipients")) {
+            Ok(r) => r,
+            Err(e) => return key_error("Recipients", e),
+        }
+    };
+    let events = state.control.events();
+    let report = crate::ops::validate_traced(
+        policy,
+        state.control.resolver(),
+        &name,
+        &recipients,
+        Some(&events),
+    )
+    .await;
+    if report.error.is_some() {
+        let mut answer = serde_json::to_value(&report).unwrap_or_default();
+        answer["error"] = Value::from(report.error.clone());
+        return (StatusCode::BAD_REQUEST, Json(answer)).into_response();
+    }
+    let mut answer = serde_json::to_value(&report).unwrap_or_default();
+    let recorded = match crate::ops::record_edit(&report) {
+        Ok(Some(edit)) => {
+            let control = state.control.clone();
+            match tokio::task::spawn_blocking(move || control.edit(&edit, false)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => return reload_error(&e),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        Ok(None) => false,
+        Err(e) => return key_error("LastValidationTimestamp", e),
+    };
+    answer["Recorded"] = Value::from(recorded);
+    Json(answer).into_response()
+}
+
+/// `POST /api/explain` with `{"ClientIp": "192.0.2.1", "Sender": "a@x", "Recipients":
+/// ["b@y"], "Certificate": "-----BEGIN CERTIFICATE-----..."}` (certificate optional): the
+/// explainer's answer as JSON plus its text rendering in `Text`. Nothing is sent.
+pub(super) async fn explain(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let body = match object(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(ip) = body
+        .get("ClientIp")
+        .and_then(Value::as_str)
+        .and_then(|s| s.trim().parse::<IpAddr>().ok())
+    else {
+        return key_error("ClientIp", "must be an IPv4 or IPv6 address");
+    };
+    let Some(sender) = body.get("Sender").and_then(Value::as_str) else {
+        return key_error(
+            "Sender",
+            "must be the MAIL FROM address (\"\" for the null sender)",
+        );
+    };
+    let recipients = match strings(body.get("Recipients")) {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => return key_error("Recipients", "at least one recipient is needed"),
+        Err(e) => return key_error("Recipients", e),
+    };
+    let cert = match body.get("Certificate") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(pem)) => Some(pem.as_bytes().to_vec()),
+        Some(_) => return key_error("Certificate", "must be the PEM text of a certificate"),
+    };
+    let policy = state.control.policy();
+    let explanation = crate::ops::explain(&policy, ip, cert.as_deref(), sender.trim(), &recipients);
+    let mut answer = serde_json::to_value(&explanation).unwrap_or_default();
+    answer["Text"] = Value::from(explanation.to_text());
+    Json(answer).into_response()
+}
+
+/// The query string of `GET /api/trace` (spec names; `queueId`, `until` and `limit` are
+/// extensions, as on the command line).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TraceParams {
+    message_id: Option<String>,
+    sender: Option<String>,
+    recipient: Option<String>,
+    connector: Option<String>,
+    queue_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Empty query parameters (an empty search box) mean "no filter".
+fn given(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// `GET /api/trace?sender=&recipient=&messageId=&connector=&since=`: the rows, oldest
+/// first, as the `trace` command's `--json` prints them.
+pub(super) async fn trace(
+    State(state): State<Arc<AdminState>>,
+    Query(p): Query<TraceParams>,
+) -> Response {
+    let now = crate::trace::time::now_ms();
+    let mut bounds = [None, None];
+    for (slot, (name, value)) in bounds
+        .iter_mut()
+        .zip([("since", given(p.since)), ("until", given(p.until))])
+    {
+        if let Some(v) = value {
+            match parse_since(&v, now) {
+                Ok(ms) => *slot = Some(ms),
+                Err(e) => return key_error(name, e),
+            }
+        }
+    }
+    let q = TraceQuery {
+        message_id: given(p.message_id),
+        sender: given(p.sender),
+        recipient: given(p.recipient),
+        connector: given(p.connector),
+        queue_id: given(p.queue_id),
+        since_ms: bounds[0],
+        until_ms: bounds[1],
+        limit: p.limit.unwrap_or(1000).clamp(1, 10_000),
+    };
+    let data_dir = state.control.policy().relay.data_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::trace::query(&data_dir, &q)).await {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

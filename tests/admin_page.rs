@@ -1,0 +1,366 @@
+//! The admin web page in a real headless Chromium (Debian's `chromium`, driven over
+//! WebDriver by `chromedriver`, both installed by `scripts/install-deps.sh`): sign in with
+//! the token, see the connectors of the config file, disable one and see the change in the
+//! API and the file, search the trace for a message that went through the relay, and look at
+//! the queue. The screenshots land in the target dir (and in `docs/` with
+//! `UPDATE_SCREENSHOTS=1`).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector_relay::relay::{self, StartOptions};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::http::{http, until};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// chromedriver on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn chromedriver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (installed by scripts/install-deps.sh: apt chromium-driver)");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    until("chromedriver listens", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    driver
+}
+
+/// A headless Chromium with no network beyond loopback and a fresh profile.
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                "--window-size=1400,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+fn config_text(dir: &Path, onprem: SocketAddr) -> String {
+    format!(
+        r#"# The lab config the page shows (comments must survive changes made on the page).
+[Relay]
+Fqdn = "relay.contoso.test"
+Listen = ["127.0.0.1:0"]
+TlsCertificate = "{cert}"
+TlsPrivateKey = "{key}"
+AcceptedDomains = ["contoso.test"]
+SpoolDir = "{dir}/spool"
+DataDir = "{dir}"
+AdminListen = "127.0.0.1:0"
+AdminTokenFile = "{dir}/admin.token"
+
+# Our own mail servers.
+[[InboundConnector]]
+Name = "From on-premises"
+ConnectorType = "OnPremises"
+SenderIPAddresses = ["127.0.0.10/32"]
+
+# A partner that must use TLS.
+[[InboundConnector]]
+Name = "Partner fabrikam"
+SenderDomains = ["fabrikam.test"]
+SenderIPAddresses = ["127.0.0.20/32"]
+RequireTls = true
+
+[[OutboundConnector]]
+Name = "To on-premises"
+ConnectorType = "OnPremises"
+AllAcceptedDomains = true
+UseMXRecord = false
+SmartHosts = ["{onprem}"]
+ValidationRecipients = ["postmaster@contoso.test"]
+"#,
+        cert = certs("relay.contoso.test.crt"),
+        key = certs("relay.contoso.test.key"),
+        dir = dir.display(),
+    )
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until `css` matches at least one element whose text contains `want`.
+async fn wait_for_text(c: &Client, css: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for e in c.find_all(Locator::Css(css)).await.unwrap() {
+            let t = e.text().await.unwrap_or_default();
+            if t.contains(want) {
+                return;
+            }
+            seen.push(t);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {css} containing {want:?}; saw {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn save_screenshot(png: &[u8], name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join(name), png).unwrap();
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_toggles_and_traces() {
+    let sink = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, config_text(dir.path(), sink.addr())).unwrap();
+    let loaded = connector_relay::config::load_file(&config).expect("valid config");
+    let options = StartOptions {
+        config_path: Some(config.clone()),
+        resolver: Some(Arc::new(
+            connector_relay::dns::hickory::HickoryResolver::with_timeout(
+                &[],
+                Duration::from_secs(2),
+            )
+            .unwrap(),
+        )),
+        ..StartOptions::default()
+    };
+    let relay = relay::start_with_options(Arc::new(loaded.policy), options)
+        .await
+        .expect("relay starts");
+    let admin = relay.admin_addr.expect("admin listener");
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // A message through the relay, from the on-premises server, for the trace search.
+    let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
+    d.cmd("EHLO app.contoso.test", "250").await;
+    d.cmd("MAIL FROM:<page-test@contoso.test>", "250").await;
+    d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
+    d.cmd("DATA", "354").await;
+    d.cmd(
+        "Subject: seen on the page\r\nMessage-ID: <page-test@contoso.test>\r\n\r\nhello\r\n.",
+        "250",
+    )
+    .await;
+    d.cmd("QUIT", "221").await;
+    let got = wait_messages(sink.maildir(), 1, WAIT).await;
+    assert_eq!(got.len(), 1, "relayed to the sink");
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    let result = async {
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+
+        // A wrong token is refused and the form stays.
+        c.find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys("not-the-token")
+            .await
+            .unwrap();
+        c.find(Locator::Id("login"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&c, "#login-error", "refused").await;
+
+        c.find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys(&token)
+            .await
+            .unwrap();
+        c.find(Locator::Id("login"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&c, "#connectors tbody tr", "Partner fabrikam").await;
+        let rows = c
+            .find_all(Locator::Css("#connectors tbody tr"))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3, "every connector of the config is listed");
+        let partner = "#connectors tbody tr[data-name='Partner fabrikam']";
+        let row = text(&c, partner).await;
+        for want in [
+            "Inbound",
+            "Partner",
+            "Enabled",
+            "fabrikam.test",
+            "127.0.0.20/32",
+            "Required",
+        ] {
+            assert!(row.contains(want), "{want:?} in the partner row: {row:?}");
+        }
+        let onprem = text(&c, "#connectors tbody tr[data-name='From on-premises']").await;
+        assert!(onprem.contains("On-premises"), "{onprem:?}");
+
+        // Disable the partner on the page: the API and the file say so.
+        c.find(Locator::Css(&format!("{partner} button.toggle")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&c, &format!("{partner} td.status"), "Disabled").await;
+        let list = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await;
+        let listed: Value = list.json();
+        let p = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["Name"] == "Partner fabrikam")
+            .expect("listed")
+            .clone();
+        assert_eq!(p["Enabled"], json!(false), "{p}");
+        let file = std::fs::read_to_string(&config).unwrap();
+        assert!(file.contains("Enabled = false"), "{file}");
+        assert!(
+            file.contains("# A partner that must use TLS."),
+            "comments kept: {file}"
+        );
+
+        // Validate the outbound connector: the report shows on the page, the result is
+        // recorded in the file.
+        let outbound = "#connectors tbody tr[data-name='To on-premises']";
+        c.find(Locator::Css(&format!("{outbound} button.validate")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&c, "#report-title", "succeeded").await;
+        let steps = text(&c, "#report-steps").await;
+        for want in ["Route", "Connect", "Reply: ", "250"] {
+            assert!(steps.contains(want), "{want:?} in the report: {steps}");
+        }
+        let file = std::fs::read_to_string(&config).unwrap();
+        assert!(file.contains("IsValidated = true"), "{file}");
+        let png = c.screenshot().await.unwrap();
+        let shot = save_screenshot(&png, "admin-connectors.png");
+
+        // Search the trace for the message sent above.
+        c.find(Locator::Css("#tabs button[data-tab='trace']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.find(Locator::Id("trace-sender"))
+            .await
+            .unwrap()
+            .send_keys("page-test@contoso.test")
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            c.find(Locator::Id("trace-search"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let events: Vec<String> = {
+                let mut v = Vec::new();
+                for e in c
+                    .find_all(Locator::Css("#trace-results td.event"))
+                    .await
+                    .unwrap()
+                {
+                    v.push(e.text().await.unwrap());
+                }
+                v
+            };
+            if events.iter().any(|e| e == "Received") && events.iter().any(|e| e == "Delivered") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "trace rows on the page: {events:?}"
+            );
+        }
+        let received = text(&c, "#trace-results tr.event-Received").await;
+        assert!(received.contains("127.0.0.10"), "{received}");
+        assert!(received.contains("From on-premises"), "{received}");
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-trace.png");
+
+        // The queue view answers (empty: the message was delivered).
+        c.find(Locator::Css("#tabs button[data-tab='queue']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&c, "#message", "0 messages in the queue").await;
+        shot
+    }
+    .await;
+    c.close().await.unwrap();
+    println!("screenshot: {}", result.display());
+    relay.shutdown(Duration::from_secs(5)).await;
+}
