@@ -215,7 +215,7 @@ fn main() -> ExitCode {
             limit,
             json,
         } => {
-            let q = TraceArgs {
+            let filter = trace::TraceFilter {
                 message_id,
                 sender,
                 recipient,
@@ -223,9 +223,9 @@ fn main() -> ExitCode {
                 queue_id,
                 since,
                 until,
-                limit,
+                limit: Some(limit),
             };
-            trace_cmd(&config, q, json)
+            trace_cmd(&config, &filter, json)
         }
     }
 }
@@ -285,14 +285,7 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
             }
         };
     let report = runtime().block_on(ops::validate(policy, resolver, connector, recipients));
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
-    } else {
-        print!("{}", report.to_text());
-    }
+    print_answer(json, &report, report.to_text());
     if report.error.is_some() {
         return ExitCode::from(1);
     }
@@ -343,14 +336,7 @@ fn explain(
         }
     };
     let explanation = ops::explain(&loaded.policy, ip, cert.as_deref(), sender, recipients);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&explanation).expect("explanation serializes")
-        );
-    } else {
-        print!("{}", explanation.to_text());
-    }
+    print_answer(json, &explanation, explanation.to_text());
     if explanation.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -358,52 +344,31 @@ fn explain(
     }
 }
 
-/// The filters of `connector-relay trace`, as typed.
-struct TraceArgs {
-    message_id: Option<String>,
-    sender: Option<String>,
-    recipient: Option<String>,
-    connector: Option<String>,
-    queue_id: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: usize,
+/// Prints a report as pretty JSON (`--json`) or as its text rendering.
+fn print_answer(json: bool, value: &impl serde::Serialize, text: String) {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("connector-relay: cannot render JSON: {e}"),
+        }
+    } else {
+        print!("{text}");
+    }
 }
 
 /// `connector-relay trace`: exit 1 on a bad config or argument, 2 when the store cannot be
 /// read; no rows is not an error.
-fn trace_cmd(path: &Path, a: TraceArgs, json: bool) -> ExitCode {
-    let bad = |msg: String| {
-        eprintln!("connector-relay trace: {msg}");
-        ExitCode::from(1)
-    };
-    if a.limit == 0 {
-        return bad("--limit must be at least 1".into());
-    }
-    let now = trace::time::now_ms();
-    let bound = |name: &str, v: &Option<String>| match v {
-        Some(t) => trace::parse_since(t, now)
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}")),
-        None => Ok(None),
-    };
-    let (since_ms, until_ms) = match (bound("--since", &a.since), bound("--until", &a.until)) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(e), _) | (_, Err(e)) => return bad(e),
+fn trace_cmd(path: &Path, filter: &trace::TraceFilter, json: bool) -> ExitCode {
+    let q = match filter.to_query(trace::time::now_ms()) {
+        Ok(q) => q,
+        Err((name, why)) => {
+            eprintln!("connector-relay trace: --{name}: {why}");
+            return ExitCode::from(1);
+        }
     };
     let loaded = match load(path) {
         Ok(l) => l,
         Err(code) => return code,
-    };
-    let q = trace::TraceQuery {
-        message_id: a.message_id,
-        sender: a.sender,
-        recipient: a.recipient,
-        connector: a.connector,
-        queue_id: a.queue_id,
-        since_ms,
-        until_ms,
-        limit: a.limit,
     };
     let rows = match trace::query(&loaded.policy.relay.data_dir, &q) {
         Ok(r) => r,

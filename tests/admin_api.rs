@@ -732,12 +732,12 @@ async fn trace_explain_and_validate_routes() {
     // One relayed message and one refused relay attempt, then both through GET /api/trace.
     let mut d = Dialog::connect_from(ip("127.0.0.10"), lab.smtp).await;
     d.cmd("EHLO exchange.contoso.test", "250").await;
-    d.cmd("MAIL FROM:<traced@contoso.test>", "250").await;
-    d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
-    d.cmd("DATA", "354").await;
-    d.send(b"Message-ID: <api-trace@contoso.test>\r\nSubject: t\r\n\r\nx\r\n.\r\n")
-        .await;
-    d.expect("250", "end of DATA").await;
+    d.send_message(
+        "traced@contoso.test",
+        "bob@contoso.test",
+        "Message-ID: <api-trace@contoso.test>\r\nSubject: t\r\n\r\nx",
+    )
+    .await;
     d.cmd("QUIT", "221").await;
     let reply = relay_attempt(lab.smtp, "127.0.0.77").await;
     assert!(reply.starts_with("550 5.7.64"), "{reply}");

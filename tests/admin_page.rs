@@ -122,6 +122,24 @@ ValidationRecipients = ["postmaster@contoso.test"]
     )
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn text(c: &Client, css: &str) -> String {
     c.find(Locator::Css(css))
         .await
@@ -192,12 +210,10 @@ async fn the_page_lists_toggles_and_traces() {
     // A message through the relay, from the on-premises server, for the trace search.
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO app.contoso.test", "250").await;
-    d.cmd("MAIL FROM:<page-test@contoso.test>", "250").await;
-    d.cmd("RCPT TO:<bob@contoso.test>", "250").await;
-    d.cmd("DATA", "354").await;
-    d.cmd(
-        "Subject: seen on the page\r\nMessage-ID: <page-test@contoso.test>\r\n\r\nhello\r\n.",
-        "250",
+    d.send_message(
+        "page-test@contoso.test",
+        "bob@contoso.test",
+        "Subject: seen on the page\r\nMessage-ID: <page-test@contoso.test>\r\n\r\nhello",
     )
     .await;
     d.cmd("QUIT", "221").await;
@@ -211,32 +227,12 @@ async fn the_page_lists_toggles_and_traces() {
         c.goto(&format!("http://{admin}/")).await.unwrap();
 
         // A wrong token is refused and the form stays.
-        c.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys("not-the-token")
-            .await
-            .unwrap();
-        c.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(&c, "#token", "not-the-token").await;
+        click(&c, "#login").await;
         wait_for_text(&c, "#login-error", "refused").await;
 
-        c.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys(&token)
-            .await
-            .unwrap();
-        c.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
         wait_for_text(&c, "#connectors tbody tr", "Partner fabrikam").await;
         let rows = c
             .find_all(Locator::Css("#connectors tbody tr"))
@@ -259,12 +255,7 @@ async fn the_page_lists_toggles_and_traces() {
         assert!(onprem.contains("On-premises"), "{onprem:?}");
 
         // Disable the partner on the page: the API and the file say so.
-        c.find(Locator::Css(&format!("{partner} button.toggle")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, &format!("{partner} button.toggle")).await;
         wait_for_text(&c, &format!("{partner} td.status"), "Disabled").await;
         let list = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await;
         let listed: Value = list.json();
@@ -286,12 +277,7 @@ async fn the_page_lists_toggles_and_traces() {
         // Validate the outbound connector: the report shows on the page, the result is
         // recorded in the file.
         let outbound = "#connectors tbody tr[data-name='To on-premises']";
-        c.find(Locator::Css(&format!("{outbound} button.validate")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, &format!("{outbound} button.validate")).await;
         wait_for_text(&c, "#report-title", "succeeded").await;
         let steps = text(&c, "#report-steps").await;
         for want in ["Route", "Connect", "Reply: ", "250"] {
@@ -303,26 +289,11 @@ async fn the_page_lists_toggles_and_traces() {
         let shot = save_screenshot(&png, "admin-connectors.png");
 
         // Search the trace for the message sent above.
-        c.find(Locator::Css("#tabs button[data-tab='trace']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        c.find(Locator::Id("trace-sender"))
-            .await
-            .unwrap()
-            .send_keys("page-test@contoso.test")
-            .await
-            .unwrap();
+        click(&c, "#tabs button[data-tab='trace']").await;
+        type_into(&c, "#trace-sender", "page-test@contoso.test").await;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            c.find(Locator::Id("trace-search"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(&c, "#trace-search").await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let events: Vec<String> = {
                 let mut v = Vec::new();
@@ -350,12 +321,7 @@ async fn the_page_lists_toggles_and_traces() {
         save_screenshot(&png, "admin-trace.png");
 
         // The queue view answers (empty: the message was delivered).
-        c.find(Locator::Css("#tabs button[data-tab='queue']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#tabs button[data-tab='queue']").await;
         wait_for_text(&c, "#message", "0 messages in the queue").await;
         shot
     }

@@ -11,13 +11,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::connectors::{key_error, object, resolve};
 use super::{AdminState, error, reload_error};
 use crate::config::edit::Direction;
-use crate::trace::{TraceQuery, parse_since};
+use crate::trace::TraceFilter;
 
 const NOT_A_LIST: &str = "must be a list of addresses";
 
@@ -135,55 +134,18 @@ pub(super) async fn explain(State(state): State<Arc<AdminState>>, body: Bytes) -
     Json(answer).into_response()
 }
 
-/// The query string of `GET /api/trace` (spec names; `queueId`, `until` and `limit` are
-/// extensions, as on the command line).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct TraceParams {
-    message_id: Option<String>,
-    sender: Option<String>,
-    recipient: Option<String>,
-    connector: Option<String>,
-    queue_id: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-}
-
-/// Empty query parameters (an empty search box) mean "no filter".
-fn given(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// `GET /api/trace?sender=&recipient=&messageId=&connector=&since=`: the rows, oldest
-/// first, as the `trace` command's `--json` prints them.
+/// `GET /api/trace?sender=&recipient=&messageId=&connector=&since=` (and `queueId`,
+/// `until`, `limit` as on the command line): the rows, oldest first, as the `trace`
+/// command's `--json` prints them.
 pub(super) async fn trace(
     State(state): State<Arc<AdminState>>,
-    Query(p): Query<TraceParams>,
+    Query(filter): Query<TraceFilter>,
 ) -> Response {
-    let now = crate::trace::time::now_ms();
-    let mut bounds = [None, None];
-    for (slot, (name, value)) in bounds
-        .iter_mut()
-        .zip([("since", given(p.since)), ("until", given(p.until))])
-    {
-        if let Some(v) = value {
-            match parse_since(&v, now) {
-                Ok(ms) => *slot = Some(ms),
-                Err(e) => return key_error(name, e),
-            }
-        }
-    }
-    let q = TraceQuery {
-        message_id: given(p.message_id),
-        sender: given(p.sender),
-        recipient: given(p.recipient),
-        connector: given(p.connector),
-        queue_id: given(p.queue_id),
-        since_ms: bounds[0],
-        until_ms: bounds[1],
-        limit: p.limit.unwrap_or(1000).clamp(1, 10_000),
+    let mut q = match filter.to_query(crate::trace::time::now_ms()) {
+        Ok(q) => q,
+        Err((name, why)) => return key_error(name, why),
     };
+    q.limit = q.limit.min(10_000);
     let data_dir = state.control.policy().relay.data_dir.clone();
     match tokio::task::spawn_blocking(move || crate::trace::query(&data_dir, &q)).await {
         Ok(Ok(rows)) => Json(rows).into_response(),

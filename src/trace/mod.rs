@@ -16,7 +16,7 @@ pub mod time;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use query::{TraceQuery, query};
+pub use query::{TraceFilter, TraceQuery, query};
 pub use time::parse_since;
 
 /// What happened.

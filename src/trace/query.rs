@@ -38,6 +38,59 @@ pub struct TraceQuery {
     pub limit: usize,
 }
 
+/// The most rows a search returns unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// A search as a person types it (the `trace` command's options, `GET /api/trace`'s query
+/// string): times still text, empty values meaning "no filter".
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TraceFilter {
+    pub message_id: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub connector: Option<String>,
+    pub queue_id: Option<String>,
+    /// RFC 3339, a date, or back from now (`2h`, `7d`): see [`super::parse_since`].
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Default [`DEFAULT_LIMIT`].
+    pub limit: Option<usize>,
+}
+
+impl TraceFilter {
+    /// The query, with times resolved against `now_ms`. A bad value is `Err((name, why))`,
+    /// `name` being the option or parameter (`since`, `until`, `limit`).
+    pub fn to_query(&self, now_ms: i64) -> Result<TraceQuery, (&'static str, String)> {
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let time = |name: &'static str, v: &Option<String>| match given(v) {
+            Some(t) => super::parse_since(&t, now_ms)
+                .map(Some)
+                .map_err(|e| (name, e)),
+            None => Ok(None),
+        };
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 {
+            return Err(("limit", "must be at least 1".into()));
+        }
+        Ok(TraceQuery {
+            message_id: given(&self.message_id),
+            sender: given(&self.sender),
+            recipient: given(&self.recipient),
+            connector: given(&self.connector),
+            queue_id: given(&self.queue_id),
+            since_ms: time("since", &self.since)?,
+            until_ms: time("until", &self.until)?,
+            limit,
+        })
+    }
+}
+
 /// The rows `q` selects, oldest first (see the module documentation). An error when the
 /// store does not exist or cannot be read.
 pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {

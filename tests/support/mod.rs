@@ -325,6 +325,17 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> Dialog<S> {
         self.expect(expect, line).await
     }
 
+    /// One whole transaction after EHLO/HELO: MAIL, RCPT, DATA with `message` (CRLF lines,
+    /// no final dot), each answer asserted as accepted; the reply to the final dot.
+    pub async fn send_message(&mut self, from: &str, to: &str, message: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+        self.cmd(&format!("RCPT TO:<{to}>"), "250").await;
+        self.cmd("DATA", "354").await;
+        self.send(message.as_bytes()).await;
+        self.send(b"\r\n.\r\n").await;
+        self.expect("250", "end of DATA").await
+    }
+
     /// Reads a reply and asserts it starts with `expect`.
     pub async fn expect(&mut self, expect: &str, context: &str) -> String {
         let reply = self.read_reply().await;
