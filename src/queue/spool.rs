@@ -9,11 +9,23 @@
 //! When every recipient is final, the message file is removed first, then its log, so a
 //! crash in between leaves an orphan log (removed at start-up), never a message without
 //! its history.
+//!
+//! **Group commit.** Directory fsyncs are shared: every rename into `msg/`, unlink from it
+//! and creation in `log/` asks its directory's [`DirSync`] for an fsync that *starts after*
+//! the change, and one fsync serves every change made while the previous one ran (leader /
+//! follower: the first waiter syncs for the whole batch, the others sleep until it is done).
+//! Under load that is one directory fsync per batch instead of one per message (the profile:
+//! five sync calls per message, three of them directory fsyncs). File fsyncs stay in the
+//! writer's own (blocking-pool) thread: they run concurrently, and the block layer merges
+//! the cache flushes of concurrent fsyncs, which a single committer thread syncing files one
+//! after the other could not. Nothing is acknowledged earlier than before: `store` still
+//! returns only once the file and its directory entry are on disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &str = "connector-relay-spool 1";
@@ -73,6 +85,8 @@ pub struct Spool {
     tmp: PathBuf,
     corrupt: PathBuf,
     seq: AtomicU64,
+    msg_sync: DirSync,
+    log_sync: DirSync,
 }
 
 impl Spool {
@@ -85,6 +99,8 @@ impl Spool {
             tmp: root.join("tmp"),
             corrupt: root.join("corrupt"),
             seq: AtomicU64::new(0),
+            msg_sync: DirSync::new(root.join("msg")),
+            log_sync: DirSync::new(root.join("log")),
         };
         for d in [&spool.msg, &spool.log, &spool.tmp, &spool.corrupt] {
             fs::create_dir_all(d)?;
@@ -117,7 +133,7 @@ impl Spool {
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, self.msg.join(id))?;
-            sync_dir(&self.msg)
+            self.msg_sync.sync()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -149,7 +165,7 @@ impl Spool {
         f.write_all(buf.as_bytes())?;
         f.sync_data()?;
         if new {
-            sync_dir(&self.log)?;
+            self.log_sync.sync()?;
         }
         Ok(())
     }
@@ -161,7 +177,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        sync_dir(&self.msg)?;
+        self.msg_sync.sync()?;
         match fs::remove_file(self.log.join(id)) {
             Ok(()) | Err(_) => Ok(()),
         }
@@ -250,8 +266,77 @@ impl Spool {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Group commit of one directory's fsyncs (see the module doc).
+#[derive(Debug)]
+struct DirSync {
+    dir: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// The batch that the next fsync will cover; changes join it until that fsync starts.
+    open: Arc<Batch>,
+    /// Whether an fsync is running (its batch is no longer `open`).
+    syncing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    /// Set once the fsync covering this batch has finished: `Err` holds the OS error code
+    /// (so ENOSPC still reads as ENOSPC) and the message.
+    result: OnceLock<Result<(), (Option<i32>, String)>>,
+}
+
+impl DirSync {
+    fn new(dir: PathBuf) -> DirSync {
+        DirSync {
+            dir,
+            state: Mutex::new(SyncState {
+                open: Arc::new(Batch::default()),
+                syncing: false,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once an fsync of the directory that started after this call has finished,
+    /// so it covers every change the caller made to the directory before calling.
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        let mine = st.open.clone();
+        loop {
+            if let Some(result) = mine.result.get() {
+                return result.clone().map_err(|(code, msg)| match code {
+                    Some(c) => io::Error::from_raw_os_error(c),
+                    None => io::Error::other(msg),
+                });
+            }
+            if st.syncing {
+                // Someone else's fsync is running; it may have started before our change,
+                // so our batch waits for the next one.
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Lead: close the open batch (ours; an unfinished batch that is not syncing is
+            // always the open one) and sync for everyone in it.
+            let batch = std::mem::take(&mut st.open);
+            st.syncing = true;
+            drop(st);
+            let result = File::open(&self.dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| (e.raw_os_error(), e.to_string()));
+            let _ = batch.result.set(result);
+            st = self.lock();
+            st.syncing = false;
+            self.done.notify_all();
+        }
+    }
 }
 
 /// Envelope fields can never hold a newline (the SMTP parser refuses control characters),
@@ -408,6 +493,57 @@ mod tests {
         spool.remove(&id).unwrap();
         let (rec, _) = spool.recover().unwrap();
         assert!(rec.is_empty());
+    }
+
+    /// Many threads storing at once (the group-commit path): every store returns Ok, and
+    /// every message is there with its data afterwards.
+    #[test]
+    fn concurrent_stores_share_directory_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let id = spool.new_id();
+                            let body = format!("Subject: {t}-{i}\r\n\r\nbody\r\n");
+                            spool.store(&id, &env(), body.as_bytes()).unwrap();
+                            (id, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let stored: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(stored.len(), 200);
+        for (id, body) in &stored {
+            assert_eq!(spool.read(id).unwrap().1, body.as_bytes());
+        }
+        assert_eq!(spool.recover().unwrap().0.len(), 200);
+    }
+
+    /// A failed directory fsync reaches every waiter of its batch with the OS error code.
+    #[test]
+    fn dir_sync_reports_errors_to_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(DirSync::new(dir.path().join("missing")));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let sync = sync.clone();
+                std::thread::spawn(move || sync.sync())
+            })
+            .collect();
+        for w in waiters {
+            let e = w.join().unwrap().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        }
+        fs::create_dir(dir.path().join("missing")).unwrap();
+        sync.sync().unwrap();
     }
 
     #[test]
