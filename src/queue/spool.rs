@@ -20,7 +20,17 @@
 //! the cache flushes of concurrent fsyncs, which a single committer thread syncing files one
 //! after the other could not. Nothing is acknowledged earlier than before: `store` still
 //! returns only once the file and its directory entry are on disk.
+//!
+//! **No log for a message finished at once.** When the first outcome records of a message
+//! stored by this process make every recipient final, `append_log` removes the message
+//! (durably) instead of creating its log: a message with no pending recipient has no
+//! progress to remember, and the caller's `remove` that follows finds nothing left to do.
+//! That saves a file creation and two fsyncs per message on the common path (the profile:
+//! inode allocation was a quarter of the relay's CPU time). A crash before that removal is
+//! on disk leaves the message with no log, so it is delivered again, exactly as a crash
+//! before the log line was on disk did.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -87,6 +97,9 @@ pub struct Spool {
     seq: AtomicU64,
     msg_sync: DirSync,
     log_sync: DirSync,
+    /// Recipient counts of the messages this process stored that have no log yet (see the
+    /// module doc); an entry lives from `store` to the first `append_log`.
+    unlogged: Mutex<HashMap<String, usize>>,
 }
 
 impl Spool {
@@ -101,6 +114,7 @@ impl Spool {
             seq: AtomicU64::new(0),
             msg_sync: DirSync::new(root.join("msg")),
             log_sync: DirSync::new(root.join("log")),
+            unlogged: Mutex::new(HashMap::new()),
         };
         for d in [&spool.msg, &spool.log, &spool.tmp, &spool.corrupt] {
             fs::create_dir_all(d)?;
@@ -135,10 +149,19 @@ impl Spool {
             fs::rename(&tmp, self.msg.join(id))?;
             self.msg_sync.sync()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => {
+                self.unlogged().insert(id.to_string(), env.recipients.len());
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+            }
         }
         result
+    }
+
+    fn unlogged(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.unlogged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads a stored message: its envelope and the message data.
@@ -149,10 +172,21 @@ impl Spool {
         Ok((env, bytes[offset..].to_vec()))
     }
 
-    /// Appends outcome records to the message's log and fsyncs it.
+    /// Appends outcome records to the message's log and fsyncs it. When these are the first
+    /// records of a message stored by this process and they make every recipient final, the
+    /// message is removed durably instead (see the module doc).
     pub fn append_log(&self, id: &str, records: &[LogRecord]) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
+        }
+        let unlogged = self.unlogged().remove(id);
+        if unlogged.is_some_and(|n| all_final(records, n)) {
+            match fs::remove_file(self.msg.join(id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            return self.msg_sync.sync();
         }
         let path = self.log.join(id);
         let new = !path.exists();
@@ -172,12 +206,13 @@ impl Spool {
 
     /// Removes a finished message: the message file first, then its log (see module doc).
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        self.unlogged().remove(id);
         match fs::remove_file(self.msg.join(id)) {
-            Ok(()) => {}
+            Ok(()) => self.msg_sync.sync()?,
+            // Already removed, durably, by `append_log` (a message finished at once).
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        self.msg_sync.sync()?;
         match fs::remove_file(self.log.join(id)) {
             Ok(()) | Err(_) => Ok(()),
         }
@@ -264,6 +299,20 @@ impl Spool {
         }
         Ok(rec)
     }
+}
+
+/// Whether `records` give every one of `n` recipients a final outcome.
+fn all_final(records: &[LogRecord], n: usize) -> bool {
+    let mut fin = vec![false; n];
+    for r in records {
+        match r {
+            LogRecord::Delivered { rcpt, .. } | LogRecord::Failed { rcpt, .. } if *rcpt < n => {
+                fin[*rcpt] = true
+            }
+            _ => {}
+        }
+    }
+    fin.iter().all(|&f| f)
 }
 
 /// Group commit of one directory's fsyncs (see the module doc).
@@ -525,6 +574,44 @@ mod tests {
             assert_eq!(spool.read(id).unwrap().1, body.as_bytes());
         }
         assert_eq!(spool.recover().unwrap().0.len(), 200);
+    }
+
+    /// First records that finish every recipient remove the message without a log; a partial
+    /// outcome still creates the log, and later records append to it.
+    #[test]
+    fn message_finished_at_once_gets_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let delivered = |rcpt| LogRecord::Delivered {
+            rcpt,
+            detail: "250 ok".into(),
+        };
+        let done = spool.new_id();
+        spool.store(&done, &env(), b"x\r\n").unwrap();
+        spool
+            .append_log(&done, &[delivered(0), delivered(1)])
+            .unwrap();
+        assert!(!dir.path().join("msg").join(&done).exists());
+        assert!(!dir.path().join("log").join(&done).exists());
+        spool.remove(&done).unwrap();
+
+        let partial = spool.new_id();
+        spool.store(&partial, &env(), b"x\r\n").unwrap();
+        let deferred = LogRecord::Deferred {
+            rcpt: 1,
+            detail: "451 later".into(),
+        };
+        spool
+            .append_log(&partial, &[delivered(0), deferred])
+            .unwrap();
+        assert!(dir.path().join("log").join(&partial).exists());
+        spool.append_log(&partial, &[delivered(1)]).unwrap();
+        let (rec, _) = spool.recover().unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].id, partial);
+        assert_eq!(rec[0].states, vec![RcptState::Delivered; 2]);
+        spool.remove(&partial).unwrap();
+        assert!(spool.recover().unwrap().0.is_empty());
     }
 
     /// A failed directory fsync reaches every waiter of its batch with the OS error code.
