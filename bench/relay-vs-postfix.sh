@@ -4,6 +4,7 @@
 #   bash bench/relay-vs-postfix.sh            # full run: N=20000 messages, C=50 sessions
 #   bash bench/relay-vs-postfix.sh --quick    # N=2000, idle probe with 2000 sessions
 #   N=5000 C=20 bash bench/relay-vs-postfix.sh --scenario plain --no-idle
+#   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
 # instance is left unconfigured and stopped), builds the relay and the latency tool, then:
@@ -37,6 +38,7 @@ Options (or the environment variables in brackets):
   --idle K           idle sessions for the probe, 0 to skip [IDLE, default 10000]
   --no-latency       skip the fixed-rate latency runs [LATENCY=0]
   --keep             keep the work directory (logs, configs) [KEEP=1]
+  RELAY_BIN=FILE     benchmark this connector-relay binary instead of building one
   BENCH_DIR=DIR      work directory (default var/bench; must not be tmpfs: fsync is a no-op there)
 EOF
 }
@@ -387,16 +389,22 @@ idle_probe() { # target
 install_postfix
 [ "$(stat -f -c %T "$(dirname "$WORK")" 2>/dev/null || echo ?)" = tmpfs ] &&
     die "BENCH_DIR is on tmpfs, where fsync costs nothing; pick a directory on a disk"
-say "building connector-relay and the latency tool (release) ..."
-(cd "$REPO" && cargo build --release --quiet --bin connector-relay --example smtp-latency)
-RELAY=$TARGET/release/connector-relay
+if [ -n "${RELAY_BIN:-}" ]; then
+    say "building the latency tool (release); connector-relay: $RELAY_BIN ..."
+    (cd "$REPO" && cargo build --release --quiet --example smtp-latency)
+    RELAY=$RELAY_BIN
+else
+    say "building connector-relay and the latency tool (release) ..."
+    (cd "$REPO" && cargo build --release --quiet --bin connector-relay --example smtp-latency)
+    RELAY=$TARGET/release/connector-relay
+fi
 LOADTOOL=$TARGET/release/examples/smtp-latency
 rm -rf "$WORK"; mkdir -p "$WORK"
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cat <<EOF
-# connector-relay vs Postfix $(postconf -d -h mail_version 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)
+# connector-relay ($(cd "$REPO" && git describe --always --dirty 2>/dev/null)${RELAY_BIN:+, binary $RELAY_BIN}) vs Postfix $(postconf -d -h mail_version 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)
 # machine: nproc=$(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)
 # spool/queue on: $(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')
 # N=$N messages of ~$SIZE bytes per run, C=$C sessions (kept open across messages)

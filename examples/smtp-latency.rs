@@ -29,7 +29,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "SMTP load generator: end-of-DATA → 250 latency at a fixed rate, or idle sessions")]
+#[command(
+    about = "SMTP load generator: end-of-DATA → 250 latency at a fixed rate, or idle sessions"
+)]
 struct Args {
     /// Server address, ip:port.
     #[arg(long)]
@@ -121,7 +123,9 @@ impl Conn {
             self.line.clear();
             let n = tokio::time::timeout(self.timeout, self.io.read_line(&mut self.line))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "reply timeout"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "reply timeout")
+                })??;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
@@ -152,7 +156,10 @@ impl Conn {
     }
 
     /// Banner, EHLO, and optionally STARTTLS + EHLO.
-    async fn greet(mut self, tls: Option<&(TlsConnector, ServerName<'static>)>) -> std::io::Result<Conn> {
+    async fn greet(
+        mut self,
+        tls: Option<&(TlsConnector, ServerName<'static>)>,
+    ) -> std::io::Result<Conn> {
         if self.reply().await? != 220 {
             return Err(bad(&self.line));
         }
@@ -179,7 +186,8 @@ fn bad(line: &str) -> std::io::Error {
 
 fn tls_connector(args: &Args) -> Result<(TlsConnector, ServerName<'static>), String> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&args.ca).map_err(|e| format!("{}: {e}", args.ca.display()))?;
+    let certs = CertificateDer::pem_file_iter(&args.ca)
+        .map_err(|e| format!("{}: {e}", args.ca.display()))?;
     for c in certs {
         roots
             .add(c.map_err(|e| e.to_string())?)
@@ -375,8 +383,12 @@ async fn idle(args: Args, n: usize) -> Result<(), String> {
             .map(|&i| {
                 let (args, tls) = (args.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let source = (!args.source.is_empty()).then(|| args.source[i % args.source.len()]);
-                    Conn::open(&args, source).await?.greet((*tls).as_ref()).await
+                    let source =
+                        (!args.source.is_empty()).then(|| args.source[i % args.source.len()]);
+                    Conn::open(&args, source)
+                        .await?
+                        .greet((*tls).as_ref())
+                        .await
                 })
             })
             .collect();
@@ -400,7 +412,9 @@ async fn idle(args: Args, n: usize) -> Result<(), String> {
     println!(
         "IDLE_READY opened={opened} failed={failed} secs={:.1}{}",
         start.elapsed().as_secs_f64(),
-        first_error.map(|e| format!(" first_error={e:?}")).unwrap_or_default()
+        first_error
+            .map(|e| format!(" first_error={e:?}"))
+            .unwrap_or_default()
     );
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let checks: Vec<_> = conns
