@@ -25,6 +25,7 @@ RCPTS=${RCPTS:-"1 10"}
 SCENARIOS=${SCENARIOS:-"plain tls"}
 LATENCY=${LATENCY:-1}
 KEEP=${KEEP:-0}
+ATTRIBUTION=${ATTRIBUTION:-0}
 
 usage() {
     sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
@@ -38,6 +39,7 @@ Options (or the environment variables in brackets):
   --idle K           idle sessions for the probe, 0 to skip [IDLE, default 10000]
   --no-latency       skip the fixed-rate latency runs [LATENCY=0]
   --keep             keep the work directory (logs, configs) [KEEP=1]
+  --attribution      also run the criterion benchmark of inbound attribution [ATTRIBUTION=1]
   RELAY_BIN=FILE     benchmark this connector-relay binary instead of building one
   BENCH_DIR=DIR      work directory (default var/bench; must not be tmpfs: fsync is a no-op there)
 EOF
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
         --no-idle) IDLE=0 ;;
         --no-latency) LATENCY=0 ;;
         --keep) KEEP=1 ;;
+        --attribution) ATTRIBUTION=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 1 ;;
     esac
@@ -466,4 +469,12 @@ if [ "$IDLE" -gt 0 ] && [[ " $SCENARIOS " == *" plain "* ]]; then
     done
     echo "# Postfix serves at most default_process_limit = 100 sessions at once; the others wait in the listen queue (no banner within 5 s = not open)"
 fi
+echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes the figures of both servers noisier)"
 echo "# memory: sum of Pss over the process tree (relay: one process; Postfix: master and all its children), peak of 200 ms samples"
+if [ "$ATTRIBUTION" = 1 ]; then
+    echo
+    echo "# inbound attribution, 10,000 connectors / 100,000 CIDRs (criterion; ns per call, absolute on this machine)"
+    (cd "$REPO" && cargo bench --quiet --bench attribution -- --warm-up-time 1 --measurement-time 3 2>/dev/null) |
+        awk '/^inbound_attribution\// { name = $1; sub(/.*\//, "", name) }
+             / time: / && name != "" { printf "  %-16s %s %s %s %s %s %s\n", name, $2, $3, $4, $5, $6, $7; name = "" }'
+fi
