@@ -9,11 +9,33 @@
 //! When every recipient is final, the message file is removed first, then its log, so a
 //! crash in between leaves an orphan log (removed at start-up), never a message without
 //! its history.
+//!
+//! **Group commit.** Directory fsyncs are shared: every rename into `msg/`, unlink from it
+//! and creation in `log/` asks its directory's [`DirSync`] for an fsync that *starts after*
+//! the change, and one fsync serves every change made while the previous one ran (leader /
+//! follower: the first waiter syncs for the whole batch, the others sleep until it is done).
+//! Under load that is one directory fsync per batch instead of one per message (the profile:
+//! five sync calls per message, three of them directory fsyncs). File fsyncs stay in the
+//! writer's own (blocking-pool) thread: they run concurrently, and the block layer merges
+//! the cache flushes of concurrent fsyncs, which a single committer thread syncing files one
+//! after the other could not. Nothing is acknowledged earlier than before: `store` still
+//! returns only once the file and its directory entry are on disk.
+//!
+//! **No log for a message finished at once.** When the first outcome records of a message
+//! stored by this process make every recipient final, `append_log` removes the message
+//! (durably) instead of creating its log: a message with no pending recipient has no
+//! progress to remember, and the caller's `remove` that follows finds nothing left to do.
+//! That saves a file creation and two fsyncs per message on the common path (the profile:
+//! inode allocation was a quarter of the relay's CPU time). A crash before that removal is
+//! on disk leaves the message with no log, so it is delivered again, exactly as a crash
+//! before the log line was on disk did.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &str = "connector-relay-spool 1";
@@ -73,6 +95,11 @@ pub struct Spool {
     tmp: PathBuf,
     corrupt: PathBuf,
     seq: AtomicU64,
+    msg_sync: DirSync,
+    log_sync: DirSync,
+    /// Recipient counts of the messages this process stored that have no log yet (see the
+    /// module doc); an entry lives from `store` to the first `append_log`.
+    unlogged: Mutex<HashMap<String, usize>>,
 }
 
 impl Spool {
@@ -85,6 +112,9 @@ impl Spool {
             tmp: root.join("tmp"),
             corrupt: root.join("corrupt"),
             seq: AtomicU64::new(0),
+            msg_sync: DirSync::new(root.join("msg")),
+            log_sync: DirSync::new(root.join("log")),
+            unlogged: Mutex::new(HashMap::new()),
         };
         for d in [&spool.msg, &spool.log, &spool.tmp, &spool.corrupt] {
             fs::create_dir_all(d)?;
@@ -117,12 +147,21 @@ impl Spool {
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, self.msg.join(id))?;
-            sync_dir(&self.msg)
+            self.msg_sync.sync()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => {
+                self.unlogged().insert(id.to_string(), env.recipients.len());
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+            }
         }
         result
+    }
+
+    fn unlogged(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.unlogged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads a stored message: its envelope and the message data.
@@ -133,10 +172,21 @@ impl Spool {
         Ok((env, bytes[offset..].to_vec()))
     }
 
-    /// Appends outcome records to the message's log and fsyncs it.
+    /// Appends outcome records to the message's log and fsyncs it. When these are the first
+    /// records of a message stored by this process and they make every recipient final, the
+    /// message is removed durably instead (see the module doc).
     pub fn append_log(&self, id: &str, records: &[LogRecord]) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
+        }
+        let unlogged = self.unlogged().remove(id);
+        if unlogged.is_some_and(|n| all_final(records, n)) {
+            match fs::remove_file(self.msg.join(id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            return self.msg_sync.sync();
         }
         let path = self.log.join(id);
         let new = !path.exists();
@@ -149,19 +199,20 @@ impl Spool {
         f.write_all(buf.as_bytes())?;
         f.sync_data()?;
         if new {
-            sync_dir(&self.log)?;
+            self.log_sync.sync()?;
         }
         Ok(())
     }
 
     /// Removes a finished message: the message file first, then its log (see module doc).
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        self.unlogged().remove(id);
         match fs::remove_file(self.msg.join(id)) {
-            Ok(()) => {}
+            Ok(()) => self.msg_sync.sync()?,
+            // Already removed, durably, by `append_log` (a message finished at once).
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        sync_dir(&self.msg)?;
         match fs::remove_file(self.log.join(id)) {
             Ok(()) | Err(_) => Ok(()),
         }
@@ -250,8 +301,91 @@ impl Spool {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Whether `records` give every one of `n` recipients a final outcome.
+fn all_final(records: &[LogRecord], n: usize) -> bool {
+    let mut fin = vec![false; n];
+    for r in records {
+        match r {
+            LogRecord::Delivered { rcpt, .. } | LogRecord::Failed { rcpt, .. } if *rcpt < n => {
+                fin[*rcpt] = true
+            }
+            _ => {}
+        }
+    }
+    fin.iter().all(|&f| f)
+}
+
+/// Group commit of one directory's fsyncs (see the module doc).
+#[derive(Debug)]
+struct DirSync {
+    dir: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// The batch that the next fsync will cover; changes join it until that fsync starts.
+    open: Arc<Batch>,
+    /// Whether an fsync is running (its batch is no longer `open`).
+    syncing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    /// Set once the fsync covering this batch has finished: `Err` holds the OS error code
+    /// (so ENOSPC still reads as ENOSPC) and the message.
+    result: OnceLock<Result<(), (Option<i32>, String)>>,
+}
+
+impl DirSync {
+    fn new(dir: PathBuf) -> DirSync {
+        DirSync {
+            dir,
+            state: Mutex::new(SyncState {
+                open: Arc::new(Batch::default()),
+                syncing: false,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once an fsync of the directory that started after this call has finished,
+    /// so it covers every change the caller made to the directory before calling.
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        let mine = st.open.clone();
+        loop {
+            if let Some(result) = mine.result.get() {
+                return result.clone().map_err(|(code, msg)| match code {
+                    Some(c) => io::Error::from_raw_os_error(c),
+                    None => io::Error::other(msg),
+                });
+            }
+            if st.syncing {
+                // Someone else's fsync is running; it may have started before our change,
+                // so our batch waits for the next one.
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Lead: close the open batch (ours; an unfinished batch that is not syncing is
+            // always the open one) and sync for everyone in it.
+            let batch = std::mem::take(&mut st.open);
+            st.syncing = true;
+            drop(st);
+            let result = File::open(&self.dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| (e.raw_os_error(), e.to_string()));
+            let _ = batch.result.set(result);
+            st = self.lock();
+            st.syncing = false;
+            self.done.notify_all();
+        }
+    }
 }
 
 /// Envelope fields can never hold a newline (the SMTP parser refuses control characters),
@@ -408,6 +542,95 @@ mod tests {
         spool.remove(&id).unwrap();
         let (rec, _) = spool.recover().unwrap();
         assert!(rec.is_empty());
+    }
+
+    /// Many threads storing at once (the group-commit path): every store returns Ok, and
+    /// every message is there with its data afterwards.
+    #[test]
+    fn concurrent_stores_share_directory_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let id = spool.new_id();
+                            let body = format!("Subject: {t}-{i}\r\n\r\nbody\r\n");
+                            spool.store(&id, &env(), body.as_bytes()).unwrap();
+                            (id, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let stored: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(stored.len(), 200);
+        for (id, body) in &stored {
+            assert_eq!(spool.read(id).unwrap().1, body.as_bytes());
+        }
+        assert_eq!(spool.recover().unwrap().0.len(), 200);
+    }
+
+    /// First records that finish every recipient remove the message without a log; a partial
+    /// outcome still creates the log, and later records append to it.
+    #[test]
+    fn message_finished_at_once_gets_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let delivered = |rcpt| LogRecord::Delivered {
+            rcpt,
+            detail: "250 ok".into(),
+        };
+        let done = spool.new_id();
+        spool.store(&done, &env(), b"x\r\n").unwrap();
+        spool
+            .append_log(&done, &[delivered(0), delivered(1)])
+            .unwrap();
+        assert!(!dir.path().join("msg").join(&done).exists());
+        assert!(!dir.path().join("log").join(&done).exists());
+        spool.remove(&done).unwrap();
+
+        let partial = spool.new_id();
+        spool.store(&partial, &env(), b"x\r\n").unwrap();
+        let deferred = LogRecord::Deferred {
+            rcpt: 1,
+            detail: "451 later".into(),
+        };
+        spool
+            .append_log(&partial, &[delivered(0), deferred])
+            .unwrap();
+        assert!(dir.path().join("log").join(&partial).exists());
+        spool.append_log(&partial, &[delivered(1)]).unwrap();
+        let (rec, _) = spool.recover().unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].id, partial);
+        assert_eq!(rec[0].states, vec![RcptState::Delivered; 2]);
+        spool.remove(&partial).unwrap();
+        assert!(spool.recover().unwrap().0.is_empty());
+    }
+
+    /// A failed directory fsync reaches every waiter of its batch with the OS error code.
+    #[test]
+    fn dir_sync_reports_errors_to_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(DirSync::new(dir.path().join("missing")));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let sync = sync.clone();
+                std::thread::spawn(move || sync.sync())
+            })
+            .collect();
+        for w in waiters {
+            let e = w.join().unwrap().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        }
+        fs::create_dir(dir.path().join("missing")).unwrap();
+        sync.sync().unwrap();
     }
 
     #[test]

@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# connector-relay against Postfix, side by side on this machine, in one run.
+#
+#   bash bench/relay-vs-postfix.sh            # full run: N=20000 messages, C=50 sessions
+#   bash bench/relay-vs-postfix.sh --quick    # N=2000, idle probe with 2000 sessions
+#   N=5000 C=20 bash bench/relay-vs-postfix.sh --scenario plain --no-idle
+#   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
+#
+# Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
+# instance is left unconfigured and stopped), builds the relay and the latency tool, then:
+#   plain: smtp-source -> {connector-relay | private Postfix} -> smtp-sink
+#   tls:   smtp-latency (STARTTLS) -> {connector-relay | Postfix} -(STARTTLS, verified)->
+#          connector-relay sink --tls-cert  (smtp-source and smtp-sink cannot do STARTTLS)
+# with 1 and 10 recipients per message, then end-of-DATA -> 250 latency at half of each
+# server's measured end-to-end rate, then an idle-sessions probe. Both servers keep their
+# durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
+# See bench/README.md for what each figure means.
+set -euo pipefail
+
+N=${N:-20000}
+C=${C:-50}
+IDLE=${IDLE:-10000}
+SIZE=${SIZE:-4096}
+RCPTS=${RCPTS:-"1 10"}
+SCENARIOS=${SCENARIOS:-"plain tls"}
+LATENCY=${LATENCY:-1}
+KEEP=${KEEP:-0}
+ATTRIBUTION=${ATTRIBUTION:-0}
+
+usage() {
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<EOF
+Options (or the environment variables in brackets):
+  --quick            N=2000 and IDLE=2000, for trying it
+  -n N               messages per run [N, default 20000]
+  -c C               concurrent sessions [C, default 50]
+  --rcpts "1 10"     recipients per message, one run each [RCPTS]
+  --scenario S       plain, tls or "plain tls" [SCENARIOS]
+  --idle K           idle sessions for the probe, 0 to skip [IDLE, default 10000]
+  --no-latency       skip the fixed-rate latency runs [LATENCY=0]
+  --keep             keep the work directory (logs, configs) [KEEP=1]
+  --attribution      also run the criterion benchmark of inbound attribution [ATTRIBUTION=1]
+  RELAY_BIN=FILE     benchmark this connector-relay binary instead of building one
+  BENCH_DIR=DIR      work directory (default var/bench; must not be tmpfs: fsync is a no-op there)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) N=2000; IDLE=2000 ;;
+        -n) N=$2; shift ;;
+        -c) C=$2; shift ;;
+        --rcpts) RCPTS=$2; shift ;;
+        --scenario) SCENARIOS=$2; shift ;;
+        --idle) IDLE=$2; shift ;;
+        --no-idle) IDLE=0 ;;
+        --no-latency) LATENCY=0 ;;
+        --keep) KEEP=1 ;;
+        --attribution) ATTRIBUTION=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 1 ;;
+    esac
+    shift
+done
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+WORK=${BENCH_DIR:-$REPO/var/bench}
+CERTS=$REPO/certs-test
+export PATH=$PATH:/usr/sbin:/sbin
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "relay-vs-postfix: $*"; exit 1; }
+
+# ---------------------------------------------------------------- installation (idempotent)
+install_postfix() {
+    if [ -x /usr/sbin/postfix ] && [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ]; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing Debian's postfix (smtp-source, smtp-sink) ..."
+    # "No configuration": no /etc/postfix/main.cf, so the system instance cannot start and
+    # nothing listens on port 25; this script only runs private instances.
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postfix >/dev/null
+    if $sudo postfix status >/dev/null 2>&1; then
+        say "stopping the system postfix the package started (this benchmark runs its own)"
+        $sudo postfix stop >/dev/null 2>&1 || true
+    fi
+}
+
+# ---------------------------------------------------------------- helpers
+now() { date +%s.%N; }
+fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2fx", a / b; else print "n/a" }'; }
+
+# A free loopback port below the ephemeral range (so no client socket of the load can hold
+# it), not in use in any state, and not handed out before.
+USED_PORTS=" "
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+free_port() {
+    local p
+    while :; do
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+        case "$USED_PORTS" in *" $p "*) continue ;; esac
+        if ! ss -Htan "sport = :$p" | grep -q .; then
+            USED_PORTS="$USED_PORTS$p "
+            echo "$p"
+            return
+        fi
+    done
+}
+
+wait_listening() { # port, what
+    local i
+    for i in $(seq 1 300); do
+        ss -Hltn "sport = :$1" | grep -q . && return 0
+        sleep 0.1
+    done
+    die "$2 is not listening on port $1 after 30 s"
+}
+
+# Memory of a process tree: the sum of Pss over the root and its descendants (shared pages
+# split between the processes that map them, so many Postfix processes sharing libc are not
+# counted many times), in kB.
+tree_pids() {
+    local pid=$1 kids k
+    echo "$pid"
+    kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+    for k in $kids; do tree_pids "$k"; done
+}
+tree_pss_kb() {
+    # shellcheck disable=SC2046
+    awk '/^Pss:/ { s += $2 } END { print s + 0 }' \
+        $(tree_pids "$1" | sed 's|.*|/proc/&/smaps_rollup|') 2>/dev/null || echo 0
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' /proc/"$1"/status; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' /proc/"$1"/status; }
+
+# Samples tree_pss_kb of $1 every 200 ms into file $2 (the peak) until killed.
+start_sampler() {
+    ( peak=0
+      while :; do
+          v=$(tree_pss_kb "$1")
+          [ "$v" -gt "$peak" ] && { peak=$v; echo "$peak" >"$2"; }
+          sleep 0.2
+      done ) &
+    SAMPLER=$!
+}
+stop_sampler() { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
+
+# ---------------------------------------------------------------- the downstream sinks
+SINK_PID=""
+start_sink() { # scenario
+    SINK_PORT=$(free_port)
+    if [ "$1" = tls ]; then
+        SINK_DIR=$WORK/sink-mail
+        mkdir -p "$SINK_DIR"
+        "$RELAY" sink --listen "127.0.0.1:$SINK_PORT" --maildir "$SINK_DIR" \
+            --tls-cert "$CERTS/sink.test.crt" --tls-key "$CERTS/sink.test.key" \
+            >"$WORK/sink.log" 2>&1 &
+    else
+        smtp-sink -c -u nobody -m 1000 "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.count" 2>&1 &
+    fi
+    SINK_PID=$!
+    wait_listening "$SINK_PORT" "the sink"
+}
+stop_sink() { [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null || true; SINK_PID=""; }
+sink_count() {
+    if [ "$SCENARIO" = tls ]; then
+        ls -U "$SINK_DIR" | wc -l
+    else
+        tr '\r' '\n' <"$WORK/sink.count" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1 | sed 's/^$/0/'
+    fi
+}
+reset_sink_count() {
+    [ "$SCENARIO" = tls ] && find "$SINK_DIR" -type f -delete
+    return 0
+}
+
+# ---------------------------------------------------------------- connector-relay
+RELAY_PID=""
+start_relay() { # scenario
+    RELAY_PORT=$(free_port)
+    local admin_port d=$WORK/relay
+    admin_port=$(free_port)
+    rm -rf "$d"; mkdir -p "$d"
+    {
+        echo "[Relay]"
+        echo "Fqdn = \"relay.bench.test\""
+        echo "Listen = [\"127.0.0.1:$RELAY_PORT\"]"
+        if [ "$1" = tls ]; then
+            echo "TlsCertificate = \"$CERTS/relay.contoso.test.crt\""
+            echo "TlsPrivateKey = \"$CERTS/relay.contoso.test.key\""
+            echo "TrustedCaFile = \"$CERTS/ca.crt\""
+        fi
+        echo "AcceptedDomains = [\"relay.bench.test\"]"
+        echo "SpoolDir = \"$d/spool\""
+        echo "DataDir = \"$d/data\""
+        echo "AdminListen = \"127.0.0.1:$admin_port\""
+        echo "AdminTokenFile = \"$d/data/admin.token\""
+        echo "SrsSecretFile = \"$d/data/srs.key\""
+        echo "ProtocolLogDir = \"$d/data/protocol\""
+        echo "MaxInboundConnection = $((IDLE + 1000))"
+        echo
+        echo "[[InboundConnector]]"
+        echo "Name = \"Load source\""
+        echo "ConnectorType = \"OnPremises\""
+        echo "SenderIPAddresses = [\"127.0.0.1/32\"]"
+        echo
+        echo "[[OutboundConnector]]"
+        echo "Name = \"Smart host\""
+        echo "RecipientDomains = [\"example.test\"]"
+        echo "UseMXRecord = false"
+        echo "SmartHosts = [\"127.0.0.1:$SINK_PORT\"]"
+        if [ "$1" = tls ]; then
+            echo "TlsSettings = \"DomainValidation\""
+            echo "TlsDomain = \"sink.test\""
+        fi
+    } >"$d/relay.toml"
+    "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml"
+    (cd "$d" && exec "$RELAY" run --config "$d/relay.toml" >"$d/relay.log" 2>&1) &
+    RELAY_PID=$!
+    wait_listening "$RELAY_PORT" "connector-relay"
+    TARGET_PORT=$RELAY_PORT TARGET_PID=$RELAY_PID
+}
+stop_relay() { [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; }
+relay_queue_empty() { [ -z "$(ls -U "$WORK/relay/spool/msg" 2>/dev/null | head -1)" ]; }
+
+# ---------------------------------------------------------------- private Postfix
+PF=""
+start_postfix() { # scenario
+    PF=$WORK/postfix
+    PF_PORT=$(free_port)
+    postfix -c "$PF/etc" stop >/dev/null 2>&1 || true
+    rm -rf "$PF"; mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
+    chown postfix "$PF/data"
+    cat >"$PF/etc/main.cf" <<EOF
+# A private Postfix instance, the relay's equivalent: accept from the load source
+# (mynetworks) and relay everything to the sink (relayhost). Durability: Postfix's default
+# (the queue file is fsynced before 250).
+compatibility_level = 3.6
+queue_directory = $PF/queue
+data_directory = $PF/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench.test
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.1/32
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+relayhost = [127.0.0.1]:$SINK_PORT
+maillog_file = $PF/maillog
+maillog_file_prefixes = $PF
+smtputf8_enable = no
+EOF
+    if [ "$1" = tls ]; then
+        cat >>"$PF/etc/main.cf" <<EOF
+smtpd_tls_cert_file = $CERTS/relay.contoso.test.crt
+smtpd_tls_key_file = $CERTS/relay.contoso.test.key
+smtpd_tls_security_level = may
+smtp_tls_security_level = secure
+smtp_tls_secure_cert_match = sink.test
+smtp_tls_CAfile = $CERTS/ca.crt
+EOF
+    fi
+    # Upstream's services without chroot (the Debian package's master.cf chroots, which
+    # would need /etc files copied into the queue directory).
+    cat >"$PF/etc/master.cf" <<EOF
+127.0.0.1:$PF_PORT inet n - n - - smtpd
+pickup    unix  n - n 60   1 pickup
+cleanup   unix  n - n -    0 cleanup
+qmgr      unix  n - n 300  1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -    - trivial-rewrite
+bounce    unix  - - n -    0 bounce
+defer     unix  - - n -    0 bounce
+trace     unix  - - n -    0 bounce
+verify    unix  - - n -    1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -    - proxymap
+proxywrite unix - - n -    1 proxymap
+smtp      unix  - - n -    - smtp
+relay     unix  - - n -    - smtp
+showq     unix  n - n -    - showq
+error     unix  - - n -    - error
+retry     unix  - - n -    - error
+discard   unix  - - n -    - discard
+anvil     unix  - - n -    1 anvil
+scache    unix  - - n -    1 scache
+postlog   unix-dgram n - n - 1 postlogd
+EOF
+    postfix -c "$PF/etc" check >"$PF/check.log" 2>&1 || { cat "$PF/check.log" >&2; die "postfix check failed"; }
+    postfix -c "$PF/etc" start >"$PF/start.log" 2>&1 || { cat "$PF/start.log" >&2; die "postfix start failed"; }
+    wait_listening "$PF_PORT" "Postfix"
+    TARGET_PORT=$PF_PORT TARGET_PID=$(awk '{ print $1 }' "$PF/queue/pid/master.pid")
+}
+stop_postfix() { [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1 || true; }
+postfix_queue_empty() {
+    [ -z "$(find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" -type f 2>/dev/null | head -1)" ]
+}
+
+cleanup() {
+    stop_sampler 2>/dev/null || true
+    stop_relay; stop_postfix; stop_sink
+    [ -n "${IDLE_PID:-}" ] && kill "$IDLE_PID" 2>/dev/null
+    if [ "$KEEP" = 1 ]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+
+# ---------------------------------------------------------------- one load run
+# Globals set: INJ (msg/s until the last 250), E2E (msg/s until the sink has every message),
+# PEAK (peak Pss sum, MB).
+run_load() { # target(relay|postfix), rcpts
+    local target=$1 rcpts=$2 base t0 t1 t2 deadline count
+    reset_sink_count
+    base=$(sink_count)
+    echo 0 >"$WORK/peak"
+    start_sampler "$TARGET_PID" "$WORK/peak"
+    t0=$(now)
+    if [ "$SCENARIO" = tls ]; then
+        "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" --starttls --ca "$CERTS/ca.crt" \
+            --server-name relay.contoso.test -c "$C" -n "$N" --rcpts "$rcpts" --size "$SIZE" \
+            >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "load against $target failed"; }
+    else
+        smtp-source -d -s "$C" -m "$N" -l "$SIZE" -r "$rcpts" -M load.onprem.test \
+            -f load@onprem.test -t r@example.test "127.0.0.1:$TARGET_PORT" \
+            >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "smtp-source against $target failed"; }
+    fi
+    t1=$(now)
+    deadline=$(awk -v t="$t1" 'BEGIN { printf "%.3f", t + 600 }')
+    while :; do
+        count=$(( $(sink_count) - base ))
+        if [ "$count" -ge "$N" ]; then
+            if [ "$target" = relay ] && relay_queue_empty; then break; fi
+            if [ "$target" = postfix ] && postfix_queue_empty; then break; fi
+        fi
+        awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }' && die "$target: only $count of $N messages reached the sink after 10 minutes"
+        sleep 0.05
+    done
+    t2=$(now)
+    stop_sampler
+    INJ=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+    E2E=$(awk -v n="$N" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.0f", n / (b - a) }')
+    PEAK=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/peak")
+    say "  $target, $rcpts rcpt: injection $INJ msg/s, end-to-end $E2E msg/s, peak $PEAK MB"
+}
+
+# Latency at a fixed rate: half the target's end-to-end rate, for 15 s or N messages.
+run_latency() { # target, rate
+    local rate=$1 msgs tls=()
+    msgs=$(awk -v r="$rate" -v n="$N" 'BEGIN { m = int(r * 15); if (m > n) m = n; if (m < 500) m = 500; print m }')
+    [ "$SCENARIO" = tls ] && tls=(--starttls --ca "$CERTS/ca.crt" --server-name relay.contoso.test)
+    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" "${tls[@]}" -c "$C" -n "$msgs" --rate "$rate" \
+        --size "$SIZE" >"$WORK/lat.out" 2>&1 || { cat "$WORK/lat.out" >&2; die "latency run failed"; }
+    LAT=$(grep '^RESULT' "$WORK/lat.out")
+    kv() { printf '%s\n' "$LAT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+    LAT_P50=$(kv p50_ms) LAT_P99=$(kv p99_ms) LAT_P999=$(kv p999_ms) LAT_RATE=$(kv rate)
+    # let the queue drain before whatever comes next
+    local i
+    for i in $(seq 1 600); do
+        if [ "$2" = relay ]; then relay_queue_empty && break; else postfix_queue_empty && break; fi
+        sleep 0.1
+    done
+}
+
+# ---------------------------------------------------------------- idle sessions
+idle_probe() { # target
+    local before during out
+    before=$(tree_pss_kb "$TARGET_PID")
+    out=$WORK/idle.out
+    : >"$out"
+    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" --idle "$IDLE" --hold 5 --timeout 5 >"$out" 2>&1 &
+    IDLE_PID=$!
+    local i
+    for i in $(seq 1 1200); do grep -q '^IDLE_READY' "$out" && break; sleep 0.1; done
+    sleep 1
+    during=$(tree_pss_kb "$TARGET_PID")
+    wait "$IDLE_PID" || true
+    IDLE_PID=""
+    IDLE_OPENED=$(sed -n 's/.*idle_opened=\([0-9]*\).*/\1/p' "$out")
+    IDLE_ALIVE=$(sed -n 's/.*idle_alive=\([0-9]*\).*/\1/p' "$out")
+    IDLE_BEFORE=$((before / 1024)) IDLE_DURING=$((during / 1024))
+}
+
+# ================================================================== main
+install_postfix
+[ "$(stat -f -c %T "$(dirname "$WORK")" 2>/dev/null || echo ?)" = tmpfs ] &&
+    die "BENCH_DIR is on tmpfs, where fsync costs nothing; pick a directory on a disk"
+if [ -n "${RELAY_BIN:-}" ]; then
+    say "building the latency tool (release); connector-relay: $RELAY_BIN ..."
+    (cd "$REPO" && cargo build --release --quiet --example smtp-latency)
+    RELAY=$RELAY_BIN
+else
+    say "building connector-relay and the latency tool (release) ..."
+    (cd "$REPO" && cargo build --release --quiet --bin connector-relay --example smtp-latency)
+    RELAY=$TARGET/release/connector-relay
+fi
+LOADTOOL=$TARGET/release/examples/smtp-latency
+rm -rf "$WORK"; mkdir -p "$WORK"
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cat <<EOF
+# connector-relay ($(cd "$REPO" && git describe --always --dirty 2>/dev/null)${RELAY_BIN:+, binary $RELAY_BIN}) vs Postfix $(postconf -d -h mail_version 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)
+# machine: nproc=$(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)
+# spool/queue on: $(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')
+# N=$N messages of ~$SIZE bytes per run, C=$C sessions (kept open across messages)
+EOF
+
+declare -A R
+for SCENARIO in $SCENARIOS; do
+    say "scenario $SCENARIO"
+    start_sink "$SCENARIO"
+    for target in relay postfix; do
+        if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
+        for r in $RCPTS; do
+            run_load "$target" "$r"
+            R[$SCENARIO,$target,$r,inj]=$INJ R[$SCENARIO,$target,$r,e2e]=$E2E R[$SCENARIO,$target,$r,peak]=$PEAK
+        done
+        if [ "$LATENCY" = 1 ]; then
+            first=${RCPTS%% *}
+            rate=$(( ${R[$SCENARIO,$target,$first,e2e]} / 2 ))
+            run_latency "$rate" "$target"
+            R[$SCENARIO,$target,lat]="$rate|$LAT_RATE|$LAT_P50|$LAT_P99|$LAT_P999"
+            say "  $target latency at $rate msg/s: p50 $LAT_P50 ms, p99 $LAT_P99 ms, p99.9 $LAT_P999 ms"
+        fi
+        if [ "$SCENARIO" = plain ] && [ "$IDLE" -gt 0 ]; then
+            idle_probe "$target"
+            R[idle,$target]="$IDLE_OPENED|$IDLE_ALIVE|$IDLE_BEFORE|$IDLE_DURING"
+            say "  $target idle: $IDLE_OPENED of $IDLE opened, $IDLE_ALIVE alive, $IDLE_BEFORE -> $IDLE_DURING MB"
+        fi
+        [ "$target" = relay ] && R[$SCENARIO,relay,hwm]=$(( $(hwm_kb "$RELAY_PID") / 1024 ))
+        if [ "$target" = relay ]; then stop_relay; else stop_postfix; fi
+    done
+    stop_sink
+done
+
+# ---------------------------------------------------------------- report
+echo
+printf '%-6s %-6s %-22s %12s %12s %8s\n' scenario rcpts figure connector-relay Postfix ratio
+for SCENARIO in $SCENARIOS; do
+    for r in $RCPTS; do
+        for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
+            k=${f%%:*} label=${f#*:}
+            a=${R[$SCENARIO,relay,$r,$k]} b=${R[$SCENARIO,postfix,$r,$k]}
+            printf '%-6s %-6s %-22s %12s %12s %8s\n' "$SCENARIO" "$r" "$label" "$a" "$b" "$(ratio "$a" "$b")"
+        done
+    done
+    if [ "$LATENCY" = 1 ]; then
+        for t in relay postfix; do
+            IFS='|' read -r rate got p50 p99 p999 <<<"${R[$SCENARIO,$t,lat]}"
+            printf '%-6s %-6s %-22s offered %s msg/s (achieved %s): p50 %s ms, p99 %s ms, p99.9 %s ms\n' \
+                "$SCENARIO" 1 "latency $t" "$rate" "$got" "$p50" "$p99" "$p999"
+        done
+    fi
+    printf '%-6s %-6s %-22s %s MB (VmHWM over the whole scenario)\n' "$SCENARIO" - "relay peak RSS" "${R[$SCENARIO,relay,hwm]}"
+done
+if [ "$IDLE" -gt 0 ] && [[ " $SCENARIOS " == *" plain "* ]]; then
+    for t in relay postfix; do
+        IFS='|' read -r opened alive before during <<<"${R[idle,$t]}"
+        printf 'idle   %-6s %-22s %s of %s sessions open (%s answered NOOP after 5 s); memory %s MB before, %s MB with them\n' \
+            - "$t" "$opened" "$IDLE" "$alive" "$before" "$during"
+    done
+    echo "# Postfix serves at most default_process_limit = 100 sessions at once; the others wait in the listen queue (no banner within 5 s = not open)"
+fi
+echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes the figures of both servers noisier)"
+echo "# memory: sum of Pss over the process tree (relay: one process; Postfix: master and all its children), peak of 200 ms samples"
+if [ "$ATTRIBUTION" = 1 ]; then
+    echo
+    echo "# inbound attribution, 10,000 connectors / 100,000 CIDRs (criterion; ns per call, absolute on this machine)"
+    (cd "$REPO" && cargo bench --quiet --bench attribution -- --warm-up-time 1 --measurement-time 3 2>/dev/null) |
+        awk '/^inbound_attribution\// { name = $1; sub(/.*\//, "", name) }
+             / time: / && name != "" { printf "  %-16s %s %s %s %s %s %s\n", name, $2, $3, $4, $5, $6, $7; name = "" }'
+fi
