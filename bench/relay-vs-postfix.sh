@@ -37,6 +37,7 @@ Options (or the environment variables in brackets):
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
   --scenario S       plain, tls or "plain tls" [SCENARIOS]
   --idle K           idle sessions for the probe, 0 to skip [IDLE, default 10000]
+  --no-idle          the same as --idle 0
   --no-latency       skip the fixed-rate latency runs [LATENCY=0]
   --keep             keep the work directory (logs, configs) [KEEP=1]
   --attribution      also run the criterion benchmark of inbound attribution [ATTRIBUTION=1]
