@@ -7,12 +7,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use connector_relay::relay::{self, RelayHandle, ReloadError, StartOptions};
+use connector_relay::relay::{RelayHandle, ReloadError};
 use serde_json::{Value, json};
-use support::http::{Resp, http, until};
+use support::http::{Resp, http, start_relay_from_file, until};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -93,22 +92,7 @@ async fn start_lab(onprem: SocketAddr, fabrikam: SocketAddr) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
     std::fs::write(&config, config_text(dir.path(), onprem, fabrikam)).unwrap();
-    let loaded = connector_relay::config::load_file(&config).expect("valid test config");
-    let resolver =
-        connector_relay::dns::hickory::HickoryResolver::with_timeout(&[], Duration::from_secs(2))
-            .unwrap();
-    let options = StartOptions {
-        config_path: Some(config.clone()),
-        resolver: Some(Arc::new(resolver)),
-        ..StartOptions::default()
-    };
-    let relay = relay::start_with_options(Arc::new(loaded.policy), options)
-        .await
-        .expect("relay starts");
-    let token = std::fs::read_to_string(dir.path().join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
     Lab {
         admin: relay.admin_addr.expect("admin listener"),
         smtp: relay.smtp_addrs[0],

@@ -10,13 +10,11 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use connector_relay::relay::{self, StartOptions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use support::http::{http, until};
+use support::http::{http, start_relay_from_file, until};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -186,26 +184,8 @@ async fn the_page_lists_toggles_and_traces() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
     std::fs::write(&config, config_text(dir.path(), sink.addr())).unwrap();
-    let loaded = connector_relay::config::load_file(&config).expect("valid config");
-    let options = StartOptions {
-        config_path: Some(config.clone()),
-        resolver: Some(Arc::new(
-            connector_relay::dns::hickory::HickoryResolver::with_timeout(
-                &[],
-                Duration::from_secs(2),
-            )
-            .unwrap(),
-        )),
-        ..StartOptions::default()
-    };
-    let relay = relay::start_with_options(Arc::new(loaded.policy), options)
-        .await
-        .expect("relay starts");
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
     let admin = relay.admin_addr.expect("admin listener");
-    let token = std::fs::read_to_string(dir.path().join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
 
     // A message through the relay, from the on-premises server, for the trace search.
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;

@@ -489,6 +489,16 @@ pub(super) async fn create(
     apply(state, edit, q.what_if, StatusCode::CREATED).await
 }
 
+/// The connector `id` names and the request's JSON object (404 / 400 otherwise).
+fn target(
+    state: &AdminState,
+    id: &str,
+    body: &Bytes,
+) -> Result<(Direction, String, Map<String, Value>), Early> {
+    let (direction, name) = resolve(&state.control.policy(), id)?;
+    Ok((direction, name, object(body)?))
+}
+
 /// `PUT /api/exchange/connectors/{id}`: the keys to set; `null` removes a key.
 pub(super) async fn update(
     State(state): State<Arc<AdminState>>,
@@ -496,12 +506,8 @@ pub(super) async fn update(
     Query(q): Query<WhatIf>,
     body: Bytes,
 ) -> Response {
-    let (direction, name) = match resolve(&state.control.policy(), &id) {
+    let (direction, name, body) = match target(&state, &id, &body) {
         Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let body = match object(&body) {
-        Ok(b) => b,
         Err(r) => return *r,
     };
     if let Some(d) = body.get("Direction")
@@ -536,12 +542,8 @@ pub(super) async fn set_status(
     Query(q): Query<WhatIf>,
     body: Bytes,
 ) -> Response {
-    let (direction, name) = match resolve(&state.control.policy(), &id) {
+    let (direction, name, body) = match target(&state, &id, &body) {
         Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let body = match object(&body) {
-        Ok(b) => b,
         Err(r) => return *r,
     };
     let Some(enabled) = body.get("Enabled").and_then(Value::as_bool) else {

@@ -98,3 +98,30 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts the relay in-process from a config FILE (so it reloads and the admin API can
+/// change it), with no DNS servers; answers the relay and the admin token, read from
+/// `AdminTokenFile` (which the config must put in `token_dir`).
+pub async fn start_relay_from_file(
+    config: &std::path::Path,
+    token_dir: &std::path::Path,
+) -> (connector_relay::relay::RelayHandle, String) {
+    use std::sync::Arc;
+    let loaded = connector_relay::config::load_file(config).expect("valid test config");
+    let resolver =
+        connector_relay::dns::hickory::HickoryResolver::with_timeout(&[], Duration::from_secs(2))
+            .unwrap();
+    let options = connector_relay::relay::StartOptions {
+        config_path: Some(config.to_path_buf()),
+        resolver: Some(Arc::new(resolver)),
+        ..Default::default()
+    };
+    let relay = connector_relay::relay::start_with_options(Arc::new(loaded.policy), options)
+        .await
+        .expect("relay starts");
+    let token = std::fs::read_to_string(token_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (relay, token)
+}
