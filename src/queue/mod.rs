@@ -2,3 +2,4 @@
 
 pub mod manager;
 pub mod spool;
+pub mod wal;
