@@ -75,17 +75,18 @@ die() { say "relay-vs-postfix: $*"; exit 1; }
 
 # ---------------------------------------------------------------- installation (idempotent)
 install_postfix() {
-    if [ -x /usr/sbin/postfix ] && [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ]; then
+    if [ -x /usr/sbin/postfix ] && [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ] \
+        && command -v curl >/dev/null; then
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    say "installing Debian's postfix (smtp-source, smtp-sink) ..."
+    say "installing Debian's postfix (smtp-source, smtp-sink) and curl ..."
     # "No configuration": no /etc/postfix/main.cf, so the system instance cannot start and
     # nothing listens on port 25; this script only runs private instances.
     echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postfix >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postfix curl >/dev/null
     if $sudo postfix status >/dev/null 2>&1; then
         say "stopping the system postfix the package started (this benchmark runs its own)"
         $sudo postfix stop >/dev/null 2>&1 || true
@@ -185,8 +186,8 @@ reset_sink_count() {
 RELAY_PID=""
 start_relay() { # scenario
     RELAY_PORT=$(free_port)
-    local admin_port d=$WORK/relay
-    admin_port=$(free_port)
+    local d=$WORK/relay
+    RELAY_ADMIN_PORT=$(free_port)
     rm -rf "$d"; mkdir -p "$d"
     {
         echo "[Relay]"
@@ -200,7 +201,7 @@ start_relay() { # scenario
         echo "AcceptedDomains = [\"relay.bench.test\"]"
         echo "SpoolDir = \"$d/spool\""
         echo "DataDir = \"$d/data\""
-        echo "AdminListen = \"127.0.0.1:$admin_port\""
+        echo "AdminListen = \"127.0.0.1:$RELAY_ADMIN_PORT\""
         echo "AdminTokenFile = \"$d/data/admin.token\""
         echo "SrsSecretFile = \"$d/data/srs.key\""
         echo "ProtocolLogDir = \"$d/data/protocol\""
@@ -228,7 +229,11 @@ start_relay() { # scenario
     TARGET_PORT=$RELAY_PORT TARGET_PID=$RELAY_PID
 }
 stop_relay() { [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; }
-relay_queue_empty() { [ -z "$(ls -U "$WORK/relay/spool/msg" 2>/dev/null | head -1)" ]; }
+# Queued messages may have no file in spool/msg (their write-ahead log record is their copy
+# until deferred or checkpointed): ask the relay's /metrics (no token needed on loopback).
+relay_queue_empty() {
+    curl -sf "http://127.0.0.1:$RELAY_ADMIN_PORT/metrics" | grep -qx 'connector_relay_queue_depth 0'
+}
 
 # ---------------------------------------------------------------- private Postfix
 PF=""

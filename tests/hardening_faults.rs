@@ -306,22 +306,23 @@ async fn full_spool_disk_refuses_with_452_and_keeps_nothing() {
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Spool unwritable (always runs, also without root): `tmp/` is a regular file, so the
-/// temporary file cannot be created → `451 4.3.0`; nothing queued, the session goes on.
+/// Spool unwritable (always runs, also without root): the write-ahead log's directory
+/// `wal/` is a regular file, so no log segment can be created → `451 4.3.0`; nothing
+/// queued, the session goes on.
 #[tokio::test]
-async fn spool_tmp_unwritable_refuses_with_451() {
+async fn spool_log_unwritable_refuses_with_451() {
     let (relay, sink, tmp) = relay_with("").await;
-    let tmp_dir = tmp.path().join("tmp");
-    std::fs::remove_dir(&tmp_dir).unwrap();
-    std::fs::write(&tmp_dir, b"not a directory").unwrap();
+    let wal_dir = tmp.path().join("wal");
+    std::fs::remove_dir(&wal_dir).unwrap();
+    std::fs::write(&wal_dir, b"not a directory").unwrap();
     let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
     d.cmd("EHLO client.test", "250").await;
     transaction(&mut d, "refused", "hello\r\n", "451 4.3.0").await;
     assert!(files(&tmp.path().join("msg")).is_empty(), "nothing in msg/");
     d.cmd("NOOP", "250").await;
     // Repaired: the same session delivers.
-    std::fs::remove_file(&tmp_dir).unwrap();
-    std::fs::create_dir(&tmp_dir).unwrap();
+    std::fs::remove_file(&wal_dir).unwrap();
+    std::fs::create_dir(&wal_dir).unwrap();
     transaction(&mut d, "accepted", "hello\r\n", "250 2.0.0").await;
     d.cmd("QUIT", "221").await;
     wait_messages(sink.maildir(), 1, WAIT).await;

@@ -128,7 +128,7 @@ impl Spool {
             seq: AtomicU64::new(0),
             msg_sync: DirSync::new(root.join("msg")),
             log_sync: DirSync::new(root.join("log")),
-            wal: Wal::open(&root.join("wal"), &root.join("msg"))?,
+            wal: Wal::open(&root.join("wal"), &root.join("msg"), &root.join("tmp"))?,
             unlogged: Mutex::new(HashMap::new()),
         };
         Ok(spool)
@@ -156,7 +156,7 @@ impl Spool {
         content.extend_from_slice(data);
         let tmp = self.tmp.join(id);
         let result = if content.len() <= wal::MAX_PAYLOAD {
-            self.store_logged(id, &tmp, &content)
+            self.store_logged(id, &content)
         } else {
             self.store_alone(id, &tmp, &content)
         };
@@ -171,17 +171,11 @@ impl Spool {
         result
     }
 
-    /// The common path (see the `wal` module): the file goes to `tmp/` unsynced, the log
-    /// record is committed, then the file is renamed into `msg/`.
-    fn store_logged(&self, id: &str, tmp: &Path, content: &[u8]) -> io::Result<()> {
-        // Written first: a full disk is reported here (ENOSPC), before anything is logged.
-        File::create(tmp)?.write_all(content)?;
+    /// The common path (see the `wal` module): the log record is committed; the message
+    /// gets a file in `msg/` only if it is still queued when deferred or checkpointed.
+    fn store_logged(&self, id: &str, content: &[u8]) -> io::Result<()> {
         let pending = self.wal.append_store(id, content)?;
-        match self
-            .wal
-            .commit(&pending)
-            .and_then(|()| fs::rename(tmp, self.msg.join(id)))
-        {
+        match self.wal.commit(&pending) {
             Ok(()) => {
                 self.wal.stored(pending, id);
                 Ok(())
@@ -196,11 +190,27 @@ impl Spool {
     /// Messages too large for the log: the file is fsynced, renamed into `msg/`, and the
     /// directory fsynced (group-committed with other changes to `msg/`).
     fn store_alone(&self, id: &str, tmp: &Path, content: &[u8]) -> io::Result<()> {
-        let mut f = File::create(tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
+        wal::write_synced(tmp, content)?;
         fs::rename(tmp, self.msg.join(id))?;
         self.msg_sync.sync()
+    }
+
+    /// A deferred message gets its file in `msg/` (unsynced: while it is resident, its log
+    /// record is the durable copy, and the checkpoint writes the file durably), so `msg/`
+    /// lists what waits for a retry.
+    fn materialize(&self, id: &str) -> io::Result<()> {
+        if let Some(content) = self.wal.read(id)? {
+            let tmp = self.tmp.join(id);
+            File::create(&tmp)?.write_all(&content)?;
+            fs::rename(&tmp, self.msg.join(id))?;
+        }
+        Ok(())
+    }
+
+    /// Graceful stop: every queued message gets a durable file in `msg/` and the write-ahead
+    /// log is emptied, so the spool at rest is plain files.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        self.wal.checkpoint_all()
     }
 
     /// Records in the log that a message is finished, before its file goes.
@@ -216,7 +226,10 @@ impl Spool {
 
     /// Reads a stored message: its envelope and the message data.
     pub fn read(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
-        let bytes = fs::read(self.msg.join(id))?;
+        let bytes = match self.wal.read(id)? {
+            Some(content) => content,
+            None => fs::read(self.msg.join(id))?,
+        };
         let (env, offset) = decode_envelope(&bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok((env, bytes[offset..].to_vec()))
@@ -240,6 +253,9 @@ impl Spool {
         }
         let path = self.log.join(id);
         let new = !path.exists();
+        if new {
+            self.materialize(id)?;
+        }
         let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
         let mut buf = String::new();
         for r in records {
@@ -262,7 +278,8 @@ impl Spool {
             // The unlink must be on disk before the log's: a message never outlives its
             // history, even across a power cut.
             Ok(()) => self.msg_sync.sync()?,
-            // Already removed by `append_log` (a message finished at once, no log).
+            // Already removed by `append_log` (a message finished at once, no log), or never
+            // written (its log record was its only copy).
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -332,6 +349,7 @@ impl Spool {
                 continue;
             }
             self.store_alone(id, &self.tmp.join(id), content)?;
+            changed = true;
         }
         for id in &replay.done {
             for path in [self.msg.join(id), self.log.join(id)] {
@@ -664,6 +682,8 @@ mod tests {
         for (id, body) in &stored {
             assert_eq!(spool.read(id).unwrap().1, body.as_bytes());
         }
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.recover().unwrap().0.len(), 200);
     }
 
@@ -724,35 +744,42 @@ mod tests {
         sync.sync().unwrap();
     }
 
-    /// A power cut can lose an unsynced message file (its record in the log is the durable
-    /// copy): recovery rewrites it from the log, and a message whose removal was logged is
-    /// not brought back even if its file reappears.
+    /// Queued messages live in the write-ahead log until deferred or checkpointed; a power
+    /// cut can cut short the unsynced file of a deferred one. Recovery rewrites both from
+    /// the log, does not bring back a message whose removal was logged, and leaves plain
+    /// files that a second recovery reads alone.
     #[test]
-    fn recovery_rewrites_lost_files_from_the_log() {
+    fn recovery_rewrites_messages_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let msg = dir.path().join("msg");
-        let (kept, cut, delivered) = {
+        let body = |i| format!("Subject: {i}\r\n\r\nbody\r\n");
+        let (queued, deferred, delivered) = {
             let spool = Spool::open(dir.path()).unwrap();
             let ids: Vec<String> = (0..3).map(|_| spool.new_id()).collect();
             for (i, id) in ids.iter().enumerate() {
-                spool
-                    .store(
-                        id,
-                        &env(),
-                        format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(),
-                    )
-                    .unwrap();
+                spool.store(id, &env(), body(i).as_bytes()).unwrap();
             }
-            let content = fs::read(msg.join(&ids[2])).unwrap();
+            assert!(
+                !msg.join(&ids[0]).exists(),
+                "a queued message has no file yet"
+            );
+            assert_eq!(spool.read(&ids[0]).unwrap().1, body(0).as_bytes());
+            let deferred = LogRecord::Deferred {
+                rcpt: 0,
+                detail: "451 later".into(),
+            };
+            spool.append_log(&ids[1], &[deferred]).unwrap();
+            assert!(
+                msg.join(&ids[1]).exists(),
+                "a deferred message has its file"
+            );
             spool.remove(&ids[2]).unwrap();
-            // The power cut: one file gone, one cut short, the removed one back.
-            fs::remove_file(msg.join(&ids[0])).unwrap();
+            // The power cut: the deferred message's file cut short.
             let f = OpenOptions::new()
                 .write(true)
                 .open(msg.join(&ids[1]))
                 .unwrap();
             f.set_len(40).unwrap();
-            fs::write(msg.join(&ids[2]), content).unwrap();
             (ids[0].clone(), ids[1].clone(), ids[2].clone())
         };
         let spool = Spool::open(dir.path()).unwrap();
@@ -760,14 +787,35 @@ mod tests {
         assert!(corrupt.is_empty(), "{corrupt:?}");
         let mut got: Vec<_> = rec.iter().map(|r| r.id.clone()).collect();
         got.sort();
-        assert_eq!(got, [kept.clone(), cut.clone()]);
-        assert_eq!(spool.read(&kept).unwrap().1, b"Subject: 0\r\n\r\nbody\r\n");
-        assert_eq!(spool.read(&cut).unwrap().1, b"Subject: 1\r\n\r\nbody\r\n");
+        assert_eq!(got, [queued.clone(), deferred.clone()]);
+        assert_eq!(rec[1].last_error[0].as_deref(), Some("451 later"));
+        assert_eq!(spool.read(&queued).unwrap().1, body(0).as_bytes());
+        assert_eq!(spool.read(&deferred).unwrap().1, body(1).as_bytes());
         assert!(!msg.join(&delivered).exists());
-        // The log was checkpointed: a second recovery finds the same, from the files alone.
         drop(spool);
         let (rec, _) = Spool::open(dir.path()).unwrap().recover().unwrap();
         assert_eq!(rec.len(), 2);
+    }
+
+    /// A graceful stop leaves every queued message as a durable file and the log empty.
+    #[test]
+    fn checkpoint_leaves_plain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = spool.new_id();
+        spool.store(&id, &env(), b"x\r\n").unwrap();
+        spool.checkpoint().unwrap();
+        let (e, data) = decode_file(&fs::read(dir.path().join("msg").join(&id)).unwrap());
+        assert_eq!((e, data.as_slice()), (env(), &b"x\r\n"[..]));
+        assert!(spool.wal.replay().unwrap().stored.is_empty());
+        drop(spool);
+        let (rec, _) = Spool::open(dir.path()).unwrap().recover().unwrap();
+        assert_eq!(rec.len(), 1);
+    }
+
+    fn decode_file(bytes: &[u8]) -> (Envelope, Vec<u8>) {
+        let (e, offset) = decode_envelope(bytes).unwrap();
+        (e, bytes[offset..].to_vec())
     }
 
     /// A file cut short that is not in the log (a removed message brought back by a power
@@ -799,7 +847,8 @@ mod tests {
         fs::write(dir.path().join("msg").join("BAD"), b"garbage").unwrap();
         let id = spool.new_id();
         spool.store(&id, &env(), b"x\r\n").unwrap();
-        let (rec, corrupt) = spool.recover().unwrap();
+        drop(spool);
+        let (rec, corrupt) = Spool::open(dir.path()).unwrap().recover().unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(corrupt.len(), 1);
         assert_eq!(corrupt[0].0, "BAD");

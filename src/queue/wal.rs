@@ -35,7 +35,7 @@
 //! fsyncs the message file of every store without a later `Done`, deletes the files of the
 //! `Done` ones, and then [`Wal::retire_replayed`] turns those segments into spares.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -73,7 +73,19 @@ pub struct Replay {
 #[derive(Debug)]
 pub struct Pending {
     seq: u64,
+    loc: Loc,
     batch: Arc<Batch>,
+}
+
+/// Where a store record is: enough to read it back and check it is still that record.
+#[derive(Debug, Clone)]
+struct Loc {
+    seq: u64,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    /// The CRC chain value before the record.
+    chain: u32,
 }
 
 #[derive(Debug)]
@@ -85,11 +97,13 @@ pub struct Wal {
 struct Shared {
     dir: PathBuf,
     msg_dir: PathBuf,
+    tmp_dir: PathBuf,
     segment_bytes: u64,
     state: Mutex<State>,
     /// Wakes the checkpointer: a segment to retire, a store finished, or shutdown.
     work: Condvar,
     commits: GroupSync,
+    retiring: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -106,6 +120,9 @@ struct State {
     spares: Vec<PathBuf>,
     /// Closed segments that may hold records no sync has covered yet.
     unsynced: Vec<Arc<File>>,
+    /// Messages whose only durable copy is their record: queued, no `Done` yet, and their
+    /// segment not yet retired.
+    resident: HashMap<String, Loc>,
     checkpointer: bool,
     stop: bool,
 }
@@ -139,12 +156,18 @@ struct Live {
 impl Wal {
     /// Opens `dir` (creating it), finding the segments a previous run left: those with
     /// records wait for [`Wal::replay`], empty ones become spares.
-    pub fn open(dir: &Path, msg_dir: &Path) -> io::Result<Wal> {
-        Wal::open_with(dir, msg_dir, SEGMENT_BYTES)
+    /// `msg_dir` and `tmp_dir` are the spool's: where checkpoints write message files.
+    pub fn open(dir: &Path, msg_dir: &Path, tmp_dir: &Path) -> io::Result<Wal> {
+        Wal::open_with(dir, msg_dir, tmp_dir, SEGMENT_BYTES)
     }
 
     /// [`Wal::open`] with another segment size for new segments (tests).
-    fn open_with(dir: &Path, msg_dir: &Path, segment_bytes: u64) -> io::Result<Wal> {
+    fn open_with(
+        dir: &Path,
+        msg_dir: &Path,
+        tmp_dir: &Path,
+        segment_bytes: u64,
+    ) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let mut found = Vec::new();
         let mut spares = Vec::new();
@@ -176,6 +199,7 @@ impl Wal {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 msg_dir: msg_dir.to_path_buf(),
+                tmp_dir: tmp_dir.to_path_buf(),
                 segment_bytes,
                 state: Mutex::new(State {
                     active: None,
@@ -186,21 +210,27 @@ impl Wal {
                     found,
                     spares,
                     unsynced: Vec::new(),
+                    resident: HashMap::new(),
                     checkpointer: false,
                     stop: false,
                 }),
                 work: Condvar::new(),
                 commits: GroupSync::default(),
+                retiring: Mutex::new(()),
             }),
         })
     }
 
     /// Appends a store record (`id` and the complete message file). Blocking.
     pub fn append_store(&self, id: &str, file: &[u8]) -> io::Result<Pending> {
-        let seq = self.shared.append(Kind::Store, id, file)?;
+        let loc = self.shared.append(Kind::Store, id, file)?;
         // Joined after the write: any sync that starts from now on covers the record.
         let batch = self.shared.commits.join();
-        Ok(Pending { seq, batch })
+        Ok(Pending {
+            seq: loc.seq,
+            loc,
+            batch,
+        })
     }
 
     /// Returns once the record is on disk (a group-committed `fdatasync`).
@@ -209,9 +239,35 @@ impl Wal {
         sh.commits.wait(&p.batch, || sh.sync_active())
     }
 
-    /// The store is complete: its message file is in `msg/`.
+    /// The store is committed: the message is queued, its record its only copy on disk
+    /// until it is finished, or written to `msg/` ([`Wal::read`] reads it meanwhile).
     pub fn stored(&self, p: Pending, id: &str) {
+        self.shared.lock().resident.insert(id.to_string(), p.loc);
         self.shared.finish(p.seq, Some(id));
+    }
+
+    /// The complete message file of a message that has its record in the log and no
+    /// `Done`, read from the log; `None` otherwise (its file in `msg/` is the copy).
+    pub fn read(&self, id: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(loc) = self.shared.lock().resident.get(id).cloned() else {
+            return Ok(None);
+        };
+        let mut rec = vec![0u8; loc.len];
+        loc.file.read_exact_at(&mut rec, loc.offset)?;
+        // The segment may have been retired and reused since the lookup (the message then
+        // has its file in `msg/`): the record must still be this one.
+        match records_from(&rec, loc.chain).next() {
+            Some((Kind::Store, payload)) => match split_id(payload) {
+                Some((rid, content)) if rid == id => Ok(Some(content.to_vec())),
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the message's only durable copy is its record.
+    pub fn is_resident(&self, id: &str) -> bool {
+        self.shared.lock().resident.contains_key(id)
     }
 
     /// The store failed (the message was refused): nothing to checkpoint for it. Also
@@ -224,7 +280,26 @@ impl Wal {
     /// Records that a message is finished, before its file is removed. Written, not synced:
     /// a kill -9 cannot undo it; a power cut can (the message is then delivered again).
     pub fn done(&self, id: &str) -> io::Result<()> {
+        self.shared.lock().resident.remove(id);
         self.shared.append(Kind::Done, id, &[]).map(|_| ())
+    }
+
+    /// Graceful stop: every queued message gets its file in `msg/` (fsynced) and every
+    /// segment is retired, so the spool at rest is plain files.
+    pub fn checkpoint_all(&self) -> io::Result<()> {
+        let seqs: Vec<u64> = {
+            let mut st = self.shared.lock();
+            if let Some(a) = st.active.take() {
+                st.unsynced.push(a.file);
+                st.retire.push_back(a.seq);
+            }
+            st.live.keys().copied().collect()
+        };
+        for seq in seqs {
+            self.shared.retire_one(seq)?;
+        }
+        self.shared.lock().retire.clear();
+        Ok(())
     }
 
     /// The records of the segments a previous run left, oldest first.
@@ -275,8 +350,8 @@ impl Shared {
     }
 
     /// Writes one record into the active segment (switching segments when it is full);
-    /// returns the segment's number.
-    fn append(self: &Arc<Self>, kind: Kind, id: &str, data: &[u8]) -> io::Result<u64> {
+    /// returns where it is.
+    fn append(self: &Arc<Self>, kind: Kind, id: &str, data: &[u8]) -> io::Result<Loc> {
         let payload_len = 2 + id.len() + data.len();
         let len = (HEADER + payload_len) as u64;
         let mut st = self.lock();
@@ -310,6 +385,13 @@ impl Shared {
         }
         let half = a.cap / 2;
         let crossed_half = a.offset < half && a.offset + len >= half;
+        let loc = Loc {
+            seq: a.seq,
+            file: a.file.clone(),
+            offset: a.offset,
+            len: len as usize,
+            chain: a.chain,
+        };
         a.offset += len;
         a.chain = crc;
         let seq = a.seq;
@@ -322,7 +404,7 @@ impl Shared {
         {
             l.in_flight += 1;
         }
-        Ok(seq)
+        Ok(loc)
     }
 
     /// Closes the active segment (the next commit syncs it too) and opens the next one.
@@ -465,9 +547,12 @@ impl Shared {
         }
     }
 
-    /// Retires the oldest full segment: waits for its stores to finish, fsyncs the message
-    /// files still in `msg/`, then `msg/`, then invalidates the segment.
+    /// Retires a full segment (the oldest): waits for its stores to finish, gives each of
+    /// its messages still queued a durable file in `msg/` (written from the record, or the
+    /// file a deferral already wrote, fsynced), fsyncs `msg/`, then invalidates the segment.
     fn retire_one(&self, seq: u64) -> io::Result<()> {
+        // One retirement at a time (the checkpointer's, or a graceful stop's).
+        let _one = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
         let (path, file, ids) = {
             let mut st = self.lock();
             loop {
@@ -482,25 +567,46 @@ impl Shared {
                 }
             }
         };
-        let mut synced = 0;
+        let mut written = Vec::new();
         for id in &ids {
-            match File::open(self.msg_dir.join(id)) {
-                Ok(f) => {
-                    f.sync_all()?;
-                    synced += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            let Some(loc) = self.lock().resident.get(id).cloned() else {
+                continue; // finished
+            };
+            let mut rec = vec![0u8; loc.len];
+            loc.file.read_exact_at(&mut rec, loc.offset)?;
+            let Some((Kind::Store, payload)) = records_from(&rec, loc.chain).next() else {
+                return Err(io::Error::other(format!("log record of {id} unreadable")));
+            };
+            let (_, content) = split_id(payload).ok_or_else(|| io::Error::other("bad record"))?;
+            let tmp = self.tmp_dir.join(format!("{id}.ckpt"));
+            write_synced(&tmp, content)?;
+            fs::rename(&tmp, self.msg_dir.join(id))?;
+            written.push(id);
         }
-        if synced > 0 {
+        if !written.is_empty() {
             File::open(&self.msg_dir)?.sync_all()?;
+        }
+        {
+            let mut st = self.lock();
+            for id in written {
+                if st.resident.remove(id).is_none() {
+                    // Finished while its file was being written: the file must go too.
+                    let _ = fs::remove_file(self.msg_dir.join(id));
+                }
+            }
         }
         invalidate(&file)?;
         self.lock().live.remove(&seq);
         self.keep_spare(path);
         Ok(())
     }
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    std::io::Write::write_all(&mut f, content)?;
+    f.sync_all()
 }
 
 /// The background thread that retires full segments (each becomes the next spare) and,
@@ -582,8 +688,13 @@ fn record_crc(chain: u32, rec: &[u8]) -> u32 {
 
 /// The valid records at the start of a segment's bytes.
 fn records(bytes: &[u8]) -> impl Iterator<Item = (Kind, &[u8])> {
+    records_from(bytes, 0)
+}
+
+/// The valid records at the start of `bytes`, the CRC chain starting at `chain`.
+fn records_from(bytes: &[u8], chain: u32) -> impl Iterator<Item = (Kind, &[u8])> {
     let mut offset = 0;
-    let mut chain = 0u32;
+    let mut chain = chain;
     let mut seq = None;
     std::iter::from_fn(move || {
         let head = bytes.get(offset..offset + HEADER)?;
@@ -694,14 +805,22 @@ impl GroupSync {
 mod tests {
     use super::*;
 
+    fn dirs(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let d = |n| {
+            let p = root.join(n);
+            fs::create_dir_all(&p).unwrap();
+            p
+        };
+        (d("wal"), d("msg"), d("tmp"))
+    }
+
     fn stores(r: &Replay) -> Vec<&str> {
         r.stored.iter().map(|(id, _)| id.as_str()).collect()
     }
 
-    fn store(wal: &Wal, msg: &Path, id: &str, body: &[u8]) {
+    fn store(wal: &Wal, id: &str, body: &[u8]) {
         let p = wal.append_store(id, body).unwrap();
         wal.commit(&p).unwrap();
-        fs::write(msg.join(id), body).unwrap();
         wal.stored(p, id);
     }
 
@@ -711,25 +830,24 @@ mod tests {
     #[test]
     fn replay_then_recycle_never_replays_stale_records() {
         let dir = tempfile::tempdir().unwrap();
-        let (wdir, msg) = (dir.path().join("wal"), dir.path().join("msg"));
-        fs::create_dir_all(&msg).unwrap();
+        let (wdir, msg, tmp) = dirs(dir.path());
         {
-            let wal = Wal::open(&wdir, &msg).unwrap();
+            let wal = Wal::open(&wdir, &msg, &tmp).unwrap();
             for id in ["A", "B", "C"] {
-                store(&wal, &msg, id, format!("message {id}").as_bytes());
+                store(&wal, id, format!("message {id}").as_bytes());
             }
             wal.done("B").unwrap();
         }
-        let wal = Wal::open(&wdir, &msg).unwrap();
+        let wal = Wal::open(&wdir, &msg, &tmp).unwrap();
         let r = wal.replay().unwrap();
         assert_eq!(stores(&r), ["A", "B", "C"]);
         assert_eq!(r.stored[0].1, b"message A");
         assert!(r.done.contains("B") && r.done.len() == 1);
         wal.retire_replayed().unwrap();
         // The spare is reused: one short record overwrites the start of the old ones.
-        store(&wal, &msg, "D", b"d");
+        store(&wal, "D", b"d");
         drop(wal);
-        let wal = Wal::open(&wdir, &msg).unwrap();
+        let wal = Wal::open(&wdir, &msg, &tmp).unwrap();
         let r = wal.replay().unwrap();
         assert_eq!(stores(&r), ["D"]);
         assert!(r.done.is_empty());
@@ -745,20 +863,19 @@ mod tests {
     #[test]
     fn a_damaged_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let (wdir, msg) = (dir.path().join("wal"), dir.path().join("msg"));
-        fs::create_dir_all(&msg).unwrap();
+        let (wdir, msg, tmp) = dirs(dir.path());
         {
-            let wal = Wal::open(&wdir, &msg).unwrap();
-            store(&wal, &msg, "A", b"first");
-            store(&wal, &msg, "B", b"second");
-            store(&wal, &msg, "C", b"third");
+            let wal = Wal::open(&wdir, &msg, &tmp).unwrap();
+            store(&wal, "A", b"first");
+            store(&wal, "B", b"second");
+            store(&wal, "C", b"third");
         }
         let seg = fs::read_dir(&wdir).unwrap().next().unwrap().unwrap().path();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         // Flip a byte of B's payload.
         let b_payload = (HEADER + 2 + 1 + 5) + HEADER + 2 + 1;
         f.write_all_at(b"X", b_payload as u64).unwrap();
-        let r = Wal::open(&wdir, &msg).unwrap().replay().unwrap();
+        let r = Wal::open(&wdir, &msg, &tmp).unwrap().replay().unwrap();
         assert_eq!(stores(&r), ["A"]);
     }
 
@@ -767,13 +884,12 @@ mod tests {
     #[test]
     fn full_segments_are_checkpointed_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let (wdir, msg) = (dir.path().join("wal"), dir.path().join("msg"));
-        fs::create_dir_all(&msg).unwrap();
+        let (wdir, msg, tmp) = dirs(dir.path());
         let body = vec![b'x'; 10_000];
-        let wal = Wal::open_with(&wdir, &msg, 64 * 1024).unwrap();
+        let wal = Wal::open_with(&wdir, &msg, &tmp, 64 * 1024).unwrap();
         let ids: Vec<String> = (0..30).map(|i| format!("M{i:02}")).collect();
         for id in &ids {
-            store(&wal, &msg, id, &body);
+            store(&wal, id, &body);
         }
         // Six records per segment: five switches. Wait (bounded) for the checkpointer.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -784,7 +900,7 @@ mod tests {
         let files = fs::read_dir(&wdir).unwrap().count();
         assert!(files <= 1 + MAX_SPARES, "{files} segment files");
         drop(wal);
-        let r = Wal::open(&wdir, &msg).unwrap().replay().unwrap();
+        let r = Wal::open(&wdir, &msg, &tmp).unwrap().replay().unwrap();
         let replayed = stores(&r);
         assert!(!replayed.is_empty() && replayed.len() <= 6, "{replayed:?}");
         assert_eq!(replayed.last().copied(), Some("M29"));

@@ -74,6 +74,7 @@ pub struct RelayHandle {
     stop: watch::Sender<bool>,
     limits: Arc<Limits>,
     queue: tokio::task::JoinHandle<()>,
+    spool: Arc<Spool>,
     /// The message trace: hand a clone to whatever else should record events.
     pub events: Events,
     trace: trace_store::Writer,
@@ -91,6 +92,17 @@ impl RelayHandle {
         }
         let _ = self.stop.send(true);
         let _ = self.queue.await;
+        // Queued messages leave the write-ahead log for plain files in `msg/`.
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "spool checkpoint at stop failed; the next start replays the log")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool checkpoint at stop failed; the next start replays the log")
+            }
+        }
         if let Some(admin) = self.admin {
             // Open keep-alive connections must not hold the shutdown up.
             let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
@@ -279,7 +291,7 @@ pub async fn start_with_options(
         events.clone(),
     );
     let shared = Shared {
-        spool,
+        spool: spool.clone(),
         queue: queue.clone(),
         resolver,
         events: events.clone(),
@@ -353,6 +365,7 @@ pub async fn start_with_options(
         stop: stop_tx,
         limits: limits.clone(),
         queue: queue_join,
+        spool,
         events,
         trace,
         admin: Some(admin),
