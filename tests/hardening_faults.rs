@@ -270,7 +270,7 @@ async fn full_spool_disk_refuses_with_452_and_keeps_nothing() {
         Ok(o) => {
             println!(
                 "SKIPPED full_spool_disk: cannot mount a tmpfs here ({}); \
-                 spool_tmp_unwritable_refuses_with_451 covers the write failure",
+                 spool_log_unwritable_refuses_with_451 covers the write failure",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
             return;

@@ -43,9 +43,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
-use super::wal::{self, GroupSync, Wal};
+use super::wal::{self, Wal};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &str = "connector-relay-spool 1";
@@ -150,41 +150,50 @@ impl Spool {
         format!("{micros:014X}{seq:04X}{rnd:04X}")
     }
 
-    /// Stores a message durably. Blocking: call from `spawn_blocking`.
+    /// Stores a message durably. Blocking: call from `spawn_blocking` (async code uses
+    /// [`Spool::store_async`]).
     pub fn store(&self, id: &str, env: &Envelope, data: &[u8]) -> io::Result<()> {
-        let mut content = encode_envelope(id, env, data.len()).into_bytes();
-        content.extend_from_slice(data);
-        let tmp = self.tmp.join(id);
+        let content = file_content(id, env, data);
         let result = if content.len() <= wal::MAX_PAYLOAD {
-            self.store_logged(id, &content)
+            self.wal.store_blocking(id, content)
         } else {
-            self.store_alone(id, &tmp, &content)
+            self.store_alone(id, &self.tmp.join(id), &content)
         };
-        match result {
+        self.stored(id, env, result)
+    }
+
+    /// [`Spool::store`] from async code: the common path waits for the log's writer thread
+    /// without holding a thread of its own.
+    pub async fn store_async(
+        self: &Arc<Self>,
+        id: &str,
+        env: &Envelope,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let content = file_content(id, env, data);
+        let result = if content.len() <= wal::MAX_PAYLOAD {
+            self.wal.store(id, content).await
+        } else {
+            let (spool, id) = (self.clone(), id.to_string());
+            tokio::task::spawn_blocking(move || {
+                spool.store_alone(&id, &spool.tmp.join(&id), &content)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        self.stored(id, env, result)
+    }
+
+    fn stored(&self, id: &str, env: &Envelope, result: io::Result<()>) -> io::Result<()> {
+        match &result {
             Ok(()) => {
                 self.unlogged().insert(id.to_string(), env.recipients.len());
             }
             Err(_) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(self.tmp.join(id));
             }
         }
         result
-    }
-
-    /// The common path (see the `wal` module): the log record is committed; the message
-    /// gets a file in `msg/` only if it is still queued when deferred or checkpointed.
-    fn store_logged(&self, id: &str, content: &[u8]) -> io::Result<()> {
-        let pending = self.wal.append_store(id, content)?;
-        match self.wal.commit(&pending) {
-            Ok(()) => {
-                self.wal.stored(pending, id);
-                Ok(())
-            }
-            Err(e) => {
-                self.wal.abandon(pending, id);
-                Err(e)
-            }
-        }
     }
 
     /// Messages too large for the log: the file is fsynced, renamed into `msg/`, and the
@@ -447,6 +456,84 @@ impl DirSync {
     fn sync(&self) -> io::Result<()> {
         self.group.sync(|| File::open(&self.dir)?.sync_all())
     }
+}
+
+/// Group commit (leader / follower): a caller joins the open batch, then waits; the first
+/// waiter of a batch that finds no sync running closes the batch and runs the sync for
+/// everyone in it, the others sleep until it is done. A sync that starts after a caller
+/// joined covers whatever the caller wrote before joining.
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// The batch that the next sync will cover; callers join it until that sync starts.
+    open: Arc<Batch>,
+    /// Whether a sync is running (its batch is no longer `open`).
+    syncing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    /// Set once the sync covering this batch has finished: `Err` holds the OS error code
+    /// (so ENOSPC still reads as ENOSPC) and the message.
+    result: OnceLock<Result<(), (Option<i32>, String)>>,
+}
+
+impl GroupSync {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the open batch.
+    fn join(&self) -> Arc<Batch> {
+        self.lock().open.clone()
+    }
+
+    /// Returns once a sync that started after `mine` was joined has finished.
+    fn wait(&self, mine: &Batch, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if let Some(result) = mine.result.get() {
+                return result.clone().map_err(|(code, msg)| match code {
+                    Some(c) => io::Error::from_raw_os_error(c),
+                    None => io::Error::other(msg),
+                });
+            }
+            if st.syncing {
+                // Someone else's sync is running; it may have started before we joined, so
+                // our batch waits for the next one.
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Lead: close the open batch (ours: an unfinished batch that is not syncing is
+            // always the open one) and sync for everyone in it.
+            let batch = std::mem::take(&mut st.open);
+            st.syncing = true;
+            drop(st);
+            let result = sync().map_err(|e| (e.raw_os_error(), e.to_string()));
+            let _ = batch.result.set(result);
+            st = self.lock();
+            st.syncing = false;
+            self.done.notify_all();
+        }
+    }
+
+    /// Joins and waits: returns once a sync that started after this call has finished.
+    fn sync(&self, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mine = self.join();
+        self.wait(&mine, sync)
+    }
+}
+
+/// A message file: the envelope header, then the data.
+fn file_content(id: &str, env: &Envelope, data: &[u8]) -> Vec<u8> {
+    let mut content = encode_envelope(id, env, data.len()).into_bytes();
+    content.extend_from_slice(data);
+    content
 }
 
 /// Envelope fields can never hold a newline (the SMTP parser refuses control characters),
@@ -853,5 +940,24 @@ mod tests {
         assert_eq!(corrupt.len(), 1);
         assert_eq!(corrupt[0].0, "BAD");
         assert!(dir.path().join("corrupt").join("BAD").exists());
+    }
+
+    /// A sync error reaches every waiter of its batch, with the OS error code.
+    #[test]
+    fn group_sync_reports_errors_to_every_waiter() {
+        let group = Arc::new(GroupSync::default());
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let group = group.clone();
+                std::thread::spawn(move || {
+                    group.sync(|| Err(io::Error::from_raw_os_error(libc::ENOSPC)))
+                })
+            })
+            .collect();
+        for w in waiters {
+            let e = w.join().unwrap().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        }
+        group.sync(|| Ok(())).unwrap();
     }
 }

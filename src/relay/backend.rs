@@ -290,11 +290,7 @@ impl Backend for RelayBackend {
             inbound_connector: connector.map(|c| c.name.clone()),
             smtputf8: tx.params.smtputf8,
         };
-        let spool = self.spool.clone();
-        let (id2, env2) = (id.clone(), env.clone());
-        let stored = tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let stored = self.spool.store_async(&id, &env, &data).await;
         match stored {
             Ok(()) => {
                 tracing::info!(
