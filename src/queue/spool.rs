@@ -6,13 +6,14 @@
 //! data), `log/<id>` its per-recipient progress, `wal/` the write-ahead log, `tmp/` files
 //! being written, `corrupt/` what recovery could not read.
 //!
-//! **Store.** The common path (messages up to [`wal::MAX_PAYLOAD`]) writes the file to
-//! `tmp/` without syncing it, appends the same bytes to the write-ahead log, waits for the
-//! log's group-committed `fdatasync`, and renames the file into `msg/` (see the `wal`
-//! module: one data flush shared by every message stored meanwhile, instead of two
-//! journal commits per message). Larger messages are fsynced, renamed into `msg/`, and the
-//! directory fsynced (chasquid's safeio pattern), directory fsyncs being group-committed
-//! too.
+//! **Store.** The common path (messages up to [`wal::MAX_PAYLOAD`]) appends the message
+//! to the write-ahead log and returns once the log's group-committed `fdatasync` covers it
+//! (see the `wal` module: one data flush shared by every message stored meanwhile, instead
+//! of two journal commits and an inode per message). The message has no file in `msg/`
+//! until it is deferred (`append_log` writes it, so `msg/` lists what waits for a retry)
+//! or its log segment is checkpointed. Larger messages are written to `tmp/`, fsynced,
+//! renamed into `msg/`, and the directory fsynced (chasquid's safeio pattern), directory
+//! fsyncs being group-committed.
 //!
 //! **Progress.** Per-recipient outcomes go to an append-only log `log/<id>` (one fsynced
 //! line per outcome), so a restart neither loses a recipient nor delivers one twice. A
@@ -22,14 +23,12 @@
 //! log (removed at start-up), never a message without its history.
 //!
 //! **No log for a message finished at once.** When the first outcome records of a message
-//! stored by this process make every recipient final, `append_log` removes the message
-//! instead of creating its log: a message with no pending recipient has no progress to
-//! remember, and the caller's `remove` that follows finds nothing left to do. That saves a
-//! file creation and three fsyncs per message on the common path (the profile: inode
-//! allocation was a quarter of the relay's CPU time). That unlink is not fsynced (as
-//! Postfix does not fsync the removal of a delivered queue file): a power cut before it
-//! reaches the disk brings the message back, so it is delivered again. A process crash
-//! (kill -9) cannot undo it, nor the `Done` record written before it. Duplicates are
+//! stored by this process make every recipient final, `append_log` records it done instead
+//! of creating its log: a message with no pending recipient has no progress to remember,
+//! and the caller's `remove` that follows finds nothing left to do. The `Done` record is
+//! not synced and a removal is not fsynced (as Postfix does not fsync the removal of a
+//! delivered queue file): a power cut before they reach the disk brings the message back,
+//! so it is delivered again. A process crash (kill -9) cannot undo them. Duplicates are
 //! possible after a power cut; loss is not.
 //!
 //! **Recovery** replays the write-ahead log (message files rewritten and fsynced, `Done`

@@ -9,21 +9,26 @@
 //! one data write and one flush (0.12 ms against 0.67 ms on the benchmark machine), and one
 //! such sync covers every message appended while the previous one ran.
 //!
-//! **What.** `wal/` holds segment files of [`SEGMENT_BYTES`]. A store appends one record with
-//! the complete message file (envelope and data) to the active segment and waits for a
-//! group-committed `fdatasync` of it ([`GroupSync`]: the first waiter syncs for every record
-//! appended before it started, the others sleep). The message file itself is written to
-//! `tmp/` and renamed into `msg/` *without* an fsync: while its record is in the log, the
-//! log is the durable copy. A removal appends a small `Done` record (written, not synced)
-//! before the unlink, so a restart after kill -9 does not bring a delivered message back.
+//! **What.** `wal/` holds segment files of [`SEGMENT_BYTES`]. A store hands the complete
+//! message file (envelope and data) to the log's writer thread ([`writer`]), which appends
+//! the records of every store queued meanwhile to the active segment, covers them with one
+//! `fdatasync`, and answers each: group commit, the batch being whatever arrived while the
+//! previous sync ran. The message is then *resident*: queued, with its record as its only
+//! copy on disk, and read from there by the delivery ([`Wal::read`]). It gets a file in
+//! `msg/` only if it is still queued when it is deferred (the spool writes it) or when its
+//! segment is checkpointed: a message delivered at once never touches `msg/` (creating and
+//! unlinking a file per message was a fifth of the relay's CPU: ext4 inode allocation). A
+//! removal appends a small `Done` record (written, not synced) before any unlink, so a
+//! restart after kill -9 does not bring a delivered message back.
 //!
 //! **Checkpoint.** When a segment fills, the next one (a recycled *spare*, whose blocks
-//! exist, or a new file) becomes active and a background thread retires the full one: it
-//! fsyncs the message files of that segment that are still queued (usually none: a relay
-//! delivers in milliseconds, and a file created and removed between two journal commits
-//! never reaches the disk), then `msg/`, and only then invalidates the segment's first
-//! record and keeps the file as a spare. Segments retire oldest first, so a `Done` record
-//! is never dropped while the store it cancels can still be replayed.
+//! exist, or a new file) becomes active, and a background thread retires the full one a
+//! second later ([`RETIRE_AFTER`]): it writes and fsyncs the file of every message of that
+//! segment still queued (usually none: a relay delivers in milliseconds), fsyncs `msg/`,
+//! and only then invalidates the segment's first record and keeps the file as a spare.
+//! Segments retire oldest first, so a `Done` record is never dropped while the store it
+//! cancels can still be replayed. A graceful stop checkpoints every segment
+//! ([`Wal::checkpoint_all`]): a stopped relay's spool is plain files.
 //!
 //! **Records** are `[magic u32][kind u8][0u8; 3][len u32][crc u32][seq u64][payload]`,
 //! little-endian. `seq` numbers segments (it starts from the clock, so it also grows across
@@ -41,8 +46,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use tokio::sync::oneshot;
 
 /// Size of a segment file. 16 MB holds about 3,500 messages of 4 KB.
