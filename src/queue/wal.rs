@@ -564,14 +564,21 @@ impl Shared {
 
     fn finish(&self, seq: u64, id: Option<&str>) {
         let mut st = self.lock();
+        let mut last = false;
         if let Some(l) = st.live.get_mut(&seq) {
             l.in_flight = l.in_flight.saturating_sub(1);
+            last = l.in_flight == 0;
             if let Some(id) = id {
                 l.ids.push(id.to_string());
             }
         }
+        // Only a retirement waits for a segment's stores, and only for a closed segment:
+        // waking the checkpointer for every message cost a context switch each.
+        let closed = st.active.as_ref().is_none_or(|a| a.seq != seq);
         drop(st);
-        self.work.notify_all();
+        if last && closed {
+            self.work.notify_all();
+        }
     }
 
     fn keep_spare(&self, path: PathBuf) {
