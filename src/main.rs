@@ -62,6 +62,9 @@ enum Cmd {
         /// Offer AUTH PLAIN LOGIN and require it before MAIL: `--auth USER:PASS`.
         #[arg(long, value_parser = parse_auth)]
         auth: Option<(String, String)>,
+        /// Store nothing: count accepted messages in `<maildir>/count` (benchmarks).
+        #[arg(long)]
+        discard: bool,
     },
     /// Print message trace rows: every event of the messages that match, and refused
     /// sessions that match, oldest first.
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             refuse_starttls,
             break_starttls,
             auth,
+            discard,
         } => {
             use sink::StartTlsMode;
             let starttls = match (no_starttls, refuse_starttls, break_starttls) {
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
                 rcpt_hook: None,
                 starttls,
                 auth,
+                discard,
             };
             run_sink(opts)
         }

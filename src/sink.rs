@@ -3,6 +3,10 @@
 //! header lines, then the message exactly as received (unstuffed). Files are written to a
 //! temporary name and renamed, so a reader never sees half a message. (No fsync: the sink
 //! stands in for a downstream server, not for durable storage.)
+//!
+//! With `--discard` (benchmarks, like `smtp-sink -c`) nothing is stored: the sink counts
+//! the messages it accepted in `<maildir>/count`, rewritten at most every 50 ms, so the
+//! downstream does not compete with the server under test for the disk.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +43,12 @@ pub struct SinkOptions {
     /// `--auth USER:PASS`: offer AUTH PLAIN LOGIN (under `--require-tls` only after
     /// STARTTLS) and refuse MAIL without a successful AUTH (`530 5.7.0`).
     pub auth: Option<(String, String)>,
+    /// `--discard`: count messages in `<maildir>/count` instead of storing them.
+    pub discard: bool,
 }
+
+/// The file `--discard` keeps the count of accepted messages in.
+pub const COUNT_FILE: &str = "count";
 
 pub struct SinkHandle {
     pub addr: SocketAddr,
@@ -106,8 +115,10 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         forbid_unauth_pipelining: false,
     });
     let connections = Arc::new(AtomicU64::new(0));
+    let discarded = opts.discard.then(|| Arc::new(AtomicU64::new(0)));
     let backend = Arc::new(SinkBackend {
         maildir: opts.maildir.clone(),
+        discarded: discarded.clone(),
         seq: AtomicU64::new(0),
         hook: opts.rcpt_hook.clone(),
         connections: connections.clone(),
@@ -128,6 +139,13 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         stop: stop_rx,
     };
     tokio::spawn(server::serve(listener, false, shared));
+    if let Some(count) = discarded {
+        tokio::spawn(write_count(
+            opts.maildir.join(COUNT_FILE),
+            count,
+            stop.subscribe(),
+        ));
+    }
     Ok(SinkHandle {
         addr,
         draining,
@@ -135,6 +153,32 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         limits,
         connections,
     })
+}
+
+/// Keeps `path` holding the number of discarded messages (checked every 50 ms), until stop.
+async fn write_count(path: PathBuf, count: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+    let mut written = None;
+    loop {
+        let n = count.load(Ordering::Relaxed);
+        if written != Some(n) {
+            match tokio::fs::write(&path, format!("{n}\n")).await {
+                Ok(()) => written = Some(n),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the message count")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    let n = count.load(Ordering::Relaxed);
+                    let _ = tokio::fs::write(&path, format!("{n}\n")).await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn sink_tls_config(
@@ -166,6 +210,8 @@ fn sink_tls_config(
 
 struct SinkBackend {
     maildir: PathBuf,
+    /// `--discard`: the count of accepted messages, none stored.
+    discarded: Option<Arc<AtomicU64>>,
     seq: AtomicU64,
     hook: Option<RcptHook>,
     connections: Arc<AtomicU64>,
@@ -187,6 +233,10 @@ impl Backend for SinkBackend {
     }
 
     async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+        if let Some(count) = &self.discarded {
+            count.fetch_add(1, Ordering::Relaxed);
+            return Reply::ok("Ok: discarded");
+        }
         let mut head = format!(
             "X-Sink-Mail-From: <{}>\r\n",
             tx.mail_from

@@ -387,3 +387,46 @@ async fn corrupt_spool_file_is_moved_aside() {
     assert!(tmp.path().join("corrupt").join("BROKEN1").exists());
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `sink --discard` (the benchmark's TLS downstream): messages are accepted and counted in
+/// `<maildir>/count`, and nothing else is written.
+#[tokio::test]
+async fn sink_discard_counts_without_storing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = connector_relay::sink::start(connector_relay::sink::SinkOptions {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        maildir: dir.path().to_path_buf(),
+        discard: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut d = Dialog::connect(sink.addr).await;
+    d.cmd("EHLO client.test", "250").await;
+    for i in 0..3 {
+        d.cmd("MAIL FROM:<a@b.test>", "250").await;
+        d.cmd("RCPT TO:<c@d.test>", "250").await;
+        d.cmd("DATA", "354").await;
+        d.cmd(
+            &format!("Subject: {i}\r\n\r\nhi\r\n."),
+            "250 2.0.0 Ok: discarded",
+        )
+        .await;
+    }
+    d.cmd("QUIT", "221").await;
+    let count = dir.path().join(connector_relay::sink::COUNT_FILE);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(&count).unwrap_or_default().trim() != "3" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "count never reached 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, [connector_relay::sink::COUNT_FILE], "nothing stored");
+    sink.shutdown().await;
+}
