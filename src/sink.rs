@@ -158,6 +158,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
 /// Keeps `path` holding the number of discarded messages (checked every 50 ms), until stop.
 async fn write_count(path: PathBuf, count: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
     let mut written = None;
+    let mut stopping = false;
     loop {
         let n = count.load(Ordering::Relaxed);
         if written != Some(n) {
@@ -168,15 +169,13 @@ async fn write_count(path: PathBuf, count: Arc<AtomicU64>, mut stop: watch::Rece
                 }
             }
         }
+        if stopping {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    let n = count.load(Ordering::Relaxed);
-                    let _ = tokio::fs::write(&path, format!("{n}\n")).await;
-                    return;
-                }
-            }
+            // One last write once stopped (or once the sink is gone).
+            r = stop.changed() => stopping = r.is_err() || *stop.borrow(),
         }
     }
 }

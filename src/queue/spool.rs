@@ -43,9 +43,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::wal::{self, Wal};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &str = "connector-relay-spool 1";
 
@@ -156,7 +156,7 @@ impl Spool {
         let result = if content.len() <= wal::MAX_PAYLOAD {
             self.wal.store_blocking(id, content)
         } else {
-            self.store_alone(id, &self.tmp.join(id), &content)
+            self.store_alone(id, &content)
         };
         self.stored(id, env, result)
     }
@@ -174,11 +174,9 @@ impl Spool {
             self.wal.store(id, content).await
         } else {
             let (spool, id) = (self.clone(), id.to_string());
-            tokio::task::spawn_blocking(move || {
-                spool.store_alone(&id, &spool.tmp.join(&id), &content)
-            })
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
+            tokio::task::spawn_blocking(move || spool.store_alone(&id, &content))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
         };
         self.stored(id, env, result)
     }
@@ -197,10 +195,16 @@ impl Spool {
 
     /// Messages too large for the log: the file is fsynced, renamed into `msg/`, and the
     /// directory fsynced (group-committed with other changes to `msg/`).
-    fn store_alone(&self, id: &str, tmp: &Path, content: &[u8]) -> io::Result<()> {
-        wal::write_synced(tmp, content)?;
-        fs::rename(tmp, self.msg.join(id))?;
+    fn store_alone(&self, id: &str, content: &[u8]) -> io::Result<()> {
+        self.write_synced(id, content)?;
         self.msg_sync.sync()
+    }
+
+    /// Writes `msg/<id>` through `tmp/`, fsynced; the caller fsyncs `msg/`.
+    fn write_synced(&self, id: &str, content: &[u8]) -> io::Result<()> {
+        let tmp = self.tmp.join(id);
+        wal::write_synced(&tmp, content)?;
+        fs::rename(&tmp, self.msg.join(id))
     }
 
     /// A deferred message gets its file in `msg/` (unsynced: while it is resident, its log
@@ -356,7 +360,7 @@ impl Spool {
             if replay.done.contains(id) {
                 continue;
             }
-            self.store_alone(id, &self.tmp.join(id), content)?;
+            self.write_synced(id, content)?;
             changed = true;
         }
         for id in &replay.done {
@@ -435,66 +439,53 @@ fn all_final(records: &[LogRecord], n: usize) -> bool {
     fin.iter().all(|&f| f)
 }
 
-/// Group commit of one directory's fsyncs (see the module doc).
+/// Group commit of one directory's fsyncs (leader / follower): a caller joins the open
+/// batch; the first waiter of a batch that finds no fsync running closes the batch and
+/// fsyncs for everyone in it, the others sleep until it is done. An fsync that starts after
+/// a caller joined covers every change the caller made before.
 #[derive(Debug)]
 struct DirSync {
     dir: PathBuf,
-    group: GroupSync,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// The batch that the next fsync will cover; changes join it until that fsync starts.
+    open: Arc<Batch>,
+    /// Whether an fsync is running (its batch is no longer `open`).
+    syncing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    /// Set once the fsync covering this batch has finished: `Err` holds the OS error code
+    /// (so ENOSPC still reads as ENOSPC) and the message.
+    result: OnceLock<Result<(), (Option<i32>, String)>>,
 }
 
 impl DirSync {
     fn new(dir: PathBuf) -> DirSync {
         DirSync {
             dir,
-            group: GroupSync::default(),
+            state: Mutex::new(SyncState {
+                open: Arc::new(Batch::default()),
+                syncing: false,
+            }),
+            done: Condvar::new(),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Returns once an fsync of the directory that started after this call has finished,
     /// so it covers every change the caller made to the directory before calling.
     fn sync(&self) -> io::Result<()> {
-        self.group.sync(|| File::open(&self.dir)?.sync_all())
-    }
-}
-
-/// Group commit (leader / follower): a caller joins the open batch, then waits; the first
-/// waiter of a batch that finds no sync running closes the batch and runs the sync for
-/// everyone in it, the others sleep until it is done. A sync that starts after a caller
-/// joined covers whatever the caller wrote before joining.
-#[derive(Debug, Default)]
-struct GroupSync {
-    state: Mutex<GroupState>,
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GroupState {
-    /// The batch that the next sync will cover; callers join it until that sync starts.
-    open: Arc<Batch>,
-    /// Whether a sync is running (its batch is no longer `open`).
-    syncing: bool,
-}
-
-#[derive(Debug, Default)]
-struct Batch {
-    /// Set once the sync covering this batch has finished: `Err` holds the OS error code
-    /// (so ENOSPC still reads as ENOSPC) and the message.
-    result: OnceLock<Result<(), (Option<i32>, String)>>,
-}
-
-impl GroupSync {
-    fn lock(&self) -> MutexGuard<'_, GroupState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Joins the open batch.
-    fn join(&self) -> Arc<Batch> {
-        self.lock().open.clone()
-    }
-
-    /// Returns once a sync that started after `mine` was joined has finished.
-    fn wait(&self, mine: &Batch, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
         let mut st = self.lock();
+        let mine = st.open.clone();
         loop {
             if let Some(result) = mine.result.get() {
                 return result.clone().map_err(|(code, msg)| match code {
@@ -503,28 +494,24 @@ impl GroupSync {
                 });
             }
             if st.syncing {
-                // Someone else's sync is running; it may have started before we joined, so
-                // our batch waits for the next one.
+                // Someone else's fsync is running; it may have started before our change,
+                // so our batch waits for the next one.
                 st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            // Lead: close the open batch (ours: an unfinished batch that is not syncing is
+            // Lead: close the open batch (ours; an unfinished batch that is not syncing is
             // always the open one) and sync for everyone in it.
             let batch = std::mem::take(&mut st.open);
             st.syncing = true;
             drop(st);
-            let result = sync().map_err(|e| (e.raw_os_error(), e.to_string()));
+            let result = File::open(&self.dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| (e.raw_os_error(), e.to_string()));
             let _ = batch.result.set(result);
             st = self.lock();
             st.syncing = false;
             self.done.notify_all();
         }
-    }
-
-    /// Joins and waits: returns once a sync that started after this call has finished.
-    fn sync(&self, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
-        let mine = self.join();
-        self.wait(&mine, sync)
     }
 }
 
@@ -939,24 +926,5 @@ mod tests {
         assert_eq!(corrupt.len(), 1);
         assert_eq!(corrupt[0].0, "BAD");
         assert!(dir.path().join("corrupt").join("BAD").exists());
-    }
-
-    /// A sync error reaches every waiter of its batch, with the OS error code.
-    #[test]
-    fn group_sync_reports_errors_to_every_waiter() {
-        let group = Arc::new(GroupSync::default());
-        let waiters: Vec<_> = (0..4)
-            .map(|_| {
-                let group = group.clone();
-                std::thread::spawn(move || {
-                    group.sync(|| Err(io::Error::from_raw_os_error(libc::ENOSPC)))
-                })
-            })
-            .collect();
-        for w in waiters {
-            let e = w.join().unwrap().unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
-        }
-        group.sync(|| Ok(())).unwrap();
     }
 }

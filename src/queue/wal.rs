@@ -285,22 +285,9 @@ impl Wal {
         let Some(loc) = self.shared.lock().resident.get(id).cloned() else {
             return Ok(None);
         };
-        let mut rec = vec![0u8; loc.len];
-        loc.file.read_exact_at(&mut rec, loc.offset)?;
         // The segment may have been retired and reused since the lookup (the message then
-        // has its file in `msg/`): the record must still be this one.
-        match records_from(&rec, loc.chain).next() {
-            Some((Kind::Store, payload)) => match split_id(payload) {
-                Some((rid, content)) if rid == id => Ok(Some(content.to_vec())),
-                _ => Ok(None),
-            },
-            _ => Ok(None),
-        }
-    }
-
-    /// Whether the message's only durable copy is its record.
-    pub fn is_resident(&self, id: &str) -> bool {
-        self.shared.lock().resident.contains_key(id)
+        // has its file in `msg/`): `None` unless the record is still this one.
+        loc.read(id)
     }
 
     /// Records that a message is finished, before its file is removed. Written, not synced:
@@ -616,14 +603,11 @@ impl Shared {
             let Some(loc) = self.lock().resident.get(id).cloned() else {
                 continue; // finished
             };
-            let mut rec = vec![0u8; loc.len];
-            loc.file.read_exact_at(&mut rec, loc.offset)?;
-            let Some((Kind::Store, payload)) = records_from(&rec, loc.chain).next() else {
+            let Some(content) = loc.read(id)? else {
                 return Err(io::Error::other(format!("log record of {id} unreadable")));
             };
-            let (_, content) = split_id(payload).ok_or_else(|| io::Error::other("bad record"))?;
             let tmp = self.tmp_dir.join(format!("{id}.ckpt"));
-            write_synced(&tmp, content)?;
+            write_synced(&tmp, &content)?;
             fs::rename(&tmp, self.msg_dir.join(id))?;
             written.push(id);
         }
@@ -643,6 +627,22 @@ impl Shared {
         self.lock().live.remove(&seq);
         self.keep_spare(path);
         Ok(())
+    }
+}
+
+impl Loc {
+    /// The message file stored by the record at this place, if it is still the store
+    /// record of `id` (its CRC continuing the chain it was written in).
+    fn read(&self, id: &str) -> io::Result<Option<Vec<u8>>> {
+        let mut rec = vec![0u8; self.len];
+        self.file.read_exact_at(&mut rec, self.offset)?;
+        Ok(match records_from(&rec, self.chain).next() {
+            Some((Kind::Store, payload)) => match split_id(payload) {
+                Some((rid, content)) if rid == id => Some(content.to_vec()),
+                _ => None,
+            },
+            _ => None,
+        })
     }
 }
 

@@ -94,14 +94,11 @@ impl RelayHandle {
         let _ = self.queue.await;
         // Queued messages leave the write-ahead log for plain files in `msg/`.
         let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.checkpoint()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "spool checkpoint at stop failed; the next start replays the log")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "spool checkpoint at stop failed; the next start replays the log")
-            }
+        let checkpoint = tokio::task::spawn_blocking(move || spool.checkpoint())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = checkpoint {
+            tracing::error!(error = %e, "spool checkpoint at stop failed; the next start replays the log");
         }
         if let Some(admin) = self.admin {
             // Open keep-alive connections must not hold the shutdown up.
