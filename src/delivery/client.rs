@@ -38,14 +38,11 @@ use tokio::time::timeout;
 
 use super::protolog::{LogSession, ProtocolLog};
 use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
+pub use super::reply::Reply;
+use super::reply::ReplyReader;
 use super::{DeliveryStatus, Failure};
 use crate::smtp::sasl;
 
-/// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets; real servers exceed it now and
-/// then, so we accept up to 4096 before calling it a protocol error.
-pub const MAX_REPLY_LINE: usize = 4096;
-/// Upper bound on the lines of one multi-line reply (EHLO answers have ~20).
-pub const MAX_REPLY_LINES: usize = 128;
 /// Size of the pieces the message is written in (each write has its own timeout).
 const DATA_CHUNK: usize = 64 * 1024;
 
@@ -156,66 +153,6 @@ pub struct Envelope<'a> {
     pub recipients: &'a [String],
     /// The message with CRLF line endings, not dot-stuffed.
     pub data: &'a [u8],
-}
-
-/// A parsed SMTP reply (RFC 5321 §4.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    /// RFC 2034/3463 enhanced status code of the first line, if present.
-    pub enhanced: Option<String>,
-    /// Text of each line, without the code (and without the enhanced code on the first).
-    pub lines: Vec<String>,
-}
-
-impl Reply {
-    pub fn is_positive(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-
-    pub fn is_permanent(&self) -> bool {
-        self.code >= 500
-    }
-
-    /// The reply on one line: `250 2.0.0 Ok queued as X`.
-    pub fn to_line(&self) -> String {
-        let mut s = self.code.to_string();
-        if let Some(e) = &self.enhanced {
-            s.push(' ');
-            s.push_str(e);
-        }
-        let text = self.lines.join(" ");
-        if !text.is_empty() {
-            s.push(' ');
-            s.push_str(&text);
-        }
-        s
-    }
-
-    /// The reply as a failure, kept verbatim (its enhanced code or `X.0.0`).
-    pub fn to_failure(&self) -> Failure {
-        Failure {
-            code: Some(self.code),
-            enhanced: self
-                .enhanced
-                .clone()
-                .unwrap_or_else(|| format!("{}.0.0", self.code / 100)),
-            text: self.lines.join(" "),
-        }
-    }
-
-    /// The status of a recipient given this reply.
-    fn to_status(&self) -> DeliveryStatus {
-        if self.is_positive() {
-            DeliveryStatus::Delivered {
-                reply: self.to_line(),
-            }
-        } else if self.is_permanent() {
-            DeliveryStatus::Permanent(self.to_failure())
-        } else {
-            DeliveryStatus::Temporary(self.to_failure())
-        }
-    }
 }
 
 /// SMTP service extensions announced in the EHLO reply (RFC 5321 §4.1.1.1).
@@ -579,11 +516,19 @@ pub async fn deliver_reusing(
 }
 
 /// RSET before reusing a connection; false when the connection is no longer usable.
+/// Input that arrived while the connection was pooled (a late stray reply) makes it unusable.
 async fn reset(conn: &mut Conn) -> bool {
-    if conn.send(Stage::Mail, b"RSET\r\n").await.is_err() {
+    if conn.out_of_sync
+        || conn
+            .expect_silence(Stage::Mail, "while the connection was idle")
+            .is_err()
+    {
         return false;
     }
-    matches!(conn.read_reply(Stage::Mail, "waiting for the RSET reply").await, Ok(r) if r.code == 250)
+    matches!(
+        conn.command(Stage::Mail, "RSET\r\n", "RSET", Expect::Completion).await,
+        Ok(r) if r.code == 250
+    )
 }
 
 /// Stages 1-4 (and AUTH): a session ready for a transaction. The TLS facts are returned
@@ -773,19 +718,18 @@ pub async fn greet(conn: &mut Conn) -> Result<Reply, SessionError> {
     if reply.code != 220 {
         return Err(SessionError::remote(Stage::Greeting, &reply));
     }
+    conn.expect_silence(Stage::Greeting, "after its greeting")?;
     Ok(reply)
 }
 
 /// Stage 3: EHLO, falling back to HELO when EHLO is rejected with 5xx (RFC 5321 §3.2).
+/// An EHLO answer whose lines all end the reply (`250 ` instead of `250-`) is several
+/// replies: the stray ones are caught by the silence check of [`Conn::command`].
 pub async fn hello(conn: &mut Conn, cfg: &ClientConfig) -> Result<Extensions, SessionError> {
     if !cfg.force_helo {
-        conn.send(
-            Stage::Hello,
-            format!("EHLO {}\r\n", cfg.helo_name).as_bytes(),
-        )
-        .await?;
+        let line = format!("EHLO {}\r\n", cfg.helo_name);
         let reply = conn
-            .read_reply(Stage::Hello, "waiting for the EHLO reply")
+            .command(Stage::Hello, &line, "EHLO", Expect::Completion)
             .await?;
         if reply.code == 250 {
             return Ok(Extensions::parse(&reply));
@@ -794,13 +738,9 @@ pub async fn hello(conn: &mut Conn, cfg: &ClientConfig) -> Result<Extensions, Se
             return Err(SessionError::remote(Stage::Hello, &reply));
         }
     }
-    conn.send(
-        Stage::Hello,
-        format!("HELO {}\r\n", cfg.helo_name).as_bytes(),
-    )
-    .await?;
+    let line = format!("HELO {}\r\n", cfg.helo_name);
     let reply = conn
-        .read_reply(Stage::Hello, "waiting for the HELO reply")
+        .command(Stage::Hello, &line, "HELO", Expect::Completion)
         .await?;
     if reply.code != 250 {
         return Err(SessionError::remote(Stage::Hello, &reply));
@@ -909,64 +849,25 @@ fn needs_utf8(addr: &str) -> bool {
 
 /// Stage 5: the envelope (MAIL FROM, RCPT TO, DATA), then the message. Returns one status
 /// per recipient; `Err` when the whole transaction failed (MAIL FROM rejected, connection
-/// lost before the message was sent).
+/// lost before the message was sent, replies out of step with the commands).
+///
+/// A recipient is delivered only when the server answered `354` to DATA, the whole message
+/// was sent, and a 2xx came back as the reply to the final "." — every reply counted against
+/// its command, pipelined or not, and any sign that they no longer line up (a stray reply,
+/// a reply of the wrong kind) fails the transaction as temporary: a duplicate is acceptable,
+/// a loss is not.
 pub async fn transaction(
     conn: &mut Conn,
     ext: &Extensions,
     env: &Envelope<'_>,
 ) -> Result<Vec<DeliveryStatus>, SessionError> {
-    // RFC 1870 §6.2: don't send a message the server already said it won't take.
-    if let Some(limit) = ext.size.filter(|&l| l > 0)
-        && env.data.len() as u64 > limit
-    {
-        return Err(SessionError::local(
-            Stage::Mail,
-            "5.3.4",
-            format!(
-                "message size {} exceeds the remote limit of {limit} bytes",
-                env.data.len()
-            ),
-        )
-        .no_retry());
-    }
-    let utf8 = needs_utf8(env.mail_from) || env.recipients.iter().any(|r| needs_utf8(r));
-    if needs_utf8(env.mail_from) && !ext.smtputf8 {
-        // RFC 6531 §3.2: a non-ASCII address may only be sent to an SMTPUTF8 server.
-        return Err(SessionError::local(
-            Stage::Mail,
-            "5.6.7",
-            "the sender address is not ASCII and the server does not support SMTPUTF8",
-        )
-        .no_retry());
-    }
-    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
-    if ext.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", env.data.len()));
-    }
-    // RFC 6152: declare 8-bit bodies when the server supports it. A server without 8BITMIME
-    // gets the bytes as they are (no downgrade to quoted-printable is attempted).
-    if ext.eight_bit_mime && !env.data.is_ascii() {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    if utf8 && ext.smtputf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    mail.push_str("\r\n");
-
+    check_envelope(ext, env)?;
+    let mail = mail_command(ext, env);
     // Recipients that cannot be sent to this server at all (non-ASCII without SMTPUTF8).
     let mut statuses: Vec<Option<DeliveryStatus>> = env
         .recipients
         .iter()
-        .map(|r| {
-            (needs_utf8(r) && !ext.smtputf8).then(|| {
-                DeliveryStatus::Permanent(Failure {
-                    code: None,
-                    enhanced: "5.6.7".into(),
-                    text: "non-ASCII recipient address and the server does not support SMTPUTF8"
-                        .into(),
-                })
-            })
-        })
+        .map(|r| (needs_utf8(r) && !ext.smtputf8).then(utf8_recipient_refused))
         .collect();
     let to_send: Vec<usize> = (0..env.recipients.len())
         .filter(|&i| statuses[i].is_none())
@@ -989,49 +890,112 @@ pub async fn transaction(
         .copied()
         .filter(|&i| statuses[i].is_none())
         .collect();
-
-    match data_reply {
-        Some(reply) if reply.code == 354 => {
-            if accepted.is_empty() {
-                // RFC 2920 §3.1: DATA was accepted although no RCPT was: end the empty
-                // message so the server discards it, then reset.
-                conn.send(Stage::Data, b".\r\n").await?;
-                let _ = conn.read_reply(Stage::Data, "after an empty DATA").await;
-                rset(conn).await;
-            } else {
-                let reply = send_data(conn, env.data).await?;
-                for &i in &accepted {
-                    statuses[i] = Some(reply.to_status());
-                }
-            }
+    let outcome = match data_reply {
+        Some(reply) if reply.code == 354 && accepted.is_empty() => {
+            // RFC 2920 §3.1: DATA was accepted although no RCPT was: end the empty message
+            // so the server discards it, then reset.
+            conn.send(Stage::Data, b".\r\n").await?;
+            let _ = conn.answer(Stage::Data, "an empty DATA", Expect::Completion).await;
+            None
         }
-        Some(reply) => {
-            // DATA refused: that is the answer for every accepted recipient.
+        Some(reply) if reply.code == 354 => Some(send_data(conn, env.data).await?),
+        // DATA refused: that is the answer for every accepted recipient.
+        Some(reply) => Some(reply),
+        None => None, // lock-step, nobody accepted: DATA was not sent
+    };
+    match outcome {
+        Some(reply) if !accepted.is_empty() => {
             for &i in &accepted {
                 statuses[i] = Some(reply.to_status());
             }
-            if accepted.is_empty() {
-                rset(conn).await;
-            }
         }
-        None => rset(conn).await, // lock-step, nobody accepted: DATA was not sent
+        _ => rset(conn).await?,
     }
     Ok(statuses
         .into_iter()
-        .map(|s| {
-            s.unwrap_or_else(|| {
-                DeliveryStatus::Temporary(Failure {
-                    code: None,
-                    enhanced: "4.5.0".into(),
-                    text: "no result for this recipient".into(),
-                })
-            })
-        })
+        .map(|s| s.unwrap_or_else(|| DeliveryStatus::Temporary(no_result())))
         .collect())
 }
 
+/// What the server said it cannot take, checked before anything is sent: the size it
+/// announced (RFC 1870 §6.2) and a non-ASCII sender without SMTPUTF8 (RFC 6531 §3.2).
+fn check_envelope(ext: &Extensions, env: &Envelope<'_>) -> Result<(), SessionError> {
+    if let Some(limit) = ext.size.filter(|&l| l > 0)
+        && env.data.len() as u64 > limit
+    {
+        let text = format!(
+            "message size {} exceeds the remote limit of {limit} bytes",
+            env.data.len()
+        );
+        return Err(SessionError::local(Stage::Mail, "5.3.4", text).no_retry());
+    }
+    if needs_utf8(env.mail_from) && !ext.smtputf8 {
+        return Err(SessionError::local(
+            Stage::Mail,
+            "5.6.7",
+            "the sender address is not ASCII and the server does not support SMTPUTF8",
+        )
+        .no_retry());
+    }
+    Ok(())
+}
+
+/// `MAIL FROM:<...>` with the parameters the server announced support for.
+fn mail_command(ext: &Extensions, env: &Envelope<'_>) -> String {
+    let utf8 = needs_utf8(env.mail_from) || env.recipients.iter().any(|r| needs_utf8(r));
+    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
+    if ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", env.data.len()));
+    }
+    // RFC 6152: declare 8-bit bodies when the server supports it. A server without 8BITMIME
+    // gets the bytes as they are (no downgrade to quoted-printable is attempted).
+    if ext.eight_bit_mime && !env.data.is_ascii() {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if utf8 && ext.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+    mail
+}
+
+fn utf8_recipient_refused() -> DeliveryStatus {
+    DeliveryStatus::Permanent(Failure {
+        code: None,
+        enhanced: "5.6.7".into(),
+        text: "non-ASCII recipient address and the server does not support SMTPUTF8".into(),
+    })
+}
+
+fn no_result() -> Failure {
+    Failure {
+        code: None,
+        enhanced: "4.5.0".into(),
+        text: "no result for this recipient".into(),
+    }
+}
+
+/// The kind of reply a command may get (RFC 5321 §4.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// MAIL, RCPT, RSET, the end of data: a completion (2xx) or a failure (4xx, 5xx).
+    Completion,
+    /// DATA: `354` (start mail input) or a failure. A 2xx to DATA is not an acceptance of
+    /// anything — the message has not been sent — so it can only be a reply out of step.
+    StartInput,
+}
+
+impl Expect {
+    fn admits(self, reply: &Reply) -> bool {
+        match self {
+            Expect::Completion => !reply.is_intermediate(),
+            Expect::StartInput => reply.code == 354 || reply.code >= 400,
+        }
+    }
+}
+
 /// RFC 2920: MAIL, every RCPT and DATA in one write (DATA is the last command of the group),
-/// then the replies, read in order. Returns the reply to DATA.
+/// then the replies, read in order, one per command. Returns the reply to DATA.
 async fn pipelined_envelope(
     conn: &mut Conn,
     mail: &str,
@@ -1049,23 +1013,18 @@ async fn pipelined_envelope(
     conn.send(Stage::Mail, batch.as_bytes()).await?;
 
     let mail_reply = conn
-        .read_reply(Stage::Mail, "waiting for the MAIL FROM reply")
+        .answer(Stage::Mail, "MAIL FROM", Expect::Completion)
         .await?;
     let mail_ok = mail_reply.is_positive();
     for &i in to_send {
-        let reply = conn
-            .read_reply(Stage::Rcpt, "waiting for a RCPT TO reply")
-            .await;
-        match reply {
+        match conn.answer(Stage::Rcpt, "RCPT TO", Expect::Completion).await {
             Ok(r) => statuses[i] = (!r.is_positive()).then(|| r.to_status()),
             // After a rejected MAIL the rest only matters for staying in sync.
             Err(_) if !mail_ok => return Err(mail_error(&mail_reply)),
             Err(e) => return Err(e),
         }
     }
-    let data_reply = conn
-        .read_reply(Stage::Data, "waiting for the DATA reply")
-        .await;
+    let data_reply = conn.answer(Stage::Data, "DATA", Expect::StartInput).await;
     if !mail_ok {
         if matches!(&data_reply, Ok(r) if r.code == 354) {
             // A broken server accepted DATA after rejecting MAIL: end the empty message.
@@ -1074,7 +1033,9 @@ async fn pipelined_envelope(
         }
         return Err(mail_error(&mail_reply));
     }
-    Ok(Some(data_reply?))
+    let data_reply = data_reply?;
+    conn.expect_silence(Stage::Data, "after its reply to DATA")?;
+    Ok(Some(data_reply))
 }
 
 /// MAIL FROM was rejected: 5xx is final for every recipient; 4xx may be tried elsewhere.
@@ -1087,8 +1048,8 @@ fn mail_error(reply: &Reply) -> SessionError {
     }
 }
 
-/// Without PIPELINING: one command, one reply (RFC 5321 §4.1.1.2-4). Returns the reply to
-/// DATA, or `None` when no recipient was accepted (DATA not sent).
+/// Without PIPELINING: one command, one reply, then silence (RFC 5321 §4.1.1.2-4). Returns
+/// the reply to DATA, or `None` when no recipient was accepted (DATA not sent).
 async fn lockstep_envelope(
     conn: &mut Conn,
     mail: &str,
@@ -1096,56 +1057,65 @@ async fn lockstep_envelope(
     to_send: &[usize],
     statuses: &mut [Option<DeliveryStatus>],
 ) -> Result<Option<Reply>, SessionError> {
-    conn.send(Stage::Mail, mail.as_bytes()).await?;
     let reply = conn
-        .read_reply(Stage::Mail, "waiting for the MAIL FROM reply")
+        .command(Stage::Mail, mail, "MAIL FROM", Expect::Completion)
         .await?;
     if !reply.is_positive() {
         return Err(mail_error(&reply));
     }
     for (cmd, &i) in rcpts.iter().zip(to_send) {
-        conn.send(Stage::Rcpt, cmd.as_bytes()).await?;
         let r = conn
-            .read_reply(Stage::Rcpt, "waiting for a RCPT TO reply")
+            .command(Stage::Rcpt, cmd, "RCPT TO", Expect::Completion)
             .await?;
         statuses[i] = (!r.is_positive()).then(|| r.to_status());
     }
     if to_send.iter().all(|&i| statuses[i].is_some()) {
         return Ok(None);
     }
-    conn.send(Stage::Data, b"DATA\r\n").await?;
-    Ok(Some(
-        conn.read_reply(Stage::Data, "waiting for the DATA reply")
-            .await?,
-    ))
+    let reply = conn
+        .command(Stage::Data, "DATA\r\n", "DATA", Expect::StartInput)
+        .await?;
+    Ok(Some(reply))
 }
 
 /// Stage 6: the message itself, dot-stuffed, then the reply to the final ".".
 /// Errors here are never retried elsewhere: the server may already hold the message.
 pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionError> {
     let stuffed = dot_stuff(data);
-    // The message is not protocol: it is never written to the protocol log.
-    let log = conn.log.take();
-    let mut sent = Ok(());
-    for chunk in stuffed.chunks(DATA_CHUNK) {
-        sent = conn.send(Stage::Data, chunk).await;
-        if sent.is_err() {
-            break;
-        }
-    }
-    conn.log = log;
+    let sent = write_message(conn, &stuffed).await;
     if let Some(log) = conn.log.as_mut() {
         log.info(&format!("message data: {} bytes", stuffed.len()));
     }
     sent.map_err(SessionError::no_retry)?;
     let limit = conn.data_end_timeout;
-    conn.read_reply_within(
-        Stage::Data,
-        "waiting for the reply to the end of data",
-        limit,
-    )
-    .await
-    .map_err(SessionError::no_retry)
+    let what = "waiting for the reply to the end of data";
+    let reply = conn
+        .read_reply_within(Stage::Data, what, limit)
+        .await
+        .and_then(|r| conn.check(Stage::Data, "the end of data", r, Expect::Completion))
+        .map_err(SessionError::no_retry)?;
+    // A second reply right behind it means the one just read may have been sent early,
+    // before the server had the message: in doubt, not delivered.
+    conn.expect_silence(Stage::Data, "after its reply to the end of data")
+        .map_err(SessionError::no_retry)?;
+    Ok(reply)
+}
+
+/// Writes the dot-stuffed message in pieces, each under the command timeout. The message is
+/// not protocol: it is never written to the protocol log.
+///
+/// Before the last piece (it holds the final "."), the server must still be silent: a reply
+/// sent during the message cannot answer it, and as long as the final "." is not sent the
+/// server cannot keep the message, so stopping there loses nothing.
+async fn write_message(conn: &mut Conn, stuffed: &[u8]) -> Result<(), SessionError> {
+    let mut chunks = stuffed.chunks(DATA_CHUNK).peekable();
+    while let Some(chunk) = chunks.next() {
+        if chunks.peek().is_none() {
+            conn.expect_silence(Stage::Data, "while the message was being sent")?;
+        }
+        conn.write(Stage::Data, chunk).await?;
+    }
+    Ok(())
 }
 
 /// RFC 5321 §4.5.2 transparency: a line starting with "." gets another "."; the data is made
@@ -1178,18 +1148,22 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// RSET (RFC 5321 §4.1.1.5); the reply does not matter.
-async fn rset(conn: &mut Conn) {
+/// RSET (RFC 5321 §4.1.1.5) after a transaction that delivered nothing. Its reply does not
+/// matter, but a reply out of step does: the recipients' results read before may be wrong.
+async fn rset(conn: &mut Conn) -> Result<(), SessionError> {
     if conn.send(Stage::Data, b"RSET\r\n").await.is_ok() {
-        let _ = conn
-            .read_reply(Stage::Data, "waiting for the RSET reply")
-            .await;
+        let answered = conn.answer(Stage::Data, "RSET", Expect::Completion).await;
+        if conn.out_of_sync {
+            return answered.map(drop);
+        }
     }
+    Ok(())
 }
 
-/// Stage 7: QUIT (RFC 5321 §4.1.1.10); errors are ignored, the work is done.
+/// Stage 7: QUIT (RFC 5321 §4.1.1.10); errors are ignored, the work is done. A connection
+/// out of step gets no QUIT: the server might take it as message text.
 pub async fn quit(conn: &mut Conn) {
-    if conn.send(Stage::Data, b"QUIT\r\n").await.is_ok() {
+    if !conn.out_of_sync && conn.send(Stage::Data, b"QUIT\r\n").await.is_ok() {
         let short = conn.timeout.min(Duration::from_secs(5));
         let _ = conn
             .read_reply_within(Stage::Data, "waiting for the QUIT reply", short)
@@ -1201,27 +1175,31 @@ pub async fn quit(conn: &mut Conn) {
     }
 }
 
-/// An SMTP connection: the stream plus a read buffer, every read and write under a timeout.
+/// An SMTP connection: the stream plus a reply reader, every read and write under a timeout.
 pub struct Conn {
     io: Box<dyn Io>,
-    buf: Vec<u8>,
+    reader: ReplyReader,
     timeout: Duration,
     data_end_timeout: Duration,
     /// Protocol log of this session, if the connector logs.
     log: Option<LogSession>,
     /// In a SASL exchange: server challenges are logged as `<redacted>`.
     sasl: bool,
+    /// The server's replies no longer line up with our commands: the connection is closed
+    /// without another command (QUIT could even be taken as message text).
+    out_of_sync: bool,
 }
 
 impl Conn {
     pub fn new(io: Box<dyn Io>, timeout: Duration) -> Self {
         Conn {
             io,
-            buf: Vec::with_capacity(1024),
+            reader: ReplyReader::default(),
             timeout,
             data_end_timeout: timeout.max(Duration::from_secs(600)),
             log: None,
             sasl: false,
+            out_of_sync: false,
         }
     }
 
@@ -1232,13 +1210,14 @@ impl Conn {
 
     /// The stream, for the TLS handshake. Bytes already buffered would be a response
     /// injection (RFC 3207 §4.2 / CVE-2011-0411 class): refused.
-    pub fn into_io(self) -> Result<Box<dyn Io>, SessionError> {
-        if !self.buf.is_empty() {
+    pub fn into_io(mut self) -> Result<Box<dyn Io>, SessionError> {
+        self.poll_unsolicited();
+        if !self.reader.is_empty() {
             return Err(SessionError::protocol(
                 Stage::StartTls,
                 format!(
                     "the server sent {} bytes after its STARTTLS reply (response injection)",
-                    self.buf.len()
+                    self.reader.buffered()
                 ),
             ));
         }
@@ -1295,167 +1274,129 @@ impl Conn {
         what: &str,
         limit: Duration,
     ) -> Result<Reply, SessionError> {
-        let mut lines: Vec<String> = Vec::new();
-        let mut code = 0u16;
-        let mut enhanced = None;
         loop {
-            let line = self.read_line(stage, what, limit).await?;
-            if let Some(log) = self.log.as_mut() {
-                if self.sasl && line.starts_with("334") {
-                    log.received("334 <redacted>");
-                } else {
-                    log.received(&line);
+            let (log, sasl) = (&mut self.log, self.sasl);
+            let next = self.reader.next_reply(|line| {
+                if let Some(log) = log.as_mut() {
+                    // A server challenge may echo a credential.
+                    let redact = sasl && line.starts_with("334");
+                    log.received(if redact { "334 <redacted>" } else { line });
                 }
-            }
-            let (c, last, text) = parse_reply_line(&line).ok_or_else(|| {
-                SessionError::protocol(
-                    stage,
-                    format!("malformed reply {what}: {:?}", truncate(&line)),
-                )
-            })?;
-            if lines.is_empty() {
-                code = c;
-                let (e, rest) = split_enhanced(c, text);
-                enhanced = e;
-                lines.push(rest.to_string());
-            } else {
-                // RFC 5321 §4.2.1: every line of a multi-line reply carries the same code.
-                if c != code {
-                    return Err(SessionError::protocol(
-                        stage,
-                        format!("multi-line reply {what} changed its code from {code} to {c}"),
-                    ));
-                }
-                // Drop the repeated enhanced code of continuation lines.
-                let (_, rest) = split_enhanced(c, text);
-                lines.push(rest.to_string());
-            }
-            if last {
-                return Ok(Reply {
-                    code,
-                    enhanced,
-                    lines,
-                });
-            }
-            if lines.len() >= MAX_REPLY_LINES {
-                return Err(SessionError::protocol(
-                    stage,
-                    format!("reply {what} has more than {MAX_REPLY_LINES} lines"),
-                ));
-            }
-        }
-    }
-
-    /// One line without its line ending (CRLF, or a bare LF from sloppy servers).
-    async fn read_line(
-        &mut self,
-        stage: Stage,
-        what: &str,
-        limit: Duration,
-    ) -> Result<String, SessionError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            if self.buf.len() > MAX_REPLY_LINE {
-                return Err(SessionError::protocol(
-                    stage,
-                    format!("reply line longer than {MAX_REPLY_LINE} bytes {what}"),
-                ));
+            });
+            match next {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(e) => return Err(self.desync(stage, format!("{e} {what}"))),
             }
             let mut chunk = [0u8; 4096];
             match timeout(limit, self.io.read(&mut chunk)).await {
                 Ok(Ok(0)) => {
-                    return Err(SessionError::io(
-                        stage,
-                        what,
-                        &io::Error::from(io::ErrorKind::UnexpectedEof),
-                    ));
+                    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(SessionError::io(stage, what, &eof));
                 }
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => self.reader.feed(&chunk[..n]),
                 Ok(Err(e)) => return Err(SessionError::io(stage, what, &e)),
                 Err(_) => return Err(SessionError::timeout(stage, what)),
             }
         }
     }
-}
 
-fn truncate(s: &str) -> String {
-    s.chars().take(80).collect()
-}
+    /// Reads the reply to `command` and checks it is of a kind that command can get.
+    pub async fn answer(
+        &mut self,
+        stage: Stage,
+        command: &str,
+        expect: Expect,
+    ) -> Result<Reply, SessionError> {
+        let what = format!("waiting for the {command} reply");
+        let reply = self.read_reply(stage, &what).await?;
+        self.check(stage, command, reply, expect)
+    }
 
-/// `250-text` / `250 text` / `250` → (code, is last line, text). RFC 5321 §4.2.
-pub fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
-    let b = line.as_bytes();
-    if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
-        return None;
+    /// `reply` if `expect` admits it; otherwise the replies are out of step with the
+    /// commands (a stray or missing reply earlier) and the connection is finished.
+    pub fn check(
+        &mut self,
+        stage: Stage,
+        command: &str,
+        reply: Reply,
+        expect: Expect,
+    ) -> Result<Reply, SessionError> {
+        if expect.admits(&reply) {
+            return Ok(reply);
+        }
+        let line = super::reply::preview(&reply.to_line());
+        Err(self.desync(
+            stage,
+            format!("lost synchronization: unexpected reply to {command}: {line:?}"),
+        ))
     }
-    let code: u16 = line[..3].parse().ok()?;
-    // RFC 5321 §4.2: first digit 2-5 (1yz is not used by SMTP).
-    if !(200..600).contains(&code) {
-        return None;
-    }
-    match b.get(3) {
-        None => Some((code, true, "")),
-        Some(b' ') => Some((code, true, &line[4..])),
-        Some(b'-') => Some((code, false, &line[4..])),
-        Some(_) => None,
-    }
-}
 
-/// Splits a leading RFC 3463 enhanced status code (`class.subject.detail`, class matching
-/// the reply code's first digit, RFC 2034 §4) from the text.
-pub fn split_enhanced(code: u16, text: &str) -> (Option<String>, &str) {
-    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
-    let parts: Vec<&str> = first.split('.').collect();
-    let ok = parts.len() == 3
-        && parts[0] == (code / 100).to_string()
-        && parts[1..]
-            .iter()
-            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok {
-        (Some(first.to_string()), rest)
-    } else {
-        (None, text)
+    /// One command of a lock-step exchange: sent, answered, then the server is silent.
+    pub async fn command(
+        &mut self,
+        stage: Stage,
+        line: &str,
+        command: &str,
+        expect: Expect,
+    ) -> Result<Reply, SessionError> {
+        self.send(stage, line.as_bytes()).await?;
+        let reply = self.answer(stage, command, expect).await?;
+        self.expect_silence(stage, &format!("after its reply to {command}"))?;
+        Ok(reply)
+    }
+
+    /// The server must be silent now (it owes no reply: every command sent so far has had
+    /// its answer). Input already buffered, or readable at once, is a reply nobody asked
+    /// for: the server and the client no longer agree on which reply answers which command
+    /// (Postfix: "lost synchronization"), so no later reply can be trusted.
+    ///
+    /// Checks without waiting: input that arrives later is caught by the next check, by
+    /// the reply classes of [`expect_reply`], or by the check before a reused connection's
+    /// next transaction.
+    pub fn expect_silence(&mut self, stage: Stage, after: &str) -> Result<(), SessionError> {
+        if self.reader.is_empty() {
+            self.poll_unsolicited();
+        }
+        if self.reader.is_empty() {
+            return Ok(());
+        }
+        let seen = self.reader.buffered_preview();
+        Err(self.desync(
+            stage,
+            format!("lost synchronization: the server sent {seen:?} {after} without being asked"),
+        ))
+    }
+
+    /// Reads what the server has sent if it is there right now, without waiting: one poll
+    /// of the read with a no-op waker (tokio's reads are cancel-safe; a pending read reads
+    /// nothing). End of file and errors are left for the next real read to report.
+    fn poll_unsolicited(&mut self) {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut chunk = [0u8; 512];
+        let mut read = std::pin::pin!(self.io.read(&mut chunk));
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(n)) = read.as_mut().poll(&mut cx) {
+            drop(read);
+            self.reader.feed(&chunk[..n]);
+        }
+    }
+
+    /// A protocol error that leaves the connection unusable: logged, and remembered so that
+    /// no QUIT is sent on it.
+    fn desync(&mut self, stage: Stage, text: String) -> SessionError {
+        self.out_of_sync = true;
+        if let Some(log) = self.log.as_mut() {
+            log.info(&text);
+        }
+        SessionError::protocol(stage, text)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_lines() {
-        assert_eq!(
-            parse_reply_line("250-PIPELINING"),
-            Some((250, false, "PIPELINING"))
-        );
-        assert_eq!(parse_reply_line("250 OK"), Some((250, true, "OK")));
-        assert_eq!(parse_reply_line("354"), Some((354, true, "")));
-        assert_eq!(parse_reply_line("25"), None);
-        assert_eq!(parse_reply_line("abc def"), None);
-        assert_eq!(parse_reply_line("250xOK"), None);
-        assert_eq!(parse_reply_line("100 continue"), None);
-    }
-
-    #[test]
-    fn enhanced_codes() {
-        assert_eq!(
-            split_enhanced(550, "5.1.1 no such user"),
-            (Some("5.1.1".into()), "no such user")
-        );
-        assert_eq!(
-            split_enhanced(550, "4.1.1 wrong class"),
-            (None, "4.1.1 wrong class")
-        );
-        assert_eq!(split_enhanced(250, "Ok"), (None, "Ok"));
-        assert_eq!(split_enhanced(451, "4.4.318"), (Some("4.4.318".into()), ""));
-    }
 
     #[test]
     fn dot_stuffing() {
@@ -1515,11 +1456,12 @@ mod tests {
         server.write_all(b"250-a\r\n251 b\r\n").await.unwrap();
         let e = conn.read_reply(Stage::Hello, "t").await.unwrap_err();
         assert_eq!(e.failure.enhanced, "4.5.0");
+        assert!(conn.out_of_sync, "a malformed reply ends the connection");
 
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let mut conn = Conn::new(Box::new(client), Duration::from_secs(5));
         server
-            .write_all(&vec![b'2'; MAX_REPLY_LINE + 10])
+            .write_all(&vec![b'2'; super::super::reply::MAX_REPLY_LINE + 10])
             .await
             .unwrap();
         assert!(conn.read_reply(Stage::Hello, "t").await.is_err());

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod nexthop;
 pub mod pool;
 pub mod protolog;
+pub mod reply;
 pub mod rewrite;
 pub mod tls;
 

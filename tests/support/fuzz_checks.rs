@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use connector_relay::config;
+use connector_relay::delivery::reply::{MAX_REPLY_LINES, Reply, ReplyError, ReplyReader};
 use connector_relay::message::header_block;
 use connector_relay::message::headers::{InboundHeaderPolicy, rewrite_inbound, rewrite_outbound};
 use connector_relay::policy::BareNewlinePolicy;
@@ -13,11 +14,12 @@ use connector_relay::smtp::command::{self, Command};
 use connector_relay::smtp::data::{DataError, DataReader};
 
 /// The fuzz targets, by corpus directory name.
-pub const TARGETS: [&str; 4] = [
+pub const TARGETS: [&str; 5] = [
     "command_parser",
     "dot_reader",
     "header_rewriter",
     "config_loader",
+    "reply_reader",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -27,6 +29,7 @@ pub fn check(target: &str, data: &[u8]) {
         "dot_reader" => check_dot_reader(data),
         "header_rewriter" => check_header_rewriter(data),
         "config_loader" => check_config_loader(data),
+        "reply_reader" => check_reply_reader(data),
         _ => panic!("unknown fuzz target {target}"),
     }
 }
@@ -255,5 +258,79 @@ pub fn check_config_loader(data: &[u8]) {
             assert!(rest.starts_with(": "), "no ': ' after the file: {shown:?}");
         }
         assert!(!e.reason.is_empty(), "empty reason: {shown:?}");
+    }
+}
+
+/// What a reply reader made of some input: the replies, the error that stopped it, and
+/// whether it was left holding bytes or half a reply.
+#[derive(Debug, PartialEq, Eq)]
+struct ReplyResult {
+    replies: Vec<Reply>,
+    error: Option<ReplyError>,
+    left_over: bool,
+}
+
+/// Feeds `data` in pieces that end at `cuts`, taking every complete reply after each piece.
+fn read_replies(data: &[u8], cuts: &[usize]) -> ReplyResult {
+    let mut reader = ReplyReader::default();
+    let mut replies = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&data.len())) {
+        let end = end.clamp(start, data.len());
+        reader.feed(&data[start..end]);
+        start = end;
+        loop {
+            match reader.next_reply(|line| assert!(!line.contains('\n'), "{line:?}")) {
+                Ok(Some(r)) => replies.push(r),
+                Ok(None) => break,
+                Err(error) => {
+                    return ReplyResult {
+                        replies,
+                        error: Some(error),
+                        left_over: true,
+                    };
+                }
+            }
+        }
+    }
+    ReplyResult {
+        replies,
+        error: None,
+        left_over: !reader.is_empty(),
+    }
+}
+
+/// The outbound client's reply reader: codes 200-599 only, at most `MAX_REPLY_LINES` lines,
+/// no line break inside a line; what it leaves unread is exactly an unterminated tail; the
+/// same replies (and error) whether the input comes whole, byte by byte, or split at points
+/// derived from the input's hash.
+pub fn check_reply_reader(data: &[u8]) {
+    let whole = read_replies(data, &[]);
+    for r in &whole.replies {
+        assert!((200..600).contains(&r.code), "code {} accepted", r.code);
+        assert!(!r.lines.is_empty() && r.lines.len() <= MAX_REPLY_LINES);
+        assert!(r.lines.iter().all(|l| !l.contains('\n')));
+    }
+    if whole.error.is_none() {
+        // Left over iff the input does not end with a complete final line.
+        let ends_reply = data.is_empty()
+            || (data.ends_with(b"\n") && {
+                let body = &data[..data.len() - 1];
+                let last = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+                last.get(3).is_none_or(|&b| b != b'-')
+            });
+        assert_eq!(whole.left_over, !ends_reply, "left over for {data:?}");
+    }
+    let h = fnv(data) as usize;
+    let len = data.len().max(1);
+    let splits: [Vec<usize>; 3] = [
+        (1..data.len()).collect(),
+        vec![h % len],
+        vec![h % len, (h >> 16) % len, (h >> 32) % len],
+    ];
+    for cuts in splits {
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        assert_eq!(read_replies(data, &cuts), whole, "split at {cuts:?}");
     }
 }
