@@ -719,7 +719,7 @@ impl<B: Backend> Session<B> {
         };
         // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL; the
         // same refusal (and error count) as a non-ASCII sender without it.
-        if !tx.params.smtputf8 && !(to.local.is_ascii() && to.domain.is_ascii()) {
+        if !tx.params.smtputf8 && (!to.local.is_ascii() || !to.domain.is_ascii()) {
             return self.protocol_error(conn, Reply::smtputf8_required());
         }
         if tx.recipients.len() >= self.cfg.max_recipients {
