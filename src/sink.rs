@@ -97,6 +97,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
     let cfg = Arc::new(SessionConfig {
         fqdn: "sink.test".into(),
         max_message_size: 1 << 30,
+        max_header_size: u64::MAX,
         max_recipients: 100_000,
         bare_newline: BareNewlinePolicy::Reject,
         inactivity_timeout: Duration::from_secs(300),

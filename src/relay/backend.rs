@@ -353,6 +353,20 @@ impl Backend for RelayBackend {
         self.events.emit(e);
     }
 
+    fn dropped(
+        &self,
+        s: &SessionInfo,
+        tx: Option<&Transaction>,
+        rule: &'static str,
+        detail: String,
+    ) {
+        // A `Rejected` event without a reply: none could be delivered.
+        let mut e = self.event(EventKind::Rejected, s, tx);
+        e.rule = Some(rule.to_string());
+        e.detail = Some(detail);
+        self.events.emit(e);
+    }
+
     fn connection_refused(&self, peer: std::net::SocketAddr, rule: &'static str, reply: &Reply) {
         let mut e = TraceEvent::new(EventKind::Rejected);
         e.client_ip = Some(peer.ip().to_string());

@@ -121,6 +121,7 @@ pub(super) fn setup(
     let cfg = Arc::new(SessionConfig {
         fqdn: r.fqdn.clone(),
         max_message_size: r.max_message_size,
+        max_header_size: r.max_header_size,
         max_recipients: r.max_recipients_per_message,
         bare_newline: r.bare_newline_policy,
         inactivity_timeout: r.connection_inactivity_timeout,

@@ -198,11 +198,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             .as_ref()
             .is_some_and(|a| !a.local.is_ascii() || !a.domain.is_ascii())
     {
-        return Err(Reply::new(
-            553,
-            "5.6.7",
-            "Non-ASCII address requires the SMTPUTF8 parameter",
-        ));
+        return Err(Reply::smtputf8_required());
     }
     Ok(Command::Mail(from, out))
 }

@@ -34,6 +34,8 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataError {
     TooBig,
+    /// The header block (up to the first empty line) is over its limit (`MaxHeaderSize`).
+    HeaderTooBig,
     LineTooLong,
     BareNewline,
 }
@@ -46,6 +48,10 @@ pub struct DataReader {
     max_size: u64,
     policy: BareNewlinePolicy,
     size: u64,
+    /// `MaxHeaderSize`; `u64::MAX` = no limit.
+    max_header: u64,
+    /// Still inside the header block (RFC 5322 §2.1: it ends at the first empty line).
+    in_header: bool,
     line_len: usize,
     error: Option<DataError>,
 }
@@ -57,9 +63,19 @@ impl DataReader {
             max_size,
             policy,
             size: 0,
+            max_header: u64::MAX,
+            in_header: true,
             line_len: 0,
             error: None,
         }
+    }
+
+    /// Limits the header block to `max` octets of content as received (unstuffed, before
+    /// the relay adds anything). Past it the rest is read and discarded like an oversize
+    /// message, and the message is refused with `HeaderTooBig`.
+    pub fn with_max_header(mut self, max: u64) -> Self {
+        self.max_header = max;
+        self
     }
 
     /// Consumes bytes from `input`. Returns `(consumed, done)`: when `done`, the end-of-data
@@ -102,6 +118,7 @@ impl DataReader {
                 return self.step(b, out);
             }
             (Cr, b'\n') => {
+                self.end_of_line();
                 self.push(b"\r\n", out);
                 self.line_len = 0;
                 self.state = LineStart;
@@ -129,7 +146,16 @@ impl DataReader {
         false
     }
 
+    /// Called before a line's terminator is stored: an empty line ends the header block,
+    /// whose terminator is not counted in it.
+    fn end_of_line(&mut self) {
+        if self.line_len == 0 {
+            self.in_header = false;
+        }
+    }
+
     fn bare_newline(&mut self, out: &mut Vec<u8>) {
+        self.end_of_line();
         match self.policy {
             BareNewlinePolicy::Reject => self.fail(DataError::BareNewline),
             BareNewlinePolicy::Normalize => self.push(b"\r\n", out),
@@ -145,6 +171,10 @@ impl DataReader {
 
     fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.size += bytes.len() as u64;
+        if self.in_header && self.size > self.max_header {
+            // The header block is everything so far: same treatment as an oversize message.
+            self.fail(DataError::HeaderTooBig);
+        }
         if self.size > self.max_size {
             // Stop storing, keep reading to the end so the session stays in sync.
             self.fail(DataError::TooBig);
@@ -282,5 +312,47 @@ mod tests {
         let (_, done) = r.feed(b".\r\n", &mut out);
         assert!(done);
         assert_eq!(r.error(), Some(DataError::TooBig));
+    }
+
+    fn read_with_header_limit(input: &[u8], max_header: u64) -> (Vec<u8>, bool, Option<DataError>) {
+        let mut r = DataReader::new(1 << 30, BareNewlinePolicy::Reject).with_max_header(max_header);
+        let mut out = Vec::new();
+        let (_, done) = r.feed(input, &mut out);
+        (out, done, r.error())
+    }
+
+    #[test]
+    fn header_limit_counts_up_to_the_first_empty_line() {
+        // "A: 1\r\n" + "B: 2\r\n" = 12 octets of header; the body does not count.
+        let msg = b"A: 1\r\nB: 2\r\n\r\n".iter().copied();
+        let body = b"x\r\n".repeat(100);
+        let input: Vec<u8> = msg.chain(body).chain(b".\r\n".iter().copied()).collect();
+        let (out, done, err) = read_with_header_limit(&input, 12);
+        assert!(done);
+        assert_eq!(err, None);
+        assert!(out.starts_with(b"A: 1\r\n"));
+        let (out, done, err) = read_with_header_limit(&input, 11);
+        assert!(done);
+        assert_eq!(err, Some(DataError::HeaderTooBig));
+        assert!(out.is_empty(), "nothing of a refused message is kept");
+    }
+
+    #[test]
+    fn header_limit_covers_folded_lines_and_a_message_without_body() {
+        // A folded header (RFC 5322 §2.2.3): continuation lines belong to the header block.
+        let mut folded = b"Subject: start\r\n".to_vec();
+        folded.extend_from_slice(&b" more folded text\r\n".repeat(100));
+        folded.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let (_, done, err) = read_with_header_limit(&folded, 1000);
+        assert!(done);
+        assert_eq!(err, Some(DataError::HeaderTooBig));
+        // No empty line at all: the whole message is header.
+        let only_headers = [&b"X-A: b\r\n".repeat(200)[..], b".\r\n"].concat();
+        let (_, _, err) = read_with_header_limit(&only_headers, 1000);
+        assert_eq!(err, Some(DataError::HeaderTooBig));
+        // A message starting with the empty line has an empty header block.
+        let no_header = [b"\r\n", &b"body line\r\n".repeat(200)[..], b".\r\n"].concat();
+        let (_, _, err) = read_with_header_limit(&no_header, 10);
+        assert_eq!(err, None);
     }
 }

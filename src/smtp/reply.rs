@@ -94,6 +94,18 @@ impl Reply {
             "Message size exceeds fixed maximum message size",
         )
     }
+    /// Exchange's refusal of a header block over `MaxHeaderSize`.
+    pub fn header_too_big() -> Self {
+        Reply::new(552, "5.3.4", "Message header size exceeds limit")
+    }
+    /// RFC 6531 §3.4: a non-ASCII address in a transaction without `SMTPUTF8`.
+    pub fn smtputf8_required() -> Self {
+        Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address requires the SMTPUTF8 parameter",
+        )
+    }
     pub fn too_many_recipients() -> Self {
         Reply::new(452, "4.5.3", "Too many recipients")
     }

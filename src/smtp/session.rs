@@ -62,6 +62,9 @@ pub struct Transaction {
 pub struct SessionConfig {
     pub fqdn: String,
     pub max_message_size: u64,
+    /// `MaxHeaderSize`: the header block as received, up to the first empty line;
+    /// `u64::MAX` = no limit (the sink).
+    pub max_header_size: u64,
     pub max_recipients: usize,
     pub bare_newline: BareNewlinePolicy,
     pub inactivity_timeout: Duration,
@@ -137,6 +140,16 @@ pub trait Backend: Send + Sync + 'static {
         _reply: &Reply,
     ) {
     }
+    /// The session was dropped without a reply (`rule`, e.g. `WriteTimeout`: the client
+    /// stopped reading, so no 421 could reach it); `detail` says which limit and when.
+    fn dropped(
+        &self,
+        _s: &SessionInfo,
+        _tx: Option<&Transaction>,
+        _rule: &'static str,
+        _detail: String,
+    ) {
+    }
     /// A connection was refused before its session started (connection limits).
     fn connection_refused(&self, _peer: SocketAddr, _rule: &'static str, _reply: &Reply) {}
     /// RCPT TO: may refuse the recipient.
@@ -159,23 +172,64 @@ enum Exit {
     StartTls,
 }
 
+/// The two time limits of a session (RFC 5321 §4.5.3.2 server timeouts, Exchange's
+/// `ConnectionInactivityTimeout` and `ConnectionTimeout`). Every wait of the session — TLS
+/// handshakes, the pre-greeting wait, each read and each write — ends at `next()`: the
+/// inactivity timeout from now, never past the end of the whole session, which counts
+/// from the accept.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    inactivity: Duration,
+    session_end: Instant,
+}
+
+impl Deadlines {
+    /// The deadline of the next wait, and the name of the limit that sets it.
+    fn next(&self) -> (Instant, &'static str) {
+        let idle = Instant::now() + self.inactivity;
+        if idle < self.session_end {
+            (idle, "ConnectionInactivityTimeout")
+        } else {
+            (self.session_end, "ConnectionTimeout")
+        }
+    }
+}
+
+/// Why a write failed: it could not complete before its deadline, i.e. the client is not
+/// reading its replies (its receive window and our send buffer are full). `limit` names
+/// the limit that ran out.
+#[derive(Debug)]
+struct WriteTimeout {
+    limit: &'static str,
+}
+
+impl std::fmt::Display for WriteTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write not completed within {}", self.limit)
+    }
+}
+
+impl std::error::Error for WriteTimeout {}
+
 /// A buffered connection: the read buffer allows pipelined commands to be parsed
 /// without extra reads, the write buffer lets replies to a pipelined group go out in one
-/// write (RFC 2920 §3.2).
+/// write (RFC 2920 §3.2). Writes carry the session's deadlines (see `Deadlines`).
 struct Conn<S> {
     stream: S,
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
+    limits: Deadlines,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(stream: S) -> Self {
+    fn new(stream: S, limits: Deadlines) -> Self {
         Conn {
             stream,
             rbuf: Vec::with_capacity(1024),
             rpos: 0,
             wbuf: Vec::with_capacity(512),
+            limits,
         }
     }
 
@@ -187,13 +241,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.wbuf.extend_from_slice(&reply.to_wire());
     }
 
+    /// Sends the queued replies. A client that does not read cannot hold the session:
+    /// the write ends at the next deadline with a `WriteTimeout` error (a deadline already
+    /// past still gets one attempt, so a last 421 that fits in the socket buffer goes out).
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await?;
-            self.wbuf.clear();
+        if self.wbuf.is_empty() {
+            return Ok(());
         }
+        let (at, limit) = self.limits.next();
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        match timeout_at(at, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::other(WriteTimeout { limit })),
+        }
+        self.wbuf.clear();
         Ok(())
+    }
+
+    /// Closes the write side (for TLS: close_notify, itself a write), bounded like `flush`.
+    async fn close(&mut self) -> std::io::Result<()> {
+        let (at, limit) = self.limits.next();
+        match timeout_at(at, self.stream.shutdown()).await {
+            Ok(_) => Ok(()), // an error closing a connection that is going away is no news
+            Err(_) => Err(std::io::Error::other(WriteTimeout { limit })),
+        }
     }
 
     /// Reads more bytes into the buffer. `Ok(0)` is end of stream.
@@ -230,7 +304,7 @@ pub struct Session<B: Backend> {
     pub info: SessionInfo,
     tx: Option<Transaction>,
     errors: u32,
-    deadline: Instant,
+    limits: Deadlines,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -242,7 +316,11 @@ impl<B: Backend> Session<B> {
         local: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let deadline = Instant::now() + cfg.session_timeout;
+        // Called at accept (`server::serve`): the whole connection counts, TLS included.
+        let limits = Deadlines {
+            inactivity: cfg.inactivity_timeout,
+            session_end: Instant::now() + cfg.session_timeout,
+        };
         Session {
             cfg,
             backend,
@@ -257,7 +335,7 @@ impl<B: Backend> Session<B> {
             },
             tx: None,
             errors: 0,
-            deadline,
+            limits,
             shutdown,
         }
     }
@@ -265,74 +343,113 @@ impl<B: Backend> Session<B> {
     /// Runs the whole session on a TCP connection: greeting, commands, STARTTLS upgrade.
     pub async fn run(mut self, stream: TcpStream, implicit_tls: bool) {
         let _ = stream.set_nodelay(true);
-        if implicit_tls {
-            let Some(acceptor) = self.cfg.tls.clone() else {
-                return;
-            };
-            let Ok(Ok(tls)) = timeout(self.cfg.inactivity_timeout, acceptor.accept(stream)).await
-            else {
-                tracing::debug!(peer = %self.info.peer, "implicit TLS handshake failed");
-                crate::metrics::tls_failure("inbound", "handshake");
-                return;
-            };
-            self.tls_established(tls.get_ref().1);
-            let mut conn = Conn::new(tls);
-            conn.queue(&Reply::greeting(&self.cfg.fqdn));
-            let _ = self.serve(&mut conn).await;
-            let _ = conn.stream.shutdown().await;
-            return;
-        }
-        self.backend.session_facts(&self.info);
-        if self.cfg.forbid_unauth_pipelining {
-            let mut probe = [0u8; 1];
-            match timeout(PREGREET_WAIT, stream.peek(&mut probe)).await {
-                Err(_) => {}
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(_)) => {
-                    tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
-                    let reply = Reply::sync_error();
-                    self.backend
-                        .refused(&self.info, None, "CONNECT", PROTOCOL_SYNC, &reply);
-                    let mut stream = stream;
-                    let _ = stream.write_all(&reply.to_wire()).await;
-                    let _ = stream.shutdown().await;
-                    return;
-                }
-            }
-        }
-        let mut conn = Conn::new(stream);
-        conn.queue(&Reply::greeting(&self.cfg.fqdn));
-        match self.serve(&mut conn).await {
-            Ok(Exit::StartTls) => {}
-            _ => {
-                let _ = conn.stream.shutdown().await;
-                return;
-            }
-        }
-        let Some(acceptor) = self.cfg.tls.clone() else {
-            return;
+        let result = if implicit_tls {
+            self.run_implicit_tls(stream).await
+        } else {
+            self.run_plain(stream).await
         };
-        match timeout(self.cfg.inactivity_timeout, acceptor.accept(conn.stream)).await {
-            Ok(Ok(tls)) => {
-                // RFC 3207 §4.2: the session starts over; the client must EHLO again.
-                self.tls_established(tls.get_ref().1);
-                self.info.helo = None;
-                self.info.esmtp = false;
-                self.info.auth_user = None;
-                self.tx = None;
-                let mut conn = Conn::new(tls);
-                let _ = self.serve(&mut conn).await;
-                let _ = conn.stream.shutdown().await;
+        if let Err(e) = result {
+            self.write_failed(&e);
+        }
+    }
+
+    /// An implicit-TLS listener: handshake first, then the greeting.
+    async fn run_implicit_tls(&mut self, stream: TcpStream) -> std::io::Result<()> {
+        let Some(tls) = self.handshake(stream).await else {
+            return Ok(());
+        };
+        self.tls_established(tls.get_ref().1);
+        let mut conn = Conn::new(tls, self.limits);
+        conn.queue(&Reply::greeting(&self.cfg.fqdn));
+        self.serve(&mut conn).await?;
+        conn.close().await
+    }
+
+    /// A plain listener: pre-greeting wait, greeting, commands, and STARTTLS.
+    async fn run_plain(&mut self, stream: TcpStream) -> std::io::Result<()> {
+        self.backend.session_facts(&self.info);
+        let mut conn = Conn::new(stream, self.limits);
+        if self.cfg.forbid_unauth_pipelining && !self.pregreet_ok(&mut conn).await? {
+            return conn.close().await;
+        }
+        conn.queue(&Reply::greeting(&self.cfg.fqdn));
+        if let Exit::Close = self.serve(&mut conn).await? {
+            return conn.close().await;
+        }
+        let Some(tls) = self.handshake(conn.stream).await else {
+            return Ok(());
+        };
+        // RFC 3207 §4.2: the session starts over; the client must EHLO again.
+        self.tls_established(tls.get_ref().1);
+        self.info.helo = None;
+        self.info.esmtp = false;
+        self.info.auth_user = None;
+        self.tx = None;
+        let mut conn = Conn::new(tls, self.limits);
+        self.serve(&mut conn).await?;
+        conn.close().await
+    }
+
+    /// Listens for `PREGREET_WAIT` before the greeting: a client whose commands arrive in
+    /// that time is talking first (Postfix postscreen's pregreet test) and is refused.
+    /// False when the session must end.
+    async fn pregreet_ok(&mut self, conn: &mut Conn<TcpStream>) -> std::io::Result<bool> {
+        let mut probe = [0u8; 1];
+        let at = (Instant::now() + PREGREET_WAIT).min(self.limits.session_end);
+        match timeout_at(at, conn.stream.peek(&mut probe)).await {
+            Err(_) => Ok(true),
+            Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
+            Ok(Ok(_)) => {
+                tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
+                let reply = Reply::sync_error();
+                self.backend
+                    .refused(&self.info, None, "CONNECT", PROTOCOL_SYNC, &reply);
+                conn.queue(&reply);
+                conn.flush().await?;
+                Ok(false)
             }
+        }
+    }
+
+    /// The TLS handshake (implicit or after STARTTLS), bounded by the session's deadlines
+    /// like any other wait: a handshake cannot stretch the session past `ConnectionTimeout`.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = self.cfg.tls.clone()?;
+        let (at, limit) = self.limits.next();
+        match timeout_at(at, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
             Ok(Err(e)) => {
-                tracing::debug!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
+                tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
                 crate::metrics::tls_failure("inbound", "handshake");
+                None
             }
             Err(_) => {
-                tracing::debug!(peer = %self.info.peer, "STARTTLS handshake timed out");
+                tracing::debug!(peer = %self.info.peer, limit, "TLS handshake timed out");
                 crate::metrics::tls_failure("inbound", "timeout");
+                None
             }
         }
+    }
+
+    /// The session ended on an I/O error. A write that timed out means the client stopped
+    /// reading: there is no way to tell it (a 421 would not be read either), so the
+    /// connection is just dropped, logged and counted (trace rule `WriteTimeout`).
+    fn write_failed(&self, e: &std::io::Error) {
+        let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<WriteTimeout>()) else {
+            return;
+        };
+        let secs = match t.limit {
+            "ConnectionTimeout" => self.cfg.session_timeout.as_secs(),
+            _ => self.cfg.inactivity_timeout.as_secs(),
+        };
+        tracing::warn!(peer = %self.info.peer, limit = t.limit, secs,
+            "client is not reading its replies; connection dropped");
+        let detail = format!("dropped: client not reading replies ({} {secs} s)", t.limit);
+        self.backend
+            .dropped(&self.info, self.tx.as_ref(), "WriteTimeout", detail);
     }
 
     /// Records the TLS facts and judges the client certificate, then lets the backend
@@ -403,7 +520,12 @@ impl<B: Backend> Session<B> {
                 Command::Ehlo(name) => self.ehlo(conn, name, true),
                 Command::Helo(name) => self.ehlo(conn, name, false),
                 Command::Mail(from, params) => self.mail(conn, from, params),
-                Command::Rcpt(to) => self.rcpt(conn, to),
+                Command::Rcpt(to) => {
+                    if self.rcpt(conn, to) {
+                        conn.flush().await?;
+                        return Ok(Exit::Close);
+                    }
+                }
                 Command::Data => {
                     if let Some(exit) = self.data(conn).await? {
                         return Ok(exit);
@@ -589,11 +711,17 @@ impl<B: Backend> Session<B> {
         conn.queue(&reply);
     }
 
-    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, to: Address) {
+    /// RCPT TO. True when the session must close (the protocol-error limit was reached).
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, to: Address) -> bool {
         let Some(tx) = self.tx.as_mut() else {
             conn.queue(&Reply::bad_sequence("Need MAIL before RCPT"));
-            return;
+            return false;
         };
+        // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL; the
+        // same refusal (and error count) as a non-ASCII sender without it.
+        if !tx.params.smtputf8 && (!to.local.is_ascii() || !to.domain.is_ascii()) {
+            return self.protocol_error(conn, Reply::smtputf8_required());
+        }
         if tx.recipients.len() >= self.cfg.max_recipients {
             let reply = Reply::too_many_recipients();
             self.backend.refused(
@@ -604,7 +732,7 @@ impl<B: Backend> Session<B> {
                 &reply,
             );
             conn.queue(&reply);
-            return;
+            return false;
         }
         let mut to = to;
         if to.domain.is_empty() {
@@ -618,6 +746,7 @@ impl<B: Backend> Session<B> {
             }
             Err(r) => conn.queue(&r),
         }
+        false
     }
 
     /// AUTH is offered when a verifier is configured, and under `require_tls` only once
@@ -742,7 +871,8 @@ impl<B: Backend> Session<B> {
         conn.queue(&Reply::start_data());
         conn.flush().await?;
 
-        let mut reader = DataReader::new(self.cfg.max_message_size, self.cfg.bare_newline);
+        let mut reader = DataReader::new(self.cfg.max_message_size, self.cfg.bare_newline)
+            .with_max_header(self.cfg.max_header_size);
         let mut message = Vec::with_capacity(8192);
         let started = Instant::now();
         let mut received: u64 = 0;
@@ -754,7 +884,7 @@ impl<B: Backend> Session<B> {
                 break;
             }
             // Every read has a timeout (the session is in DATA: shutdown does not cut it).
-            let deadline = (Instant::now() + self.cfg.inactivity_timeout).min(self.deadline);
+            let (deadline, _) = self.limits.next();
             // Minimum data rate: after the grace period the average must stay at or above
             // `min_data_rate`, so `received` bytes buy `received / rate` seconds in all.
             let slow_at = (self.cfg.min_data_rate > 0).then(|| {
@@ -787,6 +917,7 @@ impl<B: Backend> Session<B> {
         let tx = self.tx.take().unwrap_or_default();
         let refused = match reader.error() {
             Some(DataError::TooBig) => Some(("MaxMessageSize", Reply::message_too_big())),
+            Some(DataError::HeaderTooBig) => Some(("MaxHeaderSize", Reply::header_too_big())),
             Some(DataError::LineTooLong) => Some(("LineTooLong", Reply::line_too_long())),
             Some(DataError::BareNewline) => Some(("BareNewlinePolicy", Reply::bare_newline())),
             None => None,
@@ -835,7 +966,7 @@ impl<B: Backend> Session<B> {
             if *self.shutdown.borrow() && self.tx.is_none() {
                 return Ok(Line::Stop(Reply::service_unavailable()));
             }
-            let deadline = (Instant::now() + self.cfg.inactivity_timeout).min(self.deadline);
+            let (deadline, _) = self.limits.next();
             let read = async {
                 let mut shutdown = self.shutdown.clone();
                 tokio::select! {
@@ -890,5 +1021,61 @@ fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
         version,
         cipher,
         peer_certificates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(inactivity_ms: u64, session_ms: u64) -> Deadlines {
+        Deadlines {
+            inactivity: Duration::from_millis(inactivity_ms),
+            session_end: Instant::now() + Duration::from_millis(session_ms),
+        }
+    }
+
+    /// A reply queue to a peer that never reads: the in-memory pipe holds 64 bytes. The
+    /// time the write took, and which limit ended it.
+    async fn flush_to_a_peer_that_never_reads(limits: Deadlines) -> (Duration, &'static str) {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut conn = Conn::new(ours, limits);
+        for _ in 0..100 {
+            conn.queue(&Reply::ok("Flushed"));
+        }
+        let t = Instant::now();
+        let e = conn.flush().await.expect_err("the write cannot complete");
+        let limit = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<WriteTimeout>())
+            .expect("a WriteTimeout")
+            .limit;
+        (t.elapsed(), limit)
+    }
+
+    #[tokio::test]
+    async fn a_write_ends_at_the_inactivity_timeout() {
+        let (took, limit) = flush_to_a_peer_that_never_reads(limits(200, 600_000)).await;
+        assert_eq!(limit, "ConnectionInactivityTimeout");
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn a_write_never_outlasts_the_session() {
+        let (took, limit) = flush_to_a_peer_that_never_reads(limits(600_000, 300)).await;
+        assert_eq!(limit, "ConnectionTimeout");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn a_last_reply_past_the_deadline_still_gets_one_attempt() {
+        // The session is over, but a 421 that fits in the buffer is still written.
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(ours, limits(200, 0));
+        conn.queue(&Reply::timeout());
+        conn.flush().await.expect("written without waiting");
+        let mut got = vec![0u8; Reply::timeout().to_wire().len()];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, Reply::timeout().to_wire());
     }
 }
