@@ -114,6 +114,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
             verifier
         }),
         forbid_unauth_pipelining: false,
+        pregreet: Default::default(),
     });
     let connections = Arc::new(AtomicU64::new(0));
     let discarded = opts.discard.then(|| Arc::new(AtomicU64::new(0)));

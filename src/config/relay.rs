@@ -76,6 +76,8 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
     let max_protocol_errors = r.int(ctx, "MaxProtocolErrors", 5, 1, i64::from(u32::MAX)) as u32;
     let max_header_size = size(ctx, &mut r, "MaxHeaderSize", "256KB");
+    // Extension key: Postfix postscreen's `postscreen_greet_wait` (0 turns the wait off).
+    let pre_greeting_wait = timespan(ctx, &mut r, "PreGreetingWait", "00:00:00.1");
     let lines = r.lines.clone();
     r.finish(ctx, "[Relay]");
 
@@ -113,6 +115,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         connection_inactivity_timeout,
         max_protocol_errors,
         max_header_size,
+        pre_greeting_wait,
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
     };
@@ -184,6 +187,13 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
         if lines.has(key) && value == 0 {
             ctx.error(lines.of(key), key, "must be larger than zero bytes");
         }
+    }
+    if s.pre_greeting_wait >= s.connection_timeout {
+        ctx.error(
+            lines.of("PreGreetingWait"),
+            "PreGreetingWait",
+            "is not shorter than ConnectionTimeout, so no new client would ever get the banner; 0.1 s (\"00:00:00.1\") is the default",
+        );
     }
     retry_rules(ctx, s, lines);
 }

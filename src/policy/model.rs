@@ -61,6 +61,9 @@ pub struct RelaySettings {
     pub max_protocol_errors: u32,
     /// Bytes.
     pub max_header_size: u64,
+    /// `PreGreetingWait` (extension key): how long an unknown client listens before its
+    /// banner; zero = no wait.
+    pub pre_greeting_wait: Duration,
     /// Slowest average rate of DATA/BDAT input, bytes per second, once `min_data_rate_grace`
     /// has passed since the `354`; 0 = no minimum. Not a config key: always
     /// [`MIN_DATA_RATE`] from the loader (tests lower the grace on the model).

@@ -572,6 +572,7 @@ pub(crate) mod test_support {
             connection_inactivity_timeout: Duration::from_secs(300),
             max_protocol_errors: 5,
             max_header_size: 256 << 10,
+            pre_greeting_wait: Duration::from_millis(100),
             min_data_rate: MIN_DATA_RATE,
             min_data_rate_grace: MIN_DATA_RATE_GRACE,
         }

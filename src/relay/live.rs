@@ -19,7 +19,8 @@ use crate::queue::manager::{BoxFuture, QueueHandle, QueueSettings, Transport};
 use crate::queue::spool::Spool;
 use crate::smtp::client_cert::ClientCertValidator;
 use crate::smtp::server::{ExemptFn, Setup};
-use crate::smtp::session::SessionConfig;
+use crate::smtp::pregreet::PassCache;
+use crate::smtp::session::{Pregreet, SessionConfig};
 use crate::smtp::tls;
 use crate::trace::Events;
 
@@ -31,6 +32,8 @@ pub(super) struct Shared {
     pub resolver: Arc<dyn Resolver>,
     /// The message trace (every generation's backend and deliverer emit into it).
     pub events: Events,
+    /// Clients that passed the pre-greeting test (kept across reloads).
+    pub pregreet_passes: Arc<PassCache>,
 }
 
 /// One generation's inbound TLS: the acceptor (from `TlsCertificate`/`TlsPrivateKey`, read
@@ -135,6 +138,10 @@ pub(super) fn setup(
         starttls: Default::default(),
         auth: None,
         forbid_unauth_pipelining: true,
+        pregreet: Pregreet {
+            wait: r.pre_greeting_wait,
+            passes: Some(shared.pregreet_passes.clone()),
+        },
     });
     let inbound = Arc::new(InboundPolicy::new(policy));
     let backend = Arc::new(RelayBackend::new(

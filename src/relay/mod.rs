@@ -292,6 +292,7 @@ pub async fn start_with_options(
         queue: queue.clone(),
         resolver,
         events: events.clone(),
+        pregreet_passes: Default::default(),
     };
     let setup = Arc::new(ArcSwap::from_pointee(live::setup(
         &policy, tls, &shared, srs,

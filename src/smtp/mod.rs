@@ -4,6 +4,7 @@
 pub mod client_cert;
 pub mod command;
 pub mod data;
+pub mod pregreet;
 pub mod reply;
 pub mod sasl;
 

@@ -221,7 +221,8 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
             refuse(stream, reply);
             continue;
         };
-        let source = if exempt(peer.ip()) {
+        let trusted = exempt(peer.ip());
+        let source = if trusted {
             None
         } else {
             if !limits.take_rate_token(peer.ip(), Instant::now()) {
@@ -247,7 +248,8 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
             }
         };
         let local = stream.local_addr().unwrap_or(peer);
-        let session = Session::new(cfg.clone(), backend.clone(), peer, local, draining.clone());
+        let session = Session::new(cfg.clone(), backend.clone(), peer, local, draining.clone())
+            .trusted(trusted);
         tokio::spawn(async move {
             session.run(stream, implicit_tls).await;
             drop(source);

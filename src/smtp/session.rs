@@ -18,6 +18,7 @@ use rustls::pki_types::CertificateDer;
 use super::client_cert::{ClientCertInfo, ClientCertValidator};
 use super::command::{self, Address, Command, MAX_COMMAND_LINE, MailParams};
 use super::data::{DataError, DataReader};
+use super::pregreet::PassCache;
 use super::reply::Reply;
 use super::sasl;
 use crate::policy::BareNewlinePolicy;
@@ -86,20 +87,33 @@ pub struct SessionConfig {
     /// How STARTTLS is answered when `tls` is set (test knobs of the sink).
     pub starttls: StartTlsMode,
     /// Postfix `smtpd_forbid_unauth_pipelining`: a client that talks before the greeting
-    /// (listened for during `PREGREET_WAIT`), pipelines without EHLO, or sends more input
+    /// (listened for during `pregreet.wait`), pipelines without EHLO, or sends more input
     /// after a command that must end a group (RFC 2920 §3.1: EHLO, HELO, DATA, QUIT, NOOP,
     /// VRFY, HELP, AUTH) gets `554 5.5.0 Error: SMTP protocol synchronization` and is
     /// disconnected. On for the relay; off for the sink.
     pub forbid_unauth_pipelining: bool,
+    /// The pre-greeting test of `forbid_unauth_pipelining`.
+    pub pregreet: Pregreet,
 }
 
 /// The rule name of a refusal for talking out of turn (before the greeting, or improper
 /// pipelining).
 const PROTOCOL_SYNC: &str = "ProtocolSynchronization";
 
-/// How long a session with `forbid_unauth_pipelining` listens before sending its greeting:
-/// a client whose commands arrive in that time is talking first (a spam engine's shortcut).
+/// The default of `PreGreetingWait`: how long a session with `forbid_unauth_pipelining`
+/// listens before sending its greeting to a client it does not know; a client whose
+/// commands arrive in that time is talking first (a spam engine's shortcut).
 pub const PREGREET_WAIT: Duration = Duration::from_millis(100);
+
+/// The pre-greeting test (Postfix postscreen's "pregreet"): how long an unknown client
+/// listens before its banner, and the clients that passed recently, who (like OnPremises
+/// addresses) get it at once. Those are still checked for input already waiting.
+#[derive(Clone, Default)]
+pub struct Pregreet {
+    /// `PreGreetingWait`; zero turns the wait off (the instant check remains).
+    pub wait: Duration,
+    pub passes: Option<Arc<PassCache>>,
+}
 
 /// STARTTLS behaviour of a session that has a TLS configuration. Anything but `Offer` is
 /// for the sink, to play remote servers that get STARTTLS wrong.
@@ -306,6 +320,9 @@ pub struct Session<B: Backend> {
     errors: u32,
     limits: Deadlines,
     shutdown: watch::Receiver<bool>,
+    /// Attributed to an OnPremises connector by its address at connect: no pre-greeting
+    /// wait.
+    trusted: bool,
 }
 
 impl<B: Backend> Session<B> {
@@ -337,7 +354,14 @@ impl<B: Backend> Session<B> {
             errors: 0,
             limits,
             shutdown,
+            trusted: false,
         }
+    }
+
+    /// Marks the client as trusted before the banner (an OnPremises connector's address).
+    pub fn trusted(mut self, trusted: bool) -> Self {
+        self.trusted = trusted;
+        self
     }
 
     /// Runs the whole session on a TCP connection: greeting, commands, STARTTLS upgrade.
@@ -390,14 +414,22 @@ impl<B: Backend> Session<B> {
         conn.close().await
     }
 
-    /// Listens for `PREGREET_WAIT` before the greeting: a client whose commands arrive in
-    /// that time is talking first (Postfix postscreen's pregreet test) and is refused.
-    /// False when the session must end.
+    /// Listens for the pre-greeting wait before the greeting: a client whose commands arrive
+    /// in that time is talking first (Postfix postscreen's pregreet test) and is refused.
+    /// False when the session must end. A client that waited is remembered as passed.
     async fn pregreet_ok(&mut self, conn: &mut Conn<TcpStream>) -> std::io::Result<bool> {
+        let wait = self.pregreet_wait();
         let mut probe = [0u8; 1];
-        let at = (Instant::now() + PREGREET_WAIT).min(self.limits.session_end);
+        let at = (Instant::now() + wait).min(self.limits.session_end);
+        // tokio's timeout polls the peek before its deadline: with no wait, input already
+        // waiting is still seen.
         match timeout_at(at, conn.stream.peek(&mut probe)).await {
-            Err(_) => Ok(true),
+            Err(_) => {
+                if let (false, Some(passes)) = (wait.is_zero(), &self.cfg.pregreet.passes) {
+                    passes.record(self.info.peer.ip(), Instant::now());
+                }
+                Ok(true)
+            }
             Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
             Ok(Ok(_)) => {
                 tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
@@ -408,6 +440,18 @@ impl<B: Backend> Session<B> {
                 conn.flush().await?;
                 Ok(false)
             }
+        }
+    }
+
+    /// No wait for a client trusted at connect (an OnPremises address) or one that passed
+    /// within the pass lifetime; `PreGreetingWait` for the others.
+    fn pregreet_wait(&self) -> Duration {
+        let p = &self.cfg.pregreet;
+        let known = |c: &Arc<PassCache>| c.passed(self.info.peer.ip(), Instant::now());
+        if self.trusted || p.passes.as_ref().is_some_and(known) {
+            Duration::ZERO
+        } else {
+            p.wait
         }
     }
 
