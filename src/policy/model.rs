@@ -98,8 +98,21 @@ pub enum DomainPattern {
 }
 
 impl DomainPattern {
-    /// Does this pattern match `domain` (any case, trailing dot ignored)?
+    /// Does this pattern match `domain` (any case, trailing dot ignored)? Patterns are
+    /// stored as A-labels, so a domain in Unicode (an SMTPUTF8 address, a U-label in a
+    /// certificate) is converted first (see [`crate::dns::idn`]); one that is not valid
+    /// IDNA matches nothing but `*`.
     pub fn matches(&self, domain: &str) -> bool {
+        if domain.is_ascii() {
+            return self.matches_ascii(domain);
+        }
+        match crate::dns::idn::to_ascii(domain) {
+            Ok(ascii) => self.matches_ascii(&ascii),
+            Err(_) => *self == DomainPattern::Any,
+        }
+    }
+
+    fn matches_ascii(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.');
         match self {
             DomainPattern::Any => true,
