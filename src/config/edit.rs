@@ -577,4 +577,71 @@ RestrictDomainsToIPAddresses = true
             "temp file left"
         );
     }
+
+    #[test]
+    fn a_file_changed_on_disk_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let read = content_hash(TEXT.as_bytes());
+        std::fs::write(&path, "# edited by hand\n").unwrap();
+        let r = write_if_unchanged(&path, "# ours\n", read);
+        assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# edited by hand\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left");
+
+        let read = content_hash(b"# edited by hand\n");
+        let meta = write_if_unchanged(&path, "# ours\n", read).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# ours\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.ino(), std::fs::metadata(&path).unwrap().ino());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left");
+    }
+
+    #[test]
+    fn an_edit_landing_between_the_check_and_the_swap_is_put_back() {
+        // Staged: the file already holds a newer disk edit when the swap happens.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let tmp = temp_path(&path);
+        std::fs::write(&path, "# the newer disk edit\n").unwrap();
+        std::fs::write(&tmp, "# ours\n").unwrap();
+        let r = swap_in(&tmp, &path, content_hash(b"# as read\n"), content_hash(b"# ours\n"));
+        assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# the newer disk edit\n"
+        );
+        assert_eq!(std::fs::read_to_string(&tmp).unwrap(), "# ours\n");
+    }
+
+    #[test]
+    fn only_the_writers_leftover_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let gone = [
+            format!(".relay.toml.{dead}.tmp"),
+            format!(".relay.toml.{}.tmp", std::process::id()),
+        ];
+        let kept = [
+            ".relay.toml.1.tmp", // pid 1 runs: a writer at work
+            ".relay.toml.x.tmp",
+            ".other.toml.5.tmp",
+            "relay.toml.displaced-5",
+        ];
+        for name in gone.iter().map(String::as_str).chain(kept) {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let mut removed = remove_leftover_temp_files(&path);
+        removed.sort();
+        let mut want: Vec<_> = gone.iter().map(|n| dir.path().join(n)).collect();
+        want.sort();
+        assert_eq!(removed, want);
+        for name in kept {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+    }
 }

@@ -299,3 +299,24 @@ pub struct SendConnector {
     pub use_external_dns_servers_enabled: bool,
     pub comment: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DomainPattern;
+
+    #[test]
+    fn unicode_domains_match_their_a_label_patterns() {
+        let exact = DomainPattern::Exact("xn--exmple-cua.test".into());
+        assert!(exact.matches("exämple.test"));
+        assert!(exact.matches("EXÄMPLE.test."));
+        assert!(exact.matches("XN--EXMPLE-CUA.test"));
+        assert!(!exact.matches("example.test"));
+        let sub = DomainPattern::Subdomains("xn--bcher-kva.de".into());
+        assert!(sub.matches("mail.bücher.de"));
+        assert!(sub.matches("bücher.de"));
+        assert!(!sub.matches("bucher.de"));
+        // Not valid IDNA: matches only `*`.
+        assert!(!sub.matches("x.b\u{fffd}cher.de"));
+        assert!(DomainPattern::Any.matches("b\u{fffd}cher.de"));
+    }
+}
