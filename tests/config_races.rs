@@ -196,7 +196,11 @@ async fn api_changes_racing_disk_edits_lose_nothing() {
         .iter()
         .filter(|(n, marker, _)| *marker != n - 1)
         .collect();
-    assert_eq!(disk_marker(&last), disk.edits, "the last disk edit is in the file");
+    assert_eq!(
+        disk_marker(&last),
+        disk.edits,
+        "the last disk edit is in the file"
+    );
 
     // Every value the file ever held, as far as the test can see.
     let mut seen: BTreeSet<String> = disk
@@ -230,10 +234,22 @@ async fn api_changes_racing_disk_edits_lose_nothing() {
         missing.len(),
         applied_409.len()
     );
-    assert!(lost_disk.is_empty(), "disk edits overwritten: {lost_disk:?}");
-    assert!(missing.is_empty(), "answered 200, never in the file: {missing:?}");
-    assert!(applied_409.is_empty(), "answered 409, in the file: {applied_409:?}");
-    assert!(refused > 0, "the race did not happen: no change was refused");
+    assert!(
+        lost_disk.is_empty(),
+        "disk edits overwritten: {lost_disk:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "answered 200, never in the file: {missing:?}"
+    );
+    assert!(
+        applied_409.is_empty(),
+        "answered 409, in the file: {applied_409:?}"
+    );
+    assert!(
+        refused > 0,
+        "the race did not happen: no change was refused"
+    );
     assert!(ok > 0, "no change went through");
 
     // Once the poll has caught up, what is in effect is what is in the file.

@@ -49,7 +49,10 @@ fn issue(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     leaf.distinguished_name = dn(name);
     leaf.use_authority_key_identifier_extension = true;
     let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-    let (crt, pem) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (crt, pem) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&crt, cert.pem()).unwrap();
     std::fs::write(&pem, key.serialize_pem()).unwrap();
     (crt, pem)
@@ -101,7 +104,8 @@ async fn a_unicode_recipient_is_delivered_through_its_a_label_mx_over_checked_tl
 
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;
-    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250").await;
+    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250")
+        .await;
     d.cmd("RCPT TO:<user@exämple.test>", "250").await;
     d.cmd("RCPT TO:<other@XN--EXMPLE-CUA.test>", "250").await;
     d.cmd("DATA", "354").await;
@@ -149,7 +153,8 @@ async fn accepted_domains_and_connectors_match_in_either_form() {
     // From the Internet: only accepted domains, whichever form either side uses.
     let mut d = Dialog::connect_from("127.0.0.50".parse().unwrap(), smtp).await;
     d.cmd("EHLO mail.example.net", "250").await;
-    d.cmd("MAIL FROM:<someone@example.net> SMTPUTF8", "250").await;
+    d.cmd("MAIL FROM:<someone@example.net> SMTPUTF8", "250")
+        .await;
     d.cmd("RCPT TO:<a@xn--bcher-kva.test>", "250").await;
     d.cmd("RCPT TO:<b@café.test>", "250").await;
     d.cmd("RCPT TO:<c@exämple.test>", "550").await;
@@ -160,7 +165,8 @@ async fn accepted_domains_and_connectors_match_in_either_form() {
     // From on-premises: connectors chosen by domain, whichever form.
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), smtp).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;
-    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250").await;
+    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250")
+        .await;
     d.cmd("RCPT TO:<d@xn--exmple-cua.test>", "250").await;
     d.cmd("RCPT TO:<e@mail.münchen.test>", "250").await;
     d.cmd("DATA", "354").await;
@@ -206,7 +212,8 @@ async fn an_invalid_idn_recipient_fails_at_once_with_5_1_2() {
     let started = std::time::Instant::now();
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;
-    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250").await;
+    d.cmd("MAIL FROM:<alice@contoso.test> SMTPUTF8", "250")
+        .await;
     d.cmd("RCPT TO:<bad@xn--zz.test>", "250").await;
     d.cmd("RCPT TO:<good@exämple.test>", "250").await;
     d.cmd("DATA", "354").await;
@@ -219,9 +226,15 @@ async fn an_invalid_idn_recipient_fails_at_once_with_5_1_2() {
         ["<good@exämple.test>"]
     );
     let ndr = wait_messages(onprem.maildir(), 1, WAIT).await;
-    assert_eq!(header_value(&ndr[0], "X-Sink-Rcpt-To"), ["<alice@contoso.test>"]);
+    assert_eq!(
+        header_value(&ndr[0], "X-Sink-Rcpt-To"),
+        ["<alice@contoso.test>"]
+    );
     let text = ndr[0].replace("\r\n ", " ");
-    assert!(text.contains("Final-Recipient: rfc822; bad@xn--zz.test"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bad@xn--zz.test"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.2"), "{text}");
     assert!(
         text.contains("not a valid internationalized domain name"),

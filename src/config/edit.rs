@@ -233,11 +233,7 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// The config writer's temporary file for `path`: `.<name>.<pid>.tmp` beside it.
 fn temp_path(path: &Path) -> std::path::PathBuf {
-    parent_dir(path).join(format!(
-        ".{}.{}.tmp",
-        file_name(path),
-        std::process::id()
-    ))
+    parent_dir(path).join(format!(".{}.{}.tmp", file_name(path), std::process::id()))
 }
 
 fn file_name(path: &Path) -> String {
@@ -268,7 +264,12 @@ fn hash_of(path: &Path) -> Result<ContentHash, WriteError> {
 
 /// Puts the temporary file (content hash `ours`) at `path`. After the exchange `tmp`
 /// holds the displaced file: anything but `read` is an edit made after the comparison.
-fn swap_in(tmp: &Path, path: &Path, read: ContentHash, ours: ContentHash) -> Result<(), WriteError> {
+fn swap_in(
+    tmp: &Path,
+    path: &Path,
+    read: ContentHash,
+    ours: ContentHash,
+) -> Result<(), WriteError> {
     if !exchange(tmp, path)? {
         std::fs::rename(tmp, path)?;
         return Ok(());
@@ -587,15 +588,26 @@ RestrictDomainsToIPAddresses = true
         std::fs::write(&path, "# edited by hand\n").unwrap();
         let r = write_if_unchanged(&path, "# ours\n", read);
         assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# edited by hand\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# edited by hand\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left"
+        );
 
         let read = content_hash(b"# edited by hand\n");
         let meta = write_if_unchanged(&path, "# ours\n", read).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "# ours\n");
         use std::os::unix::fs::MetadataExt;
         assert_eq!(meta.ino(), std::fs::metadata(&path).unwrap().ino());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left"
+        );
     }
 
     #[test]
@@ -606,7 +618,12 @@ RestrictDomainsToIPAddresses = true
         let tmp = temp_path(&path);
         std::fs::write(&path, "# the newer disk edit\n").unwrap();
         std::fs::write(&tmp, "# ours\n").unwrap();
-        let r = swap_in(&tmp, &path, content_hash(b"# as read\n"), content_hash(b"# ours\n"));
+        let r = swap_in(
+            &tmp,
+            &path,
+            content_hash(b"# as read\n"),
+            content_hash(b"# ours\n"),
+        );
         assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

@@ -247,8 +247,8 @@ impl Deliverer {
                     outcomes[i] = Some(RecipientOutcome {
                         recipient: rcpt.clone(),
                         status: DeliveryStatus::Permanent(failure),
-                    connector: None,
-                    remote_host: None,
+                        connector: None,
+                        remote_host: None,
                         would_route: None,
                         tls: None,
                     });

@@ -52,7 +52,9 @@ pub fn to_ascii(domain: &str) -> Result<Cow<'_, str>, InvalidDomain> {
 
 /// `xn--…` in any case (RFC 5890 §2.3.1: the ACE prefix).
 fn is_a_label(label: &str) -> bool {
-    label.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
+    label
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
 }
 
 /// The domain of a recipient (or sender) address as it is routed and looked up: A-labels,
@@ -69,7 +71,9 @@ pub fn routable(domain: &str) -> Result<String, InvalidDomain> {
         return Err(invalid("it is empty or longer than 253 characters"));
     }
     if ascii.split('.').any(|l| l.is_empty() || l.len() > 63) {
-        return Err(invalid("it has an empty label or one longer than 63 characters"));
+        return Err(invalid(
+            "it has an empty label or one longer than 63 characters",
+        ));
     }
     Ok(ascii.into_owned())
 }
@@ -83,7 +87,10 @@ mod tests {
         assert_eq!(to_ascii("exämple.test").unwrap(), "xn--exmple-cua.test");
         assert_eq!(to_ascii("EXÄMPLE.Test.").unwrap(), "xn--exmple-cua.test");
         assert_eq!(to_ascii("bücher.de").unwrap(), "xn--bcher-kva.de");
-        assert_eq!(to_ascii("XN--Exmple-CUA.test").unwrap(), "xn--exmple-cua.test");
+        assert_eq!(
+            to_ascii("XN--Exmple-CUA.test").unwrap(),
+            "xn--exmple-cua.test"
+        );
         // IDNA2008, non-transitional: ß is kept (fass.de and faß.de are two names).
         assert_eq!(to_ascii("faß.de").unwrap(), "xn--fa-hia.de");
         // Full-width letters are mapped (UTS #46 compatibility mapping).
@@ -92,21 +99,35 @@ mod tests {
 
     #[test]
     fn ascii_names_are_only_lower_cased() {
-        assert!(matches!(to_ascii("contoso.test"), Ok(Cow::Borrowed("contoso.test"))));
+        assert!(matches!(
+            to_ascii("contoso.test"),
+            Ok(Cow::Borrowed("contoso.test"))
+        ));
         assert_eq!(to_ascii("Contoso.TEST").unwrap(), "contoso.test");
-        assert_eq!(to_ascii("_mta-sts.contoso.test").unwrap(), "_mta-sts.contoso.test");
+        assert_eq!(
+            to_ascii("_mta-sts.contoso.test").unwrap(),
+            "_mta-sts.contoso.test"
+        );
     }
 
     #[test]
     fn invalid_names_are_refused() {
-        for bad in ["xn--zz.test", "xn--a.test", "a\u{200d}b.test", "\u{fffd}.test"] {
+        for bad in [
+            "xn--zz.test",
+            "xn--a.test",
+            "a\u{200d}b.test",
+            "\u{fffd}.test",
+        ] {
             assert!(to_ascii(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(
             to_ascii("xn--zz.test").unwrap_err().to_string(),
             "\"xn--zz.test\" is not a valid domain name: it is not a valid internationalized domain name (IDNA, UTS #46)"
         );
-        assert!(routable(&format!("{}.test", "ä".repeat(60))).is_err(), "label too long");
+        assert!(
+            routable(&format!("{}.test", "ä".repeat(60))).is_err(),
+            "label too long"
+        );
         assert!(routable("a..test").is_err());
         assert_eq!(routable("Exämple.test.").unwrap(), "xn--exmple-cua.test");
     }
