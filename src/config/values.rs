@@ -321,6 +321,13 @@ mod tests {
         );
         assert_eq!(host_name("mx.bücher.de"), Ok("mx.xn--bcher-kva.de".into()));
         assert_eq!(
+            address_space("SMTP:*.bücher.de;5"),
+            Ok(AddressSpace {
+                domain: DomainPattern::Subdomains("xn--bcher-kva.de".into()),
+                cost: 5
+            })
+        );
+        assert_eq!(
             domain_pattern("xn--zz.test").unwrap_err(),
             "\"xn--zz.test\" is not a valid domain name: it is not a valid internationalized domain name (IDNA, UTS #46); write it in Unicode (\"bücher.de\") or as its A-label (\"xn--bcher-kva.de\")"
         );
