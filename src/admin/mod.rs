@@ -232,6 +232,15 @@ pub fn reload_error(e: &ReloadError) -> Response {
         ReloadError::Invalid(errors) => config_errors(errors),
         ReloadError::NoConfigFile => error(StatusCode::CONFLICT, e.to_string()),
         ReloadError::Io(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        ReloadError::ChangedOnDisk(_) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({
+                "error": e.to_string(),
+                "ChangedOnDisk": true,
+                "Applied": false,
+            })),
+        )
+            .into_response(),
     }
 }
 

@@ -154,44 +154,239 @@ fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
 }
 
 /// Reads `path`, applies `edit`, validates, and (unless `what_if`) writes the file back
-/// atomically.
+/// atomically, refusing when the file changed on disk meanwhile.
 pub fn edit_file(path: &Path, edit: &Edit, what_if: bool) -> Result<Edited, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path, "", format!("cannot read the config file: {e}")))?;
     let edited = apply(&text, path, edit)?;
     if !what_if {
-        write_atomically(path, &edited.new_text)
+        write_if_unchanged(path, &edited.new_text, content_hash(text.as_bytes()))
             .map_err(|e| err(path, "", format!("cannot write the config file: {e}")))?;
     }
     Ok(edited)
 }
 
-/// Replaces `path` with `text`: temporary file beside it, fsync, rename, directory fsync.
-/// The file keeps its permissions.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = match path.parent() {
+/// The SHA-256 of a config file's bytes: what a change read, compared again at write time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentHash([u8; 32]);
+
+pub fn content_hash(bytes: &[u8]) -> ContentHash {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    ContentHash(out)
+}
+
+/// Why [`write_if_unchanged`] did not replace the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Someone (an administrator's editor, a deployment tool) replaced or rewrote the file
+    /// after the change read it: writing would silently undo their edit.
+    #[error("the config file was changed on disk since it was read")]
+    ChangedOnDisk,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Replaces `path` with `text` if the file still holds what the caller read (`read`):
+/// temporary file beside it, fsync, then the swap, then a directory fsync, so a crash
+/// leaves the old or the new file, never half of one. Returns the metadata of the file
+/// written, taken from its own descriptor (the reload poll compares against it, so an
+/// edit landing just after ours is still seen as a change).
+///
+/// The check is made twice: the content is compared just before the swap (the usual
+/// case: an edit made while the change was validated), and the swap itself is an atomic
+/// exchange (`renameat2(RENAME_EXCHANGE)`, Linux) that hands back exactly the file it
+/// displaced, so an edit that lands between that comparison and the swap is detected and
+/// put back ([`restore`]). Where the exchange is unsupported the swap is a plain
+/// `rename` after the comparison. The file keeps its permissions.
+pub fn write_if_unchanged(
+    path: &Path,
+    text: &str,
+    read: ContentHash,
+) -> Result<std::fs::Metadata, WriteError> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = write_temp(&tmp, path, text)?;
+        if hash_of(path)? != read {
+            return Err(WriteError::ChangedOnDisk);
+        }
+        swap_in(&tmp, path, read, content_hash(text.as_bytes()))?;
+        Ok(file.metadata()?)
+    })();
+    if let Err(e) = std::fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %tmp.display(), error = %e, "cannot remove the config writer's temporary file");
+    }
+    std::fs::File::open(parent_dir(path))?.sync_all()?;
+    result
+}
+
+/// The directory of `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config".into());
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+}
+
+/// The config writer's temporary file for `path`: `.<name>.<pid>.tmp` beside it.
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    parent_dir(path).join(format!(".{}.{}.tmp", file_name(path), std::process::id()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into())
+}
+
+/// Writes and fsyncs the temporary file, with the permissions of `path`.
+fn write_temp(tmp: &Path, path: &Path, text: &str) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::File::create(tmp)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        f.set_permissions(meta.permissions())?;
+    }
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// The hash of the file at `path` now; a file that is gone changed too.
+fn hash_of(path: &Path) -> Result<ContentHash, WriteError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(content_hash(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(WriteError::ChangedOnDisk),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Puts the temporary file (content hash `ours`) at `path`. After the exchange `tmp`
+/// holds the displaced file: anything but `read` is an edit made after the comparison.
+fn swap_in(
+    tmp: &Path,
+    path: &Path,
+    read: ContentHash,
+    ours: ContentHash,
+) -> Result<(), WriteError> {
+    if !exchange(tmp, path)? {
+        std::fs::rename(tmp, path)?;
+        return Ok(());
+    }
+    if hash_of(tmp)? == read {
+        return Ok(());
+    }
+    restore(tmp, path, ours)?;
+    Err(WriteError::ChangedOnDisk)
+}
+
+/// A disk edit is at `tmp` and our file (hash `at_path`) at `path`: exchange them back.
+/// If what comes back is not the file we expected at `path`, a newer edit replaced it
+/// meanwhile: exchange again, so that the newest file ends at `path` and what is left at
+/// `tmp` (removed by the caller) is always a file that a later one replaced.
+fn restore(tmp: &Path, path: &Path, mut at_path: ContentHash) -> std::io::Result<()> {
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        let going_back = hash_of(tmp).map_err(as_io)?;
+        exchange(tmp, path)?;
+        if hash_of(tmp).map_err(as_io)? == at_path {
+            return Ok(());
+        }
+        at_path = going_back;
+    }
+    // Never reached unless the file is rewritten continuously: keep the displaced file
+    // under a name the start-up clean-up leaves alone.
+    let kept = parent_dir(path).join(format!(
+        "{}.displaced-{}",
+        file_name(path),
+        crate::queue::spool::unix_now()
+    ));
+    std::fs::rename(tmp, &kept)?;
+    tracing::error!(kept = %kept.display(), "the config file kept changing during an API write; the file it displaced is kept");
+    Ok(())
+}
+
+fn as_io(e: WriteError) -> std::io::Error {
+    match e {
+        WriteError::Io(e) => e,
+        WriteError::ChangedOnDisk => std::io::Error::from(std::io::ErrorKind::NotFound),
+    }
+}
+
+/// Atomically exchanges two paths (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+); `Ok(false)`
+/// when the system or file system does not support it.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call; no other memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// Removes the temporary files the config writer left beside `path` when it was killed
+/// between creating one and swapping it in (`.<name>.<pid>.tmp`), unless that pid is a
+/// running process other than this one (a `validate` run writing right now). Nothing
+/// else is touched. Returns the files removed.
+pub fn remove_leftover_temp_files(path: &Path) -> Vec<std::path::PathBuf> {
+    let prefix = format!(".{}.", file_name(path));
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_alive(pid) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
+/// Is `pid` a running process? (`kill(pid, 0)`: EPERM means it exists.)
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A JSON value from the admin API as a TOML value (`null` is handled by the caller as
@@ -382,5 +577,88 @@ RestrictDomainsToIPAddresses = true
             1,
             "temp file left"
         );
+    }
+
+    #[test]
+    fn a_file_changed_on_disk_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let read = content_hash(TEXT.as_bytes());
+        std::fs::write(&path, "# edited by hand\n").unwrap();
+        let r = write_if_unchanged(&path, "# ours\n", read);
+        assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# edited by hand\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left"
+        );
+
+        let read = content_hash(b"# edited by hand\n");
+        let meta = write_if_unchanged(&path, "# ours\n", read).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# ours\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.ino(), std::fs::metadata(&path).unwrap().ino());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left"
+        );
+    }
+
+    #[test]
+    fn an_edit_landing_between_the_check_and_the_swap_is_put_back() {
+        // Staged: the file already holds a newer disk edit when the swap happens.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let tmp = temp_path(&path);
+        std::fs::write(&path, "# the newer disk edit\n").unwrap();
+        std::fs::write(&tmp, "# ours\n").unwrap();
+        let r = swap_in(
+            &tmp,
+            &path,
+            content_hash(b"# as read\n"),
+            content_hash(b"# ours\n"),
+        );
+        assert!(matches!(r, Err(WriteError::ChangedOnDisk)), "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# the newer disk edit\n"
+        );
+        assert_eq!(std::fs::read_to_string(&tmp).unwrap(), "# ours\n");
+    }
+
+    #[test]
+    fn only_the_writers_leftover_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let gone = [
+            format!(".relay.toml.{dead}.tmp"),
+            format!(".relay.toml.{}.tmp", std::process::id()),
+        ];
+        let kept = [
+            ".relay.toml.1.tmp", // pid 1 runs: a writer at work
+            ".relay.toml.x.tmp",
+            ".other.toml.5.tmp",
+            "relay.toml.displaced-5",
+        ];
+        for name in gone.iter().map(String::as_str).chain(kept) {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let mut removed = remove_leftover_temp_files(&path);
+        removed.sort();
+        let mut want: Vec<_> = gone.iter().map(|n| dir.path().join(n)).collect();
+        want.sort();
+        assert_eq!(removed, want);
+        for name in kept {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
     }
 }

@@ -28,16 +28,14 @@ pub fn domain_pattern(s: &str) -> Result<DomainPattern, String> {
                 "{s:?} has a wildcard in the wrong place; {WILDCARD_RULE}"
             ));
         }
-        check_domain(s, suffix)?;
-        return Ok(DomainPattern::Subdomains(suffix.to_string()));
+        return Ok(DomainPattern::Subdomains(a_label_name(s, suffix)?));
     }
     if lower.contains('*') {
         return Err(format!(
             "{s:?} has a wildcard in the wrong place; {WILDCARD_RULE}"
         ));
     }
-    check_domain(s, &lower)?;
-    Ok(DomainPattern::Exact(lower))
+    Ok(DomainPattern::Exact(a_label_name(s, &lower)?))
 }
 
 /// A plain host or domain name without wildcards (`Fqdn`, smart host names).
@@ -48,8 +46,7 @@ pub fn host_name(s: &str) -> Result<String, String> {
             "{s:?} must be a host name; wildcards are not allowed here"
         ));
     }
-    check_domain(s, &lower)?;
-    Ok(lower)
+    a_label_name(s, &lower)
 }
 
 fn normalize_domain(s: &str) -> Result<String, String> {
@@ -59,6 +56,20 @@ fn normalize_domain(s: &str) -> Result<String, String> {
     let lower = s.to_ascii_lowercase();
     let lower = lower.strip_suffix('.').unwrap_or(&lower);
     Ok(lower.to_string())
+}
+
+/// `name` (a part of `original`) in the one form every comparison uses: lower-case
+/// A-labels (`bücher.de` → `xn--bcher-kva.de`, see [`crate::dns::idn`]), then checked
+/// for DNS shape.
+fn a_label_name(original: &str, name: &str) -> Result<String, String> {
+    let ascii = crate::dns::idn::to_ascii(name).map_err(|e| {
+        format!(
+            "{original:?} is not a valid domain name: {}; write it in Unicode (\"bücher.de\") or as its A-label (\"xn--bcher-kva.de\")",
+            e.why
+        )
+    })?;
+    check_domain(original, &ascii)?;
+    Ok(ascii.into_owned())
 }
 
 /// RFC 1035 shape: labels of 1-63 letters, digits or hyphens (not at either end), at most
@@ -299,6 +310,30 @@ mod tests {
     }
 
     #[test]
+    fn international_domains_are_kept_as_a_labels() {
+        let a = exact("xn--exmple-cua.test");
+        assert_eq!(domain_pattern("exämple.test"), Ok(a.clone()));
+        assert_eq!(domain_pattern("EXÄMPLE.test."), Ok(a.clone()));
+        assert_eq!(domain_pattern("xn--exmple-cua.test"), Ok(a));
+        assert_eq!(
+            domain_pattern("*.bücher.de"),
+            Ok(DomainPattern::Subdomains("xn--bcher-kva.de".into()))
+        );
+        assert_eq!(host_name("mx.bücher.de"), Ok("mx.xn--bcher-kva.de".into()));
+        assert_eq!(
+            address_space("SMTP:*.bücher.de;5"),
+            Ok(AddressSpace {
+                domain: DomainPattern::Subdomains("xn--bcher-kva.de".into()),
+                cost: 5
+            })
+        );
+        assert_eq!(
+            domain_pattern("xn--zz.test").unwrap_err(),
+            "\"xn--zz.test\" is not a valid domain name: it is not a valid internationalized domain name (IDNA, UTS #46); write it in Unicode (\"bücher.de\") or as its A-label (\"xn--bcher-kva.de\")"
+        );
+    }
+
+    #[test]
     fn bad_domain_patterns() {
         for bad in [
             "",
@@ -313,7 +348,8 @@ mod tests {
             " contoso.com",
             "-contoso.com",
             "contoso-.com",
-            "bücher.de",
+            "xn--zz.contoso.com",
+            "bü\u{fffd}cher.de",
             ".",
         ] {
             assert!(domain_pattern(bad).is_err(), "{bad:?} should be rejected");

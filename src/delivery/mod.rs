@@ -242,20 +242,19 @@ impl Deliverer {
         let mut would_route: Vec<Option<String>> = vec![None; job.recipients.len()];
 
         for (i, rcpt) in job.recipients.iter().enumerate() {
-            let Some(domain) = recipient_domain(rcpt) else {
-                outcomes[i] = Some(RecipientOutcome {
-                    recipient: rcpt.clone(),
-                    status: DeliveryStatus::Permanent(Failure {
-                        code: None,
-                        enhanced: "5.1.3".into(),
-                        text: format!("bad recipient address syntax: {rcpt:?}"),
-                    }),
-                    connector: None,
-                    remote_host: None,
-                    would_route: None,
-                    tls: None,
-                });
-                continue;
+            let domain = match recipient_domain(rcpt) {
+                Ok(d) => d,
+                Err(failure) => {
+                    outcomes[i] = Some(RecipientOutcome {
+                        recipient: rcpt.clone(),
+                        status: DeliveryStatus::Permanent(failure),
+                        connector: None,
+                        remote_host: None,
+                        would_route: None,
+                        tls: None,
+                    });
+                    continue;
+                }
             };
             let decision = decisions
                 .entry(domain.clone())
@@ -291,7 +290,7 @@ impl Deliverer {
                 let domain = key
                     .domain
                     .clone()
-                    .or_else(|| recipient_domain(&job.recipients[idxs[0]]))
+                    .or_else(|| recipient_domain(&job.recipients[idxs[0]]).ok())
                     .unwrap_or_default();
                 self.deliver_group(job, facts.as_ref(), key, domain, idxs)
             })
@@ -588,11 +587,26 @@ impl Deliverer {
     }
 }
 
-/// The domain of `local@domain` (lower-case, no trailing dot); `None` when there is none.
-fn recipient_domain(addr: &str) -> Option<String> {
-    let (_, domain) = addr.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+/// The domain of `local@domain` as it is routed, looked up and compared: lower-case
+/// A-labels, no trailing dot ([`crate::dns::idn::routable`]). No domain is `5.1.3` (bad
+/// address syntax); a domain that is not valid IDNA can never be looked up, so it fails
+/// now with `5.1.2` (RFC 3463: bad destination system address) instead of deferring
+/// until the message expires.
+fn recipient_domain(addr: &str) -> Result<String, Failure> {
+    let failure = |enhanced: &str, text: String| Failure {
+        code: None,
+        enhanced: enhanced.into(),
+        text,
+    };
+    match addr.rsplit_once('@') {
+        Some((_, domain)) if !domain.trim_end_matches('.').is_empty() => {
+            crate::dns::idn::routable(domain).map_err(|e| failure("5.1.2", e.to_string()))
+        }
+        _ => Err(failure(
+            "5.1.3",
+            format!("bad recipient address syntax: {addr:?}"),
+        )),
+    }
 }
 
 /// Runs futures concurrently on the current task and returns their outputs in order.

@@ -34,6 +34,10 @@ pub enum HopError {
     /// RFC 7505 null MX: the domain accepts no mail (permanent, `5.1.10`).
     #[error("{domain} does not accept mail (null MX, RFC 7505)")]
     NullMx { domain: String },
+    /// The recipient domain cannot be a DNS name (not valid IDNA, a label too long):
+    /// permanent, `5.1.2` (RFC 3463: bad destination system address), never a deferral.
+    #[error("{0}")]
+    InvalidDomain(#[from] crate::dns::idn::InvalidDomain),
     /// The recipient domain does not exist, or has neither MX nor address records
     /// (permanent, `5.4.310`, Exchange's "DNS domain does not exist").
     #[error("{domain}: {reason}")]
@@ -52,7 +56,7 @@ impl HopError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            HopError::NullMx { .. } | HopError::NoSuchDomain { .. }
+            HopError::NullMx { .. } | HopError::NoSuchDomain { .. } | HopError::InvalidDomain(_)
         )
     }
 
@@ -60,6 +64,7 @@ impl HopError {
     pub fn enhanced(&self) -> &'static str {
         match self {
             HopError::NullMx { .. } => "5.1.10",
+            HopError::InvalidDomain(_) => "5.1.2",
             HopError::NoSuchDomain { .. } => "5.4.310",
             HopError::Dns { error, .. } => dns_error_code(error),
             HopError::NoAddresses { .. } => "4.4.312",
@@ -91,7 +96,9 @@ pub async fn resolve_next_hops(
     route: &Route,
     domain: &str,
 ) -> Result<Vec<NextHop>, HopError> {
-    let domain = domain.trim_end_matches('.');
+    // DNS carries A-labels only (RFC 5890 §2.3.2.1); callers normally pass them already.
+    let domain = crate::dns::idn::routable(domain)?;
+    let domain = domain.as_str();
     match &route.target {
         RouteTarget::Mx => {
             let exchanges = {

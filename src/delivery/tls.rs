@@ -389,6 +389,16 @@ pub fn certificate_names(der: &CertificateDer<'_>) -> Vec<String> {
 /// (`*.fabrikam.test`, RFC 6125 §6.4.3: one left-most label) covers exactly one label.
 pub fn name_matches(wanted: &DomainPattern, presented: &str) -> bool {
     let presented = presented.trim_end_matches('.');
+    // Certificates carry A-labels (RFC 6125 §6.4.2) and so does `wanted`; a U-label some
+    // issuer put in anyway is compared in its A-label form.
+    let presented = match presented.is_ascii() {
+        true => std::borrow::Cow::Borrowed(presented),
+        false => match crate::dns::idn::to_ascii(presented) {
+            Ok(ascii) => ascii,
+            Err(_) => return false,
+        },
+    };
+    let presented = presented.as_ref();
     match wanted {
         DomainPattern::Exact(e) => {
             presented.eq_ignore_ascii_case(e)

@@ -129,7 +129,10 @@ fn fqdn(name: &str) -> Result<Name, DnsError> {
     if trimmed.is_empty() {
         return Err(DnsError::Failed(format!("invalid domain name {name:?}")));
     }
-    Name::from_ascii(format!("{trimmed}."))
+    // DNS carries A-labels only (RFC 5890 §2.3.2.1): a name in Unicode is looked up as
+    // its A-label, never sent as raw UTF-8.
+    let ascii = super::idn::to_ascii(trimmed).map_err(|e| DnsError::Failed(e.to_string()))?;
+    Name::from_ascii(format!("{ascii}."))
         .map_err(|e| DnsError::Failed(format!("invalid domain name {name:?}: {e}")))
 }
 
@@ -219,6 +222,10 @@ mod tests {
         assert!(fqdn("example.com.").unwrap().is_fqdn());
         assert!(matches!(fqdn(""), Err(DnsError::Failed(_))));
         assert!(matches!(fqdn("."), Err(DnsError::Failed(_))));
+        assert_eq!(
+            fqdn("Exämple.test").unwrap().to_ascii(),
+            "xn--exmple-cua.test."
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! integration tests can point the real resolver (hickory) at a DNS server on loopback.
 
 pub mod hickory;
+pub mod idn;
 
 use std::future::Future;
 use std::net::IpAddr;

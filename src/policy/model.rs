@@ -101,8 +101,21 @@ pub enum DomainPattern {
 }
 
 impl DomainPattern {
-    /// Does this pattern match `domain` (any case, trailing dot ignored)?
+    /// Does this pattern match `domain` (any case, trailing dot ignored)? Patterns are
+    /// stored as A-labels, so a domain in Unicode (an SMTPUTF8 address, a U-label in a
+    /// certificate) is converted first (see [`crate::dns::idn`]); one that is not valid
+    /// IDNA matches nothing but `*`.
     pub fn matches(&self, domain: &str) -> bool {
+        if domain.is_ascii() {
+            return self.matches_ascii(domain);
+        }
+        match crate::dns::idn::to_ascii(domain) {
+            Ok(ascii) => self.matches_ascii(&ascii),
+            Err(_) => *self == DomainPattern::Any,
+        }
+    }
+
+    fn matches_ascii(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.');
         match self {
             DomainPattern::Any => true,
@@ -288,4 +301,25 @@ pub struct SendConnector {
     pub cloud_services_mail_enabled: bool,
     pub use_external_dns_servers_enabled: bool,
     pub comment: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainPattern;
+
+    #[test]
+    fn unicode_domains_match_their_a_label_patterns() {
+        let exact = DomainPattern::Exact("xn--exmple-cua.test".into());
+        assert!(exact.matches("exämple.test"));
+        assert!(exact.matches("EXÄMPLE.test."));
+        assert!(exact.matches("XN--EXMPLE-CUA.test"));
+        assert!(!exact.matches("example.test"));
+        let sub = DomainPattern::Subdomains("xn--bcher-kva.de".into());
+        assert!(sub.matches("mail.bücher.de"));
+        assert!(sub.matches("bücher.de"));
+        assert!(!sub.matches("bucher.de"));
+        // Not valid IDNA: matches only `*`.
+        assert!(!sub.matches("x.b\u{fffd}cher.de"));
+        assert!(DomainPattern::Any.matches("b\u{fffd}cher.de"));
+    }
 }

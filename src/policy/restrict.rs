@@ -278,7 +278,12 @@ impl InboundPolicy {
 
 /// `<postmaster@Fqdn>` of the relay itself (always accepted, RFC 5321 §4.5.1).
 pub fn is_relay_postmaster(policy: &Policy, local: &str, domain: &str) -> bool {
-    local.eq_ignore_ascii_case("postmaster") && domain.eq_ignore_ascii_case(&policy.relay.fqdn)
+    // `Fqdn` is stored as A-labels; the domain may be written in Unicode (SMTPUTF8).
+    local.eq_ignore_ascii_case("postmaster")
+        && crate::dns::idn::to_ascii(domain).is_ok_and(|d| {
+            d.trim_end_matches('.')
+                .eq_ignore_ascii_case(&policy.relay.fqdn)
+        })
 }
 
 /// The inbound connector that counts for a whole message: the transaction's attribution

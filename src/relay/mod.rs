@@ -174,6 +174,14 @@ fn smtp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Removes the temporary files a config write killed half-way left beside the config
+/// file (the write itself is atomic, so the config is whole; only litter remains).
+fn remove_config_leftovers(path: &std::path::Path) {
+    for file in crate::config::edit::remove_leftover_temp_files(path) {
+        tracing::info!(file = %file.display(), "removed a temporary file left by an interrupted config write");
+    }
+}
+
 /// Starts the relay with the system (or configured) DNS resolver.
 pub async fn start(policy: Arc<Policy>) -> Result<RelayHandle, StartError> {
     start_with_options(policy, StartOptions::default()).await
@@ -209,6 +217,7 @@ pub async fn start_with_options(
     // before it is read so that a change made meanwhile is picked up by the first poll.
     let (config_stamp, text) = match &options.config_path {
         Some(path) => {
+            remove_config_leftovers(path);
             let stamp = reload::stamp(path);
             let text = std::fs::read_to_string(path).map_err(|source| StartError::Config {
                 path: path.display().to_string(),

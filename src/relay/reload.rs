@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use super::certs::{self, CertificateExpiry};
 use super::live::{self, Shared, SwapTransport};
 use super::{RelayBackend, StartError};
-use crate::config::edit::{self, Edit};
+use crate::config::edit::{self, Edit, WriteError};
 use crate::config::{ConfigError, Loaded};
 use crate::policy::Policy;
 use crate::smtp::server::Setup;
@@ -80,6 +80,12 @@ pub enum ReloadError {
     /// The config file could not be written back (API changes).
     #[error("{0}")]
     Io(String),
+    /// The config file changed on disk after the API change read it; writing would have
+    /// silently undone that edit. Nothing was written or applied.
+    #[error(
+        "{0} was changed on disk since this change read it; the change was not applied (nothing was written). The relay reloads the file within a few seconds (or POST /api/reload); then read the connector again and retry"
+    )]
+    ChangedOnDisk(String),
 }
 
 /// An accepted reload.
@@ -122,15 +128,18 @@ pub(super) type Stamp = (i64, i64, i64, i64, u64, u64);
 type Stamps = BTreeMap<PathBuf, Option<Stamp>>;
 
 pub(super) fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((
+    std::fs::metadata(path).ok().map(|m| stamp_of(&m))
+}
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
+    (
         m.mtime(),
         m.mtime_nsec(),
         m.ctime(),
         m.ctime_nsec(),
         m.size(),
         m.ino(),
-    ))
+    )
 }
 
 /// The files of `policy` whose content a reload reads: certificates, keys, CA, CRLs.
@@ -301,8 +310,10 @@ impl Control {
     }
 
     /// Applies `edit` to the config file: validated like `check`, the next generation built,
-    /// the file written atomically (comments kept), then swapped in. Under `what_if` nothing
-    /// is written or applied. Blocking.
+    /// the file written atomically (comments kept) unless it changed on disk since it was
+    /// read ([`ReloadError::ChangedOnDisk`]), then swapped in: the policy in effect changes
+    /// only once the file holds the change. Under `what_if` nothing is written or applied.
+    /// Blocking.
     pub fn edit(&self, e: &Edit, what_if: bool) -> Result<EditOutcome, ReloadError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ReloadError::NoConfigFile);
@@ -310,6 +321,7 @@ impl Control {
         let mut state = self.lock();
         let text = std::fs::read_to_string(&path)
             .map_err(|err| ReloadError::Io(format!("cannot read {}: {err}", path.display())))?;
+        let read = edit::content_hash(text.as_bytes());
         let edited = edit::apply(&text, &path, e).map_err(ReloadError::Invalid)?;
         let warnings = edited.loaded.warnings.clone();
         if what_if {
@@ -324,10 +336,21 @@ impl Control {
         let prepared = self
             .prepare(edited.new_text.clone(), edited.loaded)
             .map_err(|(errors, _)| ReloadError::Invalid(errors))?;
-        edit::write_atomically(&path, &edited.new_text)
-            .map_err(|err| ReloadError::Io(format!("cannot write {}: {err}", path.display())))?;
+        let written = edit::write_if_unchanged(&path, &edited.new_text, read).map_err(|err| {
+            match err {
+                WriteError::ChangedOnDisk => {
+                    tracing::warn!(path = %path.display(), "connector change refused: the config file was changed on disk since the change read it");
+                    ReloadError::ChangedOnDisk(path.display().to_string())
+                }
+                WriteError::Io(err) => {
+                    ReloadError::Io(format!("cannot write {}: {err}", path.display()))
+                }
+            }
+        })?;
         let mut seen = prepared.stamps.clone();
-        seen.insert(path.clone(), stamp(&path));
+        // The file as written (from its own descriptor, not the path: an edit that lands
+        // right after ours must still look like a change to the poll).
+        seen.insert(path.clone(), Some(stamp_of(&written)));
         state.seen = seen;
         let policy = prepared.live.policy.clone();
         let applied = self.commit(&mut state, prepared, Trigger::Api);
