@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use connector_relay::{config, ops, relay, sink, trace};
+use connector_relay::{config, fds, ops, relay, sink, trace};
 
 #[derive(Parser)]
 #[command(
@@ -266,11 +266,71 @@ fn check(path: &Path) -> ExitCode {
             for line in config::summary(&loaded.policy) {
                 println!("{line}");
             }
+            // `run` raises its soft limit to the hard one, so the hard limit of this
+            // process is what the relay would get if started the same way.
+            if let Ok(limits) = fds::open_files() {
+                let budget = fds::Budget::of(&loaded.policy.relay);
+                if let Err(e) = fits(path, &budget, limits.hard, "on this machine") {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+                println!(
+                    "open files: needs {} of the hard limit {} on this machine",
+                    budget.total(),
+                    limits.hard
+                );
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// The open-files budget of the config at `path` against `limit`, as a config error on the
+/// line of the key to lower.
+fn fits(path: &Path, budget: &fds::Budget, limit: u64, where_: &str) -> Result<(), config::ConfigError> {
+    budget.check(limit, where_).map_err(|short| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        config::ConfigError {
+            file: path.to_path_buf(),
+            line: config::relay_key_line(&text, short.key),
+            key: short.key.to_string(),
+            reason: short.reason,
+        }
+    })
+}
+
+/// Raises the open-files soft limit to the hard limit (logged) and refuses a config whose
+/// connection limits cannot fit in it.
+fn prepare_open_files(path: &Path, policy: &connector_relay::policy::Policy) -> Result<(), ExitCode> {
+    let soft = match fds::raise_soft_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                before = before.soft,
+                soft = after.soft,
+                hard = after.hard,
+                "open files limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+            after.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open files limit");
+            return Ok(());
+        }
+    };
+    let budget = fds::Budget::of(&policy.relay);
+    tracing::info!(
+        needed = budget.total(),
+        reserve = budget.reserve(),
+        limit = soft,
+        "open files budget"
+    );
+    fits(path, &budget, soft, "for this process").map_err(|e| {
+        tracing::error!("{e}");
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
 }
 
 /// `validate`: send through the connector, print the report, record the result in the
@@ -416,6 +476,9 @@ fn run(path: &Path) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Err(code) = prepare_open_files(path, &loaded.policy) {
+        return code;
+    }
     let policy = Arc::new(loaded.policy);
     let options = relay::StartOptions {
         config_path: Some(path.to_path_buf()),

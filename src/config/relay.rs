@@ -71,6 +71,15 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // Extension key (not an Exchange parameter): Postfix's smtpd_client_connection_rate_limit.
     let max_inbound_connection_rate_per_source =
         r.int(ctx, "MaxInboundConnectionRatePerSource", 600, 0, 1_000_000) as u32;
+    // Extension key: sessions only OnPremises connector IPs may take (see `rules`).
+    let reserved = r.int(ctx, "InboundConnectionsReservedForOnPremises", -1, 0, i64::MAX);
+    let inbound_connections_reserved_for_on_premises = usize::try_from(reserved)
+        .unwrap_or_else(|_| default_on_premises_reserve(max_inbound_connection));
+    // Extension key (Postfix's smtpd_client_ipv6_prefix_length): IPv6 clients are counted
+    // per prefix of this length by the per-source limits, since one host usually holds a
+    // whole /64 (RFC 4291 §2.5.1 interface identifiers).
+    let source_ipv6_prefix_length = r.int(ctx, "SourceIPv6PrefixLength", 64, 32, 128) as u8;
+    let max_outbound_connections = r.int(ctx, "MaxOutboundConnections", 1000, 1, i64::MAX) as usize;
     let connection_timeout = timespan(ctx, &mut r, "ConnectionTimeout", "00:10:00");
     let connection_inactivity_timeout =
         timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
@@ -109,6 +118,9 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         max_inbound_connection,
         max_inbound_connection_per_source,
         max_inbound_connection_rate_per_source,
+        inbound_connections_reserved_for_on_premises,
+        source_ipv6_prefix_length,
+        max_outbound_connections,
         connection_timeout,
         connection_inactivity_timeout,
         max_protocol_errors,
@@ -185,7 +197,47 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
             ctx.error(lines.of(key), key, "must be larger than zero bytes");
         }
     }
+    let key = "InboundConnectionsReservedForOnPremises";
+    if lines.has(key) && s.inbound_connections_reserved_for_on_premises >= s.max_inbound_connection
+    {
+        ctx.error(
+            lines.of(key),
+            key,
+            format!(
+                "must be less than MaxInboundConnection ({}); other clients would get no session at all",
+                s.max_inbound_connection
+            ),
+        );
+    }
     retry_rules(ctx, s, lines);
+}
+
+/// The default of `InboundConnectionsReservedForOnPremises`: 10% of `MaxInboundConnection`
+/// (rounded up), at least 5 so that a small relay still keeps room for its own servers, and
+/// at most half so that other clients keep most of it.
+pub(crate) fn default_on_premises_reserve(max_inbound_connection: usize) -> usize {
+    max_inbound_connection
+        .div_ceil(10)
+        .max(5)
+        .min(max_inbound_connection / 2)
+}
+
+/// The line of `key` in the `[Relay]` table of `text`, or of the `[Relay]` header when the
+/// key is not written there; 0 when the text has no `[Relay]` table (or does not parse).
+pub fn key_line(text: &str, key: &str) -> usize {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else {
+        return 0;
+    };
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map_or(0, |s| text[..s.start].matches('\n').count() + 1)
+    };
+    let Some(relay) = doc.get("Relay").and_then(|i| i.as_table_like()) else {
+        return 0;
+    };
+    match relay.get_key_value(key) {
+        Some((k, _)) => line_of(k.span()),
+        None => line_of(doc.as_table().key("Relay").and_then(|k| k.span())),
+    }
 }
 
 /// The retry schedule: the first delay cannot exceed the back-off cap (an error: the two
