@@ -138,9 +138,12 @@ impl Budget {
         } else {
             ("MaxOutboundConnections", self.outbound)
         };
-        let fits = value.checked_sub(total - limit).filter(|v| *v >= 1);
-        let advice = match fits {
+        let room = limit.saturating_sub(self.reserve());
+        let advice = match value.checked_sub(total - limit).filter(|v| *v >= 1) {
             Some(v) => format!("lower {key} to {v} or less, or raise the hard limit"),
+            None if room >= 2 => format!(
+                "lower MaxInboundConnection and MaxOutboundConnections to {room} or less together, or raise the hard limit"
+            ),
             None => "raise the hard limit".to_string(),
         };
         Err(Shortfall {
@@ -263,12 +266,12 @@ mod tests {
 
     #[test]
     fn budget_names_the_key_to_lower() {
-        let b = budget(5000, 1000);
-        assert_eq!(b.total(), 6000 + SMTP_FLOOR + 2);
+        let b = budget(5000, 500);
+        assert_eq!(b.total(), 5500 + SMTP_FLOOR + 2);
         assert!(b.check(b.total(), "here").is_ok());
-        let e = b.check(1024, "here").unwrap_err();
+        let e = b.check(2000, "here").unwrap_err();
         assert_eq!(e.key, "MaxInboundConnection");
-        let fits = 1024 - 1000 - SMTP_FLOOR - 2;
+        let fits = 2000 - 500 - SMTP_FLOOR - 2;
         assert!(
             e.reason
                 .contains(&format!("lower MaxInboundConnection to {fits} or less")),
@@ -277,6 +280,10 @@ mod tests {
         );
         let e = budget(10, 900).check(1024, "here").unwrap_err();
         assert_eq!(e.key, "MaxOutboundConnections");
+        let e = budget(5000, 1000).check(1024, "here").unwrap_err();
+        let room = 1024 - SMTP_FLOOR - 2;
+        let both = format!("lower MaxInboundConnection and MaxOutboundConnections to {room} or less together");
+        assert!(e.reason.contains(&both), "{}", e.reason);
         let e = budget(10, 10).check(100, "here").unwrap_err();
         assert!(e.reason.contains("; raise the hard limit"), "{}", e.reason);
     }

@@ -430,3 +430,24 @@ fn certificate(ctx: &mut Ctx, table: &dyn TableLike, line: usize) -> Option<Cert
         private_key: private_key?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_premises_reserve_default() {
+        assert_eq!(default_on_premises_reserve(5000), 500, "10%");
+        assert_eq!(default_on_premises_reserve(30), 5, "at least 5");
+        assert_eq!(default_on_premises_reserve(4), 2, "at most half");
+        assert_eq!(default_on_premises_reserve(1), 0);
+    }
+
+    #[test]
+    fn key_lines_in_relay() {
+        let text = "# c\n[Relay]\nFqdn = \"a\"\nMaxInboundConnection = 9\n\n[[InboundConnector]]\nName = \"x\"\n";
+        assert_eq!(key_line(text, "MaxInboundConnection"), 4);
+        assert_eq!(key_line(text, "MaxOutboundConnections"), 2, "the header");
+        assert_eq!(key_line("[[SendConnector]]\n", "MaxInboundConnection"), 0);
+    }
+}

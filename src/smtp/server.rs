@@ -369,7 +369,13 @@ mod tests {
 
     #[test]
     fn connection_rate_bucket_refills() {
-        let limits = Limits::with_rate(10, 10, 3);
+        let limits = Limits::with(LimitSettings {
+            max_sessions: 10,
+            reserved_for_exempt: 0,
+            per_source_max: 10,
+            rate_per_minute: 3,
+            ipv6_prefix: 64,
+        });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
