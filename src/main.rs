@@ -485,6 +485,7 @@ fn run(path: &Path) -> ExitCode {
         ..relay::StartOptions::default()
     };
     runtime().block_on(async move {
+        let mut signals = Signals::catch();
         let handle = match relay::start_with_options(policy, options).await {
             Ok(h) => h,
             Err(e) => {
@@ -493,7 +494,7 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_stop(Some(&handle)).await;
+        wait_for_stop(&mut signals, Some(&handle)).await;
         tracing::info!("shutting down: draining sessions");
         handle.shutdown(Duration::from_secs(30)).await;
         tracing::info!("stopped");
@@ -503,6 +504,7 @@ fn run(path: &Path) -> ExitCode {
 
 fn run_sink(opts: sink::SinkOptions) -> ExitCode {
     runtime().block_on(async move {
+        let mut signals = Signals::catch();
         let handle = match sink::start(opts).await {
             Ok(h) => h,
             Err(e) => {
@@ -511,24 +513,40 @@ fn run_sink(opts: sink::SinkOptions) -> ExitCode {
             }
         };
         tracing::info!(addr = %handle.addr, "sink listening");
-        wait_for_stop(None).await;
+        wait_for_stop(&mut signals, None).await;
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from before the relay starts: a signal that arrives
+/// while it starts (its listeners already accept) must not take the default action, which
+/// for SIGHUP is to kill the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT. With a relay, SIGHUP reloads its configuration meanwhile
 /// (a refused config is logged by the reload and the running one stays).
-async fn wait_for_stop(relay: Option<&relay::RelayHandle>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+async fn wait_for_stop(signals: &mut Signals, relay: Option<&relay::RelayHandle>) {
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match relay {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = signals.hup.recv() => match relay {
                 Some(r) => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     let _ = r.reload_for(relay::Trigger::Sighup).await;
