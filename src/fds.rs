@@ -61,7 +61,7 @@ fn clamp_infinity(v: libc::rlim_t) -> u64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1 << 20)
     } else {
-        v as u64
+        v
     }
 }
 
@@ -282,7 +282,9 @@ mod tests {
         assert_eq!(e.key, "MaxOutboundConnections");
         let e = budget(5000, 1000).check(1024, "here").unwrap_err();
         let room = 1024 - SMTP_FLOOR - 2;
-        let both = format!("lower MaxInboundConnection and MaxOutboundConnections to {room} or less together");
+        let both = format!(
+            "lower MaxInboundConnection and MaxOutboundConnections to {room} or less together"
+        );
         assert!(e.reason.contains(&both), "{}", e.reason);
         let e = budget(10, 10).check(100, "here").unwrap_err();
         assert!(e.reason.contains("; raise the hard limit"), "{}", e.reason);
@@ -296,7 +298,10 @@ mod tests {
         assert!(!f.short_with(10, never), "far below: no count");
         assert!(f.short_with(600, || Some(950)));
         assert!(!f.short_with(600, || Some(700)));
-        assert!(!f.short_with(600, || None), "cannot count: trust the number");
+        assert!(
+            !f.short_with(600, || None),
+            "cannot count: trust the number"
+        );
     }
 
     #[test]

@@ -289,7 +289,12 @@ fn check(path: &Path) -> ExitCode {
 
 /// The open-files budget of the config at `path` against `limit`, as a config error on the
 /// line of the key to lower.
-fn fits(path: &Path, budget: &fds::Budget, limit: u64, where_: &str) -> Result<(), config::ConfigError> {
+fn fits(
+    path: &Path,
+    budget: &fds::Budget,
+    limit: u64,
+    where_: &str,
+) -> Result<(), config::ConfigError> {
     budget.check(limit, where_).map_err(|short| {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         config::ConfigError {
@@ -303,7 +308,10 @@ fn fits(path: &Path, budget: &fds::Budget, limit: u64, where_: &str) -> Result<(
 
 /// Raises the open-files soft limit to the hard limit (logged) and refuses a config whose
 /// connection limits cannot fit in it.
-fn prepare_open_files(path: &Path, policy: &connector_relay::policy::Policy) -> Result<(), ExitCode> {
+fn prepare_open_files(
+    path: &Path,
+    policy: &connector_relay::policy::Policy,
+) -> Result<(), ExitCode> {
     let soft = match fds::raise_soft_limit() {
         Ok((before, after)) => {
             tracing::info!(

@@ -95,7 +95,13 @@ async fn relay_one_from_on_premises(smtp: SocketAddr, sink: &Sink, n: usize) {
     assert_eq!(got.len(), n, "the OnPremises message reached the next hop");
 }
 
-fn config_file(dir: &Path, smtp: u16, admin: u16, sink: SocketAddr, extra: &str) -> std::path::PathBuf {
+fn config_file(
+    dir: &Path,
+    smtp: u16,
+    admin: u16,
+    sink: SocketAddr,
+    extra: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"[Relay]
 Fqdn = "relay.contoso.test"
@@ -131,14 +137,22 @@ fn a_config_over_the_open_files_limit_is_refused_at_start_and_by_check() {
     let dir = tempfile::tempdir().unwrap();
     let sink: SocketAddr = "127.0.0.1:9".parse().unwrap();
     // The defaults: MaxInboundConnection 5000, MaxOutboundConnections 1000; the key on line 9.
-    let config = config_file(dir.path(), free_port(), free_port(), sink, "MaxInboundConnection = 5000");
+    let config = config_file(
+        dir.path(),
+        free_port(),
+        free_port(),
+        sink,
+        "MaxInboundConnection = 5000",
+    );
     let needed = 5000 + 1000 + SMTP_FLOOR + 2;
     let room = 1024 - SMTP_FLOOR - 2;
     let expected = format!(
         "relay.toml:9: MaxInboundConnection: the relay needs {needed} open files (MaxInboundConnection 5000 + MaxOutboundConnections 1000 + {} kept for the admin API, spool, trace, DNS and 2 listeners) but the hard limit of open files (RLIMIT_NOFILE) is 1024",
         SMTP_FLOOR + 2
     );
-    let advice = format!("lower MaxInboundConnection and MaxOutboundConnections to {room} or less together, or raise the hard limit");
+    let advice = format!(
+        "lower MaxInboundConnection and MaxOutboundConnections to {room} or less together, or raise the hard limit"
+    );
 
     let started = Instant::now();
     let run = limited(&["run"], &config, 1024, 1024)
@@ -147,26 +161,50 @@ fn a_config_over_the_open_files_limit_is_refused_at_start_and_by_check() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
-    println!("run under 1024/1024 open files: exit {:?} after {:?}", run.status.code(), started.elapsed());
+    println!(
+        "run under 1024/1024 open files: exit {:?} after {:?}",
+        run.status.code(),
+        started.elapsed()
+    );
     println!("  {}", stderr.lines().last().unwrap_or(""));
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&expected), "{stderr}");
-    assert!(stderr.contains(&format!("1024 for this process; {advice}")), "{stderr}");
-    assert!(!dir.path().join("spool").exists(), "refused before touching the spool");
+    assert!(
+        stderr.contains(&format!("1024 for this process; {advice}")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("spool").exists(),
+        "refused before touching the spool"
+    );
 
     let check = limited(&["check"], &config, 1024, 1024).output().unwrap();
     let stderr = String::from_utf8_lossy(&check.stderr);
-    println!("check under 1024/1024: exit {:?}: {}", check.status.code(), stderr.trim());
+    println!(
+        "check under 1024/1024: exit {:?}: {}",
+        check.status.code(),
+        stderr.trim()
+    );
     assert_eq!(check.status.code(), Some(1));
-    assert!(stderr.contains(&format!("{expected} on this machine; {advice}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{expected} on this machine; {advice}")),
+        "{stderr}"
+    );
 
     // Only the hard limit matters: `run` raises the soft one itself.
     let check = limited(&["check"], &config, 1024, needed).output().unwrap();
     let stdout = String::from_utf8_lossy(&check.stdout);
     println!("check under 1024/{needed}: exit {:?}", check.status.code());
-    assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(
-        stdout.contains(&format!("open files: needs {needed} of the hard limit {needed} on this machine")),
+        stdout.contains(&format!(
+            "open files: needs {needed} of the hard limit {needed} on this machine"
+        )),
         "{stdout}"
     );
 }
@@ -210,17 +248,33 @@ async fn saturated_smtp_leaves_the_admin_api_and_on_premises_working() {
 
     let t = Instant::now();
     relay_one_from_on_premises(smtp, &sink, 1).await;
-    println!("OnPremises server while SMTP is saturated: relayed in {:?}", t.elapsed());
+    println!(
+        "OnPremises server while SMTP is saturated: relayed in {:?}",
+        t.elapsed()
+    );
 
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let t = Instant::now();
     let metrics = http(admin, "GET", "/metrics", None, None).await;
     let status = http(admin, "GET", "/api/status", Some(token.trim()), None).await;
-    println!("admin API while SMTP is saturated: /metrics {} and /api/status {} in {:?}", metrics.status, status.status, t.elapsed());
+    println!(
+        "admin API while SMTP is saturated: /metrics {} and /api/status {} in {:?}",
+        metrics.status,
+        status.status,
+        t.elapsed()
+    );
     assert_eq!((metrics.status, status.status), (200, 200));
-    assert!(metrics.body.contains("connector_relay_sessions_in_progress"), "{}", metrics.body);
+    assert!(
+        metrics
+            .body
+            .contains("connector_relay_sessions_in_progress"),
+        "{}",
+        metrics.body
+    );
 
-    let open = std::fs::read_dir(format!("/proc/{}/fd", relay.id())).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{}/fd", relay.id()))
+        .unwrap()
+        .count();
     println!("relay holds {open} descriptors of its {hard} (raised from {soft})");
     assert!(open < hard as usize);
 
@@ -228,9 +282,15 @@ async fn saturated_smtp_leaves_the_admin_api_and_on_premises_working() {
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
     let _ = relay.wait();
     let log = std::fs::read_to_string(&log).unwrap();
-    let raised = log.lines().find(|l| l.contains("raised to the hard limit")).unwrap_or("");
+    let raised = log
+        .lines()
+        .find(|l| l.contains("raised to the hard limit"))
+        .unwrap_or("");
     println!("log: {raised}");
-    assert!(raised.contains(&format!("before={soft} soft={hard} hard={hard}")), "{log}");
+    assert!(
+        raised.contains(&format!("before={soft} soft={hard} hard={hard}")),
+        "{log}"
+    );
     assert!(!log.contains("Too many open files"), "{log}");
 }
 
@@ -252,11 +312,18 @@ async fn on_premises_keeps_its_share_when_hostile_clients_hold_every_slot() {
 
     let t = Instant::now();
     relay_one_from_on_premises(smtp, &sink, 1).await;
-    println!("OnPremises message relayed in {:?} with every other slot taken", t.elapsed());
+    println!(
+        "OnPremises message relayed in {:?} with every other slot taken",
+        t.elapsed()
+    );
     let onprem = flood(smtp, &[ONPREM.parse().unwrap()], 6).await;
     let (ok, full) = (count(&onprem, "220 "), count(&onprem, "421 4.3.2"));
     println!("6 OnPremises connections at once: {ok} sessions, {full} x 421 4.3.2");
-    assert_eq!((ok, full), (5, 1), "the reserve is 5, then MaxInboundConnection is full");
+    assert_eq!(
+        (ok, full),
+        (5, 1),
+        "the reserve is 5, then MaxInboundConnection is full"
+    );
     drop((hostile, more, onprem));
     relay.shutdown(Duration::from_secs(5)).await;
 }
@@ -292,13 +359,21 @@ async fn idle_admin_connections_are_capped_and_timed_out() {
     }
     // A keep-alive client that stops after one request, and one that never ends its header.
     let mut keep = TcpStream::connect(admin).await.unwrap();
-    keep.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    keep.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = [0u8; 64];
     let n = keep.read(&mut got).await.unwrap();
-    assert!(got[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..n]));
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..n])
+    );
     let keep_idle = Instant::now();
     let mut slow = TcpStream::connect(admin).await.unwrap();
-    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
     let slow_since = Instant::now();
     let keep = tokio::spawn(closed_after(keep, keep_idle));
     let slow = tokio::spawn(closed_after(slow, slow_since));
@@ -306,7 +381,11 @@ async fn idle_admin_connections_are_capped_and_timed_out() {
     // Past the cap, the oldest idle connections made room at once.
     let t = Instant::now();
     let status = http(admin, "GET", "/api/status", Some(token.trim()), None).await;
-    println!("/api/status with {opened} idle connections opened: {} in {:?}", status.status, t.elapsed());
+    println!(
+        "/api/status with {opened} idle connections opened: {} in {:?}",
+        status.status,
+        t.elapsed()
+    );
     assert_eq!(status.status, 200);
     let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
     d.cmd("EHLO client.example", "250").await;
@@ -317,13 +396,19 @@ async fn idle_admin_connections_are_capped_and_timed_out() {
         times.push(w.await.unwrap().expect("closed within 60 s"));
     }
     times.sort();
-    let shed = times.iter().filter(|t| **t < HEADER_READ_TIMEOUT / 2).count();
+    let shed = times
+        .iter()
+        .filter(|t| **t < HEADER_READ_TIMEOUT / 2)
+        .count();
     let last = *times.last().unwrap();
     println!(
         "{opened} idle admin connections: {shed} closed at once to keep {MAX_CONNECTIONS} open, the last closed after {last:?} (header/idle timeout {HEADER_READ_TIMEOUT:?})"
     );
     assert!(shed >= opened - MAX_CONNECTIONS, "{shed} shed");
-    assert!(last >= HEADER_READ_TIMEOUT / 2, "the survivors waited for the timeout");
+    assert!(
+        last >= HEADER_READ_TIMEOUT / 2,
+        "the survivors waited for the timeout"
+    );
     let keep = keep.await.unwrap().expect("idle keep-alive closed");
     let slow = slow.await.unwrap().expect("unfinished header closed");
     println!("idle keep-alive connection closed after {keep:?}, unfinished header after {slow:?}");
@@ -337,7 +422,15 @@ async fn idle_admin_connections_are_capped_and_timed_out() {
 fn add_loopback_v6(addrs: &[&str]) -> bool {
     addrs.iter().all(|a| {
         let out = Command::new("ip")
-            .args(["-6", "addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"])
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])
             .output();
         match out {
             Ok(o) => o.status.success() || String::from_utf8_lossy(&o.stderr).contains("exists"),
@@ -350,7 +443,9 @@ fn add_loopback_v6(addrs: &[&str]) -> bool {
 async fn ipv6_clients_are_counted_per_prefix() {
     let (a1, a2, b1) = ("fd13:13::a1", "fd13:13::a2", "fd13:13:0:1::b1");
     if !add_loopback_v6(&[a1, a2, b1]) {
-        println!("SKIPPED: cannot add IPv6 addresses to lo (needs root); the keying is unit-tested in smtp::server");
+        println!(
+            "SKIPPED: cannot add IPv6 addresses to lo (needs root); the keying is unit-tested in smtp::server"
+        );
         return;
     }
     let sink = start_sink().await;

@@ -123,7 +123,12 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
 
 /// One connection, HTTP/1.1 with the timeouts of the module doc, until it closes, is
 /// asked to make room, or the relay stops.
-async fn serve_one(stream: TcpStream, app: Router, conn: &Arc<Conn>, mut stop: watch::Receiver<bool>) {
+async fn serve_one(
+    stream: TcpStream,
+    app: Router,
+    conn: &Arc<Conn>,
+    mut stop: watch::Receiver<bool>,
+) {
     let tower = TowerToHyperService::new(app);
     let counted = conn.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -181,7 +186,10 @@ mod tests {
         conns[0].1.busy.store(1, Ordering::Relaxed);
         let (_, newest) = r.admit().unwrap();
         assert!(!conns[0].1.closing.load(Ordering::Relaxed), "busy: kept");
-        assert!(conns[1].1.closing.load(Ordering::Relaxed), "oldest idle closed");
+        assert!(
+            conns[1].1.closing.load(Ordering::Relaxed),
+            "oldest idle closed"
+        );
         assert!(!newest.closing.load(Ordering::Relaxed));
         for c in &conns {
             c.1.busy.store(1, Ordering::Relaxed);

@@ -72,7 +72,13 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     let max_inbound_connection_rate_per_source =
         r.int(ctx, "MaxInboundConnectionRatePerSource", 600, 0, 1_000_000) as u32;
     // Extension key: sessions only OnPremises connector IPs may take (see `rules`).
-    let reserved = r.int(ctx, "InboundConnectionsReservedForOnPremises", -1, 0, i64::MAX);
+    let reserved = r.int(
+        ctx,
+        "InboundConnectionsReservedForOnPremises",
+        -1,
+        0,
+        i64::MAX,
+    );
     let inbound_connections_reserved_for_on_premises = usize::try_from(reserved)
         .unwrap_or_else(|_| default_on_premises_reserve(max_inbound_connection));
     // Extension key (Postfix's smtpd_client_ipv6_prefix_length): IPv6 clients are counted

@@ -129,8 +129,8 @@ impl Limits {
     /// The session slots for a new client: one of `MaxInboundConnection`, and for a client
     /// that is not exempt one outside the OnPremises reserve too. `Err` names what is full.
     fn admit(&self, exempt: bool) -> Result<SessionPermits, &'static str> {
-        let all = (self.sessions.clone().try_acquire_owned())
-            .map_err(|_| "MaxInboundConnection")?;
+        let all =
+            (self.sessions.clone().try_acquire_owned()).map_err(|_| "MaxInboundConnection")?;
         if exempt {
             return Ok((all, None));
         }
@@ -400,13 +400,20 @@ mod tests {
     fn ipv6_sources_are_prefixes() {
         let key = |s: &str, p| source_key(s.parse().unwrap(), p).to_string();
         assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
-        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff", 64), "2001:db8:1:2::");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff", 64),
+            "2001:db8:1:2::"
+        );
         assert_eq!(key("2001:db8:1:3::1", 64), "2001:db8:1:3::");
         assert_eq!(key("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
         assert_eq!(key("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
         assert_eq!(key("2001:db8::1", 32), "2001:db8::");
         assert_eq!(key("192.0.2.7", 64), "192.0.2.7", "IPv4 as it is");
-        assert_eq!(key("::ffff:192.0.2.7", 64), "192.0.2.7", "IPv4-mapped is IPv4");
+        assert_eq!(
+            key("::ffff:192.0.2.7", 64),
+            "192.0.2.7",
+            "IPv4-mapped is IPv4"
+        );
     }
 
     #[test]
@@ -422,10 +429,19 @@ mod tests {
         let a = admit(&limits, false, ip("2001:db8:0:1::1")).unwrap();
         let b = admit(&limits, false, ip("2001:db8:0:1::2")).unwrap();
         let third = admit(&limits, false, ip("2001:db8:0:1:ffff::3"));
-        assert_eq!(third.err().map(|e| e.0), Some("MaxInboundConnectionPerSource"));
-        assert!(admit(&limits, false, ip("2001:db8:0:2::1")).is_ok(), "next /64");
+        assert_eq!(
+            third.err().map(|e| e.0),
+            Some("MaxInboundConnectionPerSource")
+        );
+        assert!(
+            admit(&limits, false, ip("2001:db8:0:2::1")).is_ok(),
+            "next /64"
+        );
         drop((a, b));
-        assert!(admit(&limits, false, ip("2001:db8:0:1::9")).is_ok(), "freed");
+        assert!(
+            admit(&limits, false, ip("2001:db8:0:1::9")).is_ok(),
+            "freed"
+        );
     }
 
     #[test]
@@ -443,7 +459,11 @@ mod tests {
         assert_eq!(refused, Some("InboundConnectionsReservedForOnPremises"));
         let trusted: Vec<_> = (0..3).map(|_| admit(&limits, true, ip).unwrap()).collect();
         let full = admit(&limits, true, ip).err().map(|e| e.0);
-        assert_eq!(full, Some("MaxInboundConnection"), "the reserve is all there is");
+        assert_eq!(
+            full,
+            Some("MaxInboundConnection"),
+            "the reserve is all there is"
+        );
         assert_eq!(limits.in_progress(), 10);
         drop((held, trusted));
         assert_eq!(limits.in_progress(), 0);
