@@ -128,7 +128,7 @@ impl Limits {
 
     /// The session slots for a new client: one of `MaxInboundConnection`, and for a client
     /// that is not exempt one outside the OnPremises reserve too. `Err` names what is full.
-    fn admit(&self, exempt: bool) -> Result<SessionPermits, &'static str> {
+    fn take_slots(&self, exempt: bool) -> Result<SessionPermits, &'static str> {
         let all =
             (self.sessions.clone().try_acquire_owned()).map_err(|_| "MaxInboundConnection")?;
         if exempt {
@@ -137,16 +137,6 @@ impl Limits {
         let shared = (self.unreserved.clone().try_acquire_owned())
             .map_err(|_| "InboundConnectionsReservedForOnPremises")?;
         Ok((all, Some(shared)))
-    }
-
-    /// SMTP connections closed at once because of the open-files floor, since the start.
-    pub fn shed_total(&self) -> u64 {
-        self.shed.total()
-    }
-
-    /// Failed `accept` calls since the start.
-    pub fn accept_errors_total(&self) -> u64 {
-        self.accept_errors.total()
     }
 
     /// Takes one token from `ip`'s bucket; false when the bucket is empty (too fast).
@@ -331,7 +321,7 @@ fn admit(
     ip: IpAddr,
 ) -> Result<(SessionPermits, Option<SourceGuard>), (&'static str, Reply)> {
     let permits = limits
-        .admit(exempt)
+        .take_slots(exempt)
         .map_err(|rule| (rule, Reply::service_unavailable()))?;
     if exempt {
         return Ok((permits, None));
