@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod fds;
 pub mod message;
 pub mod metrics;
 pub mod ops;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use connector_relay::{config, ops, relay, sink, trace};
+use connector_relay::{config, fds, ops, relay, sink, trace};
 
 #[derive(Parser)]
 #[command(
@@ -266,11 +266,79 @@ fn check(path: &Path) -> ExitCode {
             for line in config::summary(&loaded.policy) {
                 println!("{line}");
             }
+            // `run` raises its soft limit to the hard one, so the hard limit of this
+            // process is what the relay would get if started the same way.
+            if let Ok(limits) = fds::open_files() {
+                let budget = fds::Budget::of(&loaded.policy.relay);
+                if let Err(e) = fits(path, &budget, limits.hard, "on this machine") {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+                println!(
+                    "open files: needs {} of the hard limit {} on this machine",
+                    budget.total(),
+                    limits.hard
+                );
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// The open-files budget of the config at `path` against `limit`, as a config error on the
+/// line of the key to lower.
+fn fits(
+    path: &Path,
+    budget: &fds::Budget,
+    limit: u64,
+    where_: &str,
+) -> Result<(), config::ConfigError> {
+    budget.check(limit, where_).map_err(|short| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        config::ConfigError {
+            file: path.to_path_buf(),
+            line: config::relay_key_line(&text, short.key),
+            key: short.key.to_string(),
+            reason: short.reason,
+        }
+    })
+}
+
+/// Raises the open-files soft limit to the hard limit (logged) and refuses a config whose
+/// connection limits cannot fit in it.
+fn prepare_open_files(
+    path: &Path,
+    policy: &connector_relay::policy::Policy,
+) -> Result<(), ExitCode> {
+    let soft = match fds::raise_soft_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                before = before.soft,
+                soft = after.soft,
+                hard = after.hard,
+                "open files limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+            after.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open files limit");
+            return Ok(());
+        }
+    };
+    let budget = fds::Budget::of(&policy.relay);
+    tracing::info!(
+        needed = budget.total(),
+        reserve = budget.reserve(),
+        limit = soft,
+        "open files budget"
+    );
+    fits(path, &budget, soft, "for this process").map_err(|e| {
+        tracing::error!("{e}");
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
 }
 
 /// `validate`: send through the connector, print the report, record the result in the
@@ -416,12 +484,16 @@ fn run(path: &Path) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Err(code) = prepare_open_files(path, &loaded.policy) {
+        return code;
+    }
     let policy = Arc::new(loaded.policy);
     let options = relay::StartOptions {
         config_path: Some(path.to_path_buf()),
         ..relay::StartOptions::default()
     };
     runtime().block_on(async move {
+        let mut signals = Signals::catch();
         let handle = match relay::start_with_options(policy, options).await {
             Ok(h) => h,
             Err(e) => {
@@ -430,7 +502,7 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_stop(Some(&handle)).await;
+        wait_for_stop(&mut signals, Some(&handle)).await;
         tracing::info!("shutting down: draining sessions");
         handle.shutdown(Duration::from_secs(30)).await;
         tracing::info!("stopped");
@@ -440,6 +512,7 @@ fn run(path: &Path) -> ExitCode {
 
 fn run_sink(opts: sink::SinkOptions) -> ExitCode {
     runtime().block_on(async move {
+        let mut signals = Signals::catch();
         let handle = match sink::start(opts).await {
             Ok(h) => h,
             Err(e) => {
@@ -448,24 +521,40 @@ fn run_sink(opts: sink::SinkOptions) -> ExitCode {
             }
         };
         tracing::info!(addr = %handle.addr, "sink listening");
-        wait_for_stop(None).await;
+        wait_for_stop(&mut signals, None).await;
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from before the relay starts: a signal that arrives
+/// while it starts (its listeners already accept) must not take the default action, which
+/// for SIGHUP is to kill the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT. With a relay, SIGHUP reloads its configuration meanwhile
 /// (a refused config is logged by the reload and the running one stays).
-async fn wait_for_stop(relay: Option<&relay::RelayHandle>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+async fn wait_for_stop(signals: &mut Signals, relay: Option<&relay::RelayHandle>) {
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match relay {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = signals.hup.recv() => match relay {
                 Some(r) => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     let _ = r.reload_for(relay::Trigger::Sighup).await;

@@ -17,6 +17,7 @@ mod connectors;
 mod ops;
 mod page;
 mod queue;
+mod serve;
 mod status;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ use crate::relay::{Control, ReloadError};
 use crate::smtp::server::Limits;
 
 pub use connectors::{connector_json, connectors_json, identity};
+pub use serve::{DESCRIPTORS, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 /// The bearer token. Never printed (`Debug` hides it).
 pub struct Token(Vec<u8>);
@@ -161,27 +163,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `stop` is set.
+/// Serves the admin API on `listener` until `stop` is set, with a connection cap and
+/// header and idle timeouts (see `serve.rs`).
 pub fn start(
     listener: TcpListener,
     state: AdminState,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
     let app = router(Arc::new(state));
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    })
+    tokio::spawn(serve::serve(listener, app, stop))
 }
 
 async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {

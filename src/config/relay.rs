@@ -71,6 +71,21 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // Extension key (not an Exchange parameter): Postfix's smtpd_client_connection_rate_limit.
     let max_inbound_connection_rate_per_source =
         r.int(ctx, "MaxInboundConnectionRatePerSource", 600, 0, 1_000_000) as u32;
+    // Extension key: sessions only OnPremises connector IPs may take (see `rules`).
+    let reserved = r.int(
+        ctx,
+        "InboundConnectionsReservedForOnPremises",
+        -1,
+        0,
+        i64::MAX,
+    );
+    let inbound_connections_reserved_for_on_premises = usize::try_from(reserved)
+        .unwrap_or_else(|_| default_on_premises_reserve(max_inbound_connection));
+    // Extension key (Postfix's smtpd_client_ipv6_prefix_length): IPv6 clients are counted
+    // per prefix of this length by the per-source limits, since one host usually holds a
+    // whole /64 (RFC 4291 §2.5.1 interface identifiers).
+    let source_ipv6_prefix_length = r.int(ctx, "SourceIPv6PrefixLength", 64, 32, 128) as u8;
+    let max_outbound_connections = r.int(ctx, "MaxOutboundConnections", 1000, 1, i64::MAX) as usize;
     let connection_timeout = timespan(ctx, &mut r, "ConnectionTimeout", "00:10:00");
     let connection_inactivity_timeout =
         timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
@@ -111,6 +126,9 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         max_inbound_connection,
         max_inbound_connection_per_source,
         max_inbound_connection_rate_per_source,
+        inbound_connections_reserved_for_on_premises,
+        source_ipv6_prefix_length,
+        max_outbound_connections,
         connection_timeout,
         connection_inactivity_timeout,
         max_protocol_errors,
@@ -195,7 +213,47 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
             "is not shorter than ConnectionTimeout, so no new client would ever get the banner; 0.1 s (\"00:00:00.1\") is the default",
         );
     }
+    let key = "InboundConnectionsReservedForOnPremises";
+    if lines.has(key) && s.inbound_connections_reserved_for_on_premises >= s.max_inbound_connection
+    {
+        ctx.error(
+            lines.of(key),
+            key,
+            format!(
+                "must be less than MaxInboundConnection ({}); other clients would get no session at all",
+                s.max_inbound_connection
+            ),
+        );
+    }
     retry_rules(ctx, s, lines);
+}
+
+/// The default of `InboundConnectionsReservedForOnPremises`: 10% of `MaxInboundConnection`
+/// (rounded up), at least 5 so that a small relay still keeps room for its own servers, and
+/// at most half so that other clients keep most of it.
+pub(crate) fn default_on_premises_reserve(max_inbound_connection: usize) -> usize {
+    max_inbound_connection
+        .div_ceil(10)
+        .max(5)
+        .min(max_inbound_connection / 2)
+}
+
+/// The line of `key` in the `[Relay]` table of `text`, or of the `[Relay]` header when the
+/// key is not written there; 0 when the text has no `[Relay]` table (or does not parse).
+pub fn key_line(text: &str, key: &str) -> usize {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else {
+        return 0;
+    };
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map_or(0, |s| text[..s.start].matches('\n').count() + 1)
+    };
+    let Some(relay) = doc.get("Relay").and_then(|i| i.as_table_like()) else {
+        return 0;
+    };
+    match relay.get_key_value(key) {
+        Some((k, _)) => line_of(k.span()),
+        None => line_of(doc.as_table().key("Relay").and_then(|k| k.span())),
+    }
 }
 
 /// The retry schedule: the first delay cannot exceed the back-off cap (an error: the two
@@ -387,4 +445,25 @@ fn certificate(ctx: &mut Ctx, table: &dyn TableLike, line: usize) -> Option<Cert
         certificate: certificate?,
         private_key: private_key?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_premises_reserve_default() {
+        assert_eq!(default_on_premises_reserve(5000), 500, "10%");
+        assert_eq!(default_on_premises_reserve(30), 5, "at least 5");
+        assert_eq!(default_on_premises_reserve(4), 2, "at most half");
+        assert_eq!(default_on_premises_reserve(1), 0);
+    }
+
+    #[test]
+    fn key_lines_in_relay() {
+        let text = "# c\n[Relay]\nFqdn = \"a\"\nMaxInboundConnection = 9\n\n[[InboundConnector]]\nName = \"x\"\n";
+        assert_eq!(key_line(text, "MaxInboundConnection"), 4);
+        assert_eq!(key_line(text, "MaxOutboundConnections"), 2, "the header");
+        assert_eq!(key_line("[[SendConnector]]\n", "MaxInboundConnection"), 0);
+    }
 }

@@ -56,6 +56,14 @@ pub struct RelaySettings {
     /// `MaxInboundConnectionRatePerSource` (extension): new connections per minute per
     /// client IP; 0 = no limit. OnPremises connector IPs are exempt.
     pub max_inbound_connection_rate_per_source: u32,
+    /// `InboundConnectionsReservedForOnPremises` (extension): of `max_inbound_connection`,
+    /// the sessions only clients at an OnPremises connector's IP may take.
+    pub inbound_connections_reserved_for_on_premises: usize,
+    /// `SourceIPv6PrefixLength` (extension): IPv6 clients count per prefix of this length
+    /// in the per-source limits (32..=128).
+    pub source_ipv6_prefix_length: u8,
+    /// `MaxOutboundConnections`: counted in the open-files budget at start.
+    pub max_outbound_connections: usize,
     pub connection_timeout: Duration,
     pub connection_inactivity_timeout: Duration,
     pub max_protocol_errors: u32,

@@ -306,11 +306,13 @@ pub async fn start_with_options(
     let setup = Arc::new(ArcSwap::from_pointee(live::setup(
         &policy, tls, &shared, srs,
     )));
-    let limits = Limits::with_rate(
-        r.max_inbound_connection,
-        r.max_inbound_connection_per_source,
-        r.max_inbound_connection_rate_per_source,
-    );
+    let limits = Limits::with(server::LimitSettings {
+        max_sessions: r.max_inbound_connection,
+        reserved_for_exempt: r.inbound_connections_reserved_for_on_premises,
+        per_source_max: r.max_inbound_connection_per_source,
+        rate_per_minute: r.max_inbound_connection_rate_per_source,
+        ipv6_prefix: r.source_ipv6_prefix_length,
+    });
 
     let certificates = certs::scan(r);
     certs::warn_expiring(&certificates, "at start-up");

@@ -506,6 +506,9 @@ fn keep_fixed(old: &Policy, new: &mut Policy) -> Vec<&'static str> {
         max_inbound_connection => "MaxInboundConnection",
         max_inbound_connection_per_source => "MaxInboundConnectionPerSource",
         max_inbound_connection_rate_per_source => "MaxInboundConnectionRatePerSource",
+        inbound_connections_reserved_for_on_premises => "InboundConnectionsReservedForOnPremises",
+        source_ipv6_prefix_length => "SourceIPv6PrefixLength",
+        max_outbound_connections => "MaxOutboundConnections",
     );
     changed
 }

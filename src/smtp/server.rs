@@ -1,7 +1,10 @@
-//! Listeners (after mini-redis's `server.rs`): a semaphore caps concurrent sessions, a
-//! per-source counter caps sessions per client IP, a per-source token bucket caps the rate
-//! of new connections per client IP, a watch channel signals shutdown, and accept errors
-//! back off instead of spinning.
+//! Listeners (after mini-redis's `server.rs`): a semaphore caps concurrent sessions (a
+//! second one keeps a share of them for OnPremises connector IPs), a per-source counter
+//! caps sessions per client source, a per-source token bucket caps the rate of new
+//! connections per source (a source is an IPv4 address or an IPv6 prefix: [`source_key`]),
+//! a watch channel signals shutdown, and accept errors back off instead of spinning and are
+//! logged at most once per 10 s. A connection that would leave fewer than
+//! [`crate::fds::SMTP_FLOOR`] descriptors free is answered and closed at once.
 //!
 //! Live reload: what a connection is served with ([`Setup`]: session config, backend,
 //! exemption rule) sits in an `ArcSwap`. Each accepted connection takes the current setup
@@ -10,61 +13,130 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::reply::Reply;
 use super::session::{Backend, Session, SessionConfig};
+use crate::fds::{Floor, Reporter};
+
+/// A session's slots: one of `MaxInboundConnection`, one of the unreserved part.
+type SessionPermits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
+/// The numbers behind [`Limits`].
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    /// `MaxInboundConnection`: sessions at once, in all.
+    pub max_sessions: usize,
+    /// Of `max_sessions`, the sessions only exempt clients (OnPremises connector IPs) may
+    /// take: the others get at most `max_sessions - reserved_for_exempt`.
+    pub reserved_for_exempt: usize,
+    /// `MaxInboundConnectionPerSource`.
+    pub per_source_max: usize,
+    /// `MaxInboundConnectionRatePerSource`: new connections per minute per source; 0 = none.
+    pub rate_per_minute: u32,
+    /// `SourceIPv6PrefixLength`: an IPv6 source is its prefix of this length.
+    pub ipv6_prefix: u8,
+}
 
 /// Shared by every listener of one server.
 pub struct Limits {
+    /// Every session takes one.
     sessions: Arc<Semaphore>,
     max_sessions: usize,
+    /// Sessions of clients that are not exempt take one of these too.
+    unreserved: Arc<Semaphore>,
     per_source_max: usize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
-    /// New connections per minute per IP; 0 = no limit.
+    /// New connections per minute per source; 0 = no limit.
     rate_per_minute: u32,
     rate: Mutex<RateTable>,
+    ipv6_prefix: u8,
+    /// Descriptors SMTP leaves to the admin API, the spool, the trace and DNS.
+    floor: Floor,
+    accept_errors: Reporter,
+    shed: Reporter,
 }
 
-/// Per-IP token buckets for the connection rate: `rate_per_minute` tokens at most, refilled
+/// Per-source token buckets for the connection rate: `rate_per_minute` tokens at most, refilled
 /// continuously at `rate_per_minute` per 60 s; each accepted connection takes one. A burst
 /// of a full minute's allowance is allowed, then one connection per `60 s / rate`.
 /// Refused attempts take nothing (they cost the relay only the 421). A bucket that has
 /// refilled completely is the same as no bucket, so sweeps drop those: memory stays
-/// bounded by the IPs that connected within the last minute.
+/// bounded by the sources that connected within the last minute.
 #[derive(Default)]
 struct RateTable {
     buckets: HashMap<IpAddr, (f64, Instant)>,
     last_sweep: Option<Instant>,
 }
 
+/// The source a client address counts as in the per-source limits: an IPv4 address itself
+/// (also when written IPv4-mapped, `::ffff:192.0.2.1`), an IPv6 address its first
+/// `ipv6_prefix` bits. One IPv6 host usually holds a whole /64 (RFC 4291 §2.5.1: 64-bit
+/// interface identifiers; RFC 8981 temporary addresses change within it), so counting
+/// single IPv6 addresses would not limit anyone (Postfix: `smtpd_client_ipv6_prefix_length`).
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
 impl Limits {
+    /// `max_sessions` and a per-source cap, nothing reserved, no rate limit.
     pub fn new(max_sessions: usize, per_source_max: usize) -> Arc<Limits> {
-        Self::with_rate(max_sessions, per_source_max, 0)
+        Self::with(LimitSettings {
+            max_sessions,
+            reserved_for_exempt: 0,
+            per_source_max,
+            rate_per_minute: 0,
+            ipv6_prefix: 64,
+        })
     }
 
-    /// `new` plus a limit of `rate_per_minute` new connections per minute per client IP
-    /// (0 = none).
-    pub fn with_rate(
-        max_sessions: usize,
-        per_source_max: usize,
-        rate_per_minute: u32,
-    ) -> Arc<Limits> {
+    pub fn with(s: LimitSettings) -> Arc<Limits> {
+        let unreserved = s.max_sessions.saturating_sub(s.reserved_for_exempt);
         Arc::new(Limits {
-            sessions: Arc::new(Semaphore::new(max_sessions)),
-            max_sessions,
-            per_source_max,
+            sessions: Arc::new(Semaphore::new(s.max_sessions)),
+            max_sessions: s.max_sessions,
+            unreserved: Arc::new(Semaphore::new(unreserved)),
+            per_source_max: s.per_source_max,
             per_source: Mutex::new(HashMap::new()),
-            rate_per_minute,
+            rate_per_minute: s.rate_per_minute,
             rate: Mutex::new(RateTable::default()),
+            ipv6_prefix: s.ipv6_prefix,
+            floor: Floor::current(),
+            accept_errors: Reporter::new("SMTP accept failed"),
+            shed: Reporter::new(
+                "SMTP connection closed at once: the open files left are kept for the admin API, spool, trace and DNS",
+            ),
         })
+    }
+
+    /// The session slots for a new client: one of `MaxInboundConnection`, and for a client
+    /// that is not exempt one outside the OnPremises reserve too. `Err` names what is full.
+    fn take_slots(&self, exempt: bool) -> Result<SessionPermits, &'static str> {
+        let all =
+            (self.sessions.clone().try_acquire_owned()).map_err(|_| "MaxInboundConnection")?;
+        if exempt {
+            return Ok((all, None));
+        }
+        let shared = (self.unreserved.clone().try_acquire_owned())
+            .map_err(|_| "InboundConnectionsReservedForOnPremises")?;
+        Ok((all, Some(shared)))
     }
 
     /// Takes one token from `ip`'s bucket; false when the bucket is empty (too fast).
@@ -196,13 +268,20 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
                 x
             }
             Err(e) => {
-                // EMFILE and friends: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: back off rather than spin, log once per period.
+                metrics::counter!("connector_relay_accept_errors_total").increment(1);
+                limits.accept_errors.report(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
+        if limits.floor.short(stream.as_raw_fd() as u64) {
+            metrics::counter!("connector_relay_connections_shed_total").increment(1);
+            limits.shed.report(&peer);
+            refuse(stream, Reply::service_unavailable());
+            continue;
+        }
         if *draining.borrow() {
             refuse(stream, Reply::service_unavailable());
             continue;
@@ -214,37 +293,14 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
             backend,
             exempt,
         } = &*current;
-        let Ok(permit) = limits.sessions.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: MaxInboundConnection reached");
-            let reply = Reply::service_unavailable();
-            backend.connection_refused(peer, "MaxInboundConnection", &reply);
-            refuse(stream, reply);
-            continue;
-        };
         let trusted = exempt(peer.ip());
-        let source = if trusted {
-            None
-        } else {
-            if !limits.take_rate_token(peer.ip(), Instant::now()) {
-                tracing::warn!(%peer, "connection refused: MaxInboundConnectionRatePerSource reached");
-                let reply = Reply::new(
-                    421,
-                    "4.7.0",
-                    "Too many connections from your host, slow down",
-                );
-                backend.connection_refused(peer, "MaxInboundConnectionRatePerSource", &reply);
+        let (permits, source) = match admit(&limits, trusted, peer.ip()) {
+            Ok(x) => x,
+            Err((rule, reply)) => {
+                tracing::warn!(%peer, "connection refused: {rule} reached");
+                backend.connection_refused(peer, rule, &reply);
                 refuse(stream, reply);
                 continue;
-            }
-            match limits.enter_source(peer.ip()) {
-                Some(g) => Some(g),
-                None => {
-                    tracing::warn!(%peer, "connection refused: MaxInboundConnectionPerSource reached");
-                    let reply = Reply::new(421, "4.7.0", "Too many connections from your host");
-                    backend.connection_refused(peer, "MaxInboundConnectionPerSource", &reply);
-                    refuse(stream, reply);
-                    continue;
-                }
             }
         };
         let local = stream.local_addr().unwrap_or(peer);
@@ -253,20 +309,50 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
         tokio::spawn(async move {
             session.run(stream, implicit_tls).await;
             drop(source);
-            drop(permit);
+            drop(permits);
         });
     }
 }
 
-/// Answers with `reply` and closes, without blocking the accept loop.
-fn refuse(mut stream: TcpStream, reply: Reply) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = stream.write_all(&reply.to_wire()).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-    });
+/// The limits a new connection from `ip` must pass, in order: the session slots
+/// (`MaxInboundConnection`, with the OnPremises reserve), then for clients that are not
+/// exempt the rate and the count per source. `Err`: the rule that refused it and the reply.
+fn admit(
+    limits: &Arc<Limits>,
+    exempt: bool,
+    ip: IpAddr,
+) -> Result<(SessionPermits, Option<SourceGuard>), (&'static str, Reply)> {
+    let permits = limits
+        .take_slots(exempt)
+        .map_err(|rule| (rule, Reply::service_unavailable()))?;
+    if exempt {
+        return Ok((permits, None));
+    }
+    let source = source_key(ip, limits.ipv6_prefix);
+    if !limits.take_rate_token(source, Instant::now()) {
+        let reply = Reply::new(
+            421,
+            "4.7.0",
+            "Too many connections from your host, slow down",
+        );
+        return Err(("MaxInboundConnectionRatePerSource", reply));
+    }
+    match limits.enter_source(source) {
+        Some(guard) => Ok((permits, Some(guard))),
+        None => {
+            let reply = Reply::new(421, "4.7.0", "Too many connections from your host");
+            Err(("MaxInboundConnectionPerSource", reply))
+        }
+    }
+}
+
+/// Answers with `reply` and closes at once. The reply is one short write into the empty
+/// send buffer of a new socket, so it never blocks and no descriptor outlives the call
+/// (a flood of refused connections must not use up the descriptors it is refused to save).
+fn refuse(stream: TcpStream, reply: Reply) {
+    if let Ok(mut std_stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut std_stream, &reply.to_wire());
+    }
 }
 
 #[cfg(test)]
@@ -275,7 +361,13 @@ mod tests {
 
     #[test]
     fn connection_rate_bucket_refills() {
-        let limits = Limits::with_rate(10, 10, 3);
+        let limits = Limits::with(LimitSettings {
+            max_sessions: 10,
+            reserved_for_exempt: 0,
+            per_source_max: 10,
+            rate_per_minute: 3,
+            ipv6_prefix: 64,
+        });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
@@ -294,5 +386,78 @@ mod tests {
         assert_eq!(table.buckets.len(), 1, "only the bucket just used is kept");
         drop(table);
         assert!(Limits::new(1, 1).take_rate_token(ip, t0), "0 = no limit");
+    }
+
+    #[test]
+    fn ipv6_sources_are_prefixes() {
+        let key = |s: &str, p| source_key(s.parse().unwrap(), p).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff", 64),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(key("2001:db8:1:3::1", 64), "2001:db8:1:3::");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(key("2001:db8::1", 32), "2001:db8::");
+        assert_eq!(key("192.0.2.7", 64), "192.0.2.7", "IPv4 as it is");
+        assert_eq!(
+            key("::ffff:192.0.2.7", 64),
+            "192.0.2.7",
+            "IPv4-mapped is IPv4"
+        );
+    }
+
+    #[test]
+    fn per_source_cap_counts_a_whole_ipv6_prefix() {
+        let limits = Limits::with(LimitSettings {
+            max_sessions: 100,
+            reserved_for_exempt: 0,
+            per_source_max: 2,
+            rate_per_minute: 0,
+            ipv6_prefix: 64,
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = admit(&limits, false, ip("2001:db8:0:1::1")).unwrap();
+        let b = admit(&limits, false, ip("2001:db8:0:1::2")).unwrap();
+        let third = admit(&limits, false, ip("2001:db8:0:1:ffff::3"));
+        assert_eq!(
+            third.err().map(|e| e.0),
+            Some("MaxInboundConnectionPerSource")
+        );
+        assert!(
+            admit(&limits, false, ip("2001:db8:0:2::1")).is_ok(),
+            "next /64"
+        );
+        drop((a, b));
+        assert!(
+            admit(&limits, false, ip("2001:db8:0:1::9")).is_ok(),
+            "freed"
+        );
+    }
+
+    #[test]
+    fn reserve_is_kept_for_exempt_clients() {
+        let limits = Limits::with(LimitSettings {
+            max_sessions: 10,
+            reserved_for_exempt: 3,
+            per_source_max: 100,
+            rate_per_minute: 0,
+            ipv6_prefix: 64,
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..7).map(|_| admit(&limits, false, ip).unwrap()).collect();
+        let refused = admit(&limits, false, ip).err().map(|e| e.0);
+        assert_eq!(refused, Some("InboundConnectionsReservedForOnPremises"));
+        let trusted: Vec<_> = (0..3).map(|_| admit(&limits, true, ip).unwrap()).collect();
+        let full = admit(&limits, true, ip).err().map(|e| e.0);
+        assert_eq!(
+            full,
+            Some("MaxInboundConnection"),
+            "the reserve is all there is"
+        );
+        assert_eq!(limits.in_progress(), 10);
+        drop((held, trusted));
+        assert_eq!(limits.in_progress(), 0);
     }
 }
