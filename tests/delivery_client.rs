@@ -556,6 +556,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         connection_inactivity_timeout: Duration::from_secs(300),
         max_protocol_errors: 5,
         max_header_size: 256 << 10,
+        pre_greeting_wait: Duration::from_millis(100),
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
     };

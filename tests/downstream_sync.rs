@@ -53,7 +53,10 @@ struct Seen {
     stored: AtomicUsize,
 }
 
-async fn start_fake(fault: Fault, pipelining: bool) -> (SocketAddr, Arc<Seen>, tokio::task::JoinHandle<()>) {
+async fn start_fake(
+    fault: Fault,
+    pipelining: bool,
+) -> (SocketAddr, Arc<Seen>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -182,8 +185,12 @@ async fn case(fault: Fault, pipelining: bool) {
     d.cmd("EHLO client.test", "250").await;
     for i in 0..MESSAGES {
         let subject = format!("{fault:?} {pipelining} #{i}");
-        d.send_message("alice@fabrikam.test", "bob@contoso.test", &format!("Subject: {subject}\r\n\r\nhello"))
-            .await;
+        d.send_message(
+            "alice@fabrikam.test",
+            "bob@contoso.test",
+            &format!("Subject: {subject}\r\n\r\nhello"),
+        )
+        .await;
     }
     d.cmd("QUIT", "221").await;
 
@@ -191,8 +198,13 @@ async fn case(fault: Fault, pipelining: bool) {
     let deadline = Instant::now() + WAIT;
     let deferred = loop {
         let rows = trace_rows(tmp.path());
-        let deferred = rows.iter().filter(|e| e.event == EventKind::Deferred).count();
-        let tried = seen.mails.load(Ordering::SeqCst) >= 2 * MESSAGES || fault == Fault::EhloWithoutDashes || fault == Fault::StrayAfterGreeting;
+        let deferred = rows
+            .iter()
+            .filter(|e| e.event == EventKind::Deferred)
+            .count();
+        let tried = seen.mails.load(Ordering::SeqCst) >= 2 * MESSAGES
+            || fault == Fault::EhloWithoutDashes
+            || fault == Fault::StrayAfterGreeting;
         if deferred >= 2 * MESSAGES && tried {
             break rows;
         }
@@ -202,7 +214,10 @@ async fn case(fault: Fault, pipelining: bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let delivered = deferred.iter().filter(|e| e.event == EventKind::Delivered).count();
+    let delivered = deferred
+        .iter()
+        .filter(|e| e.event == EventKind::Delivered)
+        .count();
     assert_eq!(
         delivered, 0,
         "{fault:?} pipelining={pipelining}: reported delivered while the next hop misbehaves"
@@ -219,14 +234,19 @@ async fn case(fault: Fault, pipelining: bool) {
         })
         .collect();
     assert!(
-        reasons.iter().all(|r| r.contains("4.5.0") && r.contains("lost synchronization")),
+        reasons
+            .iter()
+            .all(|r| r.contains("4.5.0") && r.contains("lost synchronization")),
         "{fault:?} pipelining={pipelining}: {reasons:#?}"
     );
     let stored = seen.stored.load(Ordering::SeqCst);
     // Only a fake that answers twice after the whole message has it; the relay treats
     // those as not delivered (a duplicate later is acceptable, a loss is not).
     if fault != Fault::EndOfDataTwice {
-        assert_eq!(stored, 0, "{fault:?} pipelining={pipelining}: the fake kept a message");
+        assert_eq!(
+            stored, 0,
+            "{fault:?} pipelining={pipelining}: the fake kept a message"
+        );
     }
     println!(
         "{fault:?} pipelining={pipelining}: {} deferrals, 0 delivered, fake stored {stored}; e.g. {}",

@@ -27,7 +27,9 @@ async fn banner_after(source: &str, relay: SocketAddr) -> (Duration, Dialog) {
     (t.elapsed(), d)
 }
 
-async fn relay_with_wait(wait: &str) -> (connector_relay::relay::RelayHandle, Sink, tempfile::TempDir) {
+async fn relay_with_wait(
+    wait: &str,
+) -> (connector_relay::relay::RelayHandle, Sink, tempfile::TempDir) {
     let sink = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
     let extra = format!("PreGreetingWait = \"{wait}\"");
@@ -53,8 +55,12 @@ async fn trusted_and_remembered_clients_get_the_banner_at_once() {
     let (first, mut d) = banner_after("127.0.0.30", addr).await;
     assert!(first >= WAIT - Duration::from_millis(50), "{first:?}");
     d.cmd("EHLO client.test", "250").await;
-    d.send_message("alice@fabrikam.test", "bob@contoso.test", "Subject: first\r\n\r\nhi")
-        .await;
+    d.send_message(
+        "alice@fabrikam.test",
+        "bob@contoso.test",
+        "Subject: first\r\n\r\nhi",
+    )
+    .await;
     d.cmd("QUIT", "221").await;
     // ... then, one connection per message, never again.
     let mut later = Vec::new();
@@ -72,7 +78,12 @@ async fn trusted_and_remembered_clients_get_the_banner_at_once() {
     let (other, mut d) = banner_after("127.0.0.31", addr).await;
     assert!(other >= WAIT - Duration::from_millis(50), "{other:?}");
     d.cmd("QUIT", "221").await;
-    assert_eq!(wait_messages(sink.maildir(), 6, Duration::from_secs(30)).await.len(), 6);
+    assert_eq!(
+        wait_messages(sink.maildir(), 6, Duration::from_secs(30))
+            .await
+            .len(),
+        6
+    );
     println!(
         "banner after: trusted {trusted:?}; unknown first {first:?}, then {later:?}; another unknown {other:?}"
     );

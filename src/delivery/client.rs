@@ -37,9 +37,9 @@ use tokio::net::TcpSocket;
 use tokio::time::timeout;
 
 use super::protolog::{LogSession, ProtocolLog};
-use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
 pub use super::reply::Reply;
 use super::reply::ReplyReader;
+use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
 use super::{DeliveryStatus, Failure};
 use crate::smtp::sasl;
 
@@ -895,7 +895,9 @@ pub async fn transaction(
             // RFC 2920 §3.1: DATA was accepted although no RCPT was: end the empty message
             // so the server discards it, then reset.
             conn.send(Stage::Data, b".\r\n").await?;
-            let _ = conn.answer(Stage::Data, "an empty DATA", Expect::Completion).await;
+            let _ = conn
+                .answer(Stage::Data, "an empty DATA", Expect::Completion)
+                .await;
             None
         }
         Some(reply) if reply.code == 354 => Some(send_data(conn, env.data).await?),
@@ -1017,7 +1019,10 @@ async fn pipelined_envelope(
         .await?;
     let mail_ok = mail_reply.is_positive();
     for &i in to_send {
-        match conn.answer(Stage::Rcpt, "RCPT TO", Expect::Completion).await {
+        match conn
+            .answer(Stage::Rcpt, "RCPT TO", Expect::Completion)
+            .await
+        {
             Ok(r) => statuses[i] = (!r.is_positive()).then(|| r.to_status()),
             // After a rejected MAIL the rest only matters for staying in sync.
             Err(_) if !mail_ok => return Err(mail_error(&mail_reply)),

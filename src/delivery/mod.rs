@@ -640,6 +640,24 @@ mod tests {
     use crate::dns::{DnsError, MxAnswer};
     use crate::policy::route::test_support;
 
+    #[test]
+    fn an_unroutable_recipient_domain_fails_permanently() {
+        assert_eq!(
+            recipient_domain("a@Exämple.Test.").unwrap(),
+            "xn--exmple-cua.test"
+        );
+        let bad = recipient_domain("bad@xn--zz.test").unwrap_err();
+        assert_eq!(bad.enhanced, "5.1.2");
+        assert!(
+            bad.text
+                .contains("not a valid internationalized domain name"),
+            "{bad}"
+        );
+        let long = format!("a@{}.test", "x".repeat(64));
+        assert_eq!(recipient_domain(&long).unwrap_err().enhanced, "5.1.2");
+        assert_eq!(recipient_domain("nodomain@").unwrap_err().enhanced, "5.1.3");
+    }
+
     #[tokio::test]
     async fn route_errors_are_per_recipient_and_in_order() {
         let resolver = MockResolver::default()

@@ -207,7 +207,11 @@ impl ReplyReader {
         if last {
             return Ok(self.partial.take());
         }
-        if self.partial.as_ref().is_some_and(|r| r.lines.len() >= MAX_REPLY_LINES) {
+        if self
+            .partial
+            .as_ref()
+            .is_some_and(|r| r.lines.len() >= MAX_REPLY_LINES)
+        {
             return Err(ReplyError::TooManyLines);
         }
         Ok(None)

@@ -197,6 +197,7 @@ impl Backend for RelayBackend {
 
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
         let domain = to.domain_lc();
+        self.check_routable(s, tx, to, &domain)?;
         // An SRS bounce: refused unless we issued it (valid hash, fresh timestamp); then it
         // counts as mail to our (accepted) SRS domain and is relayed to the original address.
         if let Some(Err(e)) = self.srs_reverse(to, MAX_AGE_DAYS) {
@@ -374,5 +375,32 @@ impl Backend for RelayBackend {
         e.reply = Some(reply.to_string());
         e.detail = Some("refused at CONNECT".into());
         self.events.emit(e);
+    }
+}
+
+impl RelayBackend {
+    /// A recipient domain that can never be a DNS name (not valid IDNA, an empty label, a
+    /// label over 63 octets) is refused at RCPT with `553 5.1.2` (RFC 3463 "bad destination
+    /// system address") instead of being accepted and bounced. Address literals are left
+    /// to the relay rules.
+    fn check_routable(
+        &self,
+        s: &SessionInfo,
+        tx: &Transaction,
+        to: &Address,
+        domain: &str,
+    ) -> Result<(), Reply> {
+        if domain.starts_with('[') {
+            return Ok(());
+        }
+        let Err(e) = crate::dns::idn::routable(domain) else {
+            return Ok(());
+        };
+        let reply = Reply::new(553, "5.1.2", "Bad destination domain name");
+        let mut ev = self.rejected(s, Some(tx), "RCPT", "InvalidDomain", &reply);
+        ev.recipient = Some(to.to_string());
+        ev.detail = Some(format!("refused at RCPT: {e}"));
+        self.events.emit(ev);
+        Err(reply)
     }
 }

@@ -100,7 +100,10 @@ mod tests {
         cache.record(ip("192.0.2.1"), t0);
         assert!(cache.passed(ip("192.0.2.1"), t0 + Duration::from_secs(59)));
         assert!(!cache.passed(ip("192.0.2.1"), t0 + Duration::from_secs(60)));
-        assert!(!cache.passed(ip("192.0.2.2"), t0), "only the address that passed");
+        assert!(
+            !cache.passed(ip("192.0.2.2"), t0),
+            "only the address that passed"
+        );
         // Renewed after expiry, without a second entry.
         cache.record(ip("192.0.2.1"), t0 + Duration::from_secs(61));
         assert!(cache.passed(ip("192.0.2.1"), t0 + Duration::from_secs(100)));
