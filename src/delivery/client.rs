@@ -1380,10 +1380,9 @@ impl Conn {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
         let mut chunk = [0u8; 512];
-        let mut read = std::pin::pin!(self.io.read(&mut chunk));
         let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Ok(n)) = read.as_mut().poll(&mut cx) {
-            drop(read);
+        let polled = std::pin::pin!(self.io.read(&mut chunk)).poll(&mut cx);
+        if let Poll::Ready(Ok(n)) = polled {
             self.reader.feed(&chunk[..n]);
         }
     }
