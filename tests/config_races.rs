@@ -80,21 +80,11 @@ fn comments(text: &str) -> BTreeMap<String, String> {
 
 /// Atomically exchanges two paths; both exist afterwards, each with the other's file.
 fn exchange(a: &Path, b: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let (a, b) = (c(a), c(b));
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+    let swapped = connector_relay::config::edit::exchange(a, b).expect("renameat2");
+    assert!(
+        swapped,
+        "RENAME_EXCHANGE is not supported on this file system"
+    );
 }
 
 /// What the administrator saw: per disk edit, the version it displaced.

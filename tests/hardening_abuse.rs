@@ -21,16 +21,6 @@ async fn relay_with(extra: &str) -> (connector_relay::relay::RelayHandle, Sink, 
     (relay, sink, tmp)
 }
 
-/// This process's resident set size in KiB (the relay runs in-process).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Samples RSS every 5 ms until dropped; `peak()` is the highest value seen.
 struct RssWatch {
     peak: std::sync::Arc<std::sync::atomic::AtomicU64>,

@@ -283,16 +283,6 @@ async fn a_stalled_implicit_tls_handshake_is_cut_by_the_session_limit() {
 // ---------------------------------------------------------------------------------------
 // MaxHeaderSize
 
-/// This process's resident set size in KiB (the relay runs in-process).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Sends `header` (CRLF lines) and a short body as one message; the reply to the dot.
 async fn send_header(d: &mut Dialog, header: &[u8]) -> String {
     d.cmd("MAIL FROM:<alice@fabrikam.test>", "250").await;

@@ -315,9 +315,10 @@ fn as_io(e: WriteError) -> std::io::Error {
 }
 
 /// Atomically exchanges two paths (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+); `Ok(false)`
-/// when the system or file system does not support it.
+/// when the system or file system does not support it. Public for the race test, which
+/// saves the file the same way an editor that keeps a backup would.
 #[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
     let (a, b) = (c(a)?, c(b)?);
@@ -343,7 +344,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+pub fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 

@@ -445,3 +445,13 @@ pub async fn lettre_send(
         .send(msg)
         .await
 }
+
+/// This process's resident set size in KiB (the relay runs in-process).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
