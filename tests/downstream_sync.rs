@@ -42,6 +42,9 @@ enum Fault {
     EarlyReplyAfter354,
     /// Two replies to the final ".": the first may not be the answer to the message.
     EndOfDataTwice,
+    /// Not a fault: `250` to the final "." and at once an unsolicited `421` (RFC 5321 §3.8:
+    /// a server being shut down), then the connection closes.
+    ClosingNoticeAfterEndOfData,
 }
 
 /// What the fake saw.
@@ -106,6 +109,10 @@ async fn fake_session(stream: TcpStream, fault: Fault, pipelining: bool, seen: A
                     return;
                 }
                 seen.stored.fetch_add(1, Ordering::SeqCst);
+                if fault == Fault::ClosingNoticeAfterEndOfData {
+                    let _ = out(&mut w, "250 2.0.0 queued\r\n421 4.3.2 shutting down\r\n").await;
+                    return;
+                }
                 twice_if(fault == Fault::EndOfDataTwice, "250 2.0.0 queued\r\n")
             }
             "QUIT" => {
@@ -305,4 +312,46 @@ async fn reply_before_the_message_text_is_not_delivery() {
 #[tokio::test]
 async fn two_replies_to_the_end_of_data_are_in_doubt() {
     both_ways(Fault::EndOfDataTwice).await;
+}
+
+/// A `421` closing notice right behind the `250` to the end of data is not a second reply:
+/// each message is delivered once, never deferred, and the connection is not reused.
+#[tokio::test]
+async fn a_closing_notice_after_the_end_of_data_is_not_a_second_reply() {
+    for pipelining in [true, false] {
+        let (addr, seen, _fake) = start_fake(Fault::ClosingNoticeAfterEndOfData, pipelining).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let relay = start_relay(&relay_config(tmp.path(), addr, ""), None).await;
+        let mut d = Dialog::connect(relay.smtp_addrs[0]).await;
+        d.cmd("EHLO client.test", "250").await;
+        for i in 0..MESSAGES {
+            let body = format!("Subject: closing {i}\r\n\r\nhello");
+            d.send_message("alice@fabrikam.test", "bob@contoso.test", &body)
+                .await;
+        }
+        d.cmd("QUIT", "221").await;
+        let deadline = Instant::now() + WAIT;
+        let rows = loop {
+            let rows = trace_rows(tmp.path());
+            let delivered = rows
+                .iter()
+                .filter(|e| e.event == EventKind::Delivered)
+                .count();
+            if delivered >= MESSAGES {
+                break rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipelining={pipelining}: {rows:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            !rows.iter().any(|e| e.event == EventKind::Deferred),
+            "pipelining={pipelining}: {rows:#?}"
+        );
+        assert_eq!(seen.stored.load(Ordering::SeqCst), MESSAGES, "each once");
+        assert_eq!(seen.mails.load(Ordering::SeqCst), MESSAGES, "no retry");
+        relay.shutdown(Duration::from_secs(5)).await;
+    }
 }

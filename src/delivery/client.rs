@@ -461,7 +461,7 @@ pub async fn deliver_reusing(
                         fallback: None,
                         reused: true,
                     };
-                    return (attempt, Some(est));
+                    return (attempt, est.conn.usable().then_some(est));
                 }
                 // The connection broke before anything was accepted: start over below.
                 Err(e) if e.try_next_host && e.failure.code.is_none() => {
@@ -506,7 +506,8 @@ pub async fn deliver_reusing(
     match transaction(&mut est.conn, &est.ext, env).await {
         Ok(statuses) => {
             est.messages += 1;
-            (attempt(tls, Ok(statuses)), Some(est))
+            let keep = est.conn.usable().then_some(est);
+            (attempt(tls, Ok(statuses)), keep)
         }
         Err(e) => {
             quit(&mut est.conn).await;
@@ -1100,10 +1101,13 @@ pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionErr
         .and_then(|r| conn.check(Stage::Data, "the end of data", r, Expect::Completion))
         .map_err(SessionError::no_retry)?;
     // A second reply right behind it means the one just read may have been sent early,
-    // before the server had the message: in doubt, not delivered.
-    conn.expect_silence(Stage::Data, "after its reply to the end of data")
-        .map_err(SessionError::no_retry)?;
-    Ok(reply)
+    // before the server had the message: in doubt, not delivered. A 421 closing notice is
+    // no reply: the answer stands and only the connection is finished.
+    match conn.expect_silence(Stage::Data, "after its reply to the end of data") {
+        Ok(()) => Ok(reply),
+        Err(e) if e.failure.code == Some(421) => Ok(reply),
+        Err(e) => Err(e.no_retry()),
+    }
 }
 
 /// Writes the dot-stuffed message in pieces, each under the command timeout. The message is
@@ -1367,10 +1371,33 @@ impl Conn {
             return Ok(());
         }
         let seen = self.reader.buffered_preview();
+        if let Some(notice) = self.closing_notice() {
+            return Err(SessionError::remote(stage, &notice));
+        }
         Err(self.desync(
             stage,
             format!("lost synchronization: the server sent {seen:?} {after} without being asked"),
         ))
+    }
+
+    /// RFC 5321 §3.8: a server that is being shut down may send `421` unasked, at any
+    /// moment. When exactly that is buffered it is a notice, not a reply out of step; either
+    /// way the connection is finished (no QUIT, not reused).
+    fn closing_notice(&mut self) -> Option<Reply> {
+        self.out_of_sync = true;
+        let notice = self.reader.next_reply(|_| {}).ok().flatten()?;
+        if notice.code != 421 || !self.reader.is_empty() {
+            return None;
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.received(&notice.to_line());
+        }
+        Some(notice)
+    }
+
+    /// Can this connection carry another transaction?
+    pub fn usable(&self) -> bool {
+        !self.out_of_sync
     }
 
     /// Reads what the server has sent if it is there right now, without waiting: one poll
