@@ -188,7 +188,12 @@ start_sampler() {
       done ) &
     SAMPLER=$!
 }
-stop_sampler() { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
+# Also called by cleanup before any sampler ran (set -u: an unset SAMPLER would end the
+# EXIT trap there, leaving the sink and the servers running).
+stop_sampler() {
+    [ -n "${SAMPLER:-}" ] || return 0
+    kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=""
+}
 
 # ---------------------------------------------------------------- the downstream sinks
 SINK_PID=""
@@ -260,7 +265,7 @@ start_relay() { # scenario
             echo "TlsDomain = \"sink.test\""
         fi
     } >"$d/relay.toml"
-    "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml"
+    "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml (--keep keeps it)"
     (cd "$d" && exec "$RELAY" run --config "$d/relay.toml" >"$d/relay.log" 2>&1) &
     RELAY_PID=$!
     wait_listening "$RELAY_PORT" "connector-relay"
@@ -395,6 +400,9 @@ run_load() { # target(relay|postfix), rcpts, shape(reused|per-connection)
     done
     t2=$(now)
     stop_sampler
+    # A run shorter than one sample (Postfix: ~100 processes to read) has no peak yet:
+    # take one now, while its processes still exist.
+    [ "$(cat "$WORK/peak")" -gt 0 ] || tree_pss_kb "$TARGET_PID" >"$WORK/peak"
     INJ=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
     E2E=$(awk -v n="$N" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.0f", n / (b - a) }')
     PEAK=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/peak")
