@@ -4,6 +4,7 @@
 #   bash bench/relay-vs-postfix.sh            # full run: N=20000 messages, C=50 sessions
 #   bash bench/relay-vs-postfix.sh --quick    # N=2000, idle probe with 2000 sessions
 #   N=5000 C=20 bash bench/relay-vs-postfix.sh --scenario plain --no-idle
+#   bash bench/relay-vs-postfix.sh --shape per-connection --rcpts 1   # one connection a message
 #   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
@@ -11,8 +12,11 @@
 #   plain: smtp-source -> {connector-relay | private Postfix} -> smtp-sink
 #   tls:   smtp-latency (STARTTLS) -> {connector-relay | Postfix} -(STARTTLS, verified)->
 #          connector-relay sink --tls-cert  (smtp-source and smtp-sink cannot do STARTTLS)
-# with 1 and 10 recipients per message, then end-of-DATA -> 250 latency at half of each
-# server's measured end-to-end rate, then an idle-sessions probe. Both servers keep their
+# with 1 and 10 recipients per message, in two shapes: sessions reused across messages
+# (smtp-source -d, smtp-latency) and one connection per message (smtp-source without -d,
+# smtp-latency --per-message-connection: a TLS handshake per message), then end-of-DATA ->
+# 250 latency at half of each server's measured end-to-end rate, connect -> banner from a
+# trusted and an untrusted address, then an idle-sessions probe. Both servers keep their
 # durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
 # See bench/README.md for what each figure means.
 set -euo pipefail
@@ -26,33 +30,64 @@ SCENARIOS=${SCENARIOS:-"plain tls"}
 LATENCY=${LATENCY:-1}
 KEEP=${KEEP:-0}
 ATTRIBUTION=${ATTRIBUTION:-0}
+SHAPES=${SHAPES:-"reused per-connection"}
+PC_C=${PC_C:-20}                # connections at a time in the per-connection shape (issue 15's 20)
+BANNER=${BANNER:-1000}          # connections per connect -> banner probe, 0 to skip
+TRUSTED_SRC=127.0.0.1           # the OnPremises connector's address (the load's source)
+UNTRUSTED_SRC=${UNTRUSTED_SRC:-127.0.0.2} # an anonymous client: no connector lists it
+# [Relay] PreGreetingWait for the relay's config (a time span, e.g. "00:00:00.1", "00:00:00"
+# = off); empty: the key is left out and the relay's default applies (builds without it).
+PREGREET=${PREGREET:-}
+# Postfix smtpd_peername_lookup: "no" (the relay looks up no client name either) or "yes"
+# (Postfix's default: a PTR and a forward lookup before every greeting; this machine's
+# resolver loses about 1 query in 100, which costs that greeting a 5 s retry).
+PF_PEERNAME_LOOKUP=${PF_PEERNAME_LOOKUP:-no}
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options (or the environment variables in brackets):
-  --quick            N=2000 and IDLE=2000, for trying it
+  --quick            N=2000, IDLE=2000 and BANNER=200, for trying it
   -n N               messages per run [N, default 20000]
-  -c C               concurrent sessions [C, default 50]
+  -c C               concurrent sessions in the reused shape [C, default 50]
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
   --scenario S       plain, tls or "plain tls" [SCENARIOS]
+  --shape S          reused, per-connection or both: sessions kept across messages, one
+                     connection per message, or both (the default) [SHAPES]
+  --pc-sessions K    connections at a time in the per-connection shape [PC_C, default 20]
+  --banner K         connections per connect -> banner probe, 0 to skip [BANNER, default 1000]
+  --pregreet SPAN    the relay's [Relay] PreGreetingWait, e.g. 00:00:00.1 or 00:00:00 (off);
+                     default: key not written, the relay's default [PREGREET]
   --idle K           idle sessions for the probe, 0 to skip [IDLE, default 10000]
   --no-idle          the same as --idle 0
   --no-latency       skip the fixed-rate latency runs [LATENCY=0]
   --keep             keep the work directory (logs, configs) [KEEP=1]
   --attribution      also run the criterion benchmark of inbound attribution [ATTRIBUTION=1]
   RELAY_BIN=FILE     benchmark this connector-relay binary instead of building one
+  PF_PEERNAME_LOOKUP=yes  Postfix looks up each client's name before its greeting (its
+                     default; off here: the relay does not, and a lost answer costs 5 s)
+  UNTRUSTED_SRC=IP   the untrusted source of the banner probe (default 127.0.0.2)
   BENCH_DIR=DIR      work directory (default var/bench; must not be tmpfs: fsync is a no-op there)
 EOF
 }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) N=2000; IDLE=2000 ;;
+        --quick) N=2000; IDLE=2000; BANNER=200 ;;
         -n) N=$2; shift ;;
         -c) C=$2; shift ;;
         --rcpts) RCPTS=$2; shift ;;
         --scenario) SCENARIOS=$2; shift ;;
+        --shape)
+            case "$2" in
+                reused|per-connection) SHAPES=$2 ;;
+                both) SHAPES="reused per-connection" ;;
+                *) echo "--shape: reused, per-connection or both, not $2" >&2; exit 1 ;;
+            esac
+            shift ;;
+        --pc-sessions) PC_C=$2; shift ;;
+        --banner) BANNER=$2; shift ;;
+        --pregreet) PREGREET=$2; shift ;;
         --idle) IDLE=$2; shift ;;
         --no-idle) IDLE=0 ;;
         --no-latency) LATENCY=0 ;;
@@ -133,10 +168,12 @@ tree_pids() {
     kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
     for k in $kids; do tree_pids "$k"; done
 }
+# A process that exits between the listing and the read is skipped (mawk, given a file that
+# no longer exists, would give up on the whole sample).
 tree_pss_kb() {
-    # shellcheck disable=SC2046
-    awk '/^Pss:/ { s += $2 } END { print s + 0 }' \
-        $(tree_pids "$1" | sed 's|.*|/proc/&/smaps_rollup|') 2>/dev/null || echo 0
+    local p
+    for p in $(tree_pids "$1"); do cat /proc/"$p"/smaps_rollup 2>/dev/null || true; done |
+        awk '/^Pss:/ { s += $2 } END { print s + 0 }'
 }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' /proc/"$1"/status; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' /proc/"$1"/status; }
@@ -151,7 +188,12 @@ start_sampler() {
       done ) &
     SAMPLER=$!
 }
-stop_sampler() { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
+# Also called by cleanup before any sampler ran (set -u: an unset SAMPLER would end the
+# EXIT trap there, leaving the sink and the servers running).
+stop_sampler() {
+    [ -n "${SAMPLER:-}" ] || return 0
+    kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=""
+}
 
 # ---------------------------------------------------------------- the downstream sinks
 SINK_PID=""
@@ -206,6 +248,7 @@ start_relay() { # scenario
         echo "SrsSecretFile = \"$d/data/srs.key\""
         echo "ProtocolLogDir = \"$d/data/protocol\""
         echo "MaxInboundConnection = $((IDLE + 1000))"
+        if [ -n "$PREGREET" ]; then echo "PreGreetingWait = \"$PREGREET\""; fi
         echo
         echo "[[InboundConnector]]"
         echo "Name = \"Load source\""
@@ -222,7 +265,7 @@ start_relay() { # scenario
             echo "TlsDomain = \"sink.test\""
         fi
     } >"$d/relay.toml"
-    "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml"
+    "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml (--keep keeps it)"
     (cd "$d" && exec "$RELAY" run --config "$d/relay.toml" >"$d/relay.log" 2>&1) &
     RELAY_PID=$!
     wait_listening "$RELAY_PORT" "connector-relay"
@@ -265,6 +308,9 @@ relayhost = [127.0.0.1]:$SINK_PORT
 maillog_file = $PF/maillog
 maillog_file_prefixes = $PF
 smtputf8_enable = no
+# The relay resolves no client address to a name; neither does Postfix here unless asked
+# (PF_PEERNAME_LOOKUP=yes): a lost DNS answer would be measured as a 5 s greeting.
+smtpd_peername_lookup = $PF_PEERNAME_LOOKUP
 EOF
     if [ "$1" = tls ]; then
         cat >>"$PF/etc/main.cf" <<EOF
@@ -321,19 +367,23 @@ cleanup() {
 
 # ---------------------------------------------------------------- one load run
 # Globals set: INJ (msg/s until the last 250), E2E (msg/s until the sink has every message),
-# PEAK (peak Pss sum, MB).
-run_load() { # target(relay|postfix), rcpts
-    local target=$1 rcpts=$2 base t0 t1 t2 deadline count
+# PEAK (peak Pss sum, MB), TLSRES ("resumed/handshakes|banner p50|banner p99" of the TLS
+# load, "-" for smtp-source).
+run_load() { # target(relay|postfix), rcpts, shape(reused|per-connection)
+    local target=$1 rcpts=$2 shape=$3 base t0 t1 t2 deadline count
+    local sessions=$C keep=(-d) pmc=()
+    if [ "$shape" = per-connection ]; then sessions=$PC_C keep=() pmc=(--per-message-connection); fi
     base=$(sink_count) # both sinks count cumulatively
     echo 0 >"$WORK/peak"
     start_sampler "$TARGET_PID" "$WORK/peak"
     t0=$(now)
     if [ "$SCENARIO" = tls ]; then
         "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" --starttls --ca "$CERTS/ca.crt" \
-            --server-name relay.contoso.test -c "$C" -n "$N" --rcpts "$rcpts" --size "$SIZE" \
-            >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "load against $target failed"; }
+            --server-name relay.contoso.test -c "$sessions" -n "$N" --rcpts "$rcpts" --size "$SIZE" \
+            "${pmc[@]}" >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "load against $target failed"; }
     else
-        smtp-source -d -s "$C" -m "$N" -l "$SIZE" -r "$rcpts" -M load.onprem.test \
+        # Without -d, smtp-source opens a connection for every message (and QUITs it).
+        smtp-source "${keep[@]}" -s "$sessions" -m "$N" -l "$SIZE" -r "$rcpts" -M load.onprem.test \
             -f load@onprem.test -t r@example.test "127.0.0.1:$TARGET_PORT" \
             >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "smtp-source against $target failed"; }
     fi
@@ -350,28 +400,52 @@ run_load() { # target(relay|postfix), rcpts
     done
     t2=$(now)
     stop_sampler
+    # A run shorter than one sample (Postfix: ~100 processes to read) has no peak yet:
+    # take one now, while its processes still exist.
+    [ "$(cat "$WORK/peak")" -gt 0 ] || tree_pss_kb "$TARGET_PID" >"$WORK/peak"
     INJ=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
     E2E=$(awk -v n="$N" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.0f", n / (b - a) }')
     PEAK=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/peak")
-    say "  $target, $rcpts rcpt: injection $INJ msg/s, end-to-end $E2E msg/s, peak $PEAK MB"
+    TLSRES=-
+    if [ "$SCENARIO" = tls ]; then
+        local res
+        res=$(grep '^RESULT' "$WORK/load.out")
+        TLSRES="$(result_kv "$res" tls_resumed)/$(( $(result_kv "$res" tls_resumed) + $(result_kv "$res" tls_full) ))|$(result_kv "$res" banner_p50_ms)|$(result_kv "$res" banner_p99_ms)"
+    fi
+    say "  $target, $shape, $rcpts rcpt: injection $INJ msg/s, end-to-end $E2E msg/s, peak $PEAK MB"
+    [ "$TLSRES" = - ] || say "    TLS handshakes resumed|banner p50 ms|banner p99 ms: $TLSRES"
 }
+result_kv() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; } # RESULT line, key
 
 # Latency at a fixed rate: half the target's end-to-end rate, for 15 s or N messages.
-run_latency() { # target, rate
-    local rate=$1 msgs tls=()
+run_latency() { # rate, target, shape
+    local rate=$1 msgs tls=() sessions=$C pmc=()
     msgs=$(awk -v r="$rate" -v n="$N" 'BEGIN { m = int(r * 15); if (m > n) m = n; if (m < 500) m = 500; print m }')
     [ "$SCENARIO" = tls ] && tls=(--starttls --ca "$CERTS/ca.crt" --server-name relay.contoso.test)
-    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" "${tls[@]}" -c "$C" -n "$msgs" --rate "$rate" \
-        --size "$SIZE" >"$WORK/lat.out" 2>&1 || { cat "$WORK/lat.out" >&2; die "latency run failed"; }
+    if [ "$3" = per-connection ]; then sessions=$PC_C pmc=(--per-message-connection); fi
+    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" "${tls[@]}" -c "$sessions" -n "$msgs" --rate "$rate" \
+        --size "$SIZE" "${pmc[@]}" >"$WORK/lat.out" 2>&1 || { cat "$WORK/lat.out" >&2; die "latency run failed"; }
     LAT=$(grep '^RESULT' "$WORK/lat.out")
-    kv() { printf '%s\n' "$LAT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-    LAT_P50=$(kv p50_ms) LAT_P99=$(kv p99_ms) LAT_P999=$(kv p999_ms) LAT_RATE=$(kv rate)
+    LAT_P50=$(result_kv "$LAT" p50_ms) LAT_P99=$(result_kv "$LAT" p99_ms)
+    LAT_P999=$(result_kv "$LAT" p999_ms) LAT_RATE=$(result_kv "$LAT" rate)
     # let the queue drain before whatever comes next
     local i
     for i in $(seq 1 600); do
         if [ "$2" = relay ]; then relay_queue_empty && break; else postfix_queue_empty && break; fi
         sleep 0.1
     done
+}
+
+# ---------------------------------------------------------------- connect -> banner
+# BANNER connections one after the other from one source address, each timed from
+# connect() returning to the whole 220 greeting read, then QUIT; no mail. Sets PROBE to
+# "first|p50|p99|p99.9|max" (ms).
+banner_probe() { # source address
+    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" --banner-probe "$BANNER" --source "$1" \
+        >"$WORK/banner.out" 2>&1 || { cat "$WORK/banner.out" >&2; die "banner probe from $1 failed"; }
+    local res
+    res=$(grep '^RESULT' "$WORK/banner.out")
+    PROBE="$(result_kv "$res" first_ms)|$(result_kv "$res" p50_ms)|$(result_kv "$res" p99_ms)|$(result_kv "$res" p999_ms)|$(result_kv "$res" max_ms)"
 }
 
 # ---------------------------------------------------------------- idle sessions
@@ -411,29 +485,43 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+PREGREET_SHOWN=${PREGREET:-"not set (the relay's default)"}
 cat <<EOF
 # connector-relay ($(cd "$REPO" && git describe --always --dirty 2>/dev/null)${RELAY_BIN:+, binary $RELAY_BIN}) vs Postfix $(postconf -d -h mail_version 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)
 # machine: nproc=$(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)
 # spool/queue on: $(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')
-# N=$N messages of ~$SIZE bytes per run, C=$C sessions (kept open across messages)
+# N=$N messages of ~$SIZE bytes per run; shapes: $SHAPES (reused: C=$C sessions kept open across messages; per-connection: $PC_C connections at a time, one per message)
+# relay PreGreetingWait: $PREGREET_SHOWN; Postfix smtpd_peername_lookup = $PF_PEERNAME_LOOKUP
 EOF
 
 declare -A R
+FIRST_SCENARIO=${SCENARIOS%% *} FIRST_SHAPE=${SHAPES%% *}
 for SCENARIO in $SCENARIOS; do
     say "scenario $SCENARIO"
     start_sink "$SCENARIO"
     for target in relay postfix; do
         if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
-        for r in $RCPTS; do
-            run_load "$target" "$r"
-            R[$SCENARIO,$target,$r,inj]=$INJ R[$SCENARIO,$target,$r,e2e]=$E2E R[$SCENARIO,$target,$r,peak]=$PEAK
+        for shape in $SHAPES; do
+            for r in $RCPTS; do
+                run_load "$target" "$r" "$shape"
+                R[$SCENARIO,$shape,$target,$r,inj]=$INJ R[$SCENARIO,$shape,$target,$r,e2e]=$E2E
+                R[$SCENARIO,$shape,$target,$r,peak]=$PEAK R[$SCENARIO,$shape,$target,$r,tls]=$TLSRES
+            done
         done
         if [ "$LATENCY" = 1 ]; then
             first=${RCPTS%% *}
-            rate=$(( ${R[$SCENARIO,$target,$first,e2e]} / 2 ))
-            run_latency "$rate" "$target"
+            rate=$(( ${R[$SCENARIO,$FIRST_SHAPE,$target,$first,e2e]} / 2 ))
+            run_latency "$rate" "$target" "$FIRST_SHAPE"
             R[$SCENARIO,$target,lat]="$rate|$LAT_RATE|$LAT_P50|$LAT_P99|$LAT_P999"
-            say "  $target latency at $rate msg/s: p50 $LAT_P50 ms, p99 $LAT_P99 ms, p99.9 $LAT_P999 ms"
+            say "  $target latency ($FIRST_SHAPE) at $rate msg/s: p50 $LAT_P50 ms, p99 $LAT_P99 ms, p99.9 $LAT_P999 ms"
+        fi
+        # The greeting comes before STARTTLS: one scenario is enough.
+        if [ "$SCENARIO" = "$FIRST_SCENARIO" ] && [ "$BANNER" -gt 0 ]; then
+            for src in trusted:$TRUSTED_SRC untrusted:$UNTRUSTED_SRC; do
+                banner_probe "${src#*:}"
+                R[banner,$target,${src%%:*}]=$PROBE
+                say "  $target connect->banner from ${src#*:} (first|p50|p99|p99.9|max ms): $PROBE"
+            done
         fi
         if [ "$SCENARIO" = plain ] && [ "$IDLE" -gt 0 ]; then
             idle_probe "$target"
@@ -448,29 +536,48 @@ done
 
 # ---------------------------------------------------------------- report
 echo
-printf '%-6s %-6s %-22s %12s %12s %8s\n' scenario rcpts figure connector-relay Postfix ratio
+printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' scenario shape rcpts figure connector-relay Postfix ratio
 for SCENARIO in $SCENARIOS; do
-    for r in $RCPTS; do
-        for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
-            k=${f%%:*} label=${f#*:}
-            a=${R[$SCENARIO,relay,$r,$k]} b=${R[$SCENARIO,postfix,$r,$k]}
-            printf '%-6s %-6s %-22s %12s %12s %8s\n' "$SCENARIO" "$r" "$label" "$a" "$b" "$(ratio "$a" "$b")"
+    for shape in $SHAPES; do
+        for r in $RCPTS; do
+            for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
+                k=${f%%:*} label=${f#*:}
+                a=${R[$SCENARIO,$shape,relay,$r,$k]} b=${R[$SCENARIO,$shape,postfix,$r,$k]}
+                printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' "$SCENARIO" "$shape" "$r" "$label" "$a" "$b" "$(ratio "$a" "$b")"
+            done
+            if [ "$SCENARIO" = tls ]; then
+                for t in relay postfix; do
+                    IFS='|' read -r res bp50 bp99 <<<"${R[$SCENARIO,$shape,$t,$r,tls]}"
+                    printf '%-6s %-14s %-6s %-22s %s handshakes resumed; connect->banner under load p50 %s ms, p99 %s ms\n' \
+                        "$SCENARIO" "$shape" "$r" "tls $t" "$res" "$bp50" "$bp99"
+                done
+            fi
         done
     done
     if [ "$LATENCY" = 1 ]; then
         for t in relay postfix; do
             IFS='|' read -r rate got p50 p99 p999 <<<"${R[$SCENARIO,$t,lat]}"
-            printf '%-6s %-6s %-22s offered %s msg/s (achieved %s): p50 %s ms, p99 %s ms, p99.9 %s ms\n' \
-                "$SCENARIO" 1 "latency $t" "$rate" "$got" "$p50" "$p99" "$p999"
+            printf '%-6s %-14s %-6s %-22s offered %s msg/s (achieved %s): p50 %s ms, p99 %s ms, p99.9 %s ms\n' \
+                "$SCENARIO" "$FIRST_SHAPE" 1 "latency $t" "$rate" "$got" "$p50" "$p99" "$p999"
         done
     fi
-    printf '%-6s %-6s %-22s %s MB (VmHWM over the whole scenario)\n' "$SCENARIO" - "relay peak RSS" "${R[$SCENARIO,relay,hwm]}"
+    printf '%-6s %-14s %-6s %-22s %s MB (VmHWM over the whole scenario)\n' "$SCENARIO" - - "relay peak RSS" "${R[$SCENARIO,relay,hwm]}"
 done
+if [ "$BANNER" -gt 0 ]; then
+    for src in trusted:$TRUSTED_SRC untrusted:$UNTRUSTED_SRC; do
+        for t in relay postfix; do
+            IFS='|' read -r first p50 p99 p999 max <<<"${R[banner,$t,${src%%:*}]}"
+            printf 'banner %-14s %-6s %-22s first %s ms, p50 %s ms, p99 %s ms, p99.9 %s ms, max %s ms\n' \
+                "${src%%:*}" - "$t from ${src#*:}" "$first" "$p50" "$p99" "$p999" "$max"
+        done
+    done
+    echo "# connect->banner: $BANNER connections one after the other per line, from connect() returning to the whole 220 read, then QUIT; $TRUSTED_SRC is the relay's OnPremises connector, $UNTRUSTED_SRC no connector's (Postfix: neither runs postscreen)"
+fi
 if [ "$IDLE" -gt 0 ] && [[ " $SCENARIOS " == *" plain "* ]]; then
     for t in relay postfix; do
         IFS='|' read -r opened alive before during <<<"${R[idle,$t]}"
-        printf 'idle   %-6s %-22s %s of %s sessions open (%s answered NOOP after 5 s); memory %s MB before, %s MB with them\n' \
-            - "$t" "$opened" "$IDLE" "$alive" "$before" "$during"
+        printf 'idle   %-14s %-6s %-22s %s of %s sessions open (%s answered NOOP after 5 s); memory %s MB before, %s MB with them\n' \
+            - - "$t" "$opened" "$IDLE" "$alive" "$before" "$during"
     done
     echo "# Postfix serves at most default_process_limit = 100 sessions at once; the others wait in the listen queue (no banner within 5 s = not open)"
 fi

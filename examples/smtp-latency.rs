@@ -1,18 +1,27 @@
 //! SMTP load and latency tool for `bench/relay-vs-postfix.sh` (an example, so the relay's
 //! own binary stays lean: `cargo build --release --example smtp-latency`).
 //!
-//! Three uses, all over real sockets:
+//! Four uses, all over real sockets:
 //! - **latency at a fixed offered rate** (`--rate R`): message *i* is due at `start + i/R`;
 //!   a free session takes it at that moment (never earlier). Per message it times the span
 //!   from the end-of-DATA dot to the server's `250` — the time the server needs to make the
 //!   message durable — and prints p50/p99/p999 and the achieved rate;
 //! - **maximum load** (`--rate 0`): every session sends back to back, like `smtp-source -d`;
 //!   this is the load side of the STARTTLS scenario, since `smtp-source` has no STARTTLS;
+//!   with `--per-message-connection` every message gets a connection of its own (banner,
+//!   EHLO, STARTTLS and handshake, EHLO, the transaction, QUIT), as most senders do;
+//! - **connect → banner** (`--banner-probe K`): K connections one after the other from the
+//!   first `--source` address, each timed from `connect()` returning to the last line of
+//!   the `220` greeting read, then QUIT: what a client waits before it may speak;
 //! - **idle sessions** (`--idle N`): opens N sessions, reads the banner, says EHLO, then holds
 //!   them for `--hold` seconds, and finally checks with NOOP how many are still alive.
 //!
 //! Like `smtp-source`, it does not pipeline: each command waits for its reply. Sessions are
-//! kept open across messages. The last line is machine-readable (`RESULT key=value ...`).
+//! kept open across messages unless `--per-message-connection`. One `rustls::ClientConfig`
+//! serves every connection, so its in-memory resumption store (TLS 1.3 tickets, TLS 1.2
+//! session IDs and tickets) lets later handshakes resume as a real client's would; the
+//! result counts full and resumed handshakes. The last line is machine-readable
+//! (`RESULT key=value ...`).
 //! It runs on one thread so it leaves the other cores to the server under test.
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rustls::HandshakeKind;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -30,7 +40,8 @@ use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    about = "SMTP load generator: end-of-DATA → 250 latency at a fixed rate, or idle sessions"
+    about = "SMTP load generator: end-of-DATA → 250 latency at a fixed rate, connections per \
+             message, connect → banner probes, or idle sessions"
 )]
 struct Args {
     /// Server address, ip:port.
@@ -79,6 +90,14 @@ struct Args {
     /// so a server's listen backlog is not what is measured).
     #[arg(long, default_value_t = 100)]
     wave: usize,
+    /// Open a new connection for every message (banner, EHLO, [STARTTLS, EHLO,] the
+    /// transaction, QUIT) instead of keeping sessions open across messages.
+    #[arg(long)]
+    per_message_connection: bool,
+    /// Banner probe: open this many connections one after the other (from the first
+    /// `--source`), time connect → complete 220 greeting, QUIT; no mail is sent.
+    #[arg(long)]
+    banner_probe: Option<usize>,
     /// Seconds to wait for any one reply.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -93,6 +112,12 @@ struct Conn {
     io: BufReader<Stream>,
     line: String,
     timeout: Duration,
+    /// When `connect()` returned: the start of the connect → banner time.
+    connected: Instant,
+    /// Connect → complete greeting, in microseconds, once `greet` has read it.
+    banner_us: u32,
+    /// Whether the TLS handshake resumed a session (`None`: no TLS).
+    resumed: Option<bool>,
 }
 
 impl Conn {
@@ -114,6 +139,9 @@ impl Conn {
             io: BufReader::new(Box::new(tcp)),
             line: String::new(),
             timeout: Duration::from_secs(args.timeout),
+            connected: Instant::now(),
+            banner_us: 0,
+            resumed: None,
         })
     }
 
@@ -155,14 +183,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads the greeting (RFC 5321 §4.2: `220`, possibly multi-line) and records the
+    /// connect → banner time.
+    async fn banner(&mut self) -> std::io::Result<()> {
+        if self.reply().await? != 220 {
+            return Err(bad(&self.line));
+        }
+        self.banner_us = micros(self.connected.elapsed());
+        Ok(())
+    }
+
     /// Banner, EHLO, and optionally STARTTLS + EHLO.
     async fn greet(
         mut self,
         tls: Option<&(TlsConnector, ServerName<'static>)>,
     ) -> std::io::Result<Conn> {
-        if self.reply().await? != 220 {
-            return Err(bad(&self.line));
-        }
+        self.banner().await?;
         self.cmd(b"EHLO load.onprem.test\r\n", 2).await?;
         let Some((connector, name)) = tls else {
             return Ok(self);
@@ -170,14 +206,22 @@ impl Conn {
         self.cmd(b"STARTTLS\r\n", 2).await?;
         let tcp = self.io.into_inner();
         let tls = connector.connect(name.clone(), tcp).await?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         let mut c = Conn {
             io: BufReader::new(Box::new(tls)),
             line: String::new(),
             timeout: self.timeout,
+            connected: self.connected,
+            banner_us: self.banner_us,
+            resumed: Some(resumed),
         };
         c.cmd(b"EHLO load.onprem.test\r\n", 2).await?;
         Ok(c)
     }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
 }
 
 fn bad(line: &str) -> std::io::Error {
@@ -230,11 +274,32 @@ struct Shared {
     start: Instant,
 }
 
+/// What one session measured.
+#[derive(Default)]
+struct Tally {
+    /// End-of-DATA → 250 of every accepted message, in microseconds.
+    data: Vec<u32>,
+    /// Connect → complete greeting of every connection opened, in microseconds.
+    banner: Vec<u32>,
+    tls_full: u64,
+    tls_resumed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.data.extend(other.data);
+        self.banner.extend(other.banner);
+        self.tls_full += other.tls_full;
+        self.tls_resumed += other.tls_resumed;
+    }
+}
+
 /// One session: takes the next message number, waits until it is due, sends it, records
-/// the end-of-DATA → reply time. Reconnects after an error.
-async fn session(sh: Arc<Shared>, idx: usize) -> Vec<u32> {
+/// the end-of-DATA → reply time. Reconnects after an error, and after every message with
+/// `--per-message-connection`.
+async fn session(sh: Arc<Shared>, idx: usize) -> Tally {
     let a = &sh.args;
-    let mut lat = Vec::new();
+    let mut t = Tally::default();
     let mut conn: Option<Conn> = None;
     loop {
         let i = sh.next.fetch_add(1, Ordering::Relaxed);
@@ -245,41 +310,58 @@ async fn session(sh: Arc<Shared>, idx: usize) -> Vec<u32> {
             let due = sh.start + Duration::from_secs_f64(i as f64 / a.rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        let source = (!a.source.is_empty()).then(|| a.source[idx % a.source.len()]);
         let mut c = match conn.take() {
             Some(c) => c,
-            None => match Conn::open(a, source).await {
-                Ok(c) => match c.greet(sh.tls.as_ref()).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        sh.error(i, &e);
-                        continue;
-                    }
-                },
+            None => match connect(&sh, idx, &mut t).await {
+                Ok(c) => c,
                 Err(e) => {
                     sh.error(i, &e);
                     continue;
                 }
             },
         };
-        match transaction(&mut c, &sh).await {
+        let kept = match transaction(&mut c, &sh).await {
             Ok(us) => {
-                lat.push(us);
-                conn = Some(c);
+                t.data.push(us);
+                true
             }
             Err(e) => {
                 sh.error(i, &e);
                 // A refused message leaves a usable session; a broken one fails RSET.
-                if c.cmd(b"RSET\r\n", 2).await.is_ok() {
-                    conn = Some(c);
-                }
+                c.cmd(b"RSET\r\n", 2).await.is_ok()
             }
+        };
+        if kept && !a.per_message_connection {
+            conn = Some(c);
+        } else {
+            quit(c).await;
         }
     }
-    if let Some(mut c) = conn {
-        let _ = c.cmd(b"QUIT\r\n", 2).await;
+    if let Some(c) = conn {
+        quit(c).await;
     }
-    lat
+    t
+}
+
+/// Opens and greets a connection (with STARTTLS if asked) and tallies its banner time and
+/// handshake kind.
+async fn connect(sh: &Shared, idx: usize, t: &mut Tally) -> std::io::Result<Conn> {
+    let a = &sh.args;
+    let source = (!a.source.is_empty()).then(|| a.source[idx % a.source.len()]);
+    let c = Conn::open(a, source).await?.greet(sh.tls.as_ref()).await?;
+    t.banner.push(c.banner_us);
+    match c.resumed {
+        Some(true) => t.tls_resumed += 1,
+        Some(false) => t.tls_full += 1,
+        None => {}
+    }
+    Ok(c)
+}
+
+/// Ends a session politely (RFC 5321 §4.1.1.10); the message is already accepted, so a
+/// failed QUIT is not an error of the load.
+async fn quit(mut c: Conn) {
+    let _ = c.cmd(b"QUIT\r\n", 2).await;
 }
 
 /// One message on an open session; returns the end-of-DATA → 250 time in microseconds.
@@ -293,7 +375,7 @@ async fn transaction(c: &mut Conn, sh: &Shared) -> std::io::Result<u32> {
     let t = Instant::now();
     c.send(&sh.data[body..]).await?;
     let code = c.reply().await?;
-    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    let us = micros(t.elapsed());
     if code != 250 {
         return Err(bad(&c.line));
     }
@@ -316,6 +398,34 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// p50, p99, p99.9 and max of a set of microsecond times, in milliseconds.
+struct Summary {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Summary {
+    fn of(v: &mut [u32]) -> Summary {
+        v.sort_unstable();
+        Summary {
+            p50: percentile(v, 50.0),
+            p99: percentile(v, 99.0),
+            p999: percentile(v, 99.9),
+            max: v.last().copied().unwrap_or(0) as f64 / 1000.0,
+        }
+    }
+
+    /// `PREFIXp50_ms=… PREFIXp99_ms=… PREFIXp999_ms=… PREFIXmax_ms=…`
+    fn kv(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}p50_ms={:.3} {prefix}p99_ms={:.3} {prefix}p999_ms={:.3} {prefix}max_ms={:.3}",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}
+
 async fn load(args: Args) -> Result<(), String> {
     let tls = args.starttls.then(|| tls_connector(&args)).transpose()?;
     let mut envelope = vec![format!("MAIL FROM:<{}>\r\n", args.from).into_bytes()];
@@ -334,38 +444,102 @@ async fn load(args: Args) -> Result<(), String> {
     let tasks: Vec<_> = (0..args.sessions)
         .map(|i| tokio::spawn(session(sh.clone(), i)))
         .collect();
-    let mut lat = Vec::with_capacity(args.messages as usize);
-    for t in tasks {
-        lat.extend(t.await.map_err(|e| e.to_string())?);
+    let mut t = Tally::default();
+    for task in tasks {
+        t.add(task.await.map_err(|e| e.to_string())?);
     }
     let secs = sh.start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let ok = lat.len();
+    let ok = t.data.len();
     let rate = ok as f64 / secs;
-    let (p50, p99, p999) = (
-        percentile(&lat, 50.0),
-        percentile(&lat, 99.0),
-        percentile(&lat, 99.9),
-    );
-    let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
+    let conns = t.banner.len();
+    let data = Summary::of(&mut t.data);
+    let banner = Summary::of(&mut t.banner);
     let errors = sh.errors.load(Ordering::Relaxed);
     println!(
         "{ok} messages accepted in {secs:.2} s ({rate:.0} msg/s, offered {}), {errors} errors; \
-         end-of-DATA -> 250: p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms",
+         end-of-DATA -> 250: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         if args.rate > 0.0 {
             format!("{:.0} msg/s", args.rate)
         } else {
             "as fast as possible".into()
-        }
+        },
+        data.p50,
+        data.p99,
+        data.p999,
+        data.max
     );
     println!(
-        "RESULT ok={ok} errors={errors} secs={secs:.3} rate={rate:.1} p50_ms={p50:.3} \
-         p99_ms={p99:.3} p999_ms={p999:.3} max_ms={max:.3}"
+        "{conns} connections ({} TLS handshakes resumed of {}); connect -> banner: p50 {:.2} ms, \
+         p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        t.tls_resumed,
+        t.tls_resumed + t.tls_full,
+        banner.p50,
+        banner.p99,
+        banner.p999,
+        banner.max
+    );
+    println!(
+        "RESULT ok={ok} errors={errors} secs={secs:.3} rate={rate:.1} {} connections={conns} \
+         tls_full={} tls_resumed={} {}",
+        data.kv(""),
+        t.tls_full,
+        t.tls_resumed,
+        banner.kv("banner_")
     );
     if errors > 0 {
         return Err(format!("{errors} messages failed"));
     }
     Ok(())
+}
+
+/// Connect → banner, K connections one after the other from the first `--source`: the
+/// first is reported apart (a server that remembers clients has not seen this one yet).
+async fn banner_probe(args: Args, k: usize) -> Result<(), String> {
+    let source = args.source.first().copied();
+    let mut lat = Vec::with_capacity(k);
+    let mut first = None;
+    let mut errors = 0usize;
+    for i in 0..k {
+        match probe_once(&args, source).await {
+            Ok(us) => {
+                lat.push(us);
+                if i == 0 {
+                    first = Some(us as f64 / 1000.0);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors <= 5 {
+                    eprintln!("probe {i}: {e}");
+                }
+            }
+        }
+    }
+    let ok = lat.len();
+    let s = Summary::of(&mut lat);
+    let first = first.map_or("n/a".into(), |f| format!("{f:.3}"));
+    let from = source.map_or("the kernel's choice".into(), |ip| ip.to_string());
+    println!(
+        "{ok} of {k} connections from {from} greeted, {errors} errors; connect -> banner: \
+         first {first} ms, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        s.p50, s.p99, s.p999, s.max
+    );
+    println!(
+        "RESULT banner_ok={ok} banner_errors={errors} first_ms={first} {}",
+        s.kv("")
+    );
+    if errors > 0 {
+        return Err(format!("{errors} probes failed"));
+    }
+    Ok(())
+}
+
+/// One probe: connect, read the whole greeting, QUIT.
+async fn probe_once(args: &Args, source: Option<IpAddr>) -> std::io::Result<u32> {
+    let mut c = Conn::open(args, source).await?;
+    c.banner().await?;
+    c.cmd(b"QUIT\r\n", 2).await?;
+    Ok(c.banner_us)
 }
 
 async fn idle(args: Args, n: usize) -> Result<(), String> {
@@ -436,9 +610,10 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let result = rt.block_on(async move {
-        match args.idle {
-            Some(n) => idle(args, n).await,
-            None => load(args).await,
+        match (args.banner_probe, args.idle) {
+            (Some(k), _) => banner_probe(args, k).await,
+            (None, Some(n)) => idle(args, n).await,
+            (None, None) => load(args).await,
         }
     });
     if let Err(e) = result {
