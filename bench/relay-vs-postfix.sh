@@ -248,6 +248,9 @@ start_relay() { # scenario
         echo "SrsSecretFile = \"$d/data/srs.key\""
         echo "ProtocolLogDir = \"$d/data/protocol\""
         echo "MaxInboundConnection = $((IDLE + 1000))"
+        # The banner probe opens 1,000 connections from one untrusted address within
+        # seconds: no connection rate limit, as Postfix's default (anvil's is 0 = off).
+        echo "MaxInboundConnectionRatePerSource = 0"
         if [ -n "$PREGREET" ]; then echo "PreGreetingWait = \"$PREGREET\""; fi
         echo
         echo "[[InboundConnector]]"

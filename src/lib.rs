@@ -11,6 +11,7 @@ pub mod dns;
 pub mod fds;
 pub mod message;
 pub mod metrics;
+pub mod now;
 pub mod ops;
 pub mod policy;
 pub mod queue;

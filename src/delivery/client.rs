@@ -1400,16 +1400,12 @@ impl Conn {
         !self.out_of_sync
     }
 
-    /// Reads what the server has sent if it is there right now, without waiting: one poll
-    /// of the read with a no-op waker (tokio's reads are cancel-safe; a pending read reads
-    /// nothing). End of file and errors are left for the next real read to report.
+    /// Reads what the server has sent if it is there right now, without waiting
+    /// ([`crate::now::now_or_never`]). End of file and errors are left for the next real
+    /// read to report.
     fn poll_unsolicited(&mut self) {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
         let mut chunk = [0u8; 512];
-        let mut cx = Context::from_waker(Waker::noop());
-        let polled = std::pin::pin!(self.io.read(&mut chunk)).poll(&mut cx);
-        if let Poll::Ready(Ok(n)) = polled {
+        if let Some(Ok(n)) = crate::now::now_or_never(self.io.read(&mut chunk)) {
             self.reader.feed(&chunk[..n]);
         }
     }

@@ -421,17 +421,22 @@ impl<B: Backend> Session<B> {
         let wait = self.pregreet_wait();
         let mut probe = [0u8; 1];
         let at = (Instant::now() + wait).min(self.limits.session_end);
-        // tokio's timeout polls the peek before its deadline: with no wait, input already
-        // waiting is still seen.
-        match timeout_at(at, conn.stream.peek(&mut probe)).await {
-            Err(_) => {
+        // No wait: only input already waiting counts (one poll; a timeout with a deadline
+        // already past would cost a timer tick, about a millisecond, before the banner).
+        let peeked = if wait.is_zero() {
+            crate::now::now_or_never(conn.stream.peek(&mut probe))
+        } else {
+            timeout_at(at, conn.stream.peek(&mut probe)).await.ok()
+        };
+        match peeked {
+            None => {
                 if let (false, Some(passes)) = (wait.is_zero(), &self.cfg.pregreet.passes) {
                     passes.record(self.info.peer.ip(), Instant::now());
                 }
                 Ok(true)
             }
-            Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
-            Ok(Ok(_)) => {
+            Some(Ok(0)) | Some(Err(_)) => Ok(false),
+            Some(Ok(_)) => {
                 tracing::warn!(peer = %self.info.peer, "client sent commands before the greeting");
                 let reply = Reply::sync_error();
                 self.backend
