@@ -6,6 +6,7 @@
 //!   the implicit MX; a null MX (RFC 7505) → permanent failure.
 //! - Smart hosts: in configuration order; a name is resolved (A/AAAA), an IP literal is used
 //!   as is, a CIDR range is expanded as documented on [`cidr_addresses`].
+//! - Either way, one attempt tries at most [`MAX_ADDRESSES_PER_ATTEMPT`] addresses.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,6 +19,15 @@ use crate::policy::SmartHost;
 use crate::policy::route::{Route, RouteTarget};
 
 use super::Failure;
+
+/// The most addresses one delivery attempt tries, across all hosts of the route (MX hosts
+/// in preference order with each host's addresses, or smart hosts in configuration order).
+///
+/// Postfix's `smtp_mx_address_limit` (default 5, postconf(5)): without a cap, a domain
+/// whose 30 MX hosts accept TCP and never greet costs 30 connections and 30 greeting
+/// timeouts per attempt. The hosts beyond the cap are not even resolved. The spec has no
+/// key for this, so it is a constant; Exchange documents no such limit.
+pub const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
 
 /// One host to try, with every address to try for it (in order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +134,9 @@ pub async fn resolve_next_hops(
             };
             match exchanges {
                 Some(hosts) => resolve_hosts(resolver, &hosts, route.port).await,
-                None => implicit_mx(resolver, domain, route.port).await,
+                None => implicit_mx(resolver, domain, route.port)
+                    .await
+                    .map(|hops| cap_addresses(hops, MAX_ADDRESSES_PER_ATTEMPT)),
             }
         }
         RouteTarget::SmartHosts(hosts) => smart_hosts(resolver, hosts, route.port).await,
@@ -209,11 +221,30 @@ async fn resolve_hosts(
     let mut hops = Vec::with_capacity(hosts.len());
     let mut errors = Errors::default();
     for host in hosts {
+        if address_count(&hops) >= MAX_ADDRESSES_PER_ATTEMPT {
+            break;
+        }
         if let Some(hop) = resolve_name(resolver, host, port, &mut errors).await {
             hops.push(hop);
         }
     }
-    errors.finish(hops)
+    errors.finish(cap_addresses(hops, MAX_ADDRESSES_PER_ATTEMPT))
+}
+
+fn address_count(hops: &[NextHop]) -> usize {
+    hops.iter().map(|h| h.addrs.len()).sum()
+}
+
+/// Keeps the first `limit` addresses in order (hosts, then each host's addresses); a host
+/// left without an address is dropped.
+pub fn cap_addresses(mut hops: Vec<NextHop>, limit: usize) -> Vec<NextHop> {
+    let mut left = limit;
+    for hop in &mut hops {
+        hop.addrs.truncate(left);
+        left -= hop.addrs.len();
+    }
+    hops.retain(|h| !h.addrs.is_empty());
+    hops
 }
 
 /// Collected failures of name lookups, to report when no hop remains.
@@ -271,6 +302,9 @@ async fn smart_hosts(
     let mut hops = Vec::with_capacity(hosts.len());
     let mut errors = Errors::default();
     for h in hosts {
+        if address_count(&hops) >= MAX_ADDRESSES_PER_ATTEMPT {
+            break;
+        }
         match h {
             SmartHost::Name { host, port } => {
                 let port = port.unwrap_or(default_port);
@@ -294,7 +328,7 @@ async fn smart_hosts(
             }
         }
     }
-    errors.finish(hops)
+    errors.finish(cap_addresses(hops, MAX_ADDRESSES_PER_ATTEMPT))
 }
 
 /// How many addresses of a CIDR smart host are tried.
@@ -599,6 +633,76 @@ mod tests {
                 .iter()
                 .all(|q| !q.starts_with("MX"))
         );
+    }
+
+    /// Postfix's `smtp_mx_address_limit`: 8 MX hosts → the 5 most preferred are tried and
+    /// only they are resolved; a host with several addresses counts each of them.
+    #[tokio::test]
+    async fn one_attempt_tries_at_most_five_addresses() {
+        let mut records = Vec::new();
+        let mut r = MockResolver::default();
+        for i in 1..=8u16 {
+            let host = format!("mx{i}.x.test");
+            records.push((i * 10, host.clone()));
+            r = r.with_ips(&host, &[&format!("192.0.2.{i}")]);
+        }
+        r = r.with_ips("mx2.x.test", &["192.0.2.21", "192.0.2.22", "192.0.2.23"]);
+        r = r.with_mx("x.test", Ok(MxAnswer::Records(records)));
+        let hops = resolve_next_hops(&r, &mx_route(), "x.test").await.unwrap();
+        let tried: Vec<(String, SocketAddr)> = hops
+            .iter()
+            .flat_map(|h| h.addrs.iter().map(|a| (h.host.clone(), *a)))
+            .collect();
+        let want = [
+            ("mx1.x.test", "192.0.2.1:25"),
+            ("mx2.x.test", "192.0.2.21:25"),
+            ("mx2.x.test", "192.0.2.22:25"),
+            ("mx2.x.test", "192.0.2.23:25"),
+            ("mx3.x.test", "192.0.2.3:25"),
+        ];
+        let want: Vec<(String, SocketAddr)> =
+            want.iter().map(|(h, a)| (h.to_string(), sa(a))).collect();
+        assert_eq!(tried, want);
+        let lookups = r.queries.lock().unwrap().len();
+        assert_eq!(lookups, 4, "MX x.test plus A of mx1..mx3, not of mx4..mx8");
+    }
+
+    #[tokio::test]
+    async fn smart_hosts_count_towards_the_cap() {
+        let r = MockResolver::default();
+        let route = smart_route(vec![
+            SmartHost::Cidr {
+                net: "192.0.2.0/24".parse().unwrap(),
+                port: None,
+            },
+            SmartHost::Cidr {
+                net: "198.51.100.0/24".parse().unwrap(),
+                port: None,
+            },
+            SmartHost::Name {
+                host: "never.resolved.test".into(),
+                port: None,
+            },
+        ]);
+        let hops = resolve_next_hops(&r, &route, "any.test").await.unwrap();
+        assert_eq!(hops.len(), 2);
+        assert_eq!(hops[0].addrs.len(), CIDR_MAX_ADDRESSES);
+        assert_eq!(hops[1].addrs, vec![sa("198.51.100.1:2626")]);
+        assert!(
+            r.queries.lock().unwrap().is_empty(),
+            "the name is past the cap"
+        );
+    }
+
+    #[test]
+    fn cap_drops_hosts_left_without_addresses() {
+        let hop = |host: &str, n: u8| NextHop {
+            host: host.into(),
+            addrs: (1..=n).map(|i| sa(&format!("192.0.2.{i}:25"))).collect(),
+        };
+        let capped = cap_addresses(vec![hop("a", 2), hop("b", 2), hop("c", 2)], 3);
+        assert_eq!(capped, vec![hop("a", 2), hop("b", 1)]);
+        assert_eq!(cap_addresses(vec![hop("a", 2)], 5), vec![hop("a", 2)]);
     }
 
     #[test]
