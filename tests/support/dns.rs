@@ -9,7 +9,8 @@
 //! - names can be told to answer REFUSED or SERVFAIL instead ([`TestDns::fail`]).
 //!
 //! Records are served with TTL 0 and negative answers carry an SOA with minimum 0
-//! (RFC 2308 §5), so resolver caches never hide a change made at runtime.
+//! (RFC 2308 §5), so resolver caches never hide a change made at runtime; a test of the
+//! resolver's cache sets another TTL with [`TestDns::set_ttl`].
 //!
 //! Use: `let dns = TestDns::start().await; dns.add_mx("example.test", 10, "mx.example.test");`
 //! then `HickoryResolver::new(&[dns.addr])`.
@@ -41,6 +42,10 @@ struct Zone {
     names: HashMap<String, Vec<RData>>,
     /// Names that answer with an error code whatever the type asked.
     failures: HashMap<String, DnsFailure>,
+    /// TTL of every answer, and the SOA minimum of negative answers (RFC 2308 §5).
+    ttl: u32,
+    /// Every name asked, in order (lower-case, no trailing dot).
+    asked: Vec<String>,
 }
 
 /// A DNS server on 127.0.0.1 (UDP and TCP on the same port). Stops when dropped.
@@ -159,6 +164,16 @@ impl TestDns {
         zone.failures.insert(key(name), failure);
     }
 
+    /// Serves every record, and every negative answer, with `ttl` seconds from now on.
+    pub fn set_ttl(&self, ttl: u32) {
+        self.zone.lock().expect("zone lock").ttl = ttl;
+    }
+
+    /// Every name queried so far (any type, in order).
+    pub fn queried_names(&self) -> Vec<String> {
+        self.zone.lock().expect("zone lock").asked.clone()
+    }
+
     /// Number of queries answered so far (UDP and TCP).
     pub fn query_count(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
@@ -272,8 +287,11 @@ fn answer(request: &[u8], zone: &Mutex<Zone>, udp: bool) -> Option<Vec<u8>> {
     let owner = query.name().clone();
     let wanted = query.query_type();
     let lookup_key = key(&owner.to_ascii());
+    let ttl;
     {
-        let zone = zone.lock().ok()?;
+        let mut zone = zone.lock().ok()?;
+        zone.asked.push(lookup_key.clone());
+        ttl = zone.ttl;
         if let Some(failure) = zone.failures.get(&lookup_key) {
             response.set_response_code(match failure {
                 DnsFailure::Refused => ResponseCode::Refused,
@@ -290,13 +308,14 @@ fn answer(request: &[u8], zone: &Mutex<Zone>, udp: bool) -> Option<Vec<u8>> {
                     .iter()
                     .filter(|r| wanted == RecordType::ANY || r.record_type() == wanted);
                 for rdata in matching {
-                    response.add_answer(Record::from_rdata(owner.clone(), 0, rdata.clone()));
+                    response.add_answer(Record::from_rdata(owner.clone(), ttl, rdata.clone()));
                 }
             }
         }
     }
     if response.answers().is_empty() {
-        // RFC 2308 §3: negative answers carry the zone's SOA; minimum 0 → not cached.
+        // RFC 2308 §3: negative answers carry the zone's SOA, cached for the lesser of its
+        // TTL and its minimum (§5); 0 (the default) → not cached.
         let soa = SOA::new(
             name("ns.test"),
             name("hostmaster.test"),
@@ -304,9 +323,9 @@ fn answer(request: &[u8], zone: &Mutex<Zone>, udp: bool) -> Option<Vec<u8>> {
             3600,
             600,
             86400,
-            0,
+            ttl,
         );
-        response.add_name_server(Record::from_rdata(owner, 0, RData::SOA(soa)));
+        response.add_name_server(Record::from_rdata(owner, ttl, RData::SOA(soa)));
     }
 
     let bytes = response.to_vec().ok()?;
