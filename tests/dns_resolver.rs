@@ -170,3 +170,22 @@ async fn silent_server_times_out() {
     assert_eq!(result, Err(DnsError::Timeout));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// resolv.conf's `attempts:2`: a server that never answers gets two tries of a query, not
+/// three (hickory counts its `attempts` as retries after the first try). With the 5 s
+/// production timeout that is 10 s per lookup, not 15 s.
+#[tokio::test]
+async fn silent_server_gets_two_tries_per_query() {
+    let silent = SilentDns::start().await;
+    let timeout = Duration::from_millis(300);
+    let resolver = HickoryResolver::with_timeout(&[silent.addr], timeout).expect("resolver");
+    let started = Instant::now();
+    let result = resolver.mx("slow.test").await;
+    let elapsed = started.elapsed();
+    assert_eq!(result, Err(DnsError::Timeout));
+    println!(
+        "silent server: {} tries in {elapsed:?} with a {timeout:?} timeout",
+        silent.query_count()
+    );
+    assert_eq!(silent.query_count(), 2);
+}

@@ -63,7 +63,9 @@ impl HickoryResolver {
         };
         let opts = builder.options_mut();
         opts.timeout = timeout;
-        opts.attempts = ATTEMPTS;
+        // Hickory's `attempts` counts retries after the first try ("number of retries after
+        // lookup failure"): 2 there was 3 tries, 15 s per lookup against a dead server.
+        opts.attempts = ATTEMPTS - 1;
         // Every name we look up is a domain taken from an address or an MX answer, so it
         // is absolute: never try it under resolv.conf's search domains (RFC 1123 §6.1.4.3:
         // a resolver must not apply search lists to names that came from the network).

@@ -181,24 +181,45 @@ impl TestDns {
 }
 
 /// A "DNS server" that accepts queries (UDP) and connections (TCP) but never answers,
-/// for timeout tests. Stops when dropped.
+/// for timeout tests; it counts the UDP queries it swallows. Stops when dropped.
 pub struct SilentDns {
     pub addr: SocketAddr,
-    _udp: UdpSocket,
+    queries: Arc<AtomicUsize>,
     _tcp: TcpListener,
+    udp_task: JoinHandle<()>,
+}
+
+impl Drop for SilentDns {
+    fn drop(&mut self) {
+        self.udp_task.abort();
+    }
 }
 
 impl SilentDns {
     pub async fn start() -> SilentDns {
         let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().expect("UDP local address");
-        // Unread datagrams queue in the socket buffer; TCP connections complete in the
-        // kernel's backlog and are never read. Either way the client hears nothing.
+        // Datagrams are read (to count them) and never answered; TCP connections complete
+        // in the kernel's backlog and are never read. Either way the client hears nothing.
+        let queries = Arc::new(AtomicUsize::new(0));
+        let q = queries.clone();
+        let udp_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            while udp.recv_from(&mut buf).await.is_ok() {
+                q.fetch_add(1, Ordering::SeqCst);
+            }
+        });
         SilentDns {
             addr,
-            _udp: udp,
+            queries,
             _tcp: tcp,
+            udp_task,
         }
+    }
+
+    /// UDP queries received (and left unanswered) so far.
+    pub fn query_count(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
     }
 }
 
