@@ -205,12 +205,7 @@ async fn an_invalid_idn_recipient_is_refused_at_rcpt_with_5_1_2() {
     dns.add_a("mx.xn--exmple-cua.test", "127.0.0.42".parse().unwrap());
     let onprem = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
-    let relay = start_relay(
-        &relay_config(tmp.path(), onprem.addr(), &extra),
-        Some(dns.addr),
-    )
-    .await;
+    let relay = start_relay_with_dns(tmp.path(), onprem.addr(), dns.addr, port).await;
     let started = std::time::Instant::now();
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;

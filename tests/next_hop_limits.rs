@@ -70,7 +70,7 @@ async fn one_attempt_tries_at_most_five_mx_addresses() {
     }
     let onprem = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
+    let extra = dns_relay_keys(dns.addr, port);
     let relay = start_relay(
         &config_with_slow_retries(tmp.path(), onprem.addr(), &extra),
         Some(dns.addr),
@@ -128,12 +128,7 @@ async fn second_message_to_a_domain_uses_cached_dns_answers() {
     dns.add_a("mx1.fabrikam.test", "127.0.0.51".parse().unwrap());
     let onprem = start_sink().await;
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
-    let relay = start_relay(
-        &relay_config(tmp.path(), onprem.addr(), &extra),
-        Some(dns.addr),
-    )
-    .await;
+    let relay = start_relay_with_dns(tmp.path(), onprem.addr(), dns.addr, port).await;
 
     let before = dns.query_count();
     send_to(&relay, "dan@fabrikam.test").await;

@@ -165,12 +165,7 @@ async fn mx_delivery_failover_and_null_mx() {
     dns.add_a("mx2.fabrikam.test", "127.0.0.32".parse().unwrap());
     dns.add_mx("nullmx.test", 0, ".");
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
-    let relay = start_relay(
-        &relay_config(tmp.path(), onprem.addr(), &extra),
-        Some(dns.addr),
-    )
-    .await;
+    let relay = start_relay_with_dns(tmp.path(), onprem.addr(), dns.addr, port).await;
     let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
     d.cmd("EHLO onprem.contoso.test", "250").await;
     d.cmd("MAIL FROM:<alice@contoso.test>", "250").await;
@@ -359,7 +354,7 @@ async fn fqdn_smart_host_and_implicit_mx() {
     dns.add_a("smarthost.lab.test", "127.0.0.41".parse().unwrap());
     dns.add_a("nomx.test", "127.0.0.42".parse().unwrap());
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("DeliveryPort = {port}\nDnsServers = [\"{}\"]", dns.addr);
+    let extra = dns_relay_keys(dns.addr, port);
     let cfg = relay_config(
         tmp.path(),
         format!("127.0.0.1:{port}").parse().unwrap(),

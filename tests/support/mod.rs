@@ -74,6 +74,23 @@ SmartHosts = ["{onprem}"]
     )
 }
 
+/// `[Relay]` lines for MX delivery through the loopback DNS server at `dns`, to `port`.
+pub fn dns_relay_keys(dns: SocketAddr, port: u16) -> String {
+    format!("DeliveryPort = {port}\nDnsServers = [\"{dns}\"]")
+}
+
+/// The relay of [`relay_config`] (spool in `dir`, contoso.test to `onprem`), MX-routed
+/// mail resolved through the loopback DNS server at `dns` and delivered to `port`.
+pub async fn start_relay_with_dns(
+    dir: &Path,
+    onprem: SocketAddr,
+    dns: SocketAddr,
+    port: u16,
+) -> RelayHandle {
+    let toml = relay_config(dir, onprem, &dns_relay_keys(dns, port));
+    start_relay(&toml, Some(dns)).await
+}
+
 /// Starts the relay in-process, resolving through `dns` when given.
 pub async fn start_relay(toml: &str, dns: Option<SocketAddr>) -> RelayHandle {
     let policy = Arc::new(policy(toml));
