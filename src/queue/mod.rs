@@ -3,3 +3,6 @@
 pub mod manager;
 pub mod spool;
 pub mod wal;
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,313 @@
+//! A scripted [`Transport`] for testing the queue's schedule without sockets, on tokio's
+//! paused clock (groundwork for the per-next-hop queue, issue 14).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::manager::{BoxFuture, Transport};
+use crate::delivery::{DeliveryJob, DeliveryStatus, Failure, RecipientOutcome};
+
+/// What the fake answers for one recipient.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    Delivered,
+    /// A 4xx reply with this enhanced code (RFC 3463 class 4).
+    Temporary(&'static str),
+    /// A 5xx reply with this enhanced code (RFC 3463 class 5).
+    Permanent(&'static str),
+}
+
+/// One call to [`Transport::deliver`], as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub id: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub data: Vec<u8>,
+    /// On tokio's clock, so that a paused-clock test can assert on the schedule.
+    pub at: Instant,
+}
+
+/// Answers each recipient with its scripted outcome (a recipient without a script is
+/// delivered, e.g. the DSN to the sender) and records every call.
+pub struct FakeTransport {
+    script: Mutex<HashMap<String, Scripted>>,
+    calls: Mutex<Vec<Call>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for FakeTransport {
+    fn default() -> Self {
+        FakeTransport {
+            script: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+        }
+    }
+}
+
+impl FakeTransport {
+    /// From now on, answers `rcpt` with `outcome`.
+    pub fn script(&self, rcpt: &str, outcome: Scripted) {
+        self.script
+            .lock()
+            .unwrap()
+            .insert(rcpt.to_string(), outcome);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` calls were made; panics after 30 days on tokio's clock
+    /// (a paused clock gets there at once when nothing else is due, so a schedule that
+    /// never calls fails the test instead of hanging it).
+    pub async fn wait_calls(&self, n: usize) {
+        let mut rx = self.count.subscribe();
+        let wait = rx.wait_for(|&c| c >= n);
+        let limit = std::time::Duration::from_secs(30 * 86_400);
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            panic!(
+                "{} calls, expected {n}: {:?}",
+                self.calls().len(),
+                self.calls()
+            );
+        }
+    }
+
+    fn outcome(&self, rcpt: &str) -> RecipientOutcome {
+        let scripted = self.script.lock().unwrap().get(rcpt).cloned();
+        let failure = |code, enhanced: &str| Failure {
+            code: Some(code),
+            enhanced: enhanced.to_string(),
+            text: "scripted".into(),
+        };
+        let status = match scripted.unwrap_or(Scripted::Delivered) {
+            Scripted::Delivered => DeliveryStatus::Delivered {
+                reply: "250 2.0.0 ok".into(),
+            },
+            Scripted::Temporary(e) => DeliveryStatus::Temporary(failure(451, e)),
+            Scripted::Permanent(e) => DeliveryStatus::Permanent(failure(550, e)),
+        };
+        RecipientOutcome {
+            recipient: rcpt.to_string(),
+            status,
+            connector: None,
+            remote_host: Some("fake.test [192.0.2.1]".into()),
+            would_route: None,
+            tls: None,
+        }
+    }
+}
+
+impl Transport for FakeTransport {
+    fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>> {
+        let outcomes = job.recipients.iter().map(|r| self.outcome(r)).collect();
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(Call {
+            id: job.id.to_string(),
+            mail_from: job.mail_from.to_string(),
+            recipients: job.recipients.to_vec(),
+            data: job.data.to_vec(),
+            at: Instant::now(),
+        });
+        self.count.send_replace(calls.len());
+        Box::pin(std::future::ready(outcomes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::queue::manager::{self, QueueHandle, QueueSettings};
+    use crate::queue::spool::{Envelope, Spool, unix_now};
+    use crate::trace::Events;
+
+    const SENDER: &str = "sender@org.test";
+    const RCPT: &str = "rcpt@far.test";
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A queue manager on a real spool in a tempdir, delivering through the fake.
+    struct Queue {
+        fake: Arc<FakeTransport>,
+        handle: QueueHandle,
+        spool: Arc<Spool>,
+        _dir: tempfile::TempDir,
+        _stop: watch::Sender<bool>,
+    }
+
+    fn settings() -> QueueSettings {
+        QueueSettings {
+            fqdn: "relay.test".into(),
+            retry_first: Duration::from_secs(60),
+            retry_max: Duration::from_secs(240),
+            expiration: DAY,
+            // Past the expiry: no delay DSN in these tests.
+            delay_notice: 2 * DAY,
+            max_concurrent_attempts: 4,
+        }
+    }
+
+    fn start(settings: QueueSettings) -> Queue {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let fake = Arc::new(FakeTransport::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let transport = fake.clone() as Arc<dyn Transport>;
+        let (handle, _join) = manager::start(
+            spool.clone(),
+            transport,
+            settings,
+            Vec::new(),
+            stop_rx,
+            Events::disabled(),
+        );
+        Queue {
+            fake,
+            handle,
+            spool,
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    /// Stores a message from SENDER to RCPT that arrived at unix time `arrived` and hands
+    /// it to the queue, as the SMTP side does.
+    fn submit(q: &Queue, arrived: u64) -> String {
+        let env = Envelope {
+            mail_from: SENDER.into(),
+            recipients: vec![RCPT.into()],
+            arrived,
+            inbound_connector: None,
+            from_outside_org: false,
+            smtputf8: false,
+        };
+        let id = q.spool.new_id();
+        let data = b"Message-ID: <m1@org.test>\r\nSubject: t\r\n\r\nbody\r\n";
+        q.spool.store(&id, &env, data).unwrap();
+        q.handle.submit(id.clone(), env);
+        id
+    }
+
+    /// Yields until `done`, without moving the paused clock (a yielding task keeps the
+    /// runtime busy, so it does not auto-advance); gives up after a generous real minute.
+    async fn poll_until<F: std::future::Future<Output = bool>>(
+        what: &str,
+        mut done: impl FnMut() -> F,
+    ) {
+        let limit = std::time::Instant::now() + Duration::from_secs(60);
+        while !done().await {
+            assert!(
+                std::time::Instant::now() < limit,
+                "timed out waiting: {what}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Waits until the manager has scheduled `id` after its `attempts`th attempt (the
+    /// attempt's outcome is recorded).
+    async fn wait_scheduled(q: &Queue, id: &str, attempts: u32) {
+        poll_until("scheduled", || async {
+            let list = q.handle.list().await;
+            let m = list.iter().find(|m| m.id == id);
+            m.is_some_and(|m| m.attempts == attempts && !m.in_flight)
+        })
+        .await;
+    }
+
+    /// Waits until the queue is empty (every message final and removed).
+    async fn wait_empty(q: &Queue) {
+        poll_until("empty queue", || async {
+            q.handle.stats().await.depth == 0
+        })
+        .await;
+    }
+
+    fn gaps(calls: &[Call]) -> Vec<u64> {
+        calls
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).as_secs())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn temporary_failure_is_retried_with_capped_backoff() {
+        let q = start(settings());
+        q.fake.script(RCPT, Scripted::Temporary("4.4.1"));
+        let id = submit(&q, unix_now());
+        q.fake.wait_calls(1).await;
+        wait_scheduled(&q, &id, 1).await;
+        // Not before retry_first...
+        tokio::time::advance(Duration::from_secs(59)).await;
+        wait_scheduled(&q, &id, 1).await;
+        assert_eq!(q.fake.calls().len(), 1, "retried before retry_first");
+        // ...but at it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        q.fake.wait_calls(2).await;
+        // The rest on the auto-advancing paused clock: doubling from 60 s, capped at 240 s.
+        q.fake.wait_calls(6).await;
+        let calls = q.fake.calls();
+        assert!(calls.iter().all(|c| c.id == id && c.recipients == [RCPT]));
+        assert_eq!(gaps(&calls[..6]), [60, 120, 240, 240, 240]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_message_is_returned_to_the_sender() {
+        let q = start(settings());
+        q.fake.script(RCPT, Scripted::Temporary("4.4.1"));
+        // Expiry is measured on the wall clock (`unix_now() - arrived`), which the paused
+        // tokio clock does not move: the message arrived a day and a minute ago.
+        let arrived = unix_now() - DAY.as_secs() - 60;
+        let id = submit(&q, arrived);
+        q.fake.wait_calls(2).await;
+        wait_empty(&q).await;
+        tokio::time::advance(DAY).await;
+        wait_empty(&q).await;
+        let calls = q.fake.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0].id, id);
+        // The failure DSN (RFC 3464), from the null sender (RFC 5321 §4.5.5) to the sender.
+        let dsn = &calls[1];
+        assert_ne!(dsn.id, id);
+        assert_eq!(
+            (dsn.mail_from.as_str(), &dsn.recipients[..]),
+            ("", &[SENDER.to_string()][..])
+        );
+        let text = String::from_utf8_lossy(&dsn.data);
+        assert!(text.contains("Status: 5.4.7"), "{text}");
+        assert!(
+            q.spool.read(&id).is_err(),
+            "the expired message left the spool"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failure_is_not_retried() {
+        let q = start(settings());
+        q.fake.script(RCPT, Scripted::Permanent("5.1.1"));
+        let id = submit(&q, unix_now());
+        q.fake.wait_calls(2).await;
+        wait_empty(&q).await;
+        // A week later, still nothing more than the attempt and the DSN to the sender.
+        tokio::time::advance(7 * DAY).await;
+        wait_empty(&q).await;
+        let calls = q.fake.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0].id, id);
+        assert_eq!(calls[1].mail_from, "");
+        assert_eq!(calls[1].recipients, [SENDER]);
+        let text = String::from_utf8_lossy(&calls[1].data);
+        assert!(text.contains("Status: 5.1.1"), "{text}");
+        assert!(
+            q.spool.read(&id).is_err(),
+            "the failed message left the spool"
+        );
+    }
+}
