@@ -21,7 +21,7 @@ pub enum Scripted {
 }
 
 /// One call to [`Transport::deliver`], as the fake saw it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Call {
     pub id: String,
     pub mail_from: String,
@@ -29,6 +29,19 @@ pub struct Call {
     pub data: Vec<u8>,
     /// On tokio's clock, so that a paused-clock test can assert on the schedule.
     pub at: Instant,
+}
+
+/// Without the message bytes (a failed assertion lists the calls).
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("id", &self.id)
+            .field("mail_from", &self.mail_from)
+            .field("recipients", &self.recipients)
+            .field("bytes", &self.data.len())
+            .field("at", &self.at)
+            .finish()
+    }
 }
 
 /// Answers each recipient with its scripted outcome (a recipient without a script is
@@ -258,6 +271,18 @@ mod tests {
         assert_eq!(gaps(&calls[..6]), [60, 120, 240, 240, 240]);
     }
 
+    /// The second call must be the failure DSN (RFC 3464) about the message, from the null
+    /// sender (RFC 5321 §4.5.5) to its sender, with this status.
+    fn assert_failure_dsn(calls: &[Call], id: &str, status: &str) {
+        assert_eq!(calls[0].id, id);
+        let dsn = &calls[1];
+        assert_ne!(dsn.id, id, "the message was attempted again: {calls:?}");
+        assert_eq!(dsn.mail_from, "");
+        assert_eq!(dsn.recipients, [SENDER]);
+        let text = String::from_utf8_lossy(&dsn.data);
+        assert!(text.contains(&format!("Status: {status}")), "{text}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_message_is_returned_to_the_sender() {
         let q = start(settings());
@@ -267,21 +292,12 @@ mod tests {
         let arrived = unix_now() - DAY.as_secs() - 60;
         let id = submit(&q, arrived);
         q.fake.wait_calls(2).await;
+        assert_failure_dsn(&q.fake.calls(), &id, "5.4.7");
         wait_empty(&q).await;
+        // A day later, still nothing more: the message is gone, not deferred.
         tokio::time::advance(DAY).await;
         wait_empty(&q).await;
-        let calls = q.fake.calls();
-        assert_eq!(calls.len(), 2, "{calls:?}");
-        assert_eq!(calls[0].id, id);
-        // The failure DSN (RFC 3464), from the null sender (RFC 5321 §4.5.5) to the sender.
-        let dsn = &calls[1];
-        assert_ne!(dsn.id, id);
-        assert_eq!(
-            (dsn.mail_from.as_str(), &dsn.recipients[..]),
-            ("", &[SENDER.to_string()][..])
-        );
-        let text = String::from_utf8_lossy(&dsn.data);
-        assert!(text.contains("Status: 5.4.7"), "{text}");
+        assert_eq!(q.fake.calls().len(), 2, "{:?}", q.fake.calls());
         assert!(
             q.spool.read(&id).is_err(),
             "the expired message left the spool"
@@ -294,20 +310,48 @@ mod tests {
         q.fake.script(RCPT, Scripted::Permanent("5.1.1"));
         let id = submit(&q, unix_now());
         q.fake.wait_calls(2).await;
+        assert_failure_dsn(&q.fake.calls(), &id, "5.1.1");
         wait_empty(&q).await;
         // A week later, still nothing more than the attempt and the DSN to the sender.
         tokio::time::advance(7 * DAY).await;
         wait_empty(&q).await;
-        let calls = q.fake.calls();
-        assert_eq!(calls.len(), 2, "{calls:?}");
-        assert_eq!(calls[0].id, id);
-        assert_eq!(calls[1].mail_from, "");
-        assert_eq!(calls[1].recipients, [SENDER]);
-        let text = String::from_utf8_lossy(&calls[1].data);
-        assert!(text.contains("Status: 5.1.1"), "{text}");
+        assert_eq!(q.fake.calls().len(), 2, "{:?}", q.fake.calls());
         assert!(
             q.spool.read(&id).is_err(),
             "the failed message left the spool"
         );
+    }
+
+    /// The same on the real clock, since expiry is measured on the wall clock: a message
+    /// deferred from its arrival is retried until `expiration` (2 s here), then returned.
+    #[tokio::test]
+    async fn deferred_message_expires_on_the_wall_clock() {
+        let q = start(QueueSettings {
+            retry_first: Duration::from_secs(1),
+            expiration: Duration::from_secs(2),
+            ..settings()
+        });
+        q.fake.script(RCPT, Scripted::Temporary("4.4.1"));
+        let id = submit(&q, unix_now());
+        let dsn = async {
+            loop {
+                q.fake.wait_calls(q.fake.calls().len() + 1).await;
+                if q.fake.calls().iter().any(|c| c.mail_from.is_empty()) {
+                    return;
+                }
+            }
+        };
+        let limit = Duration::from_secs(60);
+        tokio::time::timeout(limit, dsn)
+            .await
+            .expect("no DSN within a minute");
+        let calls = q.fake.calls();
+        let (attempts, rest) = calls.split_at(calls.len() - 1);
+        assert!(
+            attempts.len() >= 2,
+            "not retried before expiring: {calls:?}"
+        );
+        assert!(attempts.iter().all(|c| c.id == id));
+        assert_failure_dsn(&[attempts[0].clone(), rest[0].clone()], &id, "5.4.7");
     }
 }
