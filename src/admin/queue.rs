@@ -1,5 +1,7 @@
-//! `/api/queue`: the messages the relay holds, retry now, delete. Answers use the names of
-//! Exchange's `Get-Message` (`Identity`, `FromAddress`, `Status`, `RetryCount`, ...).
+//! `/api/queue`: the messages the relay holds, retry now, suspend/resume, delete. Answers
+//! use the names of Exchange's `Get-Message` (`Identity`, `FromAddress`, `Status`,
+//! `RetryCount`, ...). `/api/queues`: the delivery queues, one per next hop, with the names
+//! of `Get-Queue`; `Retry-Queue`, `Suspend-Queue` and `Resume-Queue`.
 //!
 //! Delete removes the message from the queue and the spool without any DSN, like
 //! `postsuper -d` (Exchange's `Remove-Message -WithNDR $false`). A message under a delivery
@@ -15,17 +17,10 @@ use serde_json::{Value, json};
 
 use super::{AdminState, error};
 use crate::message::received::rfc3339;
-use crate::queue::manager::{AdminError, QueuedMessage};
+use crate::queue::manager::{AdminError, QueueView, QueuedMessage};
 use crate::queue::spool::{RcptState, unix_now};
 
 fn message_json(m: &QueuedMessage, now: u64) -> Value {
-    let status = if m.in_flight {
-        "Active"
-    } else if m.attempts == 0 {
-        "Ready"
-    } else {
-        "Retry"
-    };
     let recipients: Vec<Value> = m
         .recipients
         .iter()
@@ -46,7 +41,8 @@ fn message_json(m: &QueuedMessage, now: u64) -> Value {
         "Identity": m.id,
         "FromAddress": m.mail_from,
         "Recipients": recipients,
-        "Status": status,
+        "Status": m.status,
+        "Queues": m.queues,
         "RetryCount": m.attempts,
         "LastError": last_error,
         "DateReceived": rfc3339(m.arrived),
@@ -58,8 +54,8 @@ fn message_json(m: &QueuedMessage, now: u64) -> Value {
 
 fn answer(e: AdminError) -> Response {
     let status = match e {
-        AdminError::NotFound => StatusCode::NOT_FOUND,
-        AdminError::InFlight => StatusCode::CONFLICT,
+        AdminError::NotFound | AdminError::QueueNotFound => StatusCode::NOT_FOUND,
+        AdminError::InFlight | AdminError::Ambiguous => StatusCode::CONFLICT,
         AdminError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         AdminError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -97,6 +93,117 @@ pub(super) async fn delete(
         Ok(()) => {
             Json(json!({ "Identity": id, "Deleted": true, "NdrSent": false })).into_response()
         }
+        Err(e) => answer(e),
+    }
+}
+
+/// `{"Status": "Suspended"}` or `{"Status": "Active"}` (Exchange's resume sets Active).
+#[derive(serde::Deserialize)]
+pub(super) struct StatusBody {
+    #[serde(rename = "Status")]
+    status: String,
+}
+
+impl StatusBody {
+    /// `true` = suspend; anything but the two values is a 400 with a sentence.
+    fn suspend(&self) -> Result<bool, Box<Response>> {
+        match self.status.as_str() {
+            "Suspended" => Ok(true),
+            "Active" | "Ready" => Ok(false),
+            other => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("Status must be \"Suspended\" or \"Active\", not {other:?}"),
+            ))),
+        }
+    }
+}
+
+/// `PUT /api/queue/{id}/status`: `Suspend-Message` / `Resume-Message`.
+pub(super) async fn set_message_status(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Response {
+    let suspend = match body.suspend() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match state.queue.suspend_message(&id, suspend).await {
+        Ok(()) => {
+            let list = state.queue.list().await;
+            match list.iter().find(|m| m.id == id) {
+                Some(m) => Json(message_json(m, unix_now())).into_response(),
+                None => answer(AdminError::NotFound),
+            }
+        }
+        Err(e) => answer(e),
+    }
+}
+
+pub(super) fn queue_json(q: &QueueView, now: u64) -> Value {
+    json!({
+        "Identity": q.identity,
+        "DeliveryType": q.delivery_type,
+        "NextHopDomain": q.next_hop_domain,
+        "NextHopConnector": q.connector,
+        "Status": q.status.as_str(),
+        "MessageCount": q.message_count,
+        "ActiveConnections": q.active_connections,
+        "FailureCount": q.failures,
+        "LastError": q.last_error,
+        "LastRetryTime": q.last_retry_time.map(rfc3339),
+        "NextRetryTime": q.next_retry_time.map(rfc3339),
+        "OldestMessageAgeSeconds": q.oldest_arrived.map(|a| now.saturating_sub(a)),
+    })
+}
+
+/// `GET /api/queues`: `Get-Queue`.
+pub(super) async fn queues(State(state): State<Arc<AdminState>>) -> Response {
+    let now = unix_now();
+    let all = state.queue.queues().await;
+    Json(all.iter().map(|q| queue_json(q, now)).collect::<Vec<_>>()).into_response()
+}
+
+/// One queue after a command, by the identity the command resolved.
+async fn queue_answer(state: &AdminState, id: &str) -> Response {
+    let now = unix_now();
+    let all = state.queue.queues().await;
+    let number = id.rsplit('\\').next().unwrap_or(id);
+    let found = all.iter().find(|q| {
+        q.identity == id
+            || q.identity.rsplit('\\').next() == Some(number)
+            || q.next_hop_domain.eq_ignore_ascii_case(id)
+    });
+    match found {
+        Some(q) => Json(queue_json(q, now)).into_response(),
+        // Gone in between (it emptied): the command itself succeeded.
+        None => Json(json!({ "Identity": id })).into_response(),
+    }
+}
+
+/// `POST /api/queues/{id}/retry`: `Retry-Queue` (a queue in Retry probes now).
+pub(super) async fn retry_queue(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.queue.retry_queue(&id).await {
+        Ok(()) => queue_answer(&state, &id).await,
+        Err(e) => answer(e),
+    }
+}
+
+/// `PUT /api/queues/{id}/status`: `Suspend-Queue` / `Resume-Queue`.
+pub(super) async fn set_queue_status(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Response {
+    let suspend = match body.suspend() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match state.queue.suspend_queue(&id, suspend).await {
+        Ok(()) => queue_answer(&state, &id).await,
         Err(e) => answer(e),
     }
 }

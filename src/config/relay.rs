@@ -86,6 +86,15 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // whole /64 (RFC 4291 §2.5.1 interface identifiers).
     let source_ipv6_prefix_length = r.int(ctx, "SourceIPv6PrefixLength", 64, 32, 128) as u8;
     let max_outbound_connections = r.int(ctx, "MaxOutboundConnections", 1000, 1, i64::MAX) as usize;
+    let max_per_domain_outbound_connections =
+        r.int(ctx, "MaxPerDomainOutboundConnections", 20, 1, i64::MAX) as usize;
+    let transient_failure_retry_count = r.int(ctx, "TransientFailureRetryCount", 6, 0, 15) as u32;
+    let outbound_connection_failure_retry_interval = timespan(
+        ctx,
+        &mut r,
+        "OutboundConnectionFailureRetryInterval",
+        "00:10:00",
+    );
     let connection_timeout = timespan(ctx, &mut r, "ConnectionTimeout", "00:10:00");
     let connection_inactivity_timeout =
         timespan(ctx, &mut r, "ConnectionInactivityTimeout", "00:05:00");
@@ -129,6 +138,9 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         inbound_connections_reserved_for_on_premises,
         source_ipv6_prefix_length,
         max_outbound_connections,
+        max_per_domain_outbound_connections,
+        transient_failure_retry_count,
+        outbound_connection_failure_retry_interval,
         connection_timeout,
         connection_inactivity_timeout,
         max_protocol_errors,
@@ -193,6 +205,7 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
         "DelayNotificationTimeout",
         "ConnectionTimeout",
         "ConnectionInactivityTimeout",
+        "OutboundConnectionFailureRetryInterval",
     ] {
         if lines.has(key) && duration_of(s, key) == Some(Duration::ZERO) {
             ctx.error(lines.of(key), key, "must be longer than zero");
@@ -302,6 +315,7 @@ fn duration_of(s: &RelaySettings, key: &str) -> Option<Duration> {
         "DelayNotificationTimeout" => s.delay_notification_timeout,
         "ConnectionTimeout" => s.connection_timeout,
         "ConnectionInactivityTimeout" => s.connection_inactivity_timeout,
+        "OutboundConnectionFailureRetryInterval" => s.outbound_connection_failure_retry_interval,
         _ => return None,
     })
 }

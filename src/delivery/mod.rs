@@ -106,6 +106,11 @@ pub struct RecipientOutcome {
     pub would_route: Option<String>,
     /// TLS facts of the session that gave the answer (`None`: plaintext or no session).
     pub tls: Option<TlsInfo>,
+    /// The failure is the next hop's, not this message's: no address gave a usable session
+    /// (connect, greeting, EHLO, TLS level, authentication), its next hops could not be
+    /// resolved, or the route's client settings are unusable. The queue then puts the whole
+    /// delivery queue in Retry instead of retrying this message alone.
+    pub hop_failure: bool,
 }
 
 /// Tunables of the delivery engine that are not in the policy.
@@ -146,12 +151,95 @@ pub struct Deliverer {
     events: Option<Events>,
 }
 
-/// Recipients sharing a route. MX next hops depend on the domain, and so does the name
-/// check of `DomainValidation` without `TlsDomain`: then the domain is part of the key.
+/// The delivery queue of a recipient, and the unit of one SMTP transaction: the route, and
+/// the recipient domain when the next hop depends on it (MX routes, and `DomainValidation`
+/// without `TlsDomain`, whose name check is the domain). The queue keeps one delivery queue
+/// per key (Exchange's per-next-hop queues); the connection pool keys sessions by it too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct GroupKey {
-    route: Route,
-    domain: Option<String>,
+pub struct QueueKey {
+    pub route: Route,
+    pub domain: Option<String>,
+}
+
+impl QueueKey {
+    fn new(route: Route, domain: &str) -> QueueKey {
+        let per_domain = route.target == RouteTarget::Mx
+            || matches!(
+                route.tls,
+                TlsPolicy::Required(TlsLevel::DomainValidation, None)
+            );
+        QueueKey {
+            domain: per_domain.then(|| domain.to_string()),
+            route,
+        }
+    }
+
+    /// Get-Queue's `NextHopDomain`: the recipient domain of an MX queue, the smart hosts of
+    /// a smart-host queue (`127.0.0.1:2526, mail.fabrikam.test:25`).
+    pub fn next_hop_domain(&self) -> String {
+        match (&self.route.target, &self.domain) {
+            (RouteTarget::Mx, Some(d)) => d.clone(),
+            _ => self
+                .route
+                .next_hops_text("")
+                .trim_start_matches("smart hosts ")
+                .to_string(),
+        }
+    }
+
+    /// Get-Queue's `DeliveryType`.
+    pub fn delivery_type(&self) -> &'static str {
+        match self.route.target {
+            RouteTarget::Mx => "DnsConnectorDelivery",
+            RouteTarget::SmartHosts(_) => "SmartHostConnectorDelivery",
+        }
+    }
+}
+
+/// How a route group ended, before the error policies and per-recipient outcomes.
+enum GroupResult {
+    /// One host ran the transaction: a status per recipient, in order.
+    Transaction {
+        statuses: Vec<DeliveryStatus>,
+        remote: String,
+        tls: Option<TlsInfo>,
+    },
+    /// The same status for every recipient. `hop_failure`: the next hop as a whole could
+    /// not be used (see [`RecipientOutcome::hop_failure`]).
+    All {
+        status: DeliveryStatus,
+        remote: Option<String>,
+        tls: Option<TlsInfo>,
+        hop_failure: bool,
+    },
+}
+
+impl GroupResult {
+    fn all(status: DeliveryStatus) -> GroupResult {
+        GroupResult::All {
+            status,
+            remote: None,
+            tls: None,
+            hop_failure: false,
+        }
+    }
+
+    /// A temporary failure of the whole next hop (no usable connection).
+    fn hop_down(failure: Failure, remote: Option<String>) -> GroupResult {
+        GroupResult::All {
+            status: DeliveryStatus::Temporary(failure),
+            remote,
+            tls: None,
+            hop_failure: true,
+        }
+    }
+}
+
+/// Failures at these stages say nothing about the message: the host could not be used at
+/// all (no connection, no greeting, EHLO, TLS level or authentication not met).
+fn is_connection_level(stage: client::Stage) -> bool {
+    use client::Stage::*;
+    matches!(stage, Connect | Greeting | Hello | StartTls | Auth)
 }
 
 impl Deliverer {
@@ -217,6 +305,14 @@ impl Deliverer {
         self.deliver_routed(job, Some(route)).await
     }
 
+    /// The delivery queue of one recipient: route selection only, no I/O. An address
+    /// that can never be routed fails now (5.1.3 / 5.1.2).
+    pub fn queue_key(&self, recipient: &str, from_outside_org: bool) -> Result<QueueKey, Failure> {
+        let domain = recipient_domain(recipient)?;
+        let decision = select_route(&self.policy, &domain, from_outside_org);
+        Ok(QueueKey::new(decision.route, &domain))
+    }
+
     /// Facts shared by the trace events of one message (`None` without events).
     fn message_facts<'a>(&'a self, job: &DeliveryJob<'a>) -> Option<events::MessageFacts<'a>> {
         let events = self.events.as_ref()?;
@@ -237,7 +333,7 @@ impl Deliverer {
         let facts = self.message_facts(job);
         let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; job.recipients.len()];
         let mut decisions: HashMap<String, RouteDecision> = HashMap::new();
-        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(QueueKey, Vec<usize>)> = Vec::new();
         // TestMode results are per domain, while groups are per route.
         let mut would_route: Vec<Option<String>> = vec![None; job.recipients.len()];
 
@@ -252,6 +348,7 @@ impl Deliverer {
                         remote_host: None,
                         would_route: None,
                         tls: None,
+                        hop_failure: false,
                     });
                     continue;
                 }
@@ -269,15 +366,7 @@ impl Deliverer {
                 f.routed(rcpt, &domain, decision, forced.is_some());
             }
             would_route[i] = decision.would_route.clone();
-            let per_domain = decision.route.target == RouteTarget::Mx
-                || matches!(
-                    decision.route.tls,
-                    TlsPolicy::Required(TlsLevel::DomainValidation, None)
-                );
-            let key = GroupKey {
-                route: decision.route.clone(),
-                domain: per_domain.then(|| domain.clone()),
-            };
+            let key = QueueKey::new(decision.route.clone(), &domain);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, idxs)) => idxs.push(i),
                 None => groups.push((key, vec![i])),
@@ -418,64 +507,52 @@ impl Deliverer {
         }))
     }
 
-    /// One route group: next hops, then hosts in order until one gives an answer.
+    /// One route group: next hops, then hosts in order until one gives an answer; one
+    /// outcome per recipient, with the route's error policies applied.
     async fn deliver_group(
         &self,
         job: &DeliveryJob<'_>,
         facts: Option<&events::MessageFacts<'_>>,
-        key: &GroupKey,
+        key: &QueueKey,
         domain: String,
         idxs: &[usize],
     ) -> Vec<(usize, RecipientOutcome)> {
-        let route = &key.route;
-        let policies = &route.send.error_policies;
         let recipients: Vec<String> = idxs.iter().map(|&i| job.recipients[i].clone()).collect();
-        let outcome =
-            |i: usize, status: DeliveryStatus, remote: Option<String>, tls: Option<TlsInfo>| {
-                (
-                    i,
-                    RecipientOutcome {
-                        recipient: job.recipients[i].clone(),
-                        status: errpolicy::apply(policies, status),
-                        connector: route.connector.clone(),
-                        remote_host: remote,
-                        would_route: None, // filled in per recipient by the caller
-                        tls,
-                    },
-                )
-            };
-        let all = |status: DeliveryStatus, remote: Option<String>, tls: Option<TlsInfo>| {
-            idxs.iter()
-                .map(|&i| outcome(i, status.clone(), remote.clone(), tls.clone()))
-                .collect::<Vec<_>>()
-        };
+        let result = self.run_group(job, facts, key, &domain, &recipients).await;
+        group_outcomes(&key.route, job, idxs, result)
+    }
 
+    async fn run_group(
+        &self,
+        job: &DeliveryJob<'_>,
+        facts: Option<&events::MessageFacts<'_>>,
+        key: &QueueKey,
+        domain: &str,
+        recipients: &[String],
+    ) -> GroupResult {
+        let route = &key.route;
         if let Some(max) = route.max_message_size
             && job.data.len() as u64 > max
         {
-            return all(
-                DeliveryStatus::Permanent(Failure {
-                    code: None,
-                    enhanced: "5.3.4".into(),
-                    text: format!(
-                        "message size {} exceeds the MaxMessageSize {max} of connector {:?}",
-                        job.data.len(),
-                        route.connector.as_deref().unwrap_or("default")
-                    ),
-                }),
-                None,
-                None,
-            );
+            return GroupResult::all(DeliveryStatus::Permanent(Failure {
+                code: None,
+                enhanced: "5.3.4".into(),
+                text: format!(
+                    "message size {} exceeds the MaxMessageSize {max} of connector {:?}",
+                    job.data.len(),
+                    route.connector.as_deref().unwrap_or("default")
+                ),
+            }));
         }
-        let cfg = match self.client_config(route, &domain) {
+        let cfg = match self.client_config(route, domain) {
             Ok(c) => c,
-            Err(f) => return all(DeliveryStatus::Temporary(f), None, None),
+            Err(f) => return GroupResult::hop_down(f, None),
         };
         let resolver = match &self.external_resolver {
             Some(r) if route.send.external_dns => r.as_ref(),
             _ => self.resolver.as_ref(),
         };
-        let hops = match resolve_next_hops(resolver, route, &domain).await {
+        let hops = match resolve_next_hops(resolver, route, domain).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::info!(id = job.id, domain, error = %e, "no next hop");
@@ -484,10 +561,15 @@ impl Deliverer {
                 } else {
                     DeliveryStatus::Temporary(e.to_failure())
                 };
-                return all(errpolicy::apply_dns(policies, status), None, None);
+                let status = errpolicy::apply_dns(&route.send.error_policies, status);
+                return GroupResult::All {
+                    hop_failure: status.is_temporary(),
+                    status,
+                    remote: None,
+                    tls: None,
+                };
             }
         };
-
         // Outbound headers (CloudServicesMailEnabled) and SRS, once per route group.
         let (mail_from, data) = rewrite::for_route(
             &self.policy,
@@ -498,45 +580,50 @@ impl Deliverer {
         );
         let env = Envelope {
             mail_from: &mail_from,
-            recipients: &recipients,
+            recipients,
             data: &data,
         };
+        let target = Target {
+            key,
+            domain,
+            cfg: &cfg,
+            hops: &hops,
+        };
+        self.try_hosts(job, facts, &target, &env).await
+    }
+
+    /// Every address of every host in order, until one gives an answer. Permanent only when
+    /// every host said so (e.g. 5xx greetings); a failure of the whole hop when none got as
+    /// far as a transaction.
+    async fn try_hosts(
+        &self,
+        job: &DeliveryJob<'_>,
+        facts: Option<&events::MessageFacts<'_>>,
+        target: &Target<'_>,
+        env: &Envelope<'_>,
+    ) -> GroupResult {
         let mut last: Option<(SessionError, String)> = None;
         let mut all_permanent = true;
-        let hops_text = facts.map(|_| events::hops_text(&hops));
-        let total: usize = hops.iter().map(|h| h.addrs.len()).sum();
+        let mut all_connection_level = true;
+        let hops_text = facts.map(|_| events::hops_text(target.hops));
+        let total: usize = target.hops.iter().map(|h| h.addrs.len()).sum();
         let mut n = 0;
-        for hop in &hops {
+        for hop in target.hops {
             for addr in &hop.addrs {
                 n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
-                let hop_key = pool::HopKey {
-                    group: format!("{key:?}"),
-                    host: hop.host.clone(),
-                    addr: *addr,
-                };
-                let kept = self.pool.take(&hop_key);
-                let (attempt, session) =
-                    client::deliver_reusing(*addr, &hop.host, &cfg, &env, kept).await;
+                let attempt = self.try_address(target, &hop.host, *addr, env).await;
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
-                        connector: route.connector.as_deref(),
-                        tls: &route.tls,
-                        domain: &domain,
+                        connector: target.key.route.connector.as_deref(),
+                        tls: &target.key.route.tls,
+                        domain: target.domain,
                         host: &hop.host,
                         ip: addr.ip(),
-                        recipients: &recipients,
+                        recipients: env.recipients,
                         position: format!("address {n} of {total}; next hops: {hops_text}"),
                     };
                     f.attempts(&hop_facts, &attempt);
-                }
-                if let Some(session) = session {
-                    self.pool.put(
-                        hop_key,
-                        session,
-                        route.send.max_messages_per_connection,
-                        cfg.command_timeout,
-                    );
                 }
                 match attempt.result {
                     Ok(statuses) => {
@@ -546,44 +633,131 @@ impl Deliverer {
                             tls = attempt.tls.is_some(),
                             "transaction done"
                         );
-                        return idxs
-                            .iter()
-                            .zip(statuses)
-                            .map(|(&i, s)| outcome(i, s, Some(remote.clone()), attempt.tls.clone()))
-                            .collect();
+                        return GroupResult::Transaction {
+                            statuses,
+                            remote,
+                            tls: attempt.tls,
+                        };
                     }
                     Err(e) if e.try_next_host => {
                         tracing::info!(id = job.id, remote, stage = ?e.stage, error = %e.failure, "host failed; trying the next one");
                         all_permanent &= e.permanent;
+                        all_connection_level &= is_connection_level(e.stage);
                         last = Some((e, remote));
                     }
                     Err(e) => {
                         tracing::info!(id = job.id, remote, stage = ?e.stage, error = %e.failure, "transaction failed");
-                        return all(e.to_status(), Some(remote), attempt.tls);
+                        return GroupResult::All {
+                            status: e.to_status(),
+                            remote: Some(remote),
+                            tls: attempt.tls,
+                            hop_failure: false,
+                        };
                     }
                 }
             }
         }
-        // Every host failed. Permanent only when every host said so (e.g. 5xx greetings).
         match last {
-            Some((e, remote)) => {
-                let status = if all_permanent {
-                    DeliveryStatus::Permanent(e.failure)
-                } else {
-                    DeliveryStatus::Temporary(e.failure)
-                };
-                all(status, Some(remote), None)
-            }
-            None => all(
-                DeliveryStatus::Temporary(Failure {
+            Some((e, remote)) if all_permanent => GroupResult::All {
+                status: DeliveryStatus::Permanent(e.failure),
+                remote: Some(remote),
+                tls: None,
+                hop_failure: false,
+            },
+            Some((e, remote)) => GroupResult::All {
+                status: DeliveryStatus::Temporary(e.failure),
+                remote: Some(remote),
+                tls: None,
+                hop_failure: all_connection_level,
+            },
+            None => GroupResult::hop_down(
+                Failure {
                     code: None,
                     enhanced: "4.4.312".into(),
                     text: "no next hop address".into(),
-                }),
-                None,
+                },
                 None,
             ),
         }
+    }
+
+    /// One address: a kept session or a new connection, then the transaction; the session
+    /// goes back to the pool when it can carry another message.
+    async fn try_address(
+        &self,
+        target: &Target<'_>,
+        host: &str,
+        addr: std::net::SocketAddr,
+        env: &Envelope<'_>,
+    ) -> client::Attempt {
+        let hop_key = pool::HopKey {
+            group: format!("{:?}", target.key),
+            host: host.to_string(),
+            addr,
+        };
+        let kept = self.pool.take(&hop_key);
+        let (attempt, session) = client::deliver_reusing(addr, host, target.cfg, env, kept).await;
+        if let Some(session) = session {
+            self.pool.put(
+                hop_key,
+                session,
+                target.key.route.send.max_messages_per_connection,
+                target.cfg.command_timeout,
+            );
+        }
+        attempt
+    }
+}
+
+/// Where one route group goes: its key, the recipient domain, the client settings and the
+/// resolved next hops.
+struct Target<'a> {
+    key: &'a QueueKey,
+    domain: &'a str,
+    cfg: &'a ClientConfig,
+    hops: &'a [nexthop::NextHop],
+}
+
+/// One outcome per recipient of a group, with the route's error policies applied.
+fn group_outcomes(
+    route: &Route,
+    job: &DeliveryJob<'_>,
+    idxs: &[usize],
+    result: GroupResult,
+) -> Vec<(usize, RecipientOutcome)> {
+    let outcome = |i: usize, status: DeliveryStatus, remote: Option<String>, tls, hop_failure| {
+        (
+            i,
+            RecipientOutcome {
+                recipient: job.recipients[i].clone(),
+                status: errpolicy::apply(&route.send.error_policies, status),
+                connector: route.connector.clone(),
+                remote_host: remote,
+                would_route: None, // filled in per recipient by the caller
+                tls,
+                hop_failure,
+            },
+        )
+    };
+    match result {
+        GroupResult::Transaction {
+            statuses,
+            remote,
+            tls,
+        } => idxs
+            .iter()
+            .zip(statuses)
+            .map(|(&i, s)| outcome(i, s, Some(remote.clone()), tls.clone(), false))
+            .collect(),
+        GroupResult::All {
+            status,
+            remote,
+            tls,
+            hop_failure,
+        } => idxs
+            .iter()
+            .map(|&i| outcome(i, status.clone(), remote.clone(), tls.clone(), hop_failure))
+            .collect(),
     }
 }
 

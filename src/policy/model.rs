@@ -62,8 +62,15 @@ pub struct RelaySettings {
     /// `SourceIPv6PrefixLength` (extension): IPv6 clients count per prefix of this length
     /// in the per-source limits (32..=128).
     pub source_ipv6_prefix_length: u8,
-    /// `MaxOutboundConnections`: counted in the open-files budget at start.
+    /// `MaxOutboundConnections`: delivery attempts under way in all (each holds at most
+    /// one connection); counted in the open-files budget at start.
     pub max_outbound_connections: usize,
+    /// `MaxPerDomainOutboundConnections`: attempts under way per delivery queue.
+    pub max_per_domain_outbound_connections: usize,
+    /// `TransientFailureRetryCount`: probes of a queue in Retry that come
+    /// `TransientFailureRetryInterval` apart before `OutboundConnectionFailureRetryInterval`.
+    pub transient_failure_retry_count: u32,
+    pub outbound_connection_failure_retry_interval: Duration,
     pub connection_timeout: Duration,
     pub connection_inactivity_timeout: Duration,
     pub max_protocol_errors: u32,

@@ -1,48 +1,89 @@
-//! The queue manager: one task owns the schedule (Stalwart's `queue/manager.rs` pattern).
-//! New messages and finished attempts arrive over a channel; due messages are handed to
-//! attempt tasks (bounded by a semaphore), which deliver, persist each recipient's
-//! outcome, send DSNs, and hand the message back with its next due time.
+//! The queue scheduler: one task owns every queued message and one delivery queue per next
+//! hop (Exchange's per-next-hop queues, Postfix qmgr's per-destination scheduling).
+//!
+//! - A message's pending recipients are routed when it arrives ([`Transport::queue_key`],
+//!   no I/O) and split into *batches*, one per next hop; each batch waits in its hop's
+//!   queue ([`super::hop`]).
+//! - Batches start in round-robin order over the queues that may start one, within
+//!   `MaxOutboundConnections` in all and `MaxPerDomainOutboundConnections` per queue, so a
+//!   queue with 100,000 messages cannot starve one with 1.
+//! - A batch that could not use its next hop at all puts the *queue* in Retry: its
+//!   messages wait without attempts until a probe succeeds. Other failures stay the
+//!   message's: its batch waits `TransientFailureRetryInterval`, doubling up to
+//!   `MaxRetryInterval`.
+//! - Expiry and the delay notice run on timers of their own, so a message waiting in a
+//!   queue in Retry is returned on time. Both are measured on tokio's clock from the
+//!   message's age at admission (its Unix arrival second), so paused-clock tests see them.
+//!
+//! Tasks ([`super::attempt`]) deliver, persist and notify; they report back over the
+//! channel and decide nothing about the schedule. Hop state lives here, not in the
+//! delivery engine, so a reload (which swaps the engine) keeps it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::spool::{Envelope, LogRecord, RcptState, Recovered, Spool, unix_now};
-use crate::delivery::{DeliveryJob, DeliveryStatus, RecipientOutcome};
-use crate::message::dsn::{DsnAction, DsnInput, DsnKind, DsnRecipient, build_dsn};
-use crate::message::received::rfc5322_date;
+use super::attempt::{self, Batch, BatchDone, FailNow, MessageRef, RcptResult, Work};
+use super::hop::{HopId, HopLimits, HopQueue};
+use super::notices::{Notifier, when};
+use super::spool::{Envelope, RcptState, Recovered, Spool, unix_now};
+use crate::delivery::{DeliveryJob, Failure, QueueKey, RecipientOutcome};
 use crate::trace::{EventKind, Events, TraceEvent};
+
+pub use super::admin::{
+    AdminCommand, AdminError, QueueStats, QueueView, QueuedMessage, QueuedRecipient,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the queue needs from the delivery engine (a trait so the schedule can be tested
 /// without sockets).
 pub trait Transport: Send + Sync + 'static {
+    /// The delivery queue of one recipient: route selection only, no I/O. An address that
+    /// can never be routed fails now.
+    fn queue_key(&self, recipient: &str, from_outside_org: bool) -> Result<QueueKey, Failure>;
+
+    /// Delivers one batch (recipients of one queue); one outcome per recipient, in order.
     fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>>;
+
+    /// Changes whenever routing may have changed (a reload): pending recipients are routed
+    /// again.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 impl Transport for crate::delivery::Deliverer {
+    fn queue_key(&self, recipient: &str, from_outside_org: bool) -> Result<QueueKey, Failure> {
+        crate::delivery::Deliverer::queue_key(self, recipient, from_outside_org)
+    }
+
     fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>> {
         Box::pin(crate::delivery::Deliverer::deliver(self, job))
     }
 }
 
-/// Timing of retries, notices and expiry (from `[Relay]`).
+/// Timing and limits (from `[Relay]`).
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     pub fqdn: String,
+    /// `TransientFailureRetryInterval`: a message's first retry.
     pub retry_first: Duration,
+    /// `MaxRetryInterval`: cap of the message back-off.
     pub retry_max: Duration,
     pub expiration: Duration,
     pub delay_notice: Duration,
-    pub max_concurrent_attempts: usize,
+    /// `MaxOutboundConnections`: attempts under way in all (each holds at most one
+    /// connection at a time).
+    pub max_connections: usize,
+    pub hop: HopLimits,
 }
 
 impl QueueSettings {
@@ -57,7 +98,7 @@ impl QueueSettings {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: String,
-    pub env: Envelope,
+    pub env: Arc<Envelope>,
     pub states: Vec<RcptState>,
     pub last_error: Vec<Option<String>>,
     pub attempts: u32,
@@ -72,7 +113,7 @@ impl Entry {
         let n = env.recipients.len();
         Entry {
             id,
-            env,
+            env: Arc::new(env),
             states: vec![RcptState::Pending; n],
             last_error: vec![None; n],
             attempts: 0,
@@ -87,7 +128,7 @@ impl Entry {
         Entry {
             accepted: now.checked_sub(Duration::from_secs(age)).unwrap_or(now),
             id: r.id,
-            env: r.envelope,
+            env: Arc::new(r.envelope),
             states: r.states,
             last_error: r.last_error,
             attempts: r.attempts,
@@ -95,20 +136,87 @@ impl Entry {
         }
     }
 
-    fn pending(&self) -> Vec<usize> {
+    pub fn pending(&self) -> Vec<usize> {
         (0..self.states.len())
             .filter(|&i| self.states[i] == RcptState::Pending)
             .collect()
     }
+
+    fn age(&self) -> Duration {
+        Duration::from_secs(unix_now().saturating_sub(self.env.arrived))
+    }
 }
 
-enum Msg {
+/// When a batch may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// In its hop's ready list (or held there while the message is suspended).
+    Ready,
+    /// Waiting for a message retry.
+    At(Instant),
+    /// Under way.
+    Running,
+}
+
+/// A message's recipients on one hop.
+#[derive(Debug)]
+pub(super) struct HopBatch {
+    pub hop: HopId,
+    pub rcpts: Vec<usize>,
+    pub due: Due,
+    /// A "held: queue in Retry" row was written for it (once per batch).
+    pub held_noted: bool,
+}
+
+/// A message under the scheduler.
+pub(super) struct Held {
+    pub entry: Entry,
+    pub batches: Vec<HopBatch>,
+    /// Tasks holding the message (attempts, notices); it can be neither deleted nor
+    /// removed while any does.
+    pub busy: usize,
+    pub suspended: bool,
+    /// `MessageExpirationTimeout`, on tokio's clock.
+    pub expires: Instant,
+    /// `DelayNotificationTimeout`, on tokio's clock.
+    pub notice_at: Instant,
+    pub io: Arc<tokio::sync::Mutex<()>>,
+    /// The routing generation its batches were built with.
+    pub generation: u64,
+}
+
+impl Held {
+    pub fn batch(&self, hop: HopId) -> Option<&HopBatch> {
+        self.batches.iter().find(|b| b.hop == hop)
+    }
+
+    fn batch_mut(&mut self, hop: HopId) -> Option<&mut HopBatch> {
+        self.batches.iter_mut().find(|b| b.hop == hop)
+    }
+
+    fn running(&self, rcpt: usize) -> bool {
+        self.batches
+            .iter()
+            .any(|b| b.due == Due::Running && b.rcpts.contains(&rcpt))
+    }
+
+    fn reference(&self, last: bool) -> MessageRef {
+        MessageRef {
+            id: self.entry.id.clone(),
+            env: self.entry.env.clone(),
+            io: self.io.clone(),
+            last,
+        }
+    }
+}
+
+pub(super) enum Msg {
     New(Box<Entry>),
-    /// The attempt on message `id` finished; `next` is `None` when the message is done and
-    /// removed.
-    Done {
+    BatchDone(BatchDone),
+    /// A notice task (expiry, unroutable, delay) ended; `removed`: it removed the message.
+    TaskDone {
         id: String,
-        next: Option<(Box<Entry>, Duration)>,
+        removed: bool,
     },
     /// From the admin API (see [`AdminCommand`]).
     Admin(AdminCommand),
@@ -117,7 +225,7 @@ enum Msg {
 /// The handle the SMTP side uses to hand over stored messages.
 #[derive(Clone)]
 pub struct QueueHandle {
-    tx: mpsc::UnboundedSender<Msg>,
+    pub(super) tx: mpsc::UnboundedSender<Msg>,
 }
 
 impl QueueHandle {
@@ -127,7 +235,7 @@ impl QueueHandle {
     }
 }
 
-/// Starts the queue manager on the recovered spool content. Outcomes (Delivered, Deferred,
+/// Starts the scheduler on the recovered spool content. Outcomes (Delivered, Deferred,
 /// Failed, Expired, DsnSent) go to `events`.
 pub fn start(
     spool: Arc<Spool>,
@@ -138,38 +246,64 @@ pub fn start(
     events: Events,
 ) -> (QueueHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = QueueHandle { tx };
-    let mgr = Manager {
+    let handle = QueueHandle { tx: tx.clone() };
+    let work = Arc::new(Work {
+        notifier: Notifier {
+            spool: spool.clone(),
+            handle: handle.clone(),
+            events: events.clone(),
+            fqdn: settings.fqdn.clone(),
+        },
         spool,
         transport,
-        settings: Arc::new(settings),
-        handle: handle.clone(),
-        schedule: BinaryHeap::new(),
-        waiting: HashMap::new(),
-        in_flight: HashMap::new(),
-        attempts: JoinSet::new(),
-        permits: Arc::new(Semaphore::new(1)),
         events,
+    });
+    let mgr = Manager {
+        generation: work.transport.generation(),
+        work,
+        settings,
+        tx,
+        messages: HashMap::new(),
+        hops: HashMap::new(),
+        hop_ids: HashMap::new(),
+        next_hop_id: 1,
+        runnable: VecDeque::new(),
+        active: 0,
+        timers: BinaryHeap::new(),
+        tasks: JoinSet::new(),
     };
     let join = tokio::spawn(mgr.run(rx, recovered, shutdown));
     (handle, join)
 }
 
-struct Manager {
-    spool: Arc<Spool>,
-    transport: Arc<dyn Transport>,
-    settings: Arc<QueueSettings>,
-    handle: QueueHandle,
-    schedule: BinaryHeap<Reverse<(Instant, String)>>,
-    /// Messages waiting for their due time (not in flight).
-    waiting: HashMap<String, (Entry, Instant)>,
-    /// Messages under a delivery attempt, as they were when it started (for the admin
-    /// API's queue view; the attempt owns the real entry).
-    in_flight: HashMap<String, Entry>,
-    /// Attempts under way; owned here so that a stop can wait for them, then end them.
-    attempts: JoinSet<()>,
-    permits: Arc<Semaphore>,
-    events: Events,
+/// What a timer is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A message's batch on a hop is due again (message retry).
+    Batch(String, HopId),
+    /// A queue in Retry may probe.
+    Hop(HopId),
+    /// A message's expiry or delay notice.
+    Message(String),
+}
+
+pub(super) struct Manager {
+    pub(super) work: Arc<Work>,
+    pub(super) settings: QueueSettings,
+    tx: mpsc::UnboundedSender<Msg>,
+    pub(super) messages: HashMap<String, Held>,
+    pub(super) hops: HashMap<HopId, HopQueue>,
+    hop_ids: HashMap<QueueKey, HopId>,
+    next_hop_id: HopId,
+    /// Queues that may start a batch, in round-robin order (each at most once).
+    runnable: VecDeque<HopId>,
+    /// Attempts under way, in all.
+    active: usize,
+    /// Stale entries are skipped when they fire (each handler checks the state).
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Tasks under way; owned here so that a stop can wait for them, then end them.
+    tasks: JoinSet<()>,
+    generation: u64,
 }
 
 /// How long a stop waits for delivery attempts under way before ending them. An attempt
@@ -183,92 +317,801 @@ impl Manager {
         recovered: Vec<Recovered>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        self.permits = Arc::new(Semaphore::new(self.settings.max_concurrent_attempts.max(1)));
-        let now = Instant::now();
         for r in recovered {
             let e = Entry::from_recovered(r);
             if e.pending().is_empty() {
                 // Everything was final but the removal did not happen before a crash.
-                let _ = self.spool.remove(&e.id);
+                let _ = self.work.spool.remove(&e.id);
                 continue;
             }
-            self.schedule_at(e, now);
+            self.admit(e);
         }
+        self.pump();
         loop {
-            let next = self.schedule.peek().map(|Reverse((t, _))| *t);
+            let next = self.timers.peek().map(|Reverse((t, _))| *t);
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::New(e)) => self.schedule_at(*e, Instant::now()),
-                    Some(Msg::Done { id, next }) => {
-                        self.in_flight.remove(&id);
-                        if let Some((e, delay)) = next {
-                            self.schedule_at(*e, Instant::now() + delay);
-                        }
-                    }
-                    Some(Msg::Admin(cmd)) => self.admin(cmd),
+                    Some(msg) => self.handle(msg),
                     None => break,
                 },
-                Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
-                _ = sleep_until_opt(next) => self.start_due(),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = sleep_until_opt(next) => self.fire_timers(),
                 _ = shutdown.changed() => break,
             }
+            self.follow_routing();
+            self.pump();
         }
-        // Let attempts under way finish (their outcomes go to the spool log), then end
-        // the stragglers: nothing may deliver after the relay has stopped.
-        let in_flight = self.attempts.len();
+        self.stop().await;
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::New(e) => self.admit(*e),
+            Msg::BatchDone(done) => self.batch_done(done),
+            Msg::TaskDone { id, removed } => self.task_done(&id, removed),
+            Msg::Admin(cmd) => self.admin(cmd),
+        }
+    }
+
+    /// Lets tasks under way finish (their outcomes go to the spool log), then ends the
+    /// stragglers: nothing may deliver after the relay has stopped.
+    async fn stop(mut self) {
+        let in_flight = self.tasks.len();
         let drained = tokio::time::timeout(ATTEMPT_DRAIN, async {
-            while self.attempts.join_next().await.is_some() {}
+            while self.tasks.join_next().await.is_some() {}
         })
         .await
         .is_ok();
         if !drained {
-            self.attempts.shutdown().await;
+            self.tasks.shutdown().await;
         }
         tracing::info!(
             in_flight,
             drained,
-            waiting = self.waiting.len(),
+            waiting = self.messages.len(),
             "queue manager stopped"
         );
     }
 
-    fn schedule_at(&mut self, e: Entry, at: Instant) {
-        self.schedule.push(Reverse((at, e.id.clone())));
-        self.waiting.insert(e.id.clone(), (e, at));
+    // ---- Admission and routing ---------------------------------------------------------
+
+    /// Takes a message in: its timers, then its pending recipients into queues.
+    fn admit(&mut self, entry: Entry) {
+        let now = Instant::now();
+        let age = entry.age();
+        let expires = now + self.settings.expiration.saturating_sub(age);
+        let notice_at = now + self.settings.delay_notice.saturating_sub(age);
+        let id = entry.id.clone();
+        let held = Held {
+            entry,
+            batches: Vec::new(),
+            busy: 0,
+            suspended: false,
+            expires,
+            notice_at,
+            io: Arc::default(),
+            generation: self.generation,
+        };
+        self.messages.insert(id.clone(), held);
+        // Expired or due for its delay notice already (a message recovered after a long
+        // stop), or else the timer for them.
+        self.message_time(&id);
+        self.route(&id);
     }
 
-    fn start_due(&mut self) {
+    /// Puts the message's pending recipients that are not under way into batches, one
+    /// per queue. Batches not under way are rebuilt (a reroute after a reload); a batch
+    /// that stays on the same queue keeps its due time.
+    fn route(&mut self, id: &str) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        let old: Vec<HopBatch> = {
+            let (running, idle): (Vec<_>, Vec<_>) = std::mem::take(&mut held.batches)
+                .into_iter()
+                .partition(|b| b.due == Due::Running);
+            held.batches = running;
+            idle
+        };
+        held.generation = self.generation;
+        let pending: Vec<usize> = held
+            .entry
+            .pending()
+            .into_iter()
+            .filter(|&i| !held.running(i))
+            .collect();
+        let env = held.entry.env.clone();
+        let mut unroutable = Vec::new();
+        let mut grouped: Vec<(HopId, Vec<usize>)> = Vec::new();
+        for i in pending {
+            let key = self
+                .work
+                .transport
+                .queue_key(&env.recipients[i], env.from_outside_org);
+            match key {
+                Ok(key) => {
+                    let hop = self.hop_for(key);
+                    match grouped.iter_mut().find(|(h, _)| *h == hop) {
+                        Some((_, rcpts)) => rcpts.push(i),
+                        None => grouped.push((hop, vec![i])),
+                    }
+                }
+                Err(f) => unroutable.push((i, FailNow::Unroutable(f))),
+            }
+        }
+        // New batches first: leaving a queue can drop it, and `grouped` holds its id.
+        for (hop, rcpts) in grouped {
+            let kept = old.iter().find(|b| b.hop == hop).map(|b| b.due);
+            self.add_batch(id, hop, rcpts, kept);
+        }
+        for b in &old {
+            self.leave_hop(b.hop);
+        }
+        if !unroutable.is_empty() {
+            self.fail_now(id, unroutable);
+        }
+    }
+
+    /// The queue of `key`, created on first use.
+    fn hop_for(&mut self, key: QueueKey) -> HopId {
+        if let Some(&id) = self.hop_ids.get(&key) {
+            return id;
+        }
+        let id = self.next_hop_id;
+        self.next_hop_id += 1;
+        self.hop_ids.insert(key.clone(), id);
+        self.hops.insert(id, HopQueue::new(id, key));
+        id
+    }
+
+    fn add_batch(&mut self, id: &str, hop: HopId, rcpts: Vec<usize>, due: Option<Due>) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        held.batches.push(HopBatch {
+            hop,
+            rcpts,
+            due: Due::Running, // replaced just below
+            held_noted: false,
+        });
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.messages += 1;
+        }
+        match due {
+            Some(Due::At(t)) if t > Instant::now() => self.wait_batch(id, hop, t),
+            _ => self.make_ready(id, hop, false),
+        }
+    }
+
+    /// A batch left its queue.
+    fn leave_hop(&mut self, hop: HopId) {
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.messages = q.messages.saturating_sub(1);
+        }
+        self.drop_if_idle(hop);
+    }
+
+    fn drop_if_idle(&mut self, hop: HopId) {
+        if self.hops.get(&hop).is_some_and(HopQueue::is_idle)
+            && let Some(q) = self.hops.remove(&hop)
+        {
+            self.hop_ids.remove(&q.key);
+        }
+    }
+
+    /// After a reload, every message not under way is routed again with the new policy;
+    /// the others when their batch ends.
+    fn follow_routing(&mut self) {
+        let generation = self.work.transport.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let ids: Vec<String> = self.messages.keys().cloned().collect();
+        for id in ids {
+            self.route(&id);
+        }
+        tracing::info!(
+            generation,
+            "routing changed: queued recipients routed again"
+        );
+    }
+
+    // ---- Due batches -------------------------------------------------------------------
+
+    /// The batch may start: into its queue's ready list (at the head for the batch of a
+    /// failed probe, so the next probe carries it again).
+    fn make_ready(&mut self, id: &str, hop: HopId, front: bool) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        let suspended = held.suspended;
+        let Some(batch) = held.batch_mut(hop) else {
+            return;
+        };
+        batch.due = Due::Ready;
+        let note_hold = !batch.held_noted;
+        let Some(q) = self.hops.get_mut(&hop) else {
+            return;
+        };
+        if suspended {
+            return; // goes into the list when the message is resumed
+        }
+        if front {
+            q.push_ready_front(id.to_string());
+        } else {
+            q.push_ready(id.to_string());
+        }
+        if q.in_retry() && note_hold {
+            self.note_held(id, hop);
+        }
+        self.wake(hop);
+    }
+
+    fn wait_batch(&mut self, id: &str, hop: HopId, at: Instant) {
+        if let Some(b) = self.messages.get_mut(id).and_then(|h| h.batch_mut(hop)) {
+            b.due = Due::At(at);
+            self.timers
+                .push(Reverse((at, Timer::Batch(id.to_string(), hop))));
+        }
+    }
+
+    /// Into the round-robin list, when the queue may start a batch.
+    fn wake(&mut self, hop: HopId) {
+        let limits = self.settings.hop;
+        if let Some(q) = self.hops.get_mut(&hop)
+            && !q.runnable
+            && q.can_start(&limits)
+        {
+            q.runnable = true;
+            self.runnable.push_back(hop);
+        }
+    }
+
+    /// Starts batches while slots are free: one per queue per turn.
+    fn pump(&mut self) {
+        let limits = self.settings.hop;
+        while self.active < self.settings.max_connections.max(1) {
+            let Some(hop) = self.runnable.pop_front() else {
+                break;
+            };
+            let Some(q) = self.hops.get_mut(&hop) else {
+                continue;
+            };
+            q.runnable = false;
+            if !q.can_start(&limits) {
+                continue;
+            }
+            if let Some(id) = self.next_ready(hop) {
+                self.start_batch(&id, hop);
+            }
+            self.wake(hop);
+        }
+    }
+
+    /// The first message in the queue's ready list whose batch is still due (entries
+    /// go stale when a message is deleted, suspended, rerouted or already started).
+    fn next_ready(&mut self, hop: HopId) -> Option<String> {
+        let q = self.hops.get_mut(&hop)?;
+        while let Some(id) = q.pop_ready() {
+            let due = self
+                .messages
+                .get(&id)
+                .filter(|h| !h.suspended)
+                .and_then(|h| h.batch(hop))
+                .map(|b| b.due);
+            if due == Some(Due::Ready) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn start_batch(&mut self, id: &str, hop: HopId) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        let others_final = held.busy == 0
+            && held.batches.iter().all(|b| b.hop == hop)
+            && held.entry.pending().len() == held.batch(hop).map_or(0, |b| b.rcpts.len());
+        let Some(batch) = held.batch_mut(hop) else {
+            return;
+        };
+        batch.due = Due::Running;
+        let rcpts = batch.rcpts.clone();
+        held.busy += 1;
+        let job = Batch {
+            msg: held.reference(others_final),
+            hop,
+            rcpts,
+            accepted: held.entry.accepted,
+        };
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.active += 1;
+        }
+        self.active += 1;
+        let (work, tx) = (self.work.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            let done = attempt::deliver(work, job).await;
+            let _ = tx.send(Msg::BatchDone(done));
+        });
+    }
+
+    // ---- Results -----------------------------------------------------------------------
+
+    fn batch_done(&mut self, done: BatchDone) {
+        self.active = self.active.saturating_sub(1);
+        let hop = done.hop;
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.active = q.active.saturating_sub(1);
+        }
+        let Some(held) = self.messages.get_mut(&done.id) else {
+            self.drop_if_idle(hop);
+            return;
+        };
+        held.busy = held.busy.saturating_sub(1);
+        let mut hop_error = None;
+        let mut reached = false;
+        for (i, r) in &done.results {
+            match r {
+                RcptResult::Delivered => held.entry.states[*i] = RcptState::Delivered,
+                RcptResult::Failed => held.entry.states[*i] = RcptState::Failed,
+                RcptResult::Deferred { error, hop_failure } => {
+                    held.entry.last_error[*i] = Some(error.clone());
+                    if *hop_failure {
+                        hop_error.get_or_insert_with(|| error.clone());
+                        continue;
+                    }
+                }
+            }
+            reached = true;
+        }
+        let still: Vec<usize> = done
+            .results
+            .iter()
+            .filter(|(_, r)| !r.is_final())
+            .map(|(i, _)| *i)
+            .collect();
+        if done.removed {
+            self.forget(&done.id);
+        } else if still.is_empty() {
+            self.drop_batch(&done.id, hop);
+        } else if Instant::now() >= held.expires {
+            self.last_attempt(&done, still, hop_error);
+        } else if let Some(error) = hop_error {
+            self.hop_failed(&done, error, still);
+        } else {
+            self.message_retry(&done, still);
+        }
+        if reached && let Some(q) = self.hops.get_mut(&hop) {
+            q.on_hop_success();
+        }
+        self.after_task(&done.id);
+        self.wake(hop);
+        self.drop_if_idle(hop);
+    }
+
+    /// A failed attempt that ended past the message's expiry: the last one. Its
+    /// recipients are returned by `after_task`; a failure of the hop still counts for the
+    /// queue.
+    fn last_attempt(&mut self, done: &BatchDone, still: Vec<usize>, hop_error: Option<String>) {
+        let (now, unix) = (Instant::now(), unix_now());
+        let limits = self.settings.hop;
+        if let Some(error) = hop_error
+            && let Some(q) = self.hops.get_mut(&done.hop)
+            && let Some(at) = q.on_hop_failure(now, unix, error, &limits)
+        {
+            self.timers.push(Reverse((at, Timer::Hop(done.hop))));
+        }
+        let Some(held) = self.messages.get_mut(&done.id) else {
+            return;
+        };
+        held.entry.attempts += 1;
+        let attempts = held.entry.attempts;
+        if let Some(b) = held.batch_mut(done.hop) {
+            b.rcpts = still;
+            b.due = Due::Ready; // not in the ready list: expiry takes it
+        }
+        let detail = format!("attempt {attempts}; no further attempt (expired)");
+        self.emit_deferred(&done.deferred, &detail);
+    }
+
+    /// The next hop could not be used: the queue goes to Retry and the batch waits at
+    /// its head for the probe.
+    fn hop_failed(&mut self, done: &BatchDone, error: String, still: Vec<usize>) {
+        let hop = done.hop;
+        let (now, unix) = (Instant::now(), unix_now());
+        let limits = self.settings.hop;
+        // The message itself was tried: it counts as an attempt (Get-Message's RetryCount).
+        if let Some(held) = self.messages.get_mut(&done.id) {
+            held.entry.attempts += 1;
+        }
+        let Some(q) = self.hops.get_mut(&hop) else {
+            return;
+        };
+        let entered = q.on_hop_failure(now, unix, error.clone(), &limits);
+        let identity = self.identity(hop);
+        let next = self.hops.get(&hop).and_then(HopQueue::retry_at);
+        if let Some(at) = entered {
+            self.timers.push(Reverse((at, Timer::Hop(hop))));
+            let failures = self.hops.get(&hop).map_or(0, |q| q.failures);
+            tracing::warn!(queue = %identity, failures, error = %error, next_retry_in = ?at - now, "delivery queue in Retry");
+        }
+        let attempts = self.messages.get(&done.id).map_or(0, |h| h.entry.attempts);
+        let detail = format!(
+            "attempt {attempts}; the next hop could not be used: delivery queue {identity} is in Retry; next connection attempt at {}",
+            next.map_or("once the queue is retried".into(), |t| when(t - now))
+        );
+        self.emit_deferred(&done.deferred, &detail);
+        if let Some(b) = self
+            .messages
+            .get_mut(&done.id)
+            .and_then(|h| h.batch_mut(hop))
+        {
+            b.rcpts = still;
+            b.held_noted = true; // its Deferred row says so
+        }
+        self.make_ready(&done.id, hop, true);
+        if entered.is_some() {
+            self.note_held_in(hop);
+        }
+    }
+
+    /// A failure of this message on a working hop: its batch waits for the back-off.
+    fn message_retry(&mut self, done: &BatchDone, still: Vec<usize>) {
         let now = Instant::now();
-        while let Some(Reverse((t, _))) = self.schedule.peek() {
-            if *t > now {
-                break;
+        let Some(held) = self.messages.get_mut(&done.id) else {
+            return;
+        };
+        held.entry.attempts += 1;
+        let attempts = held.entry.attempts;
+        let mut delay = self.settings.backoff(attempts);
+        // Never sleep past the expiry moment: the message must be returned on time.
+        let until_expiry = held.expires.saturating_duration_since(now);
+        if !until_expiry.is_zero() {
+            delay = delay.min(until_expiry);
+        }
+        let delay = delay.max(Duration::from_millis(100));
+        if let Some(b) = held.batch_mut(done.hop) {
+            b.rcpts = still;
+        }
+        let detail = format!("attempt {attempts}; next attempt at {}", when(delay));
+        self.emit_deferred(&done.deferred, &detail);
+        self.wait_batch(&done.id, done.hop, now + delay);
+    }
+
+    fn emit_deferred(&self, rows: &[TraceEvent], detail: &str) {
+        for e in rows {
+            let mut e = e.clone();
+            e.detail = Some(detail.to_string());
+            self.work.events.emit(e);
+        }
+    }
+
+    fn drop_batch(&mut self, id: &str, hop: HopId) {
+        if let Some(held) = self.messages.get_mut(id) {
+            let before = held.batches.len();
+            held.batches.retain(|b| b.hop != hop);
+            if held.batches.len() < before {
+                self.leave_hop(hop);
             }
-            let Some(Reverse((t, id))) = self.schedule.pop() else {
+        }
+    }
+
+    /// After any task of the message ended: expiry if due, a pending reroute, the end of
+    /// the message when nothing is pending.
+    fn after_task(&mut self, id: &str) {
+        let Some(held) = self.messages.get(id) else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= held.expires {
+            self.expire(id);
+        } else if held.busy == 0 {
+            let notice_due = !held.entry.delay_notified
+                && now >= held.notice_at
+                && !held.entry.pending().is_empty();
+            if held.generation != self.generation {
+                self.route(id);
+            }
+            if notice_due {
+                self.delay_notice(id);
+            }
+        }
+        self.finish_if_done(id);
+    }
+
+    fn task_done(&mut self, id: &str, removed: bool) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        held.busy = held.busy.saturating_sub(1);
+        if removed {
+            self.forget(id);
+        } else {
+            self.after_task(id);
+        }
+    }
+
+    /// Every recipient final and no task holding it: the message leaves the spool.
+    fn finish_if_done(&mut self, id: &str) {
+        let done = self
+            .messages
+            .get(id)
+            .is_some_and(|h| h.busy == 0 && h.entry.pending().is_empty());
+        if !done {
+            return;
+        }
+        self.forget(id);
+        let (spool, id) = (self.work.spool.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            let id2 = id.clone();
+            let removed = tokio::task::spawn_blocking(move || spool.remove(&id2)).await;
+            if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
+                tracing::error!(id = %id, error = %e, "cannot remove delivered message");
+            }
+        });
+    }
+
+    /// Drops the message from the schedule (its batches leave their queues).
+    pub(super) fn forget(&mut self, id: &str) {
+        if let Some(held) = self.messages.remove(id) {
+            for b in held.batches {
+                self.leave_hop(b.hop);
+            }
+        }
+    }
+
+    // ---- Timers ------------------------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while self.timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            let Some(Reverse((at, timer))) = self.timers.pop() else {
                 break;
             };
-            // Stale heap entries (rescheduled since) are skipped.
-            if self.waiting.get(&id).is_none_or(|(_, due)| *due != t) {
-                continue;
+            match timer {
+                Timer::Batch(id, hop) => {
+                    let due = self
+                        .messages
+                        .get(&id)
+                        .and_then(|h| h.batch(hop))
+                        .map(|b| b.due);
+                    if due == Some(Due::At(at)) {
+                        self.make_ready(&id, hop, false);
+                    }
+                }
+                Timer::Hop(hop) => {
+                    if let Some(q) = self.hops.get_mut(&hop)
+                        && q.on_retry_due(at, unix_now())
+                    {
+                        tracing::info!(queue = %self.identity(hop), "delivery queue probing its next hop");
+                        self.wake(hop);
+                    }
+                    self.drop_if_idle(hop);
+                }
+                Timer::Message(id) => self.message_time(&id),
             }
-            let Some((entry, _)) = self.waiting.remove(&id) else {
-                continue;
+        }
+    }
+
+    /// The next of a message's expiry and delay notice.
+    fn arm_message_timer(&mut self, id: &str) {
+        if let Some(held) = self.messages.get(id) {
+            // A notice already due waits for the task holding the message (`after_task`).
+            let at = if held.entry.delay_notified || held.notice_at <= Instant::now() {
+                held.expires
+            } else {
+                held.notice_at.min(held.expires)
             };
-            let ctx = AttemptCtx {
-                spool: self.spool.clone(),
-                transport: self.transport.clone(),
-                settings: self.settings.clone(),
-                handle: self.handle.clone(),
-                events: self.events.clone(),
-            };
-            let permits = self.permits.clone();
-            let tx = self.handle.tx.clone();
-            self.in_flight.insert(id.clone(), entry.clone());
-            self.attempts.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let next = ctx.attempt(entry).await;
-                let next = next.map(|(e, d)| (Box::new(e), d));
-                let _ = tx.send(Msg::Done { id, next });
-            });
+            self.timers
+                .push(Reverse((at, Timer::Message(id.to_string()))));
+        }
+    }
+
+    fn message_time(&mut self, id: &str) {
+        let now = Instant::now();
+        let Some(held) = self.messages.get(id) else {
+            return;
+        };
+        if now >= held.expires {
+            self.expire(id);
+            self.finish_if_done(id);
+            return;
+        }
+        // A task holding the message may remove it; the notice then waits for its end
+        // (`after_task`).
+        if !held.entry.delay_notified && now >= held.notice_at && held.busy == 0 {
+            self.delay_notice(id);
+        }
+        self.arm_message_timer(id);
+    }
+
+    // ---- Notices -----------------------------------------------------------------------
+
+    /// Returns what is still pending and not under way (5.4.7); batches under way are
+    /// expired when they end.
+    fn expire(&mut self, id: &str) {
+        let Some(held) = self.messages.get(id) else {
+            return;
+        };
+        let age = held.entry.age();
+        let rcpts: Vec<(usize, FailNow)> = held
+            .entry
+            .pending()
+            .into_iter()
+            .filter(|&i| !held.running(i))
+            .map(|i| {
+                let last = held.entry.last_error[i]
+                    .clone()
+                    .unwrap_or_else(|| "no attempt succeeded".into());
+                (i, FailNow::Expired { age, last })
+            })
+            .collect();
+        if !rcpts.is_empty() {
+            self.fail_now(id, rcpts);
+        }
+    }
+
+    /// Marks recipients failed now and starts the task that records it and sends the DSN.
+    fn fail_now(&mut self, id: &str, rcpts: Vec<(usize, FailNow)>) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        let mut emptied = Vec::new();
+        for (i, _) in &rcpts {
+            held.entry.states[*i] = RcptState::Failed;
+            for b in held.batches.iter_mut().filter(|b| b.due != Due::Running) {
+                b.rcpts.retain(|r| r != i);
+            }
+        }
+        held.batches.retain(|b| {
+            let keep = !b.rcpts.is_empty();
+            if !keep {
+                emptied.push(b.hop);
+            }
+            keep
+        });
+        let last = held.busy == 0 && held.entry.pending().is_empty();
+        held.busy += 1;
+        let msg = held.reference(last);
+        for hop in emptied {
+            self.leave_hop(hop);
+        }
+        let (work, tx, id) = (self.work.clone(), self.tx.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            attempt::fail_now(work, msg, rcpts).await;
+            let _ = tx.send(Msg::TaskDone { id, removed: last });
+        });
+    }
+
+    fn delay_notice(&mut self, id: &str) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        held.entry.delay_notified = true;
+        let pending: Vec<(usize, Option<String>)> = held
+            .entry
+            .pending()
+            .into_iter()
+            .map(|i| (i, held.entry.last_error[i].clone()))
+            .collect();
+        held.busy += 1;
+        let msg = held.reference(false);
+        let (work, tx, id) = (self.work.clone(), self.tx.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            attempt::notify_delay(work, msg, pending).await;
+            let _ = tx.send(Msg::TaskDone { id, removed: false });
+        });
+    }
+
+    /// A trace row for a message that waits because its queue is in Retry (once per
+    /// batch): why, and when the next connection attempt is.
+    fn note_held(&mut self, id: &str, hop: HopId) {
+        let identity = self.identity(hop);
+        let (Some(held), Some(q)) = (self.messages.get_mut(id), self.hops.get(&hop)) else {
+            return;
+        };
+        let Some(batch) = held.batch_mut(hop) else {
+            return;
+        };
+        batch.held_noted = true;
+        let rcpts = batch.rcpts.clone();
+        let next = q
+            .retry_at()
+            .map(|t| when(t.saturating_duration_since(Instant::now())))
+            .unwrap_or_else(|| "now".into());
+        let detail = format!(
+            "held without a delivery attempt: delivery queue {identity} (next hop {}) is in Retry after {} failure(s); last error: {}; next connection attempt at {next}",
+            q.key.next_hop_domain(),
+            q.failures,
+            q.last_error.as_deref().unwrap_or("-"),
+        );
+        for i in rcpts {
+            let mut e = TraceEvent::new(EventKind::Deferred);
+            e.queue_id = Some(id.to_string());
+            e.sender = Some(held.entry.env.mail_from.clone());
+            e.recipient = Some(held.entry.env.recipients[i].clone());
+            e.connector = q.key.route.connector.clone();
+            e.rule = Some("QueueRetry".into());
+            e.detail = Some(detail.clone());
+            self.work.events.emit(e);
+        }
+    }
+
+    /// Held rows for every message waiting in a queue that has just entered Retry.
+    fn note_held_in(&mut self, hop: HopId) {
+        let ids: Vec<String> = self
+            .messages
+            .iter()
+            .filter(|(_, h)| {
+                h.batch(hop)
+                    .is_some_and(|b| !b.held_noted && b.due != Due::Running)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.note_held(&id, hop);
+        }
+    }
+
+    /// Get-Queue's `Identity`: `fqdn\id`.
+    pub(super) fn identity(&self, hop: HopId) -> String {
+        format!("{}\\{hop}", self.settings.fqdn)
+    }
+
+    // ---- Used by the admin commands (admin.rs) -----------------------------------------
+
+    pub(super) fn retry_message(&mut self, id: &str) {
+        let hops: Vec<HopId> = self
+            .messages
+            .get(id)
+            .map(|h| h.batches.iter().map(|b| b.hop).collect())
+            .unwrap_or_default();
+        for hop in hops {
+            if let Some(q) = self.hops.get_mut(&hop) {
+                q.retry_now(unix_now());
+            }
+            self.make_ready(id, hop, true);
+        }
+    }
+
+    pub(super) fn resume_message(&mut self, id: &str) {
+        let Some(held) = self.messages.get_mut(id) else {
+            return;
+        };
+        held.suspended = false;
+        let ready: Vec<HopId> = held
+            .batches
+            .iter()
+            .filter(|b| b.due == Due::Ready)
+            .map(|b| b.hop)
+            .collect();
+        for hop in ready {
+            self.make_ready(id, hop, false);
+        }
+    }
+
+    pub(super) fn retry_hop(&mut self, hop: HopId) {
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.retry_now(unix_now());
+        }
+        self.wake(hop);
+    }
+
+    pub(super) fn set_hop_suspended(&mut self, hop: HopId, suspended: bool) {
+        if let Some(q) = self.hops.get_mut(&hop) {
+            q.suspended = suspended;
+        }
+        self.wake(hop);
+        self.drop_if_idle(hop);
+    }
+
+    pub(super) fn update_settings(&mut self, settings: QueueSettings) {
+        self.settings = settings;
+        let hops: Vec<HopId> = self.hops.keys().copied().collect();
+        for hop in hops {
+            self.wake(hop);
         }
     }
 }
@@ -277,560 +1120,5 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-struct AttemptCtx {
-    spool: Arc<Spool>,
-    transport: Arc<dyn Transport>,
-    settings: Arc<QueueSettings>,
-    handle: QueueHandle,
-    events: Events,
-}
-
-impl AttemptCtx {
-    /// One delivery attempt. Returns the entry and the delay until its next attempt, or
-    /// `None` when every recipient is final and the message left the spool.
-    async fn attempt(&self, mut entry: Entry) -> Option<(Entry, Duration)> {
-        let pending = entry.pending();
-        let spool = self.spool.clone();
-        let id = entry.id.clone();
-        let data = match tokio::task::spawn_blocking(move || spool.read(&id)).await {
-            Ok(Ok((_, data))) => data,
-            other => {
-                tracing::error!(id = %entry.id, error = ?other.err(), "cannot read spooled message; will retry");
-                return Some((entry, self.settings.retry_first));
-            }
-        };
-        let recipients: Vec<String> = pending
-            .iter()
-            .map(|&i| entry.env.recipients[i].clone())
-            .collect();
-        let job = DeliveryJob {
-            id: &entry.id,
-            mail_from: &entry.env.mail_from,
-            recipients: &recipients,
-            data: &data,
-            from_outside_org: entry.env.from_outside_org,
-        };
-        let outcomes = self.transport.deliver(&job).await;
-        let now = unix_now();
-        let trace = MessageTrace::new(&entry, &data);
-        // Deferred rows wait for the next attempt's time.
-        let mut deferred = Vec::new();
-        let mut records = Vec::new();
-        let mut failed = Vec::new();
-        for (slot, &i) in pending.iter().enumerate() {
-            let Some(o) = outcomes.get(slot) else {
-                continue;
-            };
-            let via = o
-                .connector
-                .as_deref()
-                .map(|c| format!(" via connector \"{c}\""))
-                .unwrap_or_default();
-            let host = o.remote_host.clone().unwrap_or_default();
-            if let Some(w) = &o.would_route {
-                // policy.md: a TestMode connector is evaluated and recorded, not used.
-                tracing::info!(event = "routed", id = %entry.id, rcpt = %o.recipient, connector = ?o.connector,
-                    would_route = %w, "TestMode connector would route this recipient");
-            }
-            match &o.status {
-                DeliveryStatus::Delivered { reply } => {
-                    tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, reply = %reply, "delivered");
-                    crate::metrics::delivery_latency(entry.accepted.elapsed());
-                    let mut e = trace.outcome(EventKind::Delivered, o);
-                    e.reply = Some(reply.clone());
-                    self.events.emit(e);
-                    entry.states[i] = RcptState::Delivered;
-                    records.push(LogRecord::Delivered {
-                        rcpt: i,
-                        detail: format!("{host}{via}: {reply}"),
-                    });
-                }
-                DeliveryStatus::Permanent(f) => {
-                    tracing::warn!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "failed permanently");
-                    self.events.emit(trace.failure(EventKind::Failed, o, f));
-                    entry.states[i] = RcptState::Failed;
-                    records.push(LogRecord::Failed {
-                        rcpt: i,
-                        detail: describe(f),
-                    });
-                    failed.push(dsn_recipient(o, &f.enhanced, f, now));
-                }
-                DeliveryStatus::Temporary(f) => {
-                    tracing::info!(id = %entry.id, rcpt = %o.recipient, host = %host, connector = ?o.connector, status = %f.enhanced, text = %f.text, "deferred");
-                    deferred.push(trace.failure(EventKind::Deferred, o, f));
-                    let d = describe(f);
-                    entry.last_error[i] = Some(format!("{d}{via}"));
-                    records.push(LogRecord::Deferred { rcpt: i, detail: d });
-                }
-            }
-        }
-        entry.attempts += 1;
-
-        // Expiry: what is still pending after MessageExpirationTimeout is returned (5.4.7).
-        let age = Duration::from_secs(now.saturating_sub(entry.env.arrived));
-        if age >= self.settings.expiration {
-            // This attempt's deferrals were the last: they go in before the Expired rows.
-            self.emit_deferred(std::mem::take(&mut deferred), entry.attempts, None);
-            for i in entry.pending() {
-                let last = entry.last_error[i]
-                    .clone()
-                    .unwrap_or_else(|| "no attempt succeeded".into());
-                tracing::warn!(id = %entry.id, rcpt = %entry.env.recipients[i], last = %last, "expired");
-                let mut e = trace.event(EventKind::Expired, &entry.env.recipients[i]);
-                e.rule = Some("MessageExpirationTimeout".into());
-                e.detail = Some(format!(
-                    "not delivered after {} (MessageExpirationTimeout); last error: {last}",
-                    span(age)
-                ));
-                self.events.emit(e);
-                entry.states[i] = RcptState::Failed;
-                records.push(LogRecord::Failed {
-                    rcpt: i,
-                    detail: format!("5.4.7 expired: {last}"),
-                });
-                failed.push(DsnRecipient {
-                    address: entry.env.recipients[i].clone(),
-                    action: DsnAction::Failed,
-                    status: "5.4.7".into(),
-                    diagnostic: Some(format!("smtp; delivery time expired; last error: {last}")),
-                    remote_mta: None,
-                    connector: None,
-                    last_attempt: Some(rfc5322_date(now)),
-                });
-            }
-        }
-
-        // DSNs go into the spool before the log records the outcome: a crash in between
-        // may repeat a DSN, but never lose one.
-        if !failed.is_empty() {
-            self.send_dsn(&entry, &trace, DsnKind::Failure, &failed, &data, now)
-                .await;
-        }
-        let still_pending = entry.pending();
-        if !still_pending.is_empty() && !entry.delay_notified && age >= self.settings.delay_notice {
-            let delayed: Vec<DsnRecipient> = still_pending
-                .iter()
-                .map(|&i| DsnRecipient {
-                    address: entry.env.recipients[i].clone(),
-                    action: DsnAction::Delayed,
-                    status: "4.4.7".into(),
-                    diagnostic: entry.last_error[i].as_ref().map(|e| format!("smtp; {e}")),
-                    remote_mta: None,
-                    connector: None,
-                    last_attempt: Some(rfc5322_date(now)),
-                })
-                .collect();
-            self.send_dsn(&entry, &trace, DsnKind::Delay, &delayed, &data, now)
-                .await;
-            entry.delay_notified = true;
-            records.push(LogRecord::DelayNotified);
-        }
-
-        let spool = self.spool.clone();
-        let id = entry.id.clone();
-        let done = still_pending.is_empty();
-        let io = tokio::task::spawn_blocking(move || {
-            spool.append_log(&id, &records)?;
-            if done { spool.remove(&id) } else { Ok(()) }
-        })
-        .await;
-        if let Ok(Err(e)) | Err(e) = io.map_err(std::io::Error::other) {
-            tracing::error!(id = %entry.id, error = %e, "cannot record delivery outcome");
-        }
-        if done {
-            // Nothing was deferred (a deferred recipient is pending until it expires).
-            return None;
-        }
-        let mut delay = self.settings.backoff(entry.attempts);
-        // Never sleep past the expiry moment: the message must be returned on time.
-        let until_expiry = self.settings.expiration.saturating_sub(age);
-        if !until_expiry.is_zero() {
-            delay = delay.min(until_expiry);
-        }
-        if !entry.delay_notified {
-            let until_notice = self.settings.delay_notice.saturating_sub(age);
-            if !until_notice.is_zero() {
-                delay = delay.min(until_notice);
-            }
-        }
-        let delay = delay.max(Duration::from_millis(100));
-        self.emit_deferred(deferred, entry.attempts, Some(delay));
-        Some((entry, delay))
-    }
-
-    /// The Deferred rows of an attempt, with when the next attempt is due (`None`: there is
-    /// none, the message expired).
-    fn emit_deferred(&self, rows: Vec<TraceEvent>, attempts: u32, next: Option<Duration>) {
-        let when = match next {
-            Some(d) => format!(
-                "next attempt at {} (in {})",
-                crate::trace::time::format_utc(crate::trace::time::now_ms() + d.as_millis() as i64),
-                span(d)
-            ),
-            None => "no further attempt (expired)".to_string(),
-        };
-        for mut e in rows {
-            e.detail = Some(format!("attempt {attempts}; {when}"));
-            self.events.emit(e);
-        }
-    }
-
-    /// Builds a DSN and queues it, from the null sender, to the original sender. Never to
-    /// the null sender (RFC 5321 §4.5.5: no bounces of bounces).
-    async fn send_dsn(
-        &self,
-        entry: &Entry,
-        trace: &MessageTrace,
-        kind: DsnKind,
-        rcpts: &[DsnRecipient],
-        original: &[u8],
-        now: u64,
-    ) {
-        if entry.env.mail_from.is_empty() {
-            return;
-        }
-        let dsn_id = self.spool.new_id();
-        let message_id = format!("<{dsn_id}@{}>", self.settings.fqdn);
-        let input = DsnInput {
-            kind,
-            reporting_mta: &self.settings.fqdn,
-            original_envelope_id: None,
-            original_sender: &entry.env.mail_from,
-            arrival_date: &rfc5322_date(entry.env.arrived),
-            date: &rfc5322_date(now),
-            message_id: &message_id,
-            recipients: rcpts,
-            original_headers: crate::message::header_block(original),
-        };
-        let data = build_dsn(&input);
-        let env = Envelope {
-            mail_from: String::new(),
-            recipients: vec![entry.env.mail_from.clone()],
-            arrived: now,
-            inbound_connector: None,
-            from_outside_org: false,
-            smtputf8: entry.env.smtputf8,
-        };
-        let spool = self.spool.clone();
-        let (id2, env2) = (dsn_id.clone(), env.clone());
-        match tokio::task::spawn_blocking(move || spool.store(&id2, &env2, &data)).await {
-            Ok(Ok(())) => {
-                tracing::info!(id = %entry.id, dsn = %dsn_id, to = %entry.env.mail_from, "DSN queued");
-                let about: Vec<&str> = rcpts.iter().map(|r| r.address.as_str()).collect();
-                let mut e = trace.event(EventKind::DsnSent, "");
-                e.recipient = None;
-                e.detail = Some(format!(
-                    "{} notice to {} about {}; queued as {dsn_id}",
-                    match kind {
-                        DsnKind::Failure => "failure",
-                        DsnKind::Delay => "delay",
-                    },
-                    entry.env.mail_from,
-                    about.join(", ")
-                ));
-                self.events.emit(e);
-                self.handle.submit(dsn_id, env);
-            }
-            other => tracing::error!(id = %entry.id, error = ?other, "cannot store DSN"),
-        }
-    }
-}
-
-/// What every trace row of one message shares.
-struct MessageTrace {
-    queue_id: String,
-    message_id: Option<String>,
-    sender: String,
-}
-
-impl MessageTrace {
-    fn new(entry: &Entry, data: &[u8]) -> Self {
-        MessageTrace {
-            queue_id: entry.id.clone(),
-            message_id: crate::message::message_id(data),
-            sender: entry.env.mail_from.clone(),
-        }
-    }
-
-    fn event(&self, kind: EventKind, recipient: &str) -> TraceEvent {
-        let mut e = TraceEvent::new(kind);
-        e.queue_id = Some(self.queue_id.clone());
-        e.message_id = self.message_id.clone();
-        e.sender = Some(self.sender.clone());
-        e.recipient = Some(recipient.to_string());
-        e
-    }
-
-    /// A recipient's outcome: connector, the host that answered, TLS.
-    fn outcome(&self, kind: EventKind, o: &RecipientOutcome) -> TraceEvent {
-        let mut e = self.event(kind, &o.recipient);
-        e.connector = o.connector.clone();
-        if let Some(remote) = &o.remote_host {
-            // `host [ip]`
-            match remote.strip_suffix(']').and_then(|r| r.rsplit_once(" [")) {
-                Some((host, ip)) => {
-                    e.host = Some(host.to_string());
-                    e.ip = Some(ip.to_string());
-                }
-                None => e.host = Some(remote.clone()),
-            }
-        }
-        e.tls = o
-            .tls
-            .as_ref()
-            .map(|t| format!("{} {}", t.version, t.cipher));
-        e
-    }
-
-    /// Deferred or Failed: the reason class and the reply or error.
-    fn failure(
-        &self,
-        kind: EventKind,
-        o: &RecipientOutcome,
-        f: &crate::delivery::Failure,
-    ) -> TraceEvent {
-        let mut e = self.outcome(kind, o);
-        e.rule = reason_class(&f.enhanced).map(str::to_string);
-        e.reply = Some(describe(f));
-        e
-    }
-}
-
-/// The RFC 3463 subject of an enhanced status code, as the reason class of a Deferred or
-/// Failed row (`4.4.1` → `NetworkRouting`, `5.7.1` → `Security`).
-fn reason_class(enhanced: &str) -> Option<&'static str> {
-    Some(match enhanced.split('.').nth(1)? {
-        "0" => "Other",
-        "1" => "Addressing",
-        "2" => "Mailbox",
-        "3" => "MailSystem",
-        "4" => "NetworkRouting",
-        "5" => "Protocol",
-        "6" => "Content",
-        "7" => "Security",
-        _ => return None,
-    })
-}
-
-/// A duration for people: `90s`, `5m`, `2h 30m`, `2d 4h`.
-fn span(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..120 => format!("{s}s"),
-        120..7200 => format!("{}m", s / 60),
-        7200..172_800 => format!("{}h {}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d {}h", s / 86_400, s / 3600 % 24),
-    }
-}
-
-// ---- Admin commands (the admin API's queue routes and gauges) ------------------------
-// Kept in one block, apart from the delivery logic above: a command carries a oneshot for
-// its answer and is handled by the manager task, which owns the schedule (DESIGN.md).
-
-/// A message in the queue, as the admin API shows it.
-#[derive(Debug, Clone)]
-pub struct QueuedMessage {
-    pub id: String,
-    /// `""` = the null sender (a DSN).
-    pub mail_from: String,
-    pub recipients: Vec<QueuedRecipient>,
-    pub attempts: u32,
-    /// Unix time of arrival.
-    pub arrived: u64,
-    /// Unix time of the next attempt; `None` while an attempt is under way.
-    pub next_attempt: Option<u64>,
-    pub in_flight: bool,
-    pub inbound_connector: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct QueuedRecipient {
-    pub address: String,
-    pub state: RcptState,
-    /// The last temporary failure (for a pending recipient).
-    pub last_error: Option<String>,
-}
-
-/// Queue depth and the oldest arrival (gauges).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueStats {
-    pub depth: usize,
-    /// Unix time of the oldest message's arrival.
-    pub oldest_arrived: Option<u64>,
-}
-
-/// Why an admin command on one message was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdminError {
-    #[error("no message with this id is in the queue")]
-    NotFound,
-    #[error("a delivery attempt for this message is under way; try again when it has finished")]
-    InFlight,
-    #[error("the queue manager is not running")]
-    Stopped,
-    #[error("{0}")]
-    Io(String),
-}
-
-/// A request from the admin API to the manager task.
-pub enum AdminCommand {
-    List(oneshot::Sender<Vec<QueuedMessage>>),
-    /// Attempt the message now instead of at its scheduled time.
-    Retry(String, oneshot::Sender<Result<(), AdminError>>),
-    /// Remove the message from the queue and the spool without any DSN (`postsuper -d`).
-    Delete(String, oneshot::Sender<Result<(), AdminError>>),
-    Stats(oneshot::Sender<QueueStats>),
-    /// New retry/expiry settings (live reload); used from the next attempt on.
-    Settings(QueueSettings),
-}
-
-impl QueueHandle {
-    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> AdminCommand) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Admin(cmd(tx))).ok()?;
-        rx.await.ok()
-    }
-
-    /// Every message in the queue, oldest first.
-    pub async fn list(&self) -> Vec<QueuedMessage> {
-        self.ask(AdminCommand::List).await.unwrap_or_default()
-    }
-
-    pub async fn retry(&self, id: &str) -> Result<(), AdminError> {
-        let id = id.to_string();
-        self.ask(|tx| AdminCommand::Retry(id, tx))
-            .await
-            .unwrap_or(Err(AdminError::Stopped))
-    }
-
-    pub async fn delete(&self, id: &str) -> Result<(), AdminError> {
-        let id = id.to_string();
-        self.ask(|tx| AdminCommand::Delete(id, tx))
-            .await
-            .unwrap_or(Err(AdminError::Stopped))
-    }
-
-    pub async fn stats(&self) -> QueueStats {
-        self.ask(AdminCommand::Stats).await.unwrap_or_default()
-    }
-
-    pub fn update_settings(&self, settings: QueueSettings) {
-        let _ = self.tx.send(Msg::Admin(AdminCommand::Settings(settings)));
-    }
-}
-
-impl Manager {
-    fn admin(&mut self, cmd: AdminCommand) {
-        match cmd {
-            AdminCommand::List(reply) => {
-                let now = Instant::now();
-                let unix = unix_now();
-                let waiting = self.waiting.values().map(|(e, due)| {
-                    let wait = due.saturating_duration_since(now).as_secs();
-                    queued(e, Some(unix + wait))
-                });
-                let running = self.in_flight.values().map(|e| queued(e, None));
-                let mut all: Vec<QueuedMessage> = waiting.chain(running).collect();
-                all.sort_by(|a, b| (a.arrived, &a.id).cmp(&(b.arrived, &b.id)));
-                let _ = reply.send(all);
-            }
-            AdminCommand::Retry(id, reply) => {
-                let answer = if self.in_flight.contains_key(&id) {
-                    Err(AdminError::InFlight)
-                } else if let Some((entry, _)) = self.waiting.remove(&id) {
-                    self.schedule_at(entry, Instant::now());
-                    Ok(())
-                } else {
-                    Err(AdminError::NotFound)
-                };
-                let _ = reply.send(answer);
-            }
-            AdminCommand::Delete(id, reply) => {
-                if self.in_flight.contains_key(&id) {
-                    let _ = reply.send(Err(AdminError::InFlight));
-                    return;
-                }
-                // Its heap entry goes stale and is skipped by `start_due`.
-                if self.waiting.remove(&id).is_none() {
-                    let _ = reply.send(Err(AdminError::NotFound));
-                    return;
-                }
-                tracing::warn!(id = %id, "deleted from the queue by the admin API (no DSN)");
-                let spool = self.spool.clone();
-                tokio::spawn(async move {
-                    let removed = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
-                    let answer = match removed {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(AdminError::Io(e.to_string())),
-                        Err(e) => Err(AdminError::Io(e.to_string())),
-                    };
-                    let _ = reply.send(answer);
-                });
-            }
-            AdminCommand::Stats(reply) => {
-                let entries = self
-                    .waiting
-                    .values()
-                    .map(|(e, _)| e)
-                    .chain(self.in_flight.values());
-                let mut stats = QueueStats::default();
-                for e in entries {
-                    stats.depth += 1;
-                    stats.oldest_arrived = Some(
-                        stats
-                            .oldest_arrived
-                            .map_or(e.env.arrived, |o| o.min(e.env.arrived)),
-                    );
-                }
-                let _ = reply.send(stats);
-            }
-            AdminCommand::Settings(settings) => self.settings = Arc::new(settings),
-        }
-    }
-}
-
-fn queued(e: &Entry, next_attempt: Option<u64>) -> QueuedMessage {
-    QueuedMessage {
-        id: e.id.clone(),
-        mail_from: e.env.mail_from.clone(),
-        recipients: (0..e.env.recipients.len())
-            .map(|i| QueuedRecipient {
-                address: e.env.recipients[i].clone(),
-                state: e.states[i].clone(),
-                last_error: e.last_error[i].clone(),
-            })
-            .collect(),
-        attempts: e.attempts,
-        arrived: e.env.arrived,
-        next_attempt,
-        in_flight: next_attempt.is_none(),
-        inbound_connector: e.env.inbound_connector.clone(),
-    }
-}
-
-fn describe(f: &crate::delivery::Failure) -> String {
-    match f.code {
-        Some(c) => format!("{c} {} {}", f.enhanced, f.text),
-        None => format!("{} {}", f.enhanced, f.text),
-    }
-}
-
-fn dsn_recipient(
-    o: &RecipientOutcome,
-    status: &str,
-    f: &crate::delivery::Failure,
-    now: u64,
-) -> DsnRecipient {
-    DsnRecipient {
-        address: o.recipient.clone(),
-        action: DsnAction::Failed,
-        status: status.to_string(),
-        diagnostic: Some(format!("smtp; {}", describe(f))),
-        remote_mta: o.remote_host.clone(),
-        connector: o.connector.clone(),
-        last_attempt: Some(rfc5322_date(now)),
     }
 }

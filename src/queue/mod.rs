@@ -1,6 +1,16 @@
-//! Durable spool and queue manager.
+//! Durable spool and the delivery queues.
+//!
+//! - `spool.rs`, `wal.rs`: what was answered 250 is on disk, with each recipient's outcome;
+//! - `manager.rs`: the scheduler task: messages, one delivery queue per next hop
+//!   (`hop.rs`), timers for retries, expiry and delay notices;
+//! - `attempt.rs`: the tasks it starts (deliver one batch, fail or notify recipients);
+//! - `notices.rs`: trace rows and DSNs; `admin.rs`: the admin API's commands and views.
 
+pub mod admin;
+mod attempt;
+pub mod hop;
 pub mod manager;
+mod notices;
 pub mod spool;
 pub mod wal;
 

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::manager::{BoxFuture, Transport};
-use crate::delivery::{DeliveryJob, DeliveryStatus, Failure, RecipientOutcome};
+use crate::delivery::{DeliveryJob, DeliveryStatus, Failure, QueueKey, RecipientOutcome};
+use crate::policy::route::{select_route, test_support};
 
 /// What the fake answers for one recipient.
 #[derive(Debug, Clone)]
@@ -18,6 +19,10 @@ pub enum Scripted {
     Temporary(&'static str),
     /// A 5xx reply with this enhanced code (RFC 3463 class 5).
     Permanent(&'static str),
+    /// The next hop could not be used (e.g. `4.4.316` connection refused).
+    HopDown(&'static str),
+    /// Delivered after this long (on tokio's clock): a slow next hop.
+    Slow(std::time::Duration),
 }
 
 /// One call to [`Transport::deliver`], as the fake saw it.
@@ -98,12 +103,19 @@ impl FakeTransport {
             enhanced: enhanced.to_string(),
             text: "scripted".into(),
         };
-        let status = match scripted.unwrap_or(Scripted::Delivered) {
-            Scripted::Delivered => DeliveryStatus::Delivered {
+        let scripted = scripted.unwrap_or(Scripted::Delivered);
+        let hop_failure = matches!(scripted, Scripted::HopDown(_));
+        let status = match scripted {
+            Scripted::Delivered | Scripted::Slow(_) => DeliveryStatus::Delivered {
                 reply: "250 2.0.0 ok".into(),
             },
             Scripted::Temporary(e) => DeliveryStatus::Temporary(failure(451, e)),
             Scripted::Permanent(e) => DeliveryStatus::Permanent(failure(550, e)),
+            Scripted::HopDown(e) => DeliveryStatus::Temporary(Failure {
+                code: None,
+                enhanced: e.to_string(),
+                text: "scripted: next hop unusable".into(),
+            }),
         };
         RecipientOutcome {
             recipient: rcpt.to_string(),
@@ -112,13 +124,31 @@ impl FakeTransport {
             remote_host: Some("fake.test [192.0.2.1]".into()),
             would_route: None,
             tls: None,
+            hop_failure,
         }
     }
 }
 
 impl Transport for FakeTransport {
+    /// One queue per recipient domain, as for MX routing.
+    fn queue_key(&self, recipient: &str, from_outside_org: bool) -> Result<QueueKey, Failure> {
+        let domain = recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let decision = select_route(&test_support::policy(), domain, from_outside_org);
+        Ok(QueueKey {
+            route: decision.route,
+            domain: Some(domain.to_string()),
+        })
+    }
+
     fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>> {
         let outcomes = job.recipients.iter().map(|r| self.outcome(r)).collect();
+        let slow =
+            job.recipients
+                .iter()
+                .find_map(|r| match self.script.lock().unwrap().get(r.as_str()) {
+                    Some(Scripted::Slow(d)) => Some(*d),
+                    _ => None,
+                });
         let mut calls = self.calls.lock().unwrap();
         calls.push(Call {
             id: job.id.to_string(),
@@ -128,7 +158,12 @@ impl Transport for FakeTransport {
             at: Instant::now(),
         });
         self.count.send_replace(calls.len());
-        Box::pin(std::future::ready(outcomes))
+        Box::pin(async move {
+            if let Some(d) = slow {
+                tokio::time::sleep(d).await;
+            }
+            outcomes
+        })
     }
 }
 
@@ -138,6 +173,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::queue::hop::HopLimits;
     use crate::queue::manager::{self, QueueHandle, QueueSettings};
     use crate::queue::spool::{Envelope, Spool, unix_now};
     use crate::trace::Events;
@@ -163,7 +199,13 @@ mod tests {
             expiration: DAY,
             // Past the expiry: no delay DSN in these tests.
             delay_notice: 2 * DAY,
-            max_concurrent_attempts: 4,
+            max_connections: 4,
+            hop: HopLimits {
+                max_connections: 2,
+                quick_retries: 2,
+                quick_interval: Duration::from_secs(60),
+                slow_interval: Duration::from_secs(600),
+            },
         }
     }
 
@@ -193,9 +235,13 @@ mod tests {
     /// Stores a message from SENDER to RCPT that arrived at unix time `arrived` and hands
     /// it to the queue, as the SMTP side does.
     fn submit(q: &Queue, arrived: u64) -> String {
+        submit_to(q, arrived, RCPT)
+    }
+
+    fn submit_to(q: &Queue, arrived: u64, rcpt: &str) -> String {
         let env = Envelope {
             mail_from: SENDER.into(),
-            recipients: vec![RCPT.into()],
+            recipients: vec![rcpt.into()],
             arrived,
             inbound_connector: None,
             from_outside_org: false,
@@ -283,21 +329,25 @@ mod tests {
         assert!(text.contains(&format!("Status: {status}")), "{text}");
     }
 
+    /// A message older than the expiration when the queue takes it (a relay that was
+    /// stopped for days) is returned at once, without a last attempt.
     #[tokio::test(start_paused = true)]
     async fn expired_message_is_returned_to_the_sender() {
         let q = start(settings());
         q.fake.script(RCPT, Scripted::Temporary("4.4.1"));
-        // Expiry is measured on the wall clock (`unix_now() - arrived`), which the paused
-        // tokio clock does not move: the message arrived a day and a minute ago.
         let arrived = unix_now() - DAY.as_secs() - 60;
         let id = submit(&q, arrived);
-        q.fake.wait_calls(2).await;
-        assert_failure_dsn(&q.fake.calls(), &id, "5.4.7");
+        q.fake.wait_calls(1).await;
+        let calls = q.fake.calls();
+        assert_eq!(calls[0].mail_from, "", "a DSN, not an attempt: {calls:?}");
+        assert_eq!(calls[0].recipients, [SENDER]);
+        let text = String::from_utf8_lossy(&calls[0].data);
+        assert!(text.contains("Status: 5.4.7"), "{text}");
         wait_empty(&q).await;
         // A day later, still nothing more: the message is gone, not deferred.
         tokio::time::advance(DAY).await;
         wait_empty(&q).await;
-        assert_eq!(q.fake.calls().len(), 2, "{:?}", q.fake.calls());
+        assert_eq!(q.fake.calls().len(), 1, "{:?}", q.fake.calls());
         assert!(
             q.spool.read(&id).is_err(),
             "the expired message left the spool"
@@ -353,5 +403,115 @@ mod tests {
         );
         assert!(attempts.iter().all(|c| c.id == id));
         assert_failure_dsn(&[attempts[0].clone(), rest[0].clone()], &id, "5.4.7");
+    }
+
+    const DEAD: &str = "rcpt@dead.test";
+
+    fn dsns(calls: &[Call]) -> Vec<&Call> {
+        calls.iter().filter(|c| c.mail_from.is_empty()).collect()
+    }
+
+    /// A next hop that cannot be used puts its queue in Retry: after the first round (at
+    /// most MaxPerDomainOutboundConnections attempts), one probe per retry interval:
+    /// `TransientFailureRetryCount` quick ones, then the slow interval. When it works
+    /// again, Retry-Queue drains every message, each delivered once.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_hop_is_probed_not_hammered() {
+        let q = start(settings());
+        q.fake.script(DEAD, Scripted::HopDown("4.4.316"));
+        let ids: Vec<String> = (0..50).map(|_| submit_to(&q, unix_now(), DEAD)).collect();
+        // First round (2 = the per-queue limit), then probes at +60, +120, +720, +1320.
+        q.fake.wait_calls(6).await;
+        let calls = q.fake.calls();
+        let t0 = calls[0].at;
+        let at: Vec<u64> = calls.iter().map(|c| (c.at - t0).as_secs()).collect();
+        assert_eq!(at, [0, 0, 60, 120, 720, 1320], "{calls:?}");
+        poll_until("the last probe's result", || async {
+            q.handle.queues().await[0].status == crate::queue::hop::HopStatus::Retry
+        })
+        .await;
+        let queues = q.handle.queues().await;
+        assert_eq!(queues.len(), 1);
+        assert_eq!(queues[0].status, crate::queue::hop::HopStatus::Retry);
+        assert_eq!(queues[0].message_count, 50);
+        assert!(queues[0].last_error.as_deref().unwrap().contains("4.4.316"));
+        // The hop comes back; Retry-Queue instead of waiting for the next probe.
+        q.fake.script(DEAD, Scripted::Delivered);
+        q.handle.retry_queue("dead.test").await.unwrap();
+        wait_empty(&q).await;
+        let calls = q.fake.calls();
+        let delivered = &calls[6..];
+        assert_eq!(delivered.len(), 50, "{calls:?}");
+        let mut seen: Vec<&str> = delivered.iter().map(|c| c.id.as_str()).collect();
+        seen.sort();
+        let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+        want.sort();
+        assert_eq!(seen, want, "every message exactly once");
+        assert!(q.handle.queues().await.is_empty(), "empty queues go away");
+    }
+
+    /// Round robin across queues: with every slot taken by a slow next hop holding 100
+    /// messages, a message for another hop starts at the first free slot, not after the
+    /// 100.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_queue_does_not_starve_another() {
+        let q = start(settings());
+        let slow = "rcpt@slow.test";
+        q.fake.script(slow, Scripted::Slow(Duration::from_secs(10)));
+        for _ in 0..100 {
+            submit_to(&q, unix_now(), slow);
+        }
+        q.fake.wait_calls(2).await;
+        let fast = submit_to(&q, unix_now(), "rcpt@fast.test");
+        while !q.fake.calls().iter().any(|c| c.id == fast) {
+            q.fake.wait_calls(q.fake.calls().len() + 1).await;
+        }
+        let calls = q.fake.calls();
+        let t0 = calls[0].at;
+        let fast_at = calls.iter().find(|c| c.id == fast).unwrap().at;
+        assert!(
+            fast_at - t0 <= Duration::from_secs(10),
+            "waited {:?} behind the slow queue",
+            fast_at - t0
+        );
+        // The slow queue never ran more than its 2 connections at once: 2 calls per 10 s.
+        let first_ten = calls
+            .iter()
+            .filter(|c| c.id != fast && c.at - t0 < Duration::from_secs(10))
+            .count();
+        assert_eq!(first_ten, 2, "{calls:?}");
+    }
+
+    /// A message waiting in a queue in Retry gets its delay DSN and its NDR on time (the
+    /// clock is the message's age), without delivery attempts of its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_held_in_retry_is_notified_and_expires_on_time() {
+        let hour = Duration::from_secs(3600);
+        let q = start(QueueSettings {
+            delay_notice: 4 * hour,
+            ..settings()
+        });
+        q.fake.script(DEAD, Scripted::HopDown("4.4.316"));
+        let id = submit_to(&q, unix_now(), DEAD);
+        while dsns(&q.fake.calls()).len() < 2 {
+            q.fake.wait_calls(q.fake.calls().len() + 1).await;
+        }
+        let calls = q.fake.calls();
+        let t0 = calls[0].at;
+        let dsn = dsns(&calls);
+        let delay = String::from_utf8_lossy(&dsn[0].data);
+        assert!(delay.contains("Action: delayed"), "{delay}");
+        assert_eq!((dsn[0].at - t0).as_secs() / 60, 4 * 60, "delay DSN at 4 h");
+        let failure = String::from_utf8_lossy(&dsn[1].data);
+        assert!(failure.contains("Status: 5.4.7"), "{failure}");
+        assert!(
+            failure.contains("4.4.316"),
+            "the last error is in the NDR: {failure}"
+        );
+        assert_eq!((dsn[1].at - t0).as_secs() / 60, 24 * 60, "NDR at 1 day");
+        // Probes only: 1 + 2 quick + one per 10 minutes, not one per message retry.
+        let attempts = calls.iter().filter(|c| c.id == id).count();
+        assert!((140..=150).contains(&attempts), "{attempts} attempts");
+        wait_empty(&q).await;
     }
 }

@@ -4,6 +4,7 @@
 //! engine. The spool and the queue are shared by every generation and never rebuilt.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -11,10 +12,12 @@ use tokio_rustls::TlsAcceptor;
 use super::StartError;
 use super::backend::RelayBackend;
 use crate::delivery::{Deliverer, DeliveryJob, RecipientOutcome};
+use crate::delivery::{Failure, QueueKey};
 use crate::dns::Resolver;
 use crate::message::srs::Srs;
 use crate::policy::restrict::{InboundPolicy, SessionFacts};
 use crate::policy::{ConnectorType, Policy, RelaySettings};
+use crate::queue::hop::HopLimits;
 use crate::queue::manager::{BoxFuture, QueueHandle, QueueSettings, Transport};
 use crate::queue::spool::Spool;
 use crate::smtp::client_cert::ClientCertValidator;
@@ -109,7 +112,13 @@ pub(super) fn queue_settings(r: &RelaySettings) -> QueueSettings {
         retry_max: r.max_retry_interval,
         expiration: r.message_expiration_timeout,
         delay_notice: r.delay_notification_timeout,
-        max_concurrent_attempts: 100,
+        max_connections: r.max_outbound_connections,
+        hop: HopLimits {
+            max_connections: r.max_per_domain_outbound_connections,
+            quick_retries: r.transient_failure_retry_count,
+            quick_interval: r.transient_failure_retry_interval,
+            slow_interval: r.outbound_connection_failure_retry_interval,
+        },
     }
 }
 
@@ -190,22 +199,38 @@ pub(super) fn build(policy: &Arc<Policy>, shared: &Shared) -> Result<Generation,
 }
 
 /// The queue's transport: the current delivery engine. An attempt takes the engine of the
-/// moment it starts (so it sees the policy of that moment) and keeps it to its end.
-pub(super) struct SwapTransport(ArcSwap<Deliverer>);
+/// moment it starts (so it sees the policy of that moment) and keeps it to its end; each
+/// swap is a new generation, so that the queue routes its pending recipients again.
+pub(super) struct SwapTransport {
+    current: ArcSwap<Deliverer>,
+    generation: AtomicU64,
+}
 
 impl SwapTransport {
     pub fn new(d: Deliverer) -> Self {
-        SwapTransport(ArcSwap::from_pointee(d))
+        SwapTransport {
+            current: ArcSwap::from_pointee(d),
+            generation: AtomicU64::new(0),
+        }
     }
 
     pub fn store(&self, d: Deliverer) {
-        self.0.store(Arc::new(d));
+        self.current.store(Arc::new(d));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
 impl Transport for SwapTransport {
+    fn queue_key(&self, recipient: &str, from_outside_org: bool) -> Result<QueueKey, Failure> {
+        self.current.load().queue_key(recipient, from_outside_org)
+    }
+
     fn deliver<'a>(&'a self, job: &'a DeliveryJob<'a>) -> BoxFuture<'a, Vec<RecipientOutcome>> {
-        let current = self.0.load_full();
+        let current = self.current.load_full();
         Box::pin(async move { current.deliver(job).await })
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
