@@ -19,8 +19,7 @@
 //! channel and decide nothing about the schedule. Hop state lives here, not in the
 //! delivery engine, so a reload (which swaps the engine) keeps it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -180,6 +179,8 @@ pub(super) struct Held {
     pub expires: Instant,
     /// `DelayNotificationTimeout`, on tokio's clock.
     pub notice_at: Instant,
+    /// Its entry in the timers (expiry or delay notice).
+    pub timer_at: Option<Instant>,
     pub io: Arc<tokio::sync::Mutex<()>>,
     /// The routing generation its batches were built with.
     pub generation: u64,
@@ -269,7 +270,7 @@ pub fn start(
         next_hop_id: 1,
         runnable: VecDeque::new(),
         active: 0,
-        timers: BinaryHeap::new(),
+        timers: BTreeSet::new(),
         tasks: JoinSet::new(),
     };
     let join = tokio::spawn(mgr.run(rx, recovered, shutdown));
@@ -299,8 +300,10 @@ pub(super) struct Manager {
     runnable: VecDeque<HopId>,
     /// Attempts under way, in all.
     active: usize,
-    /// Stale entries are skipped when they fire (each handler checks the state).
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Due times. A message's entries are removed when it leaves (the set stays as large
+    /// as the queue, not as the traffic of the last `MessageExpirationTimeout`); others
+    /// that went stale are skipped when they fire (each handler checks the state).
+    timers: BTreeSet<(Instant, Timer)>,
     /// Tasks under way; owned here so that a stop can wait for them, then end them.
     tasks: JoinSet<()>,
     generation: u64,
@@ -328,7 +331,7 @@ impl Manager {
         }
         self.pump();
         loop {
-            let next = self.timers.peek().map(|Reverse((t, _))| *t);
+            let next = self.timers.first().map(|(t, _)| *t);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg),
@@ -389,6 +392,7 @@ impl Manager {
             suspended: false,
             expires,
             notice_at,
+            timer_at: None,
             io: Arc::default(),
             generation: self.generation,
         };
@@ -551,8 +555,7 @@ impl Manager {
     fn wait_batch(&mut self, id: &str, hop: HopId, at: Instant) {
         if let Some(b) = self.messages.get_mut(id).and_then(|h| h.batch_mut(hop)) {
             b.due = Due::At(at);
-            self.timers
-                .push(Reverse((at, Timer::Batch(id.to_string(), hop))));
+            self.timers.insert((at, Timer::Batch(id.to_string(), hop)));
         }
     }
 
@@ -701,7 +704,7 @@ impl Manager {
             && let Some(q) = self.hops.get_mut(&done.hop)
             && let Some(at) = q.on_hop_failure(now, unix, error, &limits)
         {
-            self.timers.push(Reverse((at, Timer::Hop(done.hop))));
+            self.timers.insert((at, Timer::Hop(done.hop)));
         }
         let Some(held) = self.messages.get_mut(&done.id) else {
             return;
@@ -733,7 +736,7 @@ impl Manager {
         let identity = self.identity(hop);
         let next = self.hops.get(&hop).and_then(HopQueue::retry_at);
         if let Some(at) = entered {
-            self.timers.push(Reverse((at, Timer::Hop(hop))));
+            self.timers.insert((at, Timer::Hop(hop)));
             let failures = self.hops.get(&hop).map_or(0, |q| q.failures);
             tracing::warn!(queue = %identity, failures, error = %error, next_retry_in = ?at - now, "delivery queue in Retry");
         }
@@ -856,7 +859,14 @@ impl Manager {
     /// Drops the message from the schedule (its batches leave their queues).
     pub(super) fn forget(&mut self, id: &str) {
         if let Some(held) = self.messages.remove(id) {
+            if let Some(at) = held.timer_at {
+                self.timers.remove(&(at, Timer::Message(id.to_string())));
+            }
             for b in held.batches {
+                if let Due::At(at) = b.due {
+                    self.timers
+                        .remove(&(at, Timer::Batch(id.to_string(), b.hop)));
+                }
                 self.leave_hop(b.hop);
             }
         }
@@ -866,8 +876,8 @@ impl Manager {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while self.timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
-            let Some(Reverse((at, timer))) = self.timers.pop() else {
+        while self.timers.first().is_some_and(|(t, _)| *t <= now) {
+            let Some((at, timer)) = self.timers.pop_first() else {
                 break;
             };
             match timer {
@@ -897,15 +907,18 @@ impl Manager {
 
     /// The next of a message's expiry and delay notice.
     fn arm_message_timer(&mut self, id: &str) {
-        if let Some(held) = self.messages.get(id) {
+        if let Some(held) = self.messages.get_mut(id) {
             // A notice already due waits for the task holding the message (`after_task`).
             let at = if held.entry.delay_notified || held.notice_at <= Instant::now() {
                 held.expires
             } else {
                 held.notice_at.min(held.expires)
             };
-            self.timers
-                .push(Reverse((at, Timer::Message(id.to_string()))));
+            let key = Timer::Message(id.to_string());
+            if let Some(old) = held.timer_at.replace(at) {
+                self.timers.remove(&(old, key.clone()));
+            }
+            self.timers.insert((at, key));
         }
     }
 
