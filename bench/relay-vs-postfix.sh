@@ -6,6 +6,7 @@
 #   N=5000 C=20 bash bench/relay-vs-postfix.sh --scenario plain --no-idle
 #   bash bench/relay-vs-postfix.sh --shape per-connection --rcpts 1   # one connection a message
 #   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
+#   bash bench/relay-vs-postfix.sh --scenario outage -n 2000   # smart host down, then back
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
 # instance is left unconfigured and stopped), builds the relay and the latency tool, then:
@@ -16,8 +17,11 @@
 # (smtp-source -d, smtp-latency) and one connection per message (smtp-source without -d,
 # smtp-latency --per-message-connection: a TLS handshake per message), then end-of-DATA ->
 # 250 latency at half of each server's measured end-to-end rate, connect -> banner from a
-# trusted and an untrusted address, then an idle-sessions probe. Both servers keep their
-# durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
+# trusted and an untrusted address, then an idle-sessions probe. Last, the outage scenario:
+# the smart host of both is down (bench/outage.py dead-host: 421 and close, counting the
+# connections), N messages are injected (reused sessions), then the sink comes back, both
+# are flushed (relay admin API retry, postqueue -f) and the drain is timed. Both servers keep
+# their durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
 # See bench/README.md for what each figure means.
 set -euo pipefail
 
@@ -26,7 +30,9 @@ C=${C:-50}
 IDLE=${IDLE:-10000}
 SIZE=${SIZE:-4096}
 RCPTS=${RCPTS:-"1 10"}
-SCENARIOS=${SCENARIOS:-"plain tls"}
+SCENARIOS=${SCENARIOS:-"plain tls outage"}
+OUTAGE_WINDOW=${OUTAGE_WINDOW:-60} # s after the outage injection during which dead-host connections count
+OUTAGE_RETRY=01:00:00 OUTAGE_RETRY_S=3600 # neither server retries on its own within the outage run
 LATENCY=${LATENCY:-1}
 KEEP=${KEEP:-0}
 ATTRIBUTION=${ATTRIBUTION:-0}
@@ -44,14 +50,17 @@ PREGREET=${PREGREET:-}
 PF_PEERNAME_LOOKUP=${PF_PEERNAME_LOOKUP:-no}
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options (or the environment variables in brackets):
   --quick            N=2000, IDLE=2000 and BANNER=200, for trying it
   -n N               messages per run [N, default 20000]
   -c C               concurrent sessions in the reused shape [C, default 50]
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
-  --scenario S       plain, tls or "plain tls" [SCENARIOS]
+  --scenario S       plain, tls, outage or a list, e.g. "plain tls" [SCENARIOS, default
+                     "plain tls outage"]; outage: reused sessions, 1 recipient
+  --outage-window S  seconds after the outage injection during which connections to the
+                     dead smart host are still counted [OUTAGE_WINDOW, default 60]
   --shape S          reused, per-connection or both: sessions kept across messages, one
                      connection per message, or both (the default) [SHAPES]
   --pc-sessions K    connections at a time in the per-connection shape [PC_C, default 20]
@@ -86,6 +95,7 @@ while [ $# -gt 0 ]; do
             esac
             shift ;;
         --pc-sessions) PC_C=$2; shift ;;
+        --outage-window) OUTAGE_WINDOW=$2; shift ;;
         --banner) BANNER=$2; shift ;;
         --pregreet) PREGREET=$2; shift ;;
         --idle) IDLE=$2; shift ;;
@@ -197,8 +207,8 @@ stop_sampler() {
 
 # ---------------------------------------------------------------- the downstream sinks
 SINK_PID=""
-start_sink() { # scenario
-    SINK_PORT=$(free_port)
+start_sink() { # scenario [port: the outage scenario brings the sink back on the same port]
+    SINK_PORT=${2:-$(free_port)}
     if [ "$1" = tls ]; then
         SINK_DIR=$WORK/sink-mail
         mkdir -p "$SINK_DIR"
@@ -252,6 +262,16 @@ start_relay() { # scenario
         # seconds: no connection rate limit, as Postfix's default (anvil's is 0 = off).
         echo "MaxInboundConnectionRatePerSource = 0"
         if [ -n "$PREGREET" ]; then echo "PreGreetingWait = \"$PREGREET\""; fi
+        if [ "$1" = outage ]; then
+            # No retry of its own during the outage measurement (the flush starts the drain,
+            # as postqueue -f does for Postfix); outbound connection limits at their defaults.
+            echo "TransientFailureRetryInterval = \"$OUTAGE_RETRY\""
+            echo "MaxRetryInterval = \"$OUTAGE_RETRY\""
+            echo "TransientFailureRetryCount = 6"
+            echo "OutboundConnectionFailureRetryInterval = \"$OUTAGE_RETRY\""
+            echo "MaxPerDomainOutboundConnections = 20"
+            echo "MaxOutboundConnections = 1000"
+        fi
         echo
         echo "[[InboundConnector]]"
         echo "Name = \"Load source\""
@@ -268,6 +288,21 @@ start_relay() { # scenario
             echo "TlsDomain = \"sink.test\""
         fi
     } >"$d/relay.toml"
+    RELAY_KEYS_DROPPED=""
+    if [ "$1" = outage ]; then
+        # A build from before the per-next-hop queue scheduler refuses the keys it does not
+        # know: leave those out (and say so in the report) rather than not run at all.
+        local key
+        "$RELAY" check --config "$d/relay.toml" >"$d/check.out" 2>&1 || true
+        for key in TransientFailureRetryCount OutboundConnectionFailureRetryInterval \
+            MaxPerDomainOutboundConnections MaxOutboundConnections; do
+            if grep "$key" "$d/check.out" | grep -q "unknown key"; then
+                sed -i "/^$key = /d" "$d/relay.toml"
+                RELAY_KEYS_DROPPED="$RELAY_KEYS_DROPPED $key"
+            fi
+        done
+        [ -z "$RELAY_KEYS_DROPPED" ] || say "  this relay build does not know:$RELAY_KEYS_DROPPED (left out)"
+    fi
     "$RELAY" check --config "$d/relay.toml" >/dev/null || die "generated relay config is invalid: $d/relay.toml (--keep keeps it)"
     (cd "$d" && exec "$RELAY" run --config "$d/relay.toml" >"$d/relay.log" 2>&1) &
     RELAY_PID=$!
@@ -315,6 +350,15 @@ smtputf8_enable = no
 # (PF_PEERNAME_LOOKUP=yes): a lost DNS answer would be measured as a 5 s greeting.
 smtpd_peername_lookup = $PF_PEERNAME_LOOKUP
 EOF
+    if [ "$1" = outage ]; then
+        # No retry of its own during the outage measurement: postqueue -f starts the drain.
+        # (A dead destination is also skipped for minimal_backoff_time.)
+        cat >>"$PF/etc/main.cf" <<EOF
+minimal_backoff_time = ${OUTAGE_RETRY_S}s
+maximal_backoff_time = ${OUTAGE_RETRY_S}s
+queue_run_delay = ${OUTAGE_RETRY_S}s
+EOF
+    fi
     if [ "$1" = tls ]; then
         cat >>"$PF/etc/main.cf" <<EOF
 smtpd_tls_cert_file = $CERTS/relay.contoso.test.crt
@@ -361,8 +405,26 @@ postfix_queue_empty() {
     [ -z "$(find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" -type f 2>/dev/null | head -1)" ]
 }
 
+# ---------------------------------------------------------------- the dead smart host
+# bench/outage.py dead-host on the sink's port: accepts, answers 421, closes, and counts the
+# connections in $WORK/dead.count. Both servers meet the same dead host.
+DEAD_PID=""
+start_dead_host() {
+    rm -f "$WORK/dead.count"
+    python3 "$REPO/bench/outage.py" dead-host --listen "127.0.0.1:$SINK_PORT" \
+        --count-file "$WORK/dead.count" >"$WORK/dead.log" 2>&1 &
+    DEAD_PID=$!
+    wait_listening "$SINK_PORT" "the dead smart host"
+}
+stop_dead_host() {
+    [ -n "$DEAD_PID" ] || return 0
+    kill "$DEAD_PID" 2>/dev/null; wait "$DEAD_PID" 2>/dev/null || true; DEAD_PID=""
+}
+dead_count() { local n; n=$(cat "$WORK/dead.count" 2>/dev/null || true); echo "${n:-0}"; }
+
 cleanup() {
     stop_sampler 2>/dev/null || true
+    stop_dead_host
     stop_relay; stop_postfix; stop_sink
     [ -n "${IDLE_PID:-}" ] && kill "$IDLE_PID" 2>/dev/null
     if [ "$KEEP" = 1 ]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
@@ -439,6 +501,72 @@ run_latency() { # rate, target, shape
     done
 }
 
+# ---------------------------------------------------------------- outage
+# The smart host of the server under test goes down, N messages come in, the smart host comes
+# back and the server is told to flush. Sets R[outage,target,*]: healthy (injection msg/s
+# with the smart host up: same instance, configuration and load), inj (msg/s while down),
+# conns_inj / conns (connections to the dead host until the last 250 / OUTAGE_WINDOW s
+# later), held (messages queued at the end of the window), peak (MB, during the outage),
+# flush (s the flush command took), drain (s from the flush to the sink's N-th message),
+# drainrate (msg/s), route (the relay's admin route used by the flush).
+queued_count() { # target
+    if [ "$1" = relay ]; then
+        curl -sf "http://127.0.0.1:$RELAY_ADMIN_PORT/metrics" | sed -n 's/^connector_relay_queue_depth //p'
+    else
+        find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" -type f 2>/dev/null | wc -l
+    fi
+}
+run_outage() { # target
+    local target=$1 t0 t1 t2 tf t3 deadline base count out
+    run_load "$target" 1 reused
+    R[outage,$target,healthy]=$INJ
+
+    stop_sink
+    start_dead_host
+    echo 0 >"$WORK/peak"
+    start_sampler "$TARGET_PID" "$WORK/peak"
+    t0=$(now)
+    smtp-source -d -s "$C" -m "$N" -l "$SIZE" -r 1 -M load.onprem.test \
+        -f load@onprem.test -t r@example.test "127.0.0.1:$TARGET_PORT" \
+        >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "smtp-source against $target (outage) failed"; }
+    t1=$(now)
+    R[outage,$target,conns_inj]=$(dead_count)
+    sleep "$OUTAGE_WINDOW"
+    R[outage,$target,conns]=$(dead_count)
+    stop_sampler
+    R[outage,$target,held]=$(queued_count "$target")
+    R[outage,$target,inj]=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+    R[outage,$target,peak]=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/peak")
+    say "  $target, smart host down: injection ${R[outage,$target,inj]} msg/s (healthy ${R[outage,$target,healthy]}), connections to it ${R[outage,$target,conns_inj]} until the last 250, ${R[outage,$target,conns]} after $OUTAGE_WINDOW s more; ${R[outage,$target,held]} queued"
+
+    stop_dead_host
+    start_sink outage "$SINK_PORT"
+    base=$(sink_count)
+    t2=$(now)
+    if [ "$target" = relay ]; then
+        out=$WORK/flush.out
+        python3 "$REPO/bench/outage.py" relay-flush --admin "127.0.0.1:$RELAY_ADMIN_PORT" \
+            --token-file "$WORK/relay/data/admin.token" >"$out" 2>"$WORK/flush.err" ||
+            { cat "$WORK/flush.err" >&2; die "relay flush failed"; }
+        R[outage,relay,route]="$(result_kv "$(grep '^RESULT' "$out")" route)|$(result_kv "$(grep '^RESULT' "$out")" items)|$(result_kv "$(grep '^RESULT' "$out")" failed)"
+    else
+        postqueue -c "$PF/etc" -f || die "postqueue -f failed"
+    fi
+    tf=$(now)
+    deadline=$(awk -v t="$t2" 'BEGIN { printf "%.3f", t + 600 }')
+    while :; do
+        count=$(( $(sink_count) - base ))
+        [ "$count" -ge "$N" ] && break
+        awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }' && die "$target: only $count of $N messages reached the sink 10 minutes after the flush"
+        sleep 0.05
+    done
+    t3=$(now)
+    R[outage,$target,flush]=$(awk -v a="$t2" -v b="$tf" 'BEGIN { printf "%.2f", b - a }')
+    R[outage,$target,drain]=$(awk -v a="$t2" -v b="$t3" 'BEGIN { printf "%.2f", b - a }')
+    R[outage,$target,drainrate]=$(awk -v n="$N" -v a="$t2" -v b="$t3" 'BEGIN { printf "%.0f", n / (b - a) }')
+    say "  $target, smart host back: flush took ${R[outage,$target,flush]} s, all $N at the sink ${R[outage,$target,drain]} s after it (${R[outage,$target,drainrate]} msg/s)"
+}
+
 # ---------------------------------------------------------------- connect -> banner
 # BANNER connections one after the other from one source address, each timed from
 # connect() returning to the whole 220 greeting read, then QUIT; no mail. Sets PROBE to
@@ -493,17 +621,23 @@ cat <<EOF
 # connector-relay ($(cd "$REPO" && git describe --always --dirty 2>/dev/null)${RELAY_BIN:+, binary $RELAY_BIN}) vs Postfix $(postconf -d -h mail_version 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)
 # machine: nproc=$(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)
 # spool/queue on: $(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')
-# N=$N messages of ~$SIZE bytes per run; shapes: $SHAPES (reused: C=$C sessions kept open across messages; per-connection: $PC_C connections at a time, one per message)
+# N=$N messages of ~$SIZE bytes per run; shapes: $SHAPES (reused: C=$C sessions kept open across messages; per-connection: $PC_C connections at a time, one per message); outage scenario: reused only
 # relay PreGreetingWait: $PREGREET_SHOWN; Postfix smtpd_peername_lookup = $PF_PEERNAME_LOOKUP
 EOF
 
 declare -A R
-FIRST_SCENARIO=${SCENARIOS%% *} FIRST_SHAPE=${SHAPES%% *}
+# The connect -> banner probe runs in the first scenario other than outage.
+FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx outage | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
 for SCENARIO in $SCENARIOS; do
     say "scenario $SCENARIO"
     start_sink "$SCENARIO"
     for target in relay postfix; do
         if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
+        if [ "$SCENARIO" = outage ]; then
+            run_outage "$target"
+            if [ "$target" = relay ]; then R[outage,relay,dropped]=$RELAY_KEYS_DROPPED; stop_relay; else stop_postfix; fi
+            continue
+        fi
         for shape in $SHAPES; do
             for r in $RCPTS; do
                 run_load "$target" "$r" "$shape"
@@ -541,6 +675,7 @@ done
 echo
 printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' scenario shape rcpts figure connector-relay Postfix ratio
 for SCENARIO in $SCENARIOS; do
+    [ "$SCENARIO" = outage ] && continue
     for shape in $SHAPES; do
         for r in $RCPTS; do
             for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
@@ -566,7 +701,36 @@ for SCENARIO in $SCENARIOS; do
     fi
     printf '%-6s %-14s %-6s %-22s %s MB (VmHWM over the whole scenario)\n' "$SCENARIO" - - "relay peak RSS" "${R[$SCENARIO,relay,hwm]}"
 done
-if [ "$BANNER" -gt 0 ]; then
+if [[ " $SCENARIOS " == *" outage "* ]]; then
+    for f in healthy:"accept msg/s, sink up" inj:"accept msg/s, sink down" pct:"down/up %" \
+        conns_inj:"conns to dead, inject" conns:"conns to dead, +window" held:"queued after window" \
+        peak:"peak memory MB, down" drain:"drain s after flush" drainrate:"drain msg/s"; do
+        k=${f%%:*} label=${f#*:}
+        if [ "$k" = pct ]; then
+            a=$(awk -v a="${R[outage,relay,inj]}" -v b="${R[outage,relay,healthy]}" 'BEGIN { printf "%.0f", 100 * a / b }')
+            b=$(awk -v a="${R[outage,postfix,inj]}" -v b="${R[outage,postfix,healthy]}" 'BEGIN { printf "%.0f", 100 * a / b }')
+        else
+            a=${R[outage,relay,$k]} b=${R[outage,postfix,$k]}
+        fi
+        printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' outage reused 1 "$label" "$a" "$b" "$(ratio "$a" "$b")"
+    done
+    IFS='|' read -r route items failed <<<"${R[outage,relay,route]}"
+    if [ "$route" = queues ]; then
+        flushed="POST /api/queues/<id>/retry for each of $items queues of GET /api/queues ($failed refused)"
+    else
+        flushed="GET /api/queues is missing in this build: POST /api/queue/<id>/retry for each of $items messages ($failed refused)"
+    fi
+    echo "# outage: the smart host of both is bench/outage.py dead-host (accepts, answers 421, closes; counts connections), then smtp-sink on the same port; N=$N messages, C=$C reused sessions, 1 recipient"
+    echo "# outage: connections counted from the first message to the last 250 (inject) and to $OUTAGE_WINDOW s after it (+window); neither server retries on its own (relay retry intervals $OUTAGE_RETRY, Postfix minimal/maximal_backoff_time and queue_run_delay ${OUTAGE_RETRY_S}s)"
+    echo "# outage: drain = from the flush to the sink's N-th message; relay flush: $flushed, ${R[outage,relay,flush]} s; Postfix: postqueue -f, ${R[outage,postfix,flush]} s"
+    [ -z "${R[outage,relay,dropped]}" ] || echo "# outage: this relay build does not know${R[outage,relay,dropped]} (left out of its config)"
+    awk -v ri="${R[outage,relay,inj]}" -v rh="${R[outage,relay,healthy]}" -v pi="${R[outage,postfix,inj]}" \
+        -v rd="${R[outage,relay,drainrate]}" -v pd="${R[outage,postfix,drainrate]}" 'BEGIN {
+        ok = "met"; no = "NOT met"
+        printf "# outage goals: accept while down >= 90%% of healthy: %.0f%% (%s); >= 2x Postfix: %.2fx (%s); drain >= 2x Postfix: %.2fx (%s)\n",
+            100 * ri / rh, (ri >= 0.9 * rh ? ok : no), ri / pi, (ri >= 2 * pi ? ok : no), rd / pd, (rd >= 2 * pd ? ok : no) }'
+fi
+if [ "$BANNER" -gt 0 ] && [ -n "$FIRST_SCENARIO" ]; then
     for src in trusted:$TRUSTED_SRC untrusted:$UNTRUSTED_SRC; do
         for t in relay postfix; do
             IFS='|' read -r first p50 p99 p999 max <<<"${R[banner,$t,${src%%:*}]}"
