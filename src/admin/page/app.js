@@ -184,7 +184,7 @@ async function loadQueues() {
       cell(tr, q.ActiveConnections);
       cell(tr, q.LastError, "details");
       cell(tr, q.NextRetryTime || "");
-      const actions = cell(tr, "");
+      const actions = cell(tr, "", "actions");
       actions.appendChild(button("Retry", "retry", () => queuesAction(q, "POST", "/retry", undefined, "Retry-Queue done")));
       actions.appendChild(document.createTextNode(" "));
       if (q.Status === "Suspended") {
@@ -194,7 +194,7 @@ async function loadQueues() {
       }
       body.appendChild(tr);
     }
-    say(queues.length + " delivery queues");
+    say(queues.length + (queues.length === 1 ? " delivery queue" : " delivery queues"));
   } catch (e) { report(e); }
 }
 
@@ -238,7 +238,7 @@ async function loadQueue() {
       cell(tr, age(m.AgeSeconds));
       cell(tr, nextAttempt(m));
       cell(tr, m.LastError, "details");
-      const actions = cell(tr, "");
+      const actions = cell(tr, "", "actions");
       actions.appendChild(button("Retry", "retry", () => queueAction("POST", m.Identity, "/retry", undefined, "retry scheduled")));
       actions.appendChild(document.createTextNode(" "));
       if (m.Status === "Suspended") {
