@@ -134,6 +134,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The running relay's delivery queues and messages, through its admin API
+    /// (`AdminListen`, token from `AdminTokenFile`). Exit 1 when the API refuses (no such
+    /// queue or message), 2 when the relay cannot be reached.
+    Queue {
+        #[arg(long, default_value = "config/relay.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: connector_relay::admin::cli::QueueCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -208,6 +217,7 @@ fn main() -> ExitCode {
             recipients,
             json,
         } => explain(&config, ip, cert.as_deref(), &sender, &recipients, json),
+        Cmd::Queue { config, command } => queue_cmd(&config, &command),
         Cmd::Trace {
             config,
             message_id,
@@ -470,6 +480,35 @@ fn trace_cmd(path: &Path, filter: &trace::TraceFilter, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `connector-relay queue ...`: the config only says where the admin API is and where its
+/// token is; its warnings are not this command's business, so only errors are printed.
+fn queue_cmd(path: &Path, command: &connector_relay::admin::cli::QueueCmd) -> ExitCode {
+    use connector_relay::admin::{cli, client::AdminClient};
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = match AdminClient::for_relay(&loaded.policy.relay) {
+        Ok(client) => runtime().block_on(cli::run(&client, command)),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("connector-relay queue: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -8,13 +8,18 @@
 //! (`admin/status.rs`, `relay/certs.rs`).
 //!
 //! Label values are connector names, rule names and reason classes: all bounded by the
-//! config or by the code, never by what a remote peer sends.
+//! config or by the code, never by what a remote peer sends. The per-delivery-queue series
+//! ([`delivery_queues`]) are the exception: their `queue` and `next_hop` labels come from
+//! recipient domains, so they are bounded by count instead (the [`QUEUE_SERIES`] queues
+//! with most messages).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::queue::hop::HopStatus;
+use crate::queue::manager::QueueView;
 use crate::trace::{EventKind, TraceEvent};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -108,9 +113,141 @@ pub fn delivery_latency(latency: Duration) {
     metrics::histogram!(DELIVERY_LATENCY).record(latency.as_secs_f64());
 }
 
+/// At most this many delivery queues get series of their own: those with most messages.
+pub const QUEUE_SERIES: usize = 50;
+
+const QUEUE_STATUSES: [HopStatus; 4] = [
+    HopStatus::Ready,
+    HopStatus::Active,
+    HopStatus::Retry,
+    HopStatus::Suspended,
+];
+
+/// The delivery-queue gauges in Prometheus text, for appending to [`render`]'s output.
+///
+/// They are rendered here from the queues as they are at this scrape instead of being set
+/// on the recorder: a recorder gauge keeps its last value forever, so a queue that emptied
+/// (and went away) or changed status (the `status` label) would leave a series with a stale
+/// value behind. Rendered lines exist exactly while the queue does, with its status now.
+/// `connector_relay_delivery_queues` counts every queue by status (all four, zeros too);
+/// the per-queue series cover the [`QUEUE_SERIES`] queues with most messages.
+pub fn delivery_queues(views: &[QueueView], now: u64) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP connector_relay_delivery_queues Delivery queues (one per next hop) by status.\n",
+    );
+    out.push_str("# TYPE connector_relay_delivery_queues gauge\n");
+    for status in QUEUE_STATUSES {
+        let n = views.iter().filter(|v| v.status == status).count();
+        out.push_str(&format!(
+            "connector_relay_delivery_queues{{status=\"{}\"}} {n}\n",
+            status.as_str()
+        ));
+    }
+    let top = largest(views, QUEUE_SERIES);
+    type Value = fn(&QueueView, u64) -> u64;
+    let series: [(&str, &str, Value); 3] = [
+        (
+            "connector_relay_delivery_queue_messages",
+            "Messages waiting in a delivery queue.",
+            |v, _| v.message_count as u64,
+        ),
+        (
+            "connector_relay_delivery_queue_oldest_message_age_seconds",
+            "Age of the oldest message in a delivery queue.",
+            |v, now| v.oldest_arrived.map_or(0, |a| now.saturating_sub(a)),
+        ),
+        (
+            "connector_relay_delivery_queue_active_connections",
+            "Delivery attempts under way from a delivery queue.",
+            |v, _| v.active_connections as u64,
+        ),
+    ];
+    for (name, help, value) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for v in &top {
+            out.push_str(&format!(
+                "{name}{{queue=\"{}\",next_hop=\"{}\",status=\"{}\"}} {}\n",
+                label(&v.identity),
+                label(&v.next_hop_domain),
+                v.status.as_str(),
+                value(v, now)
+            ));
+        }
+    }
+    out
+}
+
+/// The `n` queues with most messages (ties: the older queue, by identity number, first).
+fn largest(views: &[QueueView], n: usize) -> Vec<&QueueView> {
+    let number = |v: &QueueView| {
+        v.identity
+            .rsplit('\\')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let mut sorted: Vec<&QueueView> = views.iter().collect();
+    sorted.sort_by_key(|v| (std::cmp::Reverse(v.message_count), number(v)));
+    sorted.truncate(n);
+    sorted
+}
+
+/// A label value escaped as the text format wants (the Identity has a backslash).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(id: u64, messages: usize, status: HopStatus) -> QueueView {
+        QueueView {
+            identity: format!("relay.contoso.test\\{id}"),
+            delivery_type: "DnsConnectorDelivery",
+            next_hop_domain: format!("d{id}.test"),
+            connector: None,
+            status,
+            message_count: messages,
+            active_connections: 0,
+            failures: 0,
+            last_error: None,
+            last_retry_time: None,
+            next_retry_time: None,
+            oldest_arrived: Some(1_000),
+        }
+    }
+
+    #[test]
+    fn queue_series_are_escaped_counted_and_capped() {
+        let mut views: Vec<QueueView> = (1..=60)
+            .map(|i| view(i, i as usize, HopStatus::Ready))
+            .collect();
+        views[59].status = HopStatus::Retry;
+        let text = delivery_queues(&views, 1_030);
+        assert!(
+            text.contains(
+                "connector_relay_delivery_queue_messages{queue=\"relay.contoso.test\\\\60\",next_hop=\"d60.test\",status=\"Retry\"} 60\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("connector_relay_delivery_queues{status=\"Ready\"} 59\n"));
+        assert!(text.contains("connector_relay_delivery_queues{status=\"Suspended\"} 0\n"));
+        assert!(text.contains(
+            "connector_relay_delivery_queue_oldest_message_age_seconds{queue=\"relay.contoso.test\\\\11\",next_hop=\"d11.test\",status=\"Ready\"} 30\n"
+        ));
+        // The 50 largest only: queue 10 (10 messages) and smaller are left out.
+        assert!(!text.contains("d10.test"), "{text}");
+        let per_queue = text
+            .lines()
+            .filter(|l| l.starts_with("connector_relay_delivery_queue_messages{"))
+            .count();
+        assert_eq!(per_queue, QUEUE_SERIES);
+        assert_eq!(label("a\"b\nc"), "a\\\"b\\nc");
+    }
 
     #[test]
     fn events_become_labelled_counters() {

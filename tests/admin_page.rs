@@ -2,8 +2,8 @@
 //! WebDriver by `chromedriver`, both installed by `scripts/install-deps.sh`): sign in with
 //! the token, see the connectors of the config file, disable one and see the change in the
 //! API and the file, search the trace for a message that went through the relay, and look at
-//! the queue. The screenshots land in the target dir (and in `docs/` with
-//! `UPDATE_SCREENSHOTS=1`).
+//! the queue; suspend and resume a delivery queue in Retry in the Queues view. The
+//! screenshots land in the target dir (and in `docs/` with `UPDATE_SCREENSHOTS=1`).
 
 mod support;
 
@@ -308,5 +308,96 @@ async fn the_page_lists_toggles_and_traces() {
     .await;
     c.close().await.unwrap();
     println!("screenshot: {}", result.display());
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The `Status` of the only delivery queue, from the API.
+async fn api_queue_status(admin: SocketAddr, token: &str) -> Value {
+    let list = http(admin, "GET", "/api/queues", Some(token), None)
+        .await
+        .json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    list[0]["Status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_view_suspends_and_resumes_a_queue_in_retry() {
+    // The on-premises smart host is a port nothing listens on: its queue goes to Retry.
+    let refused = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, config_text(dir.path(), refused)).unwrap();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
+    let admin = relay.admin_addr.expect("admin listener");
+
+    let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), relay.smtp_addrs[0]).await;
+    d.cmd("EHLO app.contoso.test", "250").await;
+    d.send_message(
+        "queued@contoso.test",
+        "bob@contoso.test",
+        "Subject: waits in Retry\r\n\r\nhello",
+    )
+    .await;
+    d.cmd("QUIT", "221").await;
+    let (a, t) = (admin, token.as_str());
+    until("the queue in Retry", || async move {
+        (api_queue_status(a, t).await == "Retry").then_some(())
+    })
+    .await;
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    async {
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
+        wait_for_text(&c, "#connectors tbody tr", "To on-premises").await;
+
+        // The Queues view: the queue, its next hop, connector, Retry and the error.
+        click(&c, "#tabs button[data-tab='queues']").await;
+        let row = "#queues tbody tr";
+        wait_for_text(&c, &format!("{row} td.status"), "Retry").await;
+        let text_of_row = text(&c, row).await;
+        for want in [
+            "relay.contoso.test\\",
+            "SmartHostConnectorDelivery",
+            &refused.to_string(),
+            "To on-premises",
+            "Connection refused",
+        ] {
+            assert!(text_of_row.contains(want), "{want:?} in {text_of_row:?}");
+        }
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-queues.png");
+
+        // Suspend: the page and the API say Suspended; Resume: back to Retry.
+        click(&c, &format!("{row} button.suspend")).await;
+        wait_for_text(&c, &format!("{row} td.status"), "Suspended").await;
+        assert_eq!(api_queue_status(admin, &token).await, "Suspended");
+        click(&c, &format!("{row} button.resume")).await;
+        wait_for_text(&c, &format!("{row} td.status"), "Retry").await;
+        assert_eq!(api_queue_status(admin, &token).await, "Retry");
+
+        // The Messages view: Status, the queue, and Suspend/Resume of the message.
+        click(&c, "#tabs button[data-tab='queue']").await;
+        let msg = "#queue tbody tr";
+        wait_for_text(&c, msg, "queued@contoso.test").await;
+        let m = text(&c, msg).await;
+        assert!(
+            m.contains("Retry") && m.contains("relay.contoso.test\\"),
+            "{m}"
+        );
+        click(&c, &format!("{msg} button.suspend")).await;
+        wait_for_text(&c, &format!("{msg} td.status"), "Suspended").await;
+        let list = http(admin, "GET", "/api/queue", Some(&token), None)
+            .await
+            .json();
+        assert_eq!(list[0]["Status"], "Suspended", "{list}");
+        click(&c, &format!("{msg} button.resume")).await;
+        wait_for_text(&c, &format!("{msg} td.status"), "Retry").await;
+    }
+    .await;
+    c.close().await.unwrap();
     relay.shutdown(Duration::from_secs(5)).await;
 }

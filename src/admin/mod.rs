@@ -13,6 +13,8 @@
 //! and the queue through `state.queue`. Paths served without the token (a login page and
 //! its assets) go in [`AdminState::is_public`].
 
+pub mod cli;
+pub mod client;
 mod connectors;
 mod ops;
 mod page;

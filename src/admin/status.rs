@@ -33,12 +33,20 @@ pub(super) async fn metrics(
     axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
 ) -> Response {
     update_gauges(&state).await;
+    // The per-delivery-queue lines are rendered from the queues of this moment and
+    // appended (see `metrics::delivery_queues` for why they are not recorder gauges).
+    let queues = state.queue.queues().await;
+    let mut text = crate::metrics::render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&crate::metrics::delivery_queues(&queues, unix_now() as u64));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(),
+        text,
     )
         .into_response()
 }

@@ -161,13 +161,64 @@ async function searchTrace(ev) {
   } catch (e) { report(e); }
 }
 
-// ---- queue ------------------------------------------------------------------------
+// ---- delivery queues --------------------------------------------------------------
+
+// The Status column's class: Retry and Suspended stand out.
+const statusClass = (status) => "status status-" + String(status || "").toLowerCase();
+
+async function loadQueues() {
+  try {
+    const queues = await api("GET", "/api/queues");
+    const body = $("#queues tbody");
+    body.replaceChildren();
+    for (const q of queues) {
+      const tr = document.createElement("tr");
+      tr.dataset.identity = q.Identity;
+      tr.dataset.nextHop = q.NextHopDomain;
+      cell(tr, q.Identity, "identity");
+      cell(tr, q.DeliveryType);
+      cell(tr, q.NextHopDomain);
+      cell(tr, q.NextHopConnector || "(default MX route)");
+      cell(tr, q.Status, statusClass(q.Status));
+      cell(tr, q.MessageCount, "count");
+      cell(tr, q.ActiveConnections);
+      cell(tr, q.LastError, "details");
+      cell(tr, q.NextRetryTime || "");
+      const actions = cell(tr, "", "actions");
+      actions.appendChild(button("Retry", "retry", () => queuesAction(q, "POST", "/retry", undefined, "Retry-Queue done")));
+      actions.appendChild(document.createTextNode(" "));
+      if (q.Status === "Suspended") {
+        actions.appendChild(button("Resume", "resume", () => queuesAction(q, "PUT", "/status", { Status: "Active" }, "resumed")));
+      } else {
+        actions.appendChild(button("Suspend", "suspend", () => queuesAction(q, "PUT", "/status", { Status: "Suspended" }, "suspended")));
+      }
+      body.appendChild(tr);
+    }
+    say(queues.length + (queues.length === 1 ? " delivery queue" : " delivery queues"));
+  } catch (e) { report(e); }
+}
+
+async function queuesAction(q, method, suffix, body, done) {
+  try {
+    await api(method, "/api/queues/" + encodeURIComponent(q.Identity) + suffix, body);
+    await loadQueues();
+    say(q.Identity + " (" + q.NextHopDomain + "): " + done);
+  } catch (e) { report(e); }
+}
+
+// ---- messages ---------------------------------------------------------------------
 
 function age(seconds) {
   if (seconds == null) return "";
   if (seconds < 120) return Math.round(seconds) + " s";
   if (seconds < 7200) return Math.round(seconds / 60) + " min";
   return (seconds / 3600).toFixed(1) + " h";
+}
+
+function nextAttempt(m) {
+  if (m.Status === "Active") return "now (attempt under way)";
+  if (m.Status === "Suspended") return "when resumed";
+  return m.NextRetryTime || "";
 }
 
 async function loadQueue() {
@@ -181,15 +232,23 @@ async function loadQueue() {
       cell(tr, m.Identity);
       cell(tr, m.FromAddress === "" ? "<>" : m.FromAddress);
       cell(tr, (m.Recipients || []).map((r) => r.Address + " (" + r.Status + ")").join(", "));
+      cell(tr, m.Status, statusClass(m.Status));
+      cell(tr, (m.Queues || []).join(", "));
       cell(tr, m.RetryCount);
       cell(tr, age(m.AgeSeconds));
-      cell(tr, m.Status === "Active" ? "now (attempt under way)" : m.NextRetryTime || "");
+      cell(tr, nextAttempt(m));
       cell(tr, m.LastError, "details");
-      const actions = cell(tr, "");
-      actions.appendChild(button("Retry", "retry", () => queueAction("POST", m.Identity, "/retry", "retry scheduled")));
+      const actions = cell(tr, "", "actions");
+      actions.appendChild(button("Retry", "retry", () => queueAction("POST", m.Identity, "/retry", undefined, "retry scheduled")));
+      actions.appendChild(document.createTextNode(" "));
+      if (m.Status === "Suspended") {
+        actions.appendChild(button("Resume", "resume", () => queueAction("PUT", m.Identity, "/status", { Status: "Active" }, "resumed")));
+      } else {
+        actions.appendChild(button("Suspend", "suspend", () => queueAction("PUT", m.Identity, "/status", { Status: "Suspended" }, "suspended")));
+      }
       actions.appendChild(document.createTextNode(" "));
       actions.appendChild(button("Delete", "delete", () => {
-        if (confirm("Delete " + m.Identity + " without a bounce?")) queueAction("DELETE", m.Identity, "", "deleted");
+        if (confirm("Delete " + m.Identity + " without a bounce?")) queueAction("DELETE", m.Identity, "", undefined, "deleted");
       }));
       body.appendChild(tr);
     }
@@ -197,11 +256,11 @@ async function loadQueue() {
   } catch (e) { report(e); }
 }
 
-async function queueAction(method, id, suffix, done) {
+async function queueAction(method, id, suffix, body, done) {
   try {
-    await api(method, "/api/queue/" + encodeURIComponent(id) + suffix);
-    say(id + ": " + done);
+    await api(method, "/api/queue/" + encodeURIComponent(id) + suffix, body);
     await loadQueue();
+    say(id + ": " + done);
   } catch (e) { report(e); }
 }
 
@@ -242,6 +301,7 @@ function showTab(name) {
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== name + "-view";
   say("");
   if (name === "queue") loadQueue();
+  if (name === "queues") loadQueues();
 }
 
 function showLogin(error) {
@@ -279,6 +339,7 @@ $("#logout").addEventListener("click", () => {
 for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
 $("#trace-form").addEventListener("submit", searchTrace);
 $("#queue-refresh").addEventListener("click", loadQueue);
+$("#queues-refresh").addEventListener("click", loadQueues);
 $("#explain-form").addEventListener("submit", explain);
 
 if (sessionStorage.getItem(TOKEN_KEY)) start(); else showLogin();
