@@ -23,6 +23,11 @@ use tokio::time::Instant;
 
 use crate::delivery::QueueKey;
 
+/// Attempts a new or recovered queue may run at once before it has proved its next hop
+/// (Postfix's `initial_destination_concurrency`): a dead next hop gets this many
+/// connections, not `MaxPerDomainOutboundConnections`, before the queue goes to Retry.
+pub const INITIAL_CONCURRENCY: usize = 5;
+
 /// Stable id of a delivery queue while it exists (Get-Queue's `Identity` is `fqdn\id`).
 pub type HopId = u64;
 
@@ -83,6 +88,9 @@ pub struct HopQueue {
     pub active: usize,
     /// Consecutive failures of the whole hop (0: healthy).
     pub failures: u32,
+    /// Attempts allowed at once: from [`INITIAL_CONCURRENCY`], one more per attempt that
+    /// reached the next hop, up to the limit (slow start, as Postfix's qmgr).
+    window: usize,
     /// While in Retry: when the next probe may start.
     retry_at: Option<Instant>,
     pub suspended: bool,
@@ -101,6 +109,7 @@ impl HopQueue {
             messages: 0,
             active: 0,
             failures: 0,
+            window: INITIAL_CONCURRENCY,
             retry_at: None,
             suspended: false,
             last_error: None,
@@ -130,14 +139,15 @@ impl HopQueue {
     }
 
     /// How many attempts may run at once now: none in Retry or Suspended, one (the probe)
-    /// while the hop has failed and not yet recovered, else the limit.
+    /// while the hop has failed and not yet recovered, else the slow-start window within
+    /// the limit.
     fn concurrency(&self, limits: &HopLimits) -> usize {
         if self.suspended || self.retry_at.is_some() {
             0
         } else if self.failures > 0 {
             1
         } else {
-            limits.max_connections.max(1)
+            self.window.min(limits.max_connections).max(1)
         }
     }
 
@@ -175,6 +185,7 @@ impl HopQueue {
             return None;
         }
         self.failures = self.failures.saturating_add(1);
+        self.window = INITIAL_CONCURRENCY;
         let wait = if self.failures <= limits.quick_retries {
             limits.quick_interval
         } else {
@@ -188,8 +199,9 @@ impl HopQueue {
 
     /// A batch got a session from the hop (whatever the message's fate): the hop works, so
     /// the queue leaves Retry and runs at full concurrency again.
-    pub fn on_hop_success(&mut self) {
+    pub fn on_hop_success(&mut self, limits: &HopLimits) {
         self.failures = 0;
+        self.window = (self.window + 1).min(limits.max_connections.max(1));
         self.retry_at = None;
         self.times.next_retry = None;
     }
@@ -285,7 +297,7 @@ mod tests {
         assert!(q.can_start(&l));
         q.active = 1;
         assert!(!q.can_start(&l), "one probe at a time");
-        q.on_hop_success();
+        q.on_hop_success(&l);
         assert!(q.can_start(&l));
         q.active = 3;
         assert!(!q.can_start(&l), "MaxPerDomainOutboundConnections");
@@ -306,5 +318,38 @@ mod tests {
         assert_eq!(q.status(), HopStatus::Ready);
         assert!(q.can_start(&l));
         assert_eq!(q.failures, 1, "a forced retry is still a probe");
+    }
+
+    #[test]
+    fn slow_start_from_five_to_the_limit() {
+        let mut l = limits();
+        l.max_connections = 20;
+        let mut q = queue();
+        q.push_ready("a".into());
+        let room = |q: &mut HopQueue| {
+            let saved = q.active;
+            let mut n = 0;
+            q.active = 0;
+            while q.can_start(&l) {
+                q.active += 1;
+                n += 1;
+            }
+            q.active = saved;
+            n
+        };
+        assert_eq!(room(&mut q), INITIAL_CONCURRENCY);
+        for _ in 0..3 {
+            q.on_hop_success(&l);
+        }
+        assert_eq!(room(&mut q), 8);
+        for _ in 0..100 {
+            q.on_hop_success(&l);
+        }
+        assert_eq!(room(&mut q), 20);
+        let at = q.on_hop_failure(Instant::now(), 0, "x".into(), &l).unwrap();
+        q.on_retry_due(at, 0);
+        assert_eq!(room(&mut q), 1, "the probe");
+        q.on_hop_success(&l);
+        assert_eq!(room(&mut q), INITIAL_CONCURRENCY + 1);
     }
 }

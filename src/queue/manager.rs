@@ -687,7 +687,7 @@ impl Manager {
             self.message_retry(&done, still);
         }
         if reached && let Some(q) = self.hops.get_mut(&hop) {
-            q.on_hop_success();
+            q.on_hop_success(&self.settings.hop);
         }
         self.after_task(&done.id);
         self.wake(hop);
