@@ -514,4 +514,47 @@ mod tests {
         assert!((140..=150).contains(&attempts), "{attempts} attempts");
         wait_empty(&q).await;
     }
+
+    /// A message for 500 domains is 500 batches in 500 queues, started within
+    /// `MaxOutboundConnections` (4 here), not 500 connections at once; each domain gets
+    /// the message once.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_for_500_domains_stays_within_the_global_limit() {
+        let q = start(settings());
+        let rcpts: Vec<String> = (0..500).map(|i| format!("r@d{i}.test")).collect();
+        for r in &rcpts {
+            q.fake.script(r, Scripted::Slow(Duration::from_secs(10)));
+        }
+        let env = Envelope {
+            mail_from: SENDER.into(),
+            recipients: rcpts.clone(),
+            arrived: unix_now(),
+            inbound_connector: None,
+            from_outside_org: false,
+            smtputf8: false,
+        };
+        let id = q.spool.new_id();
+        q.spool
+            .store(&id, &env, b"Subject: many\r\n\r\nx\r\n")
+            .unwrap();
+        q.handle.submit(id.clone(), env);
+        q.fake.wait_calls(500).await;
+        tokio::time::sleep(Duration::from_secs(11)).await; // the last round ends
+        wait_empty(&q).await;
+        let calls = q.fake.calls();
+        let t0 = calls[0].at;
+        // Each 10-second round starts at most 4 batches: 125 rounds.
+        for round in 0..125u64 {
+            let started = calls
+                .iter()
+                .filter(|c| (c.at - t0).as_secs() / 10 == round)
+                .count();
+            assert_eq!(started, 4, "round {round}: {started} batches started");
+        }
+        let mut got: Vec<&str> = calls.iter().map(|c| c.recipients[0].as_str()).collect();
+        got.sort();
+        let mut want: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        want.sort();
+        assert_eq!(got, want, "each domain once, one recipient per batch");
+    }
 }
