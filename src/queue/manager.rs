@@ -102,13 +102,16 @@ pub struct Entry {
     pub last_error: Vec<Option<String>>,
     pub attempts: u32,
     pub delay_notified: bool,
+    /// Its Message-ID, when known (for the trace rows written without reading it back;
+    /// `None` for a message recovered from the spool).
+    pub message_id: Option<String>,
     /// When the message was accepted, on this process's clock (delivery latency metric;
     /// for a message recovered from the spool, reconstructed from its arrival second).
     pub accepted: std::time::Instant,
 }
 
 impl Entry {
-    pub fn new(id: String, env: Envelope) -> Entry {
+    pub fn new(id: String, env: Envelope, message_id: Option<String>) -> Entry {
         let n = env.recipients.len();
         Entry {
             id,
@@ -117,6 +120,7 @@ impl Entry {
             last_error: vec![None; n],
             attempts: 0,
             delay_notified: false,
+            message_id,
             accepted: std::time::Instant::now(),
         }
     }
@@ -132,6 +136,7 @@ impl Entry {
             last_error: r.last_error,
             attempts: r.attempts,
             delay_notified: r.delay_notified,
+            message_id: None,
         }
     }
 
@@ -231,8 +236,9 @@ pub struct QueueHandle {
 
 impl QueueHandle {
     /// Schedules a message that is already durably in the spool.
-    pub fn submit(&self, id: String, env: Envelope) {
-        let _ = self.tx.send(Msg::New(Box::new(Entry::new(id, env))));
+    pub fn submit(&self, id: String, env: Envelope, message_id: Option<String>) {
+        let entry = Entry::new(id, env, message_id);
+        let _ = self.tx.send(Msg::New(Box::new(entry)));
     }
 }
 
@@ -1043,6 +1049,7 @@ impl Manager {
         for i in rcpts {
             let mut e = TraceEvent::new(EventKind::Deferred);
             e.queue_id = Some(id.to_string());
+            e.message_id = held.entry.message_id.clone();
             e.sender = Some(held.entry.env.mail_from.clone());
             e.recipient = Some(held.entry.env.recipients[i].clone());
             e.connector = q.key.route.connector.clone();

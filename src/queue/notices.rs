@@ -188,7 +188,7 @@ impl Notifier {
                     about.join(", ")
                 ));
                 self.events.emit(e);
-                self.handle.submit(dsn_id, dsn_env);
+                self.handle.submit(dsn_id, dsn_env, Some(message_id));
             }
             other => tracing::error!(id = %id, error = ?other, "cannot store DSN"),
         }

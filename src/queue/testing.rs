@@ -250,7 +250,7 @@ mod tests {
         let id = q.spool.new_id();
         let data = b"Message-ID: <m1@org.test>\r\nSubject: t\r\n\r\nbody\r\n";
         q.spool.store(&id, &env, data).unwrap();
-        q.handle.submit(id.clone(), env);
+        q.handle.submit(id.clone(), env, None);
         id
     }
 
@@ -537,7 +537,7 @@ mod tests {
         q.spool
             .store(&id, &env, b"Subject: many\r\n\r\nx\r\n")
             .unwrap();
-        q.handle.submit(id.clone(), env);
+        q.handle.submit(id.clone(), env, None);
         q.fake.wait_calls(500).await;
         tokio::time::sleep(Duration::from_secs(11)).await; // the last round ends
         wait_empty(&q).await;

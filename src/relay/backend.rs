@@ -322,7 +322,7 @@ impl Backend for RelayBackend {
                     ));
                     self.events.emit(e);
                 }
-                self.queue.submit(id.clone(), env);
+                self.queue.submit(id.clone(), env, message_id);
                 reply
             }
             Err(e) => {
