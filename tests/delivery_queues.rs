@@ -97,8 +97,19 @@ struct Lab {
 
 impl Lab {
     async fn start(a: SocketAddr, b: SocketAddr, keys: &str, dns: Option<SocketAddr>) -> Lab {
+        Self::start_edited(a, b, keys, dns, |t| t).await
+    }
+
+    /// As `start`, with the config text changed by `edit` first.
+    async fn start_edited(
+        a: SocketAddr,
+        b: SocketAddr,
+        keys: &str,
+        dns: Option<SocketAddr>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
-        let toml = config(dir.path(), "127.0.0.1:0", "127.0.0.1:0", a, b, keys);
+        let toml = edit(config(dir.path(), "127.0.0.1:0", "127.0.0.1:0", a, b, keys));
         let relay = start_relay(&toml, dns).await;
         let token = std::fs::read_to_string(dir.path().join("admin.token"))
             .unwrap()
@@ -403,6 +414,20 @@ async fn a_421_greeting_puts_the_queue_in_retry_and_retry_queue_probes_once() {
         "first round: {burst} connections"
     );
 
+    // The queue routes want the token, know their queues, and take two statuses only.
+    let r = http(lab.admin, "GET", "/api/queues", None, None).await;
+    assert_eq!(r.status, 401, "GET /api/queues without the token");
+    let r = lab.api("POST", "/api/queues/987654/retry", None).await;
+    assert_eq!(r.status, 404, "Retry-Queue of an unknown queue: {}", r.body);
+    let r = lab
+        .api(
+            "PUT",
+            &format!("/api/queues/{hop}/status"),
+            Some(json!({"Status": "Paused"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "an unknown Status: {}", r.body);
+
     let n = queue_number(&q);
     let r = lab
         .api("POST", &format!("/api/queues/{n}/retry"), None)
@@ -432,6 +457,41 @@ async fn a_421_greeting_puts_the_queue_in_retry_and_retry_queue_probes_once() {
     )
     .await;
     assert_eq!(q["MessageCount"], 100, "{q:#}");
+    lab.stop().await;
+}
+
+/// A next hop without STARTTLS on a route that requires TLS (`TlsSettings =
+/// "EncryptionOnly"`): the TLS level is not met, which makes the hop unusable like a refused
+/// connection, so its queue goes to Retry; nothing is sent in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_level_not_met_puts_the_queue_in_retry() {
+    const PER_HOP: usize = 10;
+    let a = Downstream::start(Mode::Accept).await;
+    let b = Downstream::start(Mode::Accept).await;
+    let keys = queue_keys(PER_HOP, "01:00:00", 6, "01:00:00");
+    let lab = Lab::start_edited(a.addr, b.addr, &keys, None, |t| {
+        t.replace(
+            "Name = \"To A\"\n",
+            "Name = \"To A\"\nTlsSettings = \"EncryptionOnly\"\n",
+        )
+    })
+    .await;
+
+    inject(lab.smtp, onprem(), "user@a.test", "tls", 50, 2).await;
+    let hop = a.addr.to_string();
+    let q = wait_queue(lab.admin, &lab.token, &hop, "Retry with 50 messages", |q| {
+        q["Status"] == "Retry" && q["MessageCount"] == 50
+    })
+    .await;
+    println!("TLS level not met: {q:#}");
+    assert!(has_text(&q["LastError"]), "{q:#}");
+    assert_eq!(a.rcpts(), 0, "no RCPT without TLS");
+    assert!(a.delivered().is_empty(), "nothing delivered in clear");
+    assert!(
+        a.connections() <= PER_HOP,
+        "{} connections for 50 messages before the queue went to Retry",
+        a.connections()
+    );
     lab.stop().await;
 }
 
