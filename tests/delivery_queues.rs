@@ -746,6 +746,25 @@ async fn max_outbound_connections_caps_all_queues_together() {
     lab.stop().await;
 }
 
+/// Without `MaxPerDomainOutboundConnections` a queue opens at most 20 connections (the
+/// default of Set-TransportService), and uses them all when it has the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_per_hop_limit_is_20() {
+    let a = Downstream::start(Mode::Hang).await;
+    let b = Downstream::start(Mode::Accept).await;
+    let lab = Lab::start(a.addr, b.addr, "", None).await;
+
+    inject(lab.smtp, onprem(), "user@a.test", "default", 100, 4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.open_now() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.max_open(), 20, "connections open at once to one hop");
+    a.release_hung();
+    lab.stop().await;
+}
+
 /// MX routes: one queue per recipient domain even when the domains share their MX host,
 /// `DnsConnectorDelivery`, no connector; `Retry-Queue` by the domain probes that queue only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
