@@ -32,6 +32,9 @@ pub enum Mode {
     TempFailRcpt,
     /// A working SMTP server that takes every message.
     Accept,
+    /// As `Accept`, but the reply to the end of each message comes after this long (a slow
+    /// next hop whose sessions still succeed).
+    SlowAccept(Duration),
 }
 
 /// Connections open at once, and the most seen; can be shared by several fakes to count
@@ -71,6 +74,8 @@ struct State {
     mode: Mutex<Mode>,
     gauge: Arc<Gauge>,
     shared: Option<Arc<Gauge>>,
+    /// Sessions inside a transaction (from MAIL to the reply to its end).
+    busy: Arc<Gauge>,
     accepted: Mutex<Vec<Instant>>,
     rcpts: AtomicUsize,
     /// Message-ID header of every message taken (one entry per delivery, duplicates kept).
@@ -99,6 +104,7 @@ impl Downstream {
             mode: Mutex::new(mode),
             gauge: Gauge::new(),
             shared,
+            busy: Gauge::new(),
             accepted: Mutex::new(Vec::new()),
             rcpts: AtomicUsize::new(0),
             delivered: Mutex::new(Vec::new()),
@@ -147,6 +153,11 @@ impl Downstream {
     /// The most connections open at once so far.
     pub fn max_open(&self) -> usize {
         self.state.gauge.max()
+    }
+
+    /// The most sessions inside a transaction at once (MAIL to the reply to its end).
+    pub fn max_busy(&self) -> usize {
+        self.state.busy.max()
     }
 
     /// RCPT commands received (in any mode that reads commands).
@@ -224,19 +235,27 @@ async fn session(mut stream: TcpStream, mode: Mode, s: &State) {
                 .write_all(b"421 4.3.2 fake.test Service not available, closing channel\r\n")
                 .await;
         }
-        Mode::TempFailRcpt | Mode::Accept => {
-            let _ = smtp(stream, mode == Mode::Accept, s).await;
+        Mode::TempFailRcpt => {
+            let _ = smtp(stream, false, Duration::ZERO, s).await;
+        }
+        Mode::Accept => {
+            let _ = smtp(stream, true, Duration::ZERO, s).await;
+        }
+        Mode::SlowAccept(delay) => {
+            let _ = smtp(stream, true, delay, s).await;
         }
     }
 }
 
 /// A minimal SMTP server (RFC 5321 replies, PIPELINING-safe: one reply per command line).
-async fn smtp(stream: TcpStream, take: bool, s: &State) -> std::io::Result<()> {
+async fn smtp(stream: TcpStream, take: bool, delay: Duration, s: &State) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 fake.test ESMTP\r\n").await?;
     let mut line = String::new();
     let mut recipients = 0usize;
+    // Held from MAIL to the end of the transaction (dropped when the session ends too).
+    let mut busy: Option<GaugeGuard> = None;
     loop {
         line.clear();
         if r.read_line(&mut line).await? == 0 {
@@ -250,10 +269,12 @@ async fn smtp(stream: TcpStream, take: bool, s: &State) -> std::io::Result<()> {
             "HELO" | "NOOP" => b"250 2.0.0 OK\r\n",
             "RSET" => {
                 recipients = 0;
+                drop(busy.take());
                 b"250 2.0.0 OK\r\n"
             }
             "MAIL" => {
                 recipients = 0;
+                drop(busy.replace(s.busy.enter()));
                 b"250 2.1.0 OK\r\n"
             }
             "RCPT" => {
@@ -271,9 +292,12 @@ async fn smtp(stream: TcpStream, take: bool, s: &State) -> std::io::Result<()> {
                 let Some(id) = read_message(&mut r).await? else {
                     return Ok(());
                 };
+                tokio::time::sleep(delay).await;
                 s.delivered.lock().unwrap().push(id);
                 recipients = 0;
-                b"250 2.0.0 OK queued\r\n"
+                w.write_all(b"250 2.0.0 OK queued\r\n").await?;
+                drop(busy.take());
+                continue;
             }
             "QUIT" => {
                 w.write_all(b"221 2.0.0 Bye\r\n").await?;
