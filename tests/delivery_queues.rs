@@ -770,6 +770,26 @@ async fn the_default_per_hop_limit_is_20() {
     lab.stop().await;
 }
 
+/// Slow start: a new queue whose next hop has not answered yet runs 5 attempts at once,
+/// not `MaxPerDomainOutboundConnections` (20 by default), so a hop that hangs from the
+/// start gets 5 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_queue_starts_with_five_attempts() {
+    let a = Downstream::start(Mode::Hang).await;
+    let b = Downstream::start(Mode::Accept).await;
+    let lab = Lab::start(a.addr, b.addr, "", None).await;
+
+    inject(lab.smtp, onprem(), "user@a.test", "slow-start", 100, 4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.open_now() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.max_open(), 5, "attempts at once before the hop answered");
+    a.release_hung();
+    lab.stop().await;
+}
+
 /// MX routes: one queue per recipient domain even when the domains share their MX host,
 /// `DnsConnectorDelivery`, no connector; `Retry-Queue` by the domain probes that queue only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
