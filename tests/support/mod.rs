@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod downstream;
 pub mod http;
+pub mod inject;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
