@@ -7,6 +7,7 @@
 #   bash bench/relay-vs-postfix.sh --shape per-connection --rcpts 1   # one connection a message
 #   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
 #   bash bench/relay-vs-postfix.sh --scenario outage -n 2000   # smart host down, then back
+#   bash bench/relay-vs-postfix.sh --scenario large --large-n 20  # 1, 10, 50 MB messages
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
 # instance is left unconfigured and stopped), builds the relay and the latency tool, then:
@@ -33,6 +34,9 @@ RCPTS=${RCPTS:-"1 10"}
 SCENARIOS=${SCENARIOS:-"plain tls outage"}
 OUTAGE_WINDOW=${OUTAGE_WINDOW:-60} # s after the outage injection during which dead-host connections count
 OUTAGE_RETRY=01:00:00 OUTAGE_RETRY_S=3600 # neither server retries on its own within the outage run
+LARGE_SIZES=${LARGE_SIZES:-"1 10 50"} # MB per message in the large scenario, one run each
+LARGE_N=${LARGE_N:-20}          # messages per size in the large scenario
+LARGE_C=${LARGE_C:-4}           # sessions at a time in the large scenario
 LATENCY=${LATENCY:-1}
 KEEP=${KEEP:-0}
 ATTRIBUTION=${ATTRIBUTION:-0}
@@ -57,8 +61,12 @@ Options (or the environment variables in brackets):
   -n N               messages per run [N, default 20000]
   -c C               concurrent sessions in the reused shape [C, default 50]
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
-  --scenario S       plain, tls, outage or a list, e.g. "plain tls" [SCENARIOS, default
-                     "plain tls outage"]; outage: reused sessions, 1 recipient
+  --scenario S       plain, tls, outage, large or a list, e.g. "plain tls" [SCENARIOS,
+                     default "plain tls outage"]; outage: reused sessions, 1 recipient;
+                     large: plain, reused sessions, 1 recipient, one run per size
+  --large-sizes "1 10 50"  message sizes in MB of the large scenario [LARGE_SIZES]
+  --large-n N        messages per size in the large scenario [LARGE_N, default 20]
+  --large-c C        sessions at a time in the large scenario [LARGE_C, default 4]
   --outage-window S  seconds after the outage injection during which connections to the
                      dead smart host are still counted [OUTAGE_WINDOW, default 60]
   --shape S          reused, per-connection or both: sessions kept across messages, one
@@ -96,6 +104,9 @@ while [ $# -gt 0 ]; do
             shift ;;
         --pc-sessions) PC_C=$2; shift ;;
         --outage-window) OUTAGE_WINDOW=$2; shift ;;
+        --large-sizes) LARGE_SIZES=$2; shift ;;
+        --large-n) LARGE_N=$2; shift ;;
+        --large-c) LARGE_C=$2; shift ;;
         --banner) BANNER=$2; shift ;;
         --pregreet) PREGREET=$2; shift ;;
         --idle) IDLE=$2; shift ;;
@@ -262,6 +273,8 @@ start_relay() { # scenario
         # seconds: no connection rate limit, as Postfix's default (anvil's is 0 = off).
         echo "MaxInboundConnectionRatePerSource = 0"
         if [ -n "$PREGREET" ]; then echo "PreGreetingWait = \"$PREGREET\""; fi
+        # Room for the largest message of the large scenario (the default is 25 MB).
+        if [ "$1" = large ]; then echo "MaxMessageSize = \"100MB\""; fi
         if [ "$1" = outage ]; then
             # No retry of its own during the outage measurement (the flush starts the drain,
             # as postqueue -f does for Postfix); outbound connection limits at their defaults.
@@ -358,6 +371,10 @@ minimal_backoff_time = ${OUTAGE_RETRY_S}s
 maximal_backoff_time = ${OUTAGE_RETRY_S}s
 queue_run_delay = ${OUTAGE_RETRY_S}s
 EOF
+    fi
+    if [ "$1" = large ]; then
+        # Room for the largest message of the large scenario (the default is 10 MB).
+        echo "message_size_limit = 104857600" >>"$PF/etc/main.cf"
     fi
     if [ "$1" = tls ]; then
         cat >>"$PF/etc/main.cf" <<EOF
@@ -567,6 +584,52 @@ run_outage() { # target
     say "  $target, smart host back: flush took ${R[outage,$target,flush]} s, all $N at the sink ${R[outage,$target,drain]} s after it (${R[outage,$target,drainrate]} msg/s)"
 }
 
+# ---------------------------------------------------------------- large messages
+# For each size in LARGE_SIZES (MB): a fresh instance of the target (so the relay's VmHWM is
+# that size's own), LARGE_N messages of that size from LARGE_C reused sessions
+# (smtp-source -d -l), 1 recipient, plain SMTP to smtp-sink. Sets R[large,mb,target,*]:
+# inj / e2e (MB/s of message data until the last 250 / until the sink has every message and
+# the queue is empty), secs (end to end), peak (MB, Pss of the process tree), hwm (relay).
+run_large() { # target
+    local target=$1 mb t0 t1 t2 deadline base count
+    for mb in $LARGE_SIZES; do
+        if [ "$target" = relay ]; then start_relay large; else start_postfix large; fi
+        base=$(sink_count)
+        echo 0 >"$WORK/peak"
+        start_sampler "$TARGET_PID" "$WORK/peak"
+        t0=$(now)
+        smtp-source -d -s "$LARGE_C" -m "$LARGE_N" -l $((mb * 1048576)) -r 1 -M load.onprem.test \
+            -f load@onprem.test -t r@example.test "127.0.0.1:$TARGET_PORT" \
+            >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "smtp-source against $target ($mb MB) failed"; }
+        t1=$(now)
+        deadline=$(awk -v t="$t1" 'BEGIN { printf "%.3f", t + 1200 }')
+        while :; do
+            count=$(( $(sink_count) - base ))
+            if [ "$count" -ge "$LARGE_N" ]; then
+                if [ "$target" = relay ] && relay_queue_empty; then break; fi
+                if [ "$target" = postfix ] && postfix_queue_empty; then break; fi
+            fi
+            awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }' && die "$target: only $count of $LARGE_N $mb MB messages reached the sink after 20 minutes"
+            sleep 0.1
+        done
+        t2=$(now)
+        stop_sampler
+        # Empty when the sampler was stopped while rewriting it; none yet for a short run.
+        [ "$(cat "$WORK/peak" 2>/dev/null || true)" -gt 0 ] 2>/dev/null || tree_pss_kb "$TARGET_PID" >"$WORK/peak"
+        R[large,$mb,$target,inj]=$(awk -v n="$((LARGE_N * mb))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
+        R[large,$mb,$target,e2e]=$(awk -v n="$((LARGE_N * mb))" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", n / (b - a) }')
+        R[large,$mb,$target,secs]=$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", b - a }')
+        R[large,$mb,$target,peak]=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/peak")
+        if [ "$target" = relay ]; then
+            R[large,$mb,relay,hwm]=$(( $(hwm_kb "$RELAY_PID") / 1024 ))
+            stop_relay
+        else
+            stop_postfix
+        fi
+        say "  $target, $LARGE_N x $mb MB, $LARGE_C sessions: injection ${R[large,$mb,$target,inj]} MB/s, end-to-end ${R[large,$mb,$target,e2e]} MB/s (${R[large,$mb,$target,secs]} s), peak ${R[large,$mb,$target,peak]} MB"
+    done
+}
+
 # ---------------------------------------------------------------- connect -> banner
 # BANNER connections one after the other from one source address, each timed from
 # connect() returning to the whole 220 greeting read, then QUIT; no mail. Sets PROBE to
@@ -622,16 +685,18 @@ cat <<EOF
 # machine: nproc=$(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)
 # spool/queue on: $(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')
 # N=$N messages of ~$SIZE bytes per run; shapes: $SHAPES (reused: C=$C sessions kept open across messages; per-connection: $PC_C connections at a time, one per message); outage scenario: reused only
+# large scenario (if run): $LARGE_N messages of each of $LARGE_SIZES MB, $LARGE_C reused sessions, 1 recipient, plain
 # relay PreGreetingWait: $PREGREET_SHOWN; Postfix smtpd_peername_lookup = $PF_PEERNAME_LOOKUP
 EOF
 
 declare -A R
 # The connect -> banner probe runs in the first scenario other than outage.
-FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx outage | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
+FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx -e outage -e large | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
 for SCENARIO in $SCENARIOS; do
     say "scenario $SCENARIO"
     start_sink "$SCENARIO"
     for target in relay postfix; do
+        if [ "$SCENARIO" = large ]; then run_large "$target"; continue; fi
         if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
         if [ "$SCENARIO" = outage ]; then
             run_outage "$target"
@@ -675,7 +740,7 @@ done
 echo
 printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' scenario shape rcpts figure connector-relay Postfix ratio
 for SCENARIO in $SCENARIOS; do
-    [ "$SCENARIO" = outage ] && continue
+    [ "$SCENARIO" = outage ] || [ "$SCENARIO" = large ] && continue
     for shape in $SHAPES; do
         for r in $RCPTS; do
             for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
@@ -701,6 +766,17 @@ for SCENARIO in $SCENARIOS; do
     fi
     printf '%-6s %-14s %-6s %-22s %s MB (VmHWM over the whole scenario)\n' "$SCENARIO" - - "relay peak RSS" "${R[$SCENARIO,relay,hwm]}"
 done
+if [[ " $SCENARIOS " == *" large "* ]]; then
+    for mb in $LARGE_SIZES; do
+        for f in inj:"injection MB/s" e2e:"end-to-end MB/s" secs:"end-to-end s" peak:"peak memory MB"; do
+            k=${f%%:*} label=${f#*:}
+            a=${R[large,$mb,relay,$k]} b=${R[large,$mb,postfix,$k]}
+            printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' large "$LARGE_N x $mb MB" 1 "$label" "$a" "$b" "$(ratio "$a" "$b")"
+        done
+        printf '%-6s %-14s %-6s %-22s %s MB (VmHWM)\n' large "$LARGE_N x $mb MB" 1 "relay peak RSS" "${R[large,$mb,relay,hwm]}"
+    done
+    echo "# large: per size a fresh instance of each server; smtp-source -d -s $LARGE_C -m $LARGE_N -l <size>, plain, 1 recipient, to smtp-sink -c; relay MaxMessageSize = 100MB, Postfix message_size_limit = 104857600; MB/s = MB of message data / time"
+fi
 if [[ " $SCENARIOS " == *" outage "* ]]; then
     for f in healthy:"accept msg/s, sink up" inj:"accept msg/s, sink down" pct:"down/up %" \
         conns_inj:"conns to dead, inject" conns:"conns to dead, +window" held:"queued after window" \

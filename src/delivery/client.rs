@@ -1087,10 +1087,10 @@ async fn lockstep_envelope(
 /// Stage 6: the message itself, dot-stuffed, then the reply to the final ".".
 /// Errors here are never retried elsewhere: the server may already hold the message.
 pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionError> {
-    let stuffed = dot_stuff(data);
-    let sent = write_message(conn, &stuffed).await;
+    let mut written = 0;
+    let sent = write_message(conn, data, &mut written).await;
     if let Some(log) = conn.log.as_mut() {
-        log.info(&format!("message data: {} bytes", stuffed.len()));
+        log.info(&format!("message data: {written} bytes"));
     }
     sent.map_err(SessionError::no_retry)?;
     let limit = conn.data_end_timeout;
@@ -1110,50 +1110,128 @@ pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionErr
     }
 }
 
-/// Writes the dot-stuffed message in pieces, each under the command timeout. The message is
-/// not protocol: it is never written to the protocol log.
+/// Writes the message in pieces, dot-stuffed as they go (no stuffed copy of the whole
+/// message is built: for a large message that copy was as big as the message), each piece
+/// under the command timeout; `written` counts the bytes sent. The message is not
+/// protocol: it is never written to the protocol log.
 ///
 /// Before the last piece (it holds the final "."), the server must still be silent: a reply
 /// sent during the message cannot answer it, and as long as the final "." is not sent the
 /// server cannot keep the message, so stopping there loses nothing.
-async fn write_message(conn: &mut Conn, stuffed: &[u8]) -> Result<(), SessionError> {
-    let mut chunks = stuffed.chunks(DATA_CHUNK).peekable();
-    while let Some(chunk) = chunks.next() {
-        if chunks.peek().is_none() {
+async fn write_message(
+    conn: &mut Conn,
+    data: &[u8],
+    written: &mut usize,
+) -> Result<(), SessionError> {
+    let mut pieces = StuffedPieces::new(data);
+    // One buffer for every piece: a chunk, its added dots, and the end of data.
+    let mut piece = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 2);
+    while let Some(last) = pieces.next_into(&mut piece) {
+        if last {
             conn.expect_silence(Stage::Data, "while the message was being sent")?;
         }
-        conn.write(Stage::Data, chunk).await?;
+        conn.write(Stage::Data, &piece).await?;
+        *written += piece.len();
     }
     Ok(())
 }
 
-/// RFC 5321 §4.5.2 transparency: a line starting with "." gets another "."; the data is made
-/// to end with CRLF and the terminating ".\r\n" is appended (§4.1.1.4).
+/// The message cut into [`DATA_CHUNK`]-sized pieces of data, each dot-stuffed on its own by
+/// one [`DotStuffer`] (which carries the line state across the cuts); the last piece ends
+/// with the terminating ".".
+struct StuffedPieces<'a> {
+    chunks: std::iter::Peekable<std::slice::Chunks<'a, u8>>,
+    stuffer: DotStuffer,
+    done: bool,
+}
+
+impl<'a> StuffedPieces<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        StuffedPieces {
+            chunks: data.chunks(DATA_CHUNK).peekable(),
+            stuffer: DotStuffer::default(),
+            done: false,
+        }
+    }
+
+    /// Replaces `piece` with the next piece; `Some(true)` for the last one, `None` when
+    /// all was given.
+    fn next_into(&mut self, piece: &mut Vec<u8>) -> Option<bool> {
+        if self.done {
+            return None;
+        }
+        piece.clear();
+        if let Some(chunk) = self.chunks.next() {
+            self.stuffer.push(chunk, piece);
+        }
+        let last = self.chunks.peek().is_none();
+        if last {
+            std::mem::take(&mut self.stuffer).finish(piece);
+            self.done = true;
+        }
+        Some(last)
+    }
+}
+
+/// RFC 5321 §4.5.2 transparency, piece by piece: a line starting with "." gets another
+/// "."; at the end the data is made to end with CRLF and the terminating ".\r\n" is
+/// appended (§4.1.1.4). The last byte (and the one before it) of the data seen so far is
+/// kept, so a line start that falls on the boundary between two pieces is still seen.
 ///
 /// Lines are taken to start after any LF and after a bare CR as well, so a message holding
 /// `\n.\r\n` or `\r.\r\n` cannot end the transfer early at a lenient receiver (SMTP
 /// smuggling).
+#[derive(Debug, Default)]
+pub struct DotStuffer {
+    /// The last two bytes of the data so far, the latest last (`None`: not that many yet).
+    tail: [Option<u8>; 2],
+}
+
+impl DotStuffer {
+    /// Appends the stuffed form of the next piece of data to `out`.
+    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let mut from = 0;
+        for (i, &b) in piece.iter().enumerate() {
+            if b != b'.' {
+                continue;
+            }
+            let before = if i == 0 {
+                self.tail[1]
+            } else {
+                Some(piece[i - 1])
+            };
+            if matches!(before, None | Some(b'\n' | b'\r')) {
+                out.extend_from_slice(&piece[from..i]);
+                out.push(b'.');
+                from = i;
+            }
+        }
+        out.extend_from_slice(&piece[from..]);
+        match *piece {
+            [] => {}
+            [b] => self.tail = [self.tail[1], Some(b)],
+            [.., a, b] => self.tail = [Some(a), Some(b)],
+        }
+    }
+
+    /// Appends the end of the data: the missing end of its last line, if any, then ".\r\n".
+    pub fn finish(self, out: &mut Vec<u8>) {
+        match self.tail {
+            [_, None] | [Some(b'\r'), Some(b'\n')] => {}
+            [_, Some(b'\r')] => out.push(b'\n'),
+            _ => out.extend_from_slice(b"\r\n"),
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// The whole message dot-stuffed and terminated in one buffer ([`DotStuffer`] in one
+/// piece), for callers that hold small messages.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let dots = data
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b == b'.' && (i == 0 || matches!(data[i - 1], b'\n' | b'\r')))
-        .count();
-    let mut out = Vec::with_capacity(data.len() + dots + 5);
-    for (i, &b) in data.iter().enumerate() {
-        if b == b'.' && (i == 0 || matches!(data[i - 1], b'\n' | b'\r')) {
-            out.push(b'.');
-        }
-        out.push(b);
-    }
-    if !data.is_empty() && !out.ends_with(b"\r\n") {
-        if out.ends_with(b"\r") {
-            out.push(b'\n');
-        } else {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(data, &mut out);
+    stuffer.finish(&mut out);
     out
 }
 
@@ -1425,19 +1503,103 @@ impl Conn {
 mod tests {
     use super::*;
 
+    /// Inputs and their stuffed, terminated form.
+    const STUFFING: &[(&[u8], &[u8])] = &[
+        (b"", b".\r\n"),
+        (b"a\r\n", b"a\r\n.\r\n"),
+        // Not ending in CRLF: the line is completed.
+        (b"a", b"a\r\n.\r\n"),
+        (b"a\r", b"a\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n"),
+        (b"x\r\n.", b"x\r\n..\r\n.\r\n"),
+        (
+            b".x\r\n..y\r\nz.\r\n.\r\n",
+            b"..x\r\n...y\r\nz.\r\n..\r\n.\r\n",
+        ),
+        // Bare LF / bare CR before a dot (smuggling attempts) are stuffed as well.
+        (b"a\n.\r\nb\r\n", b"a\n..\r\nb\r\n.\r\n"),
+        (b"a\r.\r\nb\r\n", b"a\r..\r\nb\r\n.\r\n"),
+    ];
+
+    fn stuffed_in_pieces(pieces: &[&[u8]]) -> Vec<u8> {
+        let (mut out, mut stuffer) = (Vec::new(), DotStuffer::default());
+        for p in pieces {
+            stuffer.push(p, &mut out);
+        }
+        stuffer.finish(&mut out);
+        out
+    }
+
     #[test]
     fn dot_stuffing() {
-        assert_eq!(dot_stuff(b""), b".\r\n");
-        assert_eq!(dot_stuff(b"a\r\n"), b"a\r\n.\r\n");
-        assert_eq!(dot_stuff(b"a"), b"a\r\n.\r\n");
-        assert_eq!(dot_stuff(b"a\r"), b"a\r\n.\r\n");
+        for &(data, want) in STUFFING {
+            assert_eq!(dot_stuff(data), want, "{data:?}");
+        }
+    }
+
+    /// The stuffer carries the line state across pieces: every cut of every input (a "."
+    /// at the start of a piece, a CR and its LF in different pieces, empty pieces), and the
+    /// input byte by byte, give the same bytes as the input in one piece.
+    #[test]
+    fn dot_stuffing_across_pieces() {
+        for &(data, want) in STUFFING {
+            for cut in 0..=data.len() {
+                let (a, b) = data.split_at(cut);
+                assert_eq!(stuffed_in_pieces(&[a, b]), want, "{data:?} cut at {cut}");
+                assert_eq!(
+                    stuffed_in_pieces(&[a, b"", b]),
+                    want,
+                    "{data:?} cut at {cut}"
+                );
+            }
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            assert_eq!(stuffed_in_pieces(&bytes), want, "{data:?} byte by byte");
+        }
+        // A line start right at the cut, after a CRLF that ended the previous piece.
         assert_eq!(
-            dot_stuff(b".x\r\n..y\r\nz.\r\n.\r\n"),
-            b"..x\r\n...y\r\nz.\r\n..\r\n.\r\n"
+            stuffed_in_pieces(&[b"a\r\n", b".b\r\n"]),
+            b"a\r\n..b\r\n.\r\n"
         );
-        // Bare LF / bare CR before a dot (smuggling attempts) are stuffed as well.
-        assert_eq!(dot_stuff(b"a\n.\r\nb\r\n"), b"a\n..\r\nb\r\n.\r\n");
-        assert_eq!(dot_stuff(b"a\r.\r\nb\r\n"), b"a\r..\r\nb\r\n.\r\n");
+        // A dot at the start of a piece that does not start a line stays as it is.
+        assert_eq!(stuffed_in_pieces(&[b"a", b".b"]), b"a.b\r\n.\r\n");
+    }
+
+    /// The pieces [`write_message`] sends: a message of several chunks with a line
+    /// starting with "." right at a chunk boundary, and not ending in CRLF, comes out as
+    /// the whole message stuffed at once; the terminator is only in the last piece; the
+    /// pieces stay near the chunk size.
+    #[test]
+    fn stuffed_pieces_of_a_large_message() {
+        let mut data = b"Subject: x\r\n\r\n".to_vec();
+        while data.len() < DATA_CHUNK - 2 {
+            data.extend_from_slice(b"0123456789\r\n");
+        }
+        data.truncate(DATA_CHUNK - 2);
+        data.extend_from_slice(b"\r\n");
+        assert_eq!(data.len(), DATA_CHUNK);
+        // The second chunk starts with a line that starts with ".".
+        data.extend_from_slice(b".hidden\r\n.\r\n");
+        for i in 0..2 * DATA_CHUNK {
+            data.extend_from_slice(if i % 7 == 0 { b".\r\n" } else { b"ab\r\n" });
+        }
+        data.extend_from_slice(b"no CRLF at the end");
+        let mut pieces = StuffedPieces::new(&data);
+        let (mut piece, mut all, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(last) = pieces.next_into(&mut piece) {
+            assert!(piece.len() <= DATA_CHUNK + DATA_CHUNK / 2 + 5);
+            lasts.push(last);
+            all.extend_from_slice(&piece);
+        }
+        assert_eq!(all, dot_stuff(&data));
+        assert!(all[DATA_CHUNK..].starts_with(b"..hidden\r\n..\r\n"));
+        assert!(all.ends_with(b"no CRLF at the end\r\n.\r\n"));
+        assert_eq!(lasts.len(), data.len().div_ceil(DATA_CHUNK));
+        assert!(lasts.last() == Some(&true) && lasts.iter().filter(|&&l| l).count() == 1);
+        // An empty message is one piece: the terminator.
+        let mut pieces = StuffedPieces::new(b"");
+        assert_eq!(pieces.next_into(&mut piece), Some(true));
+        assert_eq!(piece, b".\r\n");
+        assert_eq!(pieces.next_into(&mut piece), None);
     }
 
     #[test]

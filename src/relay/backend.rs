@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound};
+use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound_owned};
 use crate::message::received::{ReceivedFields, received_header};
 use crate::message::srs::{MAX_AGE_DAYS, Srs, SrsError, is_srs0, today};
 use crate::policy::restrict::{
@@ -253,7 +253,7 @@ impl Backend for RelayBackend {
                         .is_some_and(|d| is_accepted(&self.policy, d))
             }),
         };
-        let message = rewrite_inbound(&message, &headers);
+        let message = rewrite_inbound_owned(message, &headers);
         let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].to_string());
         let header = received_header(&ReceivedFields {
             by: &self.policy.relay.fqdn,
@@ -263,12 +263,11 @@ impl Backend for RelayBackend {
             single_recipient: single.as_deref(),
             unix_time: now,
         });
-        let mut data = Vec::with_capacity(header.len() + message.len());
-        data.extend_from_slice(header.as_bytes());
-        data.extend_from_slice(&message);
-        drop(message);
-        let message_id = crate::message::message_id(&data);
-        let size = data.len();
+        // The Received header and the message stay apart (the spool writes them one after
+        // the other): joined, they would be one more copy of the whole message. The
+        // Message-ID is the message's own (the Received header holds none).
+        let message_id = crate::message::message_id(&message);
+        let size = header.len() + message.len();
         let env = Envelope {
             mail_from: tx
                 .mail_from
@@ -291,7 +290,10 @@ impl Backend for RelayBackend {
             inbound_connector: connector.map(|c| c.name.clone()),
             smtputf8: tx.params.smtputf8,
         };
-        let stored = self.spool.store_async(&id, &env, &data).await;
+        let stored = self
+            .spool
+            .store_async(&id, &env, header.into_bytes(), message)
+            .await;
         match stored {
             Ok(()) => {
                 tracing::info!(
