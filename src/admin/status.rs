@@ -90,6 +90,7 @@ pub(super) async fn status(
         "Certificates": certificates,
         "CertificateWarningDays": certs::WARN_DAYS,
         "SessionsInProgress": sessions,
+        "BackPressure": state.control.pressure().status(),
         "Queue": {
             "Depth": stats.depth,
             "OldestAgeSeconds": stats.oldest_arrived.map(|a| (now as u64).saturating_sub(a)),

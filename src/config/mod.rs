@@ -7,6 +7,7 @@
 pub mod edit;
 mod inbound;
 mod outbound;
+mod pressure;
 mod reader;
 mod relay;
 mod send;
