@@ -46,6 +46,15 @@ impl Kind {
             Kind::Count => "a number of messages such as 100000, or \"Unlimited\"",
         }
     }
+
+    /// [`Kind::example`] without the way to turn a level off (for Normal thresholds).
+    fn value_example(self) -> &'static str {
+        match self {
+            Kind::DiskFree => "a size such as \"3GB\" or a percentage such as \"6%\"",
+            Kind::Memory => "a size such as \"1GB\" or a percentage such as \"45%\"",
+            Kind::Count => "a number of messages such as 60000",
+        }
+    }
 }
 
 pub(super) fn build(ctx: &mut Ctx, r: &mut Reader<'_>) -> BackPressureSettings {
@@ -140,7 +149,7 @@ fn parse(item: &Item, kind: Kind, may_be_off: bool) -> Result<Threshold, String>
         } else {
             Err(format!(
                 "cannot be {what}: a Normal threshold is the level where the resource counts as normal again; write {}",
-                kind.example()
+                kind.value_example()
             ))
         }
     };
@@ -204,12 +213,23 @@ fn value(t: Threshold) -> Option<(f64, bool)> {
     }
 }
 
-fn show(t: Threshold) -> String {
+fn show(t: Threshold, kind: Kind) -> String {
     match t {
         Threshold::Off => "Unlimited".into(),
+        Threshold::Absolute(a) if kind != Kind::Count => size_text(a),
         Threshold::Absolute(a) => a.to_string(),
-        Threshold::Percent(p) => format!("{p}%"),
+        Threshold::Percent(p) => format!("\"{p}%\""),
     }
+}
+
+/// A size in the largest unit that divides it (`"5GB"`), as an administrator writes it.
+fn size_text(bytes: u64) -> String {
+    for (unit, shift) in [("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)] {
+        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+            return format!("\"{}{unit}\"", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// High, Medium and Normal must be in order of severity (strictly, or there is no
@@ -253,8 +273,8 @@ fn order_rules(
                 key,
                 format!(
                     "{lower_key} ({}) and {upper_key} ({}) mix a percentage and an absolute value; write both as sizes or both as percentages",
-                    show(lower),
-                    show(upper)
+                    show(lower, kind),
+                    show(upper, kind)
                 ),
             );
             return;
@@ -266,9 +286,16 @@ fn order_rules(
                 line,
                 key,
                 format!(
-                    "the {lower_name} level ({lower_key} = {}) must be {better} the {upper_name} level ({upper_key} = {}); unwritten levels are derived from {kh}",
-                    show(lower),
-                    show(upper)
+                    "the {lower_name} level ({lower_key} = {}) must be {better} the {upper_name} level ({upper_key} = {}{})",
+                    show(lower, kind),
+                    show(upper, kind),
+                    if lines.has(upper_key) {
+                        String::new()
+                    } else if upper_key == kh {
+                        ", the default".to_string()
+                    } else {
+                        format!(", derived from {kh}")
+                    }
                 ),
             );
             return;
