@@ -233,3 +233,36 @@ async fn memory_threshold_below_the_resident_size_refuses_everyone_until_reloade
     assert_eq!(s["BackPressure"]["Resources"][1]["Enabled"], false, "{s:#}");
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Free disk space under `SpoolDir` below the High threshold (one larger than any disk
+/// here): High, in `/api/status` and `/metrics` with the free space measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_disk_space_under_its_threshold_is_high_pressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let extra = "DiskSpaceHighThreshold = \"1000TB\"";
+    let relay = start_relay(&relay_config(dir.path(), smart_host, extra), None).await;
+    let smtp = relay.smtp_addrs[0];
+    let admin = relay.admin_addr.unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+
+    until_mail_reply(ONPREM, smtp, "app@contoso.test", "452 4.3.1").await;
+    let s = status(admin, token.trim()).await;
+    let disk = &s["BackPressure"]["Resources"][0];
+    assert_eq!(disk["Resource"], "disk", "{s:#}");
+    assert_eq!(disk["State"], "High", "{s:#}");
+    assert!(disk["Value"].as_u64().unwrap() > 0, "{disk}");
+    let reason = s["BackPressure"]["Reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("disk High: free disk space under SpoolDir"),
+        "{reason}"
+    );
+    let m = metrics(admin).await;
+    assert!(
+        m.contains("connector_relay_back_pressure_state{resource=\"disk\"} 2"),
+        "{m}"
+    );
+    relay.shutdown(Duration::from_secs(5)).await;
+}

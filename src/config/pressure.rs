@@ -225,7 +225,7 @@ fn show(t: Threshold, kind: Kind) -> String {
 /// A size in the largest unit that divides it (`"5GB"`), as an administrator writes it.
 fn size_text(bytes: u64) -> String {
     for (unit, shift) in [("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("\"{}{unit}\"", bytes >> shift);
         }
     }

@@ -424,7 +424,15 @@ fn log_change(
     value: Option<u64>,
     levels: Option<Levels>,
 ) {
-    let threshold = levels.and_then(|l| l.crossed(from, to));
+    let Some(l) = levels else {
+        tracing::info!(
+            resource = resource.label(),
+            from = from.as_str(),
+            "back pressure for this resource turned off (its High and Medium thresholds are Unlimited, or a percentage of a size that cannot be read)"
+        );
+        return;
+    };
+    let threshold = l.crossed(from, to);
     // Up: the threshold of the level entered; down: the one the value is back at.
     let key = format!("{}{}Threshold", resource.key_prefix(), to.as_str());
     if to > from {
