@@ -26,12 +26,13 @@ impl Kind {
         self == Kind::DiskFree
     }
 
-    /// Medium and Normal as multiples of High: free space must be twice and three times
-    /// the High level; memory and queue 80% and 60% of it.
-    fn factors(self) -> (f64, f64) {
+    /// Medium as a multiple of High, Normal as a multiple of Medium (and of High when
+    /// Medium is off): free space must be 2× the High level, then 1.5× Medium (3× High);
+    /// memory and queue 80% of High, then 75% of Medium (60% of High).
+    fn factors(self) -> (f64, f64, f64) {
         match self {
-            Kind::DiskFree => (2.0, 3.0),
-            Kind::Memory | Kind::Count => (0.8, 0.6),
+            Kind::DiskFree => (2.0, 1.5, 3.0),
+            Kind::Memory | Kind::Count => (0.8, 0.75, 0.6),
         }
     }
 
@@ -98,12 +99,14 @@ fn resource(
     let high = threshold(ctx, r, kh, kind, true);
     let medium = threshold(ctx, r, km, kind, true);
     let normal = threshold(ctx, r, kn, kind, false);
-    let (fm, fn_) = kind.factors();
+    let (medium_of_high, normal_of_medium, normal_of_high) = kind.factors();
     let high = high.unwrap_or(default_high);
-    let medium = medium.unwrap_or_else(|| scale(high, fm));
-    let normal = normal.unwrap_or_else(|| match (high, medium) {
-        (Threshold::Off, m) => scale(m, fn_ / fm),
-        (h, _) => scale(h, fn_),
+    let medium = medium.unwrap_or_else(|| scale(high, medium_of_high));
+    // From Medium when it is on (written or derived), so that a Medium written alone
+    // brings its Normal along; the defaults come out the same.
+    let normal = normal.unwrap_or_else(|| match medium {
+        Threshold::Off => scale(high, normal_of_high),
+        m => scale(m, normal_of_medium),
     });
     let t = PressureThresholds {
         high,
@@ -120,7 +123,12 @@ fn resource(
 fn scale(t: Threshold, factor: f64) -> Threshold {
     match t {
         Threshold::Off => Threshold::Off,
-        Threshold::Absolute(a) => Threshold::Absolute((a as f64 * factor).round() as u64),
+        // Rounded away from the worse side, so that small counts stay in strict order
+        // (a Medium of 1 message gets a Normal of 0, not 1).
+        Threshold::Absolute(a) if factor < 1.0 => {
+            Threshold::Absolute((a as f64 * factor).floor() as u64)
+        }
+        Threshold::Absolute(a) => Threshold::Absolute((a as f64 * factor).ceil() as u64),
         Threshold::Percent(p) => Threshold::Percent((p * factor).min(100.0)),
     }
 }
@@ -334,6 +342,18 @@ mod tests {
         let b = load("QueueLengthHighThreshold = 0\nQueueLengthMediumThreshold = 400").unwrap();
         assert_eq!(b.queue.high, Threshold::Off);
         assert_eq!(b.queue.normal, Threshold::Absolute(300));
+        let b = load("QueueLengthMediumThreshold = 1").unwrap();
+        assert_eq!(
+            b.queue.normal,
+            Threshold::Absolute(0),
+            "from Medium, rounded down"
+        );
+        let b = load("DiskSpaceMediumThreshold = \"5GB\"").unwrap();
+        assert_eq!(
+            b.disk.normal,
+            Threshold::Absolute(15 << 29),
+            "1.5 times Medium"
+        );
         let b = load("MemoryHighThreshold = \"1GB\"").unwrap();
         assert_eq!(b.memory.high, Threshold::Absolute(1 << 30));
     }

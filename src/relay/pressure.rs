@@ -270,6 +270,23 @@ impl Pressure {
             .join("; ")
     }
 
+    /// Sets `connector_relay_back_pressure_state{resource}` (0 Normal, 1 Medium, 2 High)
+    /// and `_value{resource}` from the last sample. Called when `/metrics` is scraped, as
+    /// the other gauges of the admin API, so that the scrape shows this relay's values.
+    pub fn set_gauges(&self) {
+        let meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        for r in Resource::ALL {
+            let m = &meters[r.index()];
+            let level = m.level.unwrap_or(Level::Normal);
+            metrics::gauge!("connector_relay_back_pressure_state", "resource" => r.label())
+                .set(level as u8 as f64);
+            if let Some(v) = m.value {
+                metrics::gauge!("connector_relay_back_pressure_value", "resource" => r.label())
+                    .set(v as f64);
+            }
+        }
+    }
+
     /// `/api/status` `BackPressure`.
     pub fn status(&self) -> Value {
         let meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,15 +416,6 @@ pub(super) async fn monitor(
             let levels = Levels::resolve(thresholds, whole, resource.lower_is_worse());
             if let Some((from, to)) = pressure.observe(resource, levels, value) {
                 log_change(resource, from, to, value, levels);
-            }
-            let level = pressure.meters.lock().map_or(Level::Normal, |m| {
-                m[resource.index()].level.unwrap_or(Level::Normal)
-            });
-            metrics::gauge!("connector_relay_back_pressure_state", "resource" => resource.label())
-                .set(level as u8 as f64);
-            if let Some(v) = value {
-                metrics::gauge!("connector_relay_back_pressure_value", "resource" => resource.label())
-                    .set(v as f64);
             }
         }
         tokio::select! {
