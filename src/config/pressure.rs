@@ -212,6 +212,28 @@ fn parse(item: &Item, kind: Kind, may_be_off: bool) -> Result<Threshold, String>
     Ok(Threshold::Absolute(n))
 }
 
+/// The thresholds in effect, one line for `connector-relay check` (derived levels
+/// included, so that an administrator sees the whole band a High key implies).
+pub fn summary(b: &BackPressureSettings) -> String {
+    let band = |t: &PressureThresholds, kind: Kind| {
+        if t.high == Threshold::Off && t.medium == Threshold::Off {
+            return "off".to_string();
+        }
+        format!(
+            "High {}, Medium {}, Normal {}",
+            show(t.high, kind),
+            show(t.medium, kind),
+            show(t.normal, kind)
+        )
+    };
+    format!(
+        "back pressure: disk free {}; memory {}; queue messages {}",
+        band(&b.disk, Kind::DiskFree),
+        band(&b.memory, Kind::Memory),
+        band(&b.queue, Kind::Count)
+    )
+}
+
 /// A comparable value: the number and whether it is a percentage.
 fn value(t: Threshold) -> Option<(f64, bool)> {
     match t {
@@ -356,6 +378,14 @@ mod tests {
         );
         let b = load("MemoryHighThreshold = \"1GB\"").unwrap();
         assert_eq!(b.memory.high, Threshold::Absolute(1 << 30));
+    }
+
+    #[test]
+    fn check_line() {
+        assert_eq!(
+            summary(&load("QueueLengthHighThreshold = \"Unlimited\"").unwrap()),
+            "back pressure: disk free High \"1GB\", Medium \"2GB\", Normal \"3GB\"; memory High \"75%\", Medium \"60%\", Normal \"45%\"; queue messages off"
+        );
     }
 
     #[test]
