@@ -266,3 +266,93 @@ async fn free_disk_space_under_its_threshold_is_high_pressure() {
     );
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Unmounts the tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A real small disk: the spool on a 64 MB tmpfs (needs root to mount, else skipped with
+/// a message). A ballast file takes the free space under `DiskSpaceHighThreshold` (8 MB):
+/// everyone gets `452 4.3.1`; the ballast goes and acceptance resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_disk_filling_up_turns_mail_away_until_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&spool)
+        .output();
+    match &mounted {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            println!(
+                "SKIPPED tmpfs back pressure: cannot mount a tmpfs here ({}); \
+                 free_disk_space_under_its_threshold_is_high_pressure covers the disk check",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("SKIPPED tmpfs back pressure: cannot run mount ({e})");
+            return;
+        }
+    }
+    let _mount = Mount(spool.clone());
+    let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let extra = "DiskSpaceHighThreshold = \"8MB\"\nDiskSpaceMediumThreshold = \"12MB\"\nDiskSpaceNormalThreshold = \"16MB\"";
+    // The trace store and the token live beside the spool, not on the small disk.
+    let cfg = relay_config(&spool, smart_host, extra)
+        .replace(
+            &format!("DataDir = \"{}\"", spool.display()),
+            &format!("DataDir = \"{}\"", tmp.path().display()),
+        )
+        .replace(
+            &format!("AdminTokenFile = \"{}/admin.token\"", spool.display()),
+            &format!("AdminTokenFile = \"{}/admin.token\"", tmp.path().display()),
+        );
+    let relay = start_relay(&cfg, None).await;
+    let smtp = relay.smtp_addrs[0];
+    let admin = relay.admin_addr.unwrap();
+    let token = std::fs::read_to_string(tmp.path().join("admin.token")).unwrap();
+    let token = token.trim();
+
+    let free = until("the first disk sample", || async {
+        status(admin, token).await["BackPressure"]["Resources"][0]["Value"].as_u64()
+    })
+    .await;
+    assert!(
+        free > 16 << 20,
+        "the spool disk starts Normal: {free} bytes free"
+    );
+    assert!(
+        mail_reply(ONPREM, smtp, "app@contoso.test")
+            .await
+            .starts_with("250")
+    );
+
+    // Leave 4 MB free: under the High threshold.
+    let ballast = spool.join("ballast");
+    std::fs::write(&ballast, vec![0u8; (free - (4 << 20)) as usize]).unwrap();
+    until_mail_reply(ONPREM, smtp, "app@contoso.test", "452 4.3.1").await;
+    let s = status(admin, token).await;
+    assert_eq!(s["BackPressure"]["Resources"][0]["State"], "High", "{s:#}");
+
+    std::fs::remove_file(&ballast).unwrap();
+    until_mail_reply(INTERNET, smtp, "someone@fabrikam.test", "250").await;
+    assert_eq!(
+        status(admin, token).await["BackPressure"]["State"],
+        "Normal"
+    );
+    relay.shutdown(Duration::from_secs(5)).await;
+}
