@@ -276,6 +276,10 @@ fn check(path: &Path) -> ExitCode {
             for line in config::summary(&loaded.policy) {
                 println!("{line}");
             }
+            println!(
+                "{}",
+                config::back_pressure_summary(&loaded.policy.relay.back_pressure)
+            );
             // `run` raises its soft limit to the hard one, so the hard limit of this
             // process is what the relay would get if started the same way.
             if let Ok(limits) = fds::open_files() {

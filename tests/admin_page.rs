@@ -326,7 +326,13 @@ async fn the_queues_view_suspends_and_resumes_a_queue_in_retry() {
     let refused = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
-    std::fs::write(&config, config_text(dir.path(), refused)).unwrap();
+    // One queued message is back pressure Medium: the page shows it in a banner.
+    let lab = config_text(dir.path(), refused).replacen(
+        "[Relay]\n",
+        "[Relay]\nQueueLengthMediumThreshold = 1\n",
+        1,
+    );
+    std::fs::write(&config, lab).unwrap();
     let (relay, token) = start_relay_from_file(&config, dir.path()).await;
     let admin = relay.admin_addr.expect("admin listener");
 
@@ -368,6 +374,12 @@ async fn the_queues_view_suspends_and_resumes_a_queue_in_retry() {
         ] {
             assert!(text_of_row.contains(want), "{want:?} in {text_of_row:?}");
         }
+        wait_for_text(
+            &c,
+            "#back-pressure",
+            "Back pressure Medium: new mail gets 452 4.3.1 except from OnPremises connectors (queue Medium: queued messages 1",
+        )
+        .await;
         let png = c.screenshot().await.unwrap();
         save_screenshot(&png, "admin-queues.png");
 

@@ -562,6 +562,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         pre_greeting_wait: Duration::from_millis(100),
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
+        back_pressure: Default::default(),
     };
     let send = SendConnector {
         name: "Via smart hosts".into(),

@@ -281,8 +281,12 @@ async fn full_spool_disk_refuses_with_452_and_keeps_nothing() {
         }
     }
     let _mount = Mount(spool.clone());
-    // Only the spool is on the tiny disk: the trace store (DataDir) lives beside it.
-    let cfg = relay_config(&spool, sink.addr(), "").replace(
+    // Only the spool is on the tiny disk: the trace store (DataDir) lives beside it. Back
+    // pressure on free disk space is off: this test is about the spool write failing (a
+    // 64 KB disk is far under the default DiskSpaceHighThreshold, so it would refuse
+    // every MAIL FROM instead).
+    let extra = "DiskSpaceHighThreshold = \"Unlimited\"";
+    let cfg = relay_config(&spool, sink.addr(), extra).replace(
         &format!("DataDir = \"{}\"", spool.display()),
         &format!("DataDir = \"{}\"", tmp.path().join("data").display()),
     );

@@ -25,6 +25,7 @@ async fn update_gauges(state: &AdminState) -> (usize, crate::queue::manager::Que
         .map_or(0, |a| (unix_now() as u64).saturating_sub(a));
     metrics::gauge!("connector_relay_queue_oldest_age_seconds").set(oldest as f64);
     certs::set_gauges(&state.control.live().certificates);
+    state.control.pressure().set_gauges();
     (sessions, stats)
 }
 
@@ -90,6 +91,7 @@ pub(super) async fn status(
         "Certificates": certificates,
         "CertificateWarningDays": certs::WARN_DAYS,
         "SessionsInProgress": sessions,
+        "BackPressure": state.control.pressure().status(),
         "Queue": {
             "Depth": stats.depth,
             "OldestAgeSeconds": stats.oldest_arrived.map(|a| (now as u64).saturating_sub(a)),

@@ -7,6 +7,8 @@
 pub mod edit;
 mod inbound;
 mod outbound;
+mod pressure;
+pub use pressure::summary as back_pressure_summary;
 mod reader;
 mod relay;
 mod send;

@@ -102,6 +102,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     let max_header_size = size(ctx, &mut r, "MaxHeaderSize", "256KB");
     // Extension key: Postfix postscreen's `postscreen_greet_wait` (0 turns the wait off).
     let pre_greeting_wait = timespan(ctx, &mut r, "PreGreetingWait", "00:00:00.1");
+    let back_pressure = super::pressure::build(ctx, &mut r);
     let lines = r.lines.clone();
     r.finish(ctx, "[Relay]");
 
@@ -148,6 +149,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         pre_greeting_wait,
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
+        back_pressure,
     };
     // Rules between keys only once every value parsed, so that one bad value is not also
     // reported as a missing one.

@@ -84,6 +84,68 @@ pub struct RelaySettings {
     /// [`MIN_DATA_RATE`] from the loader (tests lower the grace on the model).
     pub min_data_rate: u64,
     pub min_data_rate_grace: Duration,
+    /// The back-pressure thresholds (`DiskSpace*Threshold`, `Memory*Threshold`,
+    /// `QueueLength*Threshold`), Exchange's model (`crate::relay::pressure`).
+    pub back_pressure: BackPressureSettings,
+}
+
+/// One back-pressure threshold as written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// `0` or `"Unlimited"`: this level is never entered.
+    Off,
+    /// Bytes (disk, memory) or messages (queue length).
+    Absolute(u64),
+    /// A percentage of the whole: the file system holding `SpoolDir` for the disk, the
+    /// memory the relay may use (RAM, or its cgroup limit when lower) for memory.
+    Percent(f64),
+}
+
+/// The three levels of one resource: it enters Medium or High when its value reaches
+/// `medium` or `high`, and goes back to Normal only once it is back at `normal`
+/// (hysteresis); from High it steps down to Medium once back at `medium`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PressureThresholds {
+    pub high: Threshold,
+    pub medium: Threshold,
+    pub normal: Threshold,
+}
+
+/// `[Relay]` back-pressure keys (see the README, "Back pressure").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackPressureSettings {
+    /// Free space under `SpoolDir` (lower is worse).
+    pub disk: PressureThresholds,
+    /// The relay's resident memory.
+    pub memory: PressureThresholds,
+    /// Messages in the queue.
+    pub queue: PressureThresholds,
+}
+
+impl Default for BackPressureSettings {
+    /// The defaults of the loader (`config::pressure`): disk High under 1 GB free, memory
+    /// High at 75% of what the relay may use, queue High at 100,000 messages; Medium and
+    /// Normal derived from them.
+    fn default() -> Self {
+        const GB: u64 = 1 << 30;
+        BackPressureSettings {
+            disk: PressureThresholds {
+                high: Threshold::Absolute(GB),
+                medium: Threshold::Absolute(2 * GB),
+                normal: Threshold::Absolute(3 * GB),
+            },
+            memory: PressureThresholds {
+                high: Threshold::Percent(75.0),
+                medium: Threshold::Percent(60.0),
+                normal: Threshold::Percent(45.0),
+            },
+            queue: PressureThresholds {
+                high: Threshold::Absolute(100_000),
+                medium: Threshold::Absolute(80_000),
+                normal: Threshold::Absolute(60_000),
+            },
+        }
+    }
 }
 
 /// Minimum average DATA rate, bytes per second (Postfix `smtpd_min_data_rate` is 500).

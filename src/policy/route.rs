@@ -581,6 +581,7 @@ pub(crate) mod test_support {
             pre_greeting_wait: Duration::from_millis(100),
             min_data_rate: MIN_DATA_RATE,
             min_data_rate_grace: MIN_DATA_RATE_GRACE,
+            back_pressure: Default::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::pressure::{Level, Pressure};
 use crate::message::headers::{InboundHeaderPolicy, rewrite_inbound_owned};
 use crate::message::received::{ReceivedFields, received_header};
 use crate::message::srs::{MAX_AGE_DAYS, Srs, SrsError, is_srs0, today};
@@ -27,6 +28,9 @@ pub(super) struct RelayBackend {
     /// The message trace: `Received` for every message answered 250, `Rejected` for every
     /// refusal by a policy rule or limit.
     events: Events,
+    /// Back pressure: new transactions are refused while it is Medium (but from
+    /// OnPremises) or High.
+    pressure: Arc<Pressure>,
 }
 
 impl RelayBackend {
@@ -37,6 +41,7 @@ impl RelayBackend {
         queue: QueueHandle,
         srs: Option<Arc<Srs>>,
         events: Events,
+        pressure: Arc<Pressure>,
     ) -> Self {
         RelayBackend {
             policy,
@@ -45,7 +50,40 @@ impl RelayBackend {
             queue,
             srs,
             events,
+            pressure,
         }
+    }
+
+    /// Exchange's back pressure at MAIL FROM: under Medium only OnPremises transactions
+    /// are accepted (internal mail is favoured), under High none. A transaction already
+    /// past MAIL FROM is never stopped, and delivery is not held, so the pressure drains.
+    fn back_pressure(&self, s: &SessionInfo, tx: &Transaction) -> Result<(), Reply> {
+        let level = self.pressure.level();
+        let on_premises = tx.attribution.is_some_and(|a| {
+            self.policy.inbound[a.index].connector_type == ConnectorType::OnPremises
+        });
+        if level == Level::Normal || (level == Level::Medium && on_premises) {
+            return Ok(());
+        }
+        let reply = Reply::insufficient_resources();
+        let reason = self.pressure.reason();
+        tracing::info!(
+            event = "rejected",
+            stage = "MAIL",
+            client_ip = %s.peer.ip(),
+            address = mail_from(tx),
+            rule = "BackPressure",
+            level = level.as_str(),
+            reason,
+            "refused"
+        );
+        let mut e = self.rejected(s, Some(tx), "MAIL", "BackPressure", &reply);
+        e.detail = Some(format!(
+            "refused at MAIL: back pressure {} ({reason})",
+            level.as_str()
+        ));
+        self.events.emit(e);
+        Err(reply)
     }
 
     /// For an SRS0 address at one of our domains (an accepted domain or the relay's Fqdn)
@@ -192,6 +230,7 @@ impl Backend for RelayBackend {
             cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
             "transaction attributed"
         );
+        self.back_pressure(s, tx)?;
         verdict.map_err(|r| self.refuse(s, tx, "MAIL", None, r))
     }
 

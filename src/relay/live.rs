@@ -37,6 +37,8 @@ pub(super) struct Shared {
     pub events: Events,
     /// Clients that passed the pre-greeting test (kept across reloads).
     pub pregreet_passes: Arc<PassCache>,
+    /// Back pressure (one monitor for the relay's life; thresholds from each policy).
+    pub pressure: Arc<super::pressure::Pressure>,
 }
 
 /// One generation's inbound TLS: the acceptor (from `TlsCertificate`/`TlsPrivateKey`, read
@@ -160,6 +162,7 @@ pub(super) fn setup(
         shared.queue.clone(),
         srs,
         shared.events.clone(),
+        shared.pressure.clone(),
     ));
     // OnPremises servers (by IP) are exempt from the per-source connection cap and rate.
     let p = policy.clone();

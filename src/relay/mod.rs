@@ -5,6 +5,7 @@
 mod backend;
 pub mod certs;
 mod live;
+pub mod pressure;
 pub mod reload;
 
 use std::net::SocketAddr;
@@ -302,6 +303,7 @@ pub async fn start_with_options(
         resolver,
         events: events.clone(),
         pregreet_passes: Default::default(),
+        pressure: Default::default(),
     };
     let setup = Arc::new(ArcSwap::from_pointee(live::setup(
         &policy, tls, &shared, srs,
@@ -350,6 +352,13 @@ pub async fn start_with_options(
         ),
         stop_rx.clone(),
     );
+
+    tokio::spawn(pressure::monitor(
+        control.pressure().clone(),
+        control.clone(),
+        control.queue().clone(),
+        stop_rx.clone(),
+    ));
 
     if options.config_path.is_some() {
         tokio::spawn(watch_files(

@@ -220,6 +220,15 @@ impl Control {
         self.live.load_full()
     }
 
+    /// Back pressure now (`/api/status`).
+    pub fn pressure(&self) -> &Arc<super::pressure::Pressure> {
+        &self.shared.pressure
+    }
+
+    pub(super) fn queue(&self) -> &crate::queue::manager::QueueHandle {
+        &self.shared.queue
+    }
+
     /// The policy in effect now.
     pub fn policy(&self) -> Arc<Policy> {
         self.live.load().policy.clone()

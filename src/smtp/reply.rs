@@ -129,6 +129,10 @@ impl Reply {
     pub fn insufficient_storage() -> Self {
         Reply::new(452, "4.3.1", "Insufficient system storage")
     }
+    /// Back pressure (Exchange's text for it).
+    pub fn insufficient_resources() -> Self {
+        Reply::new(452, "4.3.1", "Insufficient system resources")
+    }
     pub fn service_unavailable() -> Self {
         Reply::new(
             421,

@@ -279,11 +279,17 @@ async function explain(ev) {
   } catch (e) { report(e); }
 }
 
-// ---- certificates -----------------------------------------------------------------
+// ---- certificates and back pressure (from /api/status) ----------------------------
 
-async function loadCertificates() {
+async function loadStatus() {
   try {
     const status = await api("GET", "/api/status");
+    const bp = status.BackPressure || { State: "Normal" };
+    const pressed = $("#back-pressure");
+    pressed.hidden = bp.State === "Normal";
+    pressed.textContent = "Back pressure " + bp.State + ": new mail gets 452 4.3.1 " +
+      (bp.State === "High" ? "from every sender" : "except from OnPremises connectors") +
+      " (" + bp.Reason + ")";
     const soon = (status.Certificates || []).filter((c) => c.ExpiringSoon);
     const box = $("#certificates");
     box.hidden = soon.length === 0;
@@ -302,6 +308,7 @@ function showTab(name) {
   say("");
   if (name === "queue") loadQueue();
   if (name === "queues") loadQueues();
+  loadStatus();
 }
 
 function showLogin(error) {
@@ -323,7 +330,6 @@ async function start() {
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
   showTab("connectors");
-  loadCertificates();
 }
 
 $("#login-form").addEventListener("submit", (ev) => {
