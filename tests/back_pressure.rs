@@ -19,6 +19,11 @@ const ONPREM: &str = "127.0.0.10";
 const INTERNET: &str = "127.0.0.1";
 const MESSAGE: &str = "Subject: back pressure\r\n\r\nhello";
 
+/// The back-pressure gauges of `/metrics` are process-wide (one recorder per process), and
+/// every relay started by this file sets them once a second: tests that read them must not
+/// run at the same time as another relay of this file.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn session(from_ip: &str, relay: SocketAddr) -> Dialog {
     let mut d = Dialog::connect_from(from_ip.parse::<IpAddr>().unwrap(), relay).await;
     d.cmd("EHLO client.test", "250").await;
@@ -66,6 +71,7 @@ async fn status(admin: SocketAddr, token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_length_over_its_thresholds_turns_new_mail_away_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there yet: delivery fails with connection refused, mail stays queued.
     let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
@@ -199,6 +205,7 @@ async fn queue_length_over_its_thresholds_turns_new_mail_away_and_recovers() {
 /// `Unlimited` (by reload) turns it off again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_threshold_below_the_resident_size_refuses_everyone_until_reloaded() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
@@ -238,6 +245,7 @@ async fn memory_threshold_below_the_resident_size_refuses_everyone_until_reloade
 /// here): High, in `/api/status` and `/metrics` with the free space measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_disk_space_under_its_threshold_is_high_pressure() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
@@ -284,6 +292,7 @@ impl Drop for Mount {
 /// everyone gets `452 4.3.1`; the ballast goes and acceptance resumes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_disk_filling_up_turns_mail_away_until_space_is_freed() {
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
