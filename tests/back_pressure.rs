@@ -275,18 +275,6 @@ async fn free_disk_space_under_its_threshold_is_high_pressure() {
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A real small disk: the spool on a 64 MB tmpfs (needs root to mount, else skipped with
 /// a message). A ballast file takes the free space under `DiskSpaceHighThreshold` (8 MB):
 /// everyone gets `452 4.3.1`; the ballast goes and acceptance resumes by itself.
@@ -296,26 +284,15 @@ async fn a_spool_disk_filling_up_turns_mail_away_until_space_is_freed() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&spool)
-        .output();
-    match &mounted {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
+    let _mount = match support::Tmpfs::mount(&spool, "64m") {
+        Ok(m) => m,
+        Err(e) => {
             println!(
-                "SKIPPED tmpfs back pressure: cannot mount a tmpfs here ({}); \
-                 free_disk_space_under_its_threshold_is_high_pressure covers the disk check",
-                String::from_utf8_lossy(&o.stderr).trim()
+                "SKIPPED tmpfs back pressure: {e}; free_disk_space_under_its_threshold_is_high_pressure covers the disk check"
             );
             return;
         }
-        Err(e) => {
-            println!("SKIPPED tmpfs back pressure: cannot run mount ({e})");
-            return;
-        }
-    }
-    let _mount = Mount(spool.clone());
+    };
     let smart_host: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
         .unwrap();

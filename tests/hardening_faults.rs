@@ -241,18 +241,6 @@ async fn per_source_connection_rate_exempts_on_premises() {
 // ---------------------------------------------------------------------------------------
 // 3. Faults
 
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Disk full: the spool on a 64 KB tmpfs, a 200 KB message → `452 4.3.1`, nothing in
 /// `msg/` or `tmp/`, the session goes on and a small message then passes.
 #[tokio::test]
@@ -261,26 +249,15 @@ async fn full_spool_disk_refuses_with_452_and_keeps_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&spool)
-        .output();
-    match &mounted {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
+    let _mount = match support::Tmpfs::mount(&spool, "64k") {
+        Ok(m) => m,
+        Err(e) => {
             println!(
-                "SKIPPED full_spool_disk: cannot mount a tmpfs here ({}); \
-                 spool_log_unwritable_refuses_with_451 covers the write failure",
-                String::from_utf8_lossy(&o.stderr).trim()
+                "SKIPPED full_spool_disk: {e}; spool_log_unwritable_refuses_with_451 covers the write failure"
             );
             return;
         }
-        Err(e) => {
-            println!("SKIPPED full_spool_disk: cannot run mount ({e})");
-            return;
-        }
-    }
-    let _mount = Mount(spool.clone());
+    };
     // Only the spool is on the tiny disk: the trace store (DataDir) lives beside it. Back
     // pressure on free disk space is off: this test is about the spool write failing (a
     // 64 KB disk is far under the default DiskSpaceHighThreshold, so it would refuse
