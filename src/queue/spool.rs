@@ -944,6 +944,45 @@ mod tests {
     /// `store_async` writes the head then the body, on both paths (the log for a small
     /// message, a file of its own for a large one, written from the two parts without
     /// joining them): read back, recovered after a restart, the data is the two joined.
+    /// A message received partly into `tmp/` (smtp::body): the file holds envelope, head,
+    /// body and the streamed rest, in that order; the temp file is gone once stored, and
+    /// the message survives a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_async_appends_the_streamed_rest() {
+        use crate::smtp::body::{IN_MEMORY_LIMIT, Receiver};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let mut rx = Receiver::new(Some(spool.tmp_dir().to_path_buf()));
+        let mut first = b"Subject: l\r\n\r\n".to_vec();
+        first.resize(IN_MEMORY_LIMIT, b'a');
+        rx.out().extend_from_slice(&first);
+        rx.after_feed(false).await;
+        let rest: Vec<u8> = (0..3_000_000u32).map(|i| b'0' + (i % 10) as u8).collect();
+        for chunk in rest.chunks(8192) {
+            rx.out().extend_from_slice(chunk);
+            rx.after_feed(false).await;
+        }
+        let message = rx.finish().await.unwrap();
+        assert_eq!(message.len(), (first.len() + rest.len()) as u64);
+        let received = b"Received: from x by y; id 1\r\n".to_vec();
+        let id = spool.new_id();
+        let crate::smtp::body::Message { head, rest: file } = message;
+        assert!(file.is_some(), "the rest went to a file");
+        spool
+            .store_async(&id, &env(), received.clone(), head, file)
+            .await
+            .unwrap();
+        let whole = [&received[..], &first, &rest].concat();
+        assert_eq!(spool.read(&id).unwrap().1, whole);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let (rec, corrupt) = spool.recover().unwrap();
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        assert_eq!(rec.len(), 1);
+        assert_eq!(spool.read(&id).unwrap().1, whole);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn store_async_writes_head_then_body() {
         let dir = tempfile::tempdir().unwrap();

@@ -261,6 +261,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_that_cannot_be_written_refuses_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("no-such-dir");
+        let first = vec![b'a'; IN_MEMORY_LIMIT];
+        let r = receive(&gone, &[&first, &[b'b'; WRITE_CHUNK]], false).await;
+        let e = r.finish().await.expect_err("the write failed");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
     async fn a_discarded_message_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let first = vec![b'a'; IN_MEMORY_LIMIT];
