@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::policy::BareNewlinePolicy;
+use crate::smtp::body::Message;
 use crate::smtp::command::Address;
 use crate::smtp::server::{self, Limits};
 pub use crate::smtp::session::StartTlsMode;
@@ -233,7 +234,11 @@ impl Backend for SinkBackend {
         }
     }
 
-    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Message) -> Reply {
+        // The sink has no spill directory: its messages are always whole in memory.
+        let Ok(message) = message.into_vec() else {
+            return Reply::local_error();
+        };
         if let Some(count) = &self.discarded {
             count.fetch_add(1, Ordering::Relaxed);
             return Reply::ok("Ok: discarded");

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::message::headers::rewrite_outbound;
+use crate::message::headers::rewrite_outbound_cow;
 use crate::message::srs::Srs;
 use crate::policy::restrict::is_accepted;
 use crate::policy::route::Route;
@@ -26,7 +26,7 @@ pub fn srs_domain(policy: &Policy) -> String {
 }
 
 /// The envelope sender and the message as they leave on `route`:
-/// - the header section goes through [`rewrite_outbound`] with the connector's
+/// - the header section goes through [`rewrite_outbound_cow`] with the connector's
 ///   `CloudServicesMailEnabled` (`false` for the default MX route); the body is untouched;
 /// - with `SenderRewritingEnabled`, a sender whose domain is not accepted becomes an SRS0
 ///   address at [`srs_domain`]; the null sender and accepted senders are kept.
@@ -38,7 +38,7 @@ pub fn for_route<'a>(
     data: &'a [u8],
 ) -> (Cow<'a, str>, Cow<'a, [u8]>) {
     let csme = route.cloud_services_mail_enabled.unwrap_or(false);
-    let data = Cow::Owned(rewrite_outbound(data, csme));
+    let data = rewrite_outbound_cow(data, csme);
     let sender_domain = mail_from
         .rsplit_once('@')
         .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());

@@ -42,6 +42,7 @@
 //! inbound `CloudServicesMailEnabled` connector, like every other Organization header.
 //! Several `X-MS-Exchange-CrossPremises-NAME` headers with one `NAME` are all promoted.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use mail_parser::MessageParser;
@@ -140,6 +141,15 @@ pub fn rewrite_inbound(message: &[u8], policy: &InboundHeaderPolicy) -> Vec<u8> 
         },
         &marks,
     )
+}
+
+/// [`rewrite_outbound`] borrowing the message when its header has nothing to change (the
+/// common case): the copy it would make is as big as the message, once per delivery.
+pub fn rewrite_outbound_cow(message: &[u8], cloud_services_mail_enabled: bool) -> Cow<'_, [u8]> {
+    if HeaderSection::find(message, false).is_none() {
+        return Cow::Borrowed(message);
+    }
+    Cow::Owned(rewrite_outbound(message, cloud_services_mail_enabled))
 }
 
 /// Outbound rewrite (policy.md "Outbound: headers"), for the delivery side:
@@ -687,6 +697,23 @@ mod tests {
         assert_eq!(rewrite_inbound(input, &ANON), input);
         assert_eq!(rewrite_outbound(input, false), input);
         assert!(HeaderSection::find(input, false).is_none());
+    }
+
+    #[test]
+    fn outbound_borrows_a_message_with_nothing_to_change() {
+        let plain = b"Subject: s\r\n\r\nX-MS-Exchange-Organization-A: body\r\n";
+        for csme in [false, true] {
+            assert!(matches!(
+                rewrite_outbound_cow(plain, csme),
+                Cow::Borrowed(_)
+            ));
+        }
+        let marked = b"X-MS-Exchange-Organization-A: 1\r\nSubject: s\r\n\r\nbody\r\n";
+        for csme in [false, true] {
+            let cow = rewrite_outbound_cow(marked, csme);
+            assert!(matches!(cow, Cow::Owned(_)));
+            assert_eq!(&cow[..], &rewrite_outbound(marked, csme)[..]);
+        }
     }
 
     #[test]

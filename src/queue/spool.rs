@@ -46,6 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::wal::{self, Wal};
+use crate::smtp::body::SpillFile;
 
 const MAGIC: &str = "connector-relay-spool 1";
 
@@ -157,32 +158,42 @@ impl Spool {
             self.wal
                 .store_blocking(id, [envelope.as_bytes(), data].concat())
         } else {
-            self.store_alone(id, &[envelope.as_bytes(), data])
+            self.store_alone(id, &[envelope.as_bytes(), data], None)
         };
         self.stored(id, env, result)
     }
 
+    /// Where a session writes the end of a large message while it arrives (see
+    /// `smtp::body`); recovery empties it, so a crash mid-DATA leaves nothing.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// [`Spool::store`] from async code: the common path waits for the log's writer thread
-    /// without holding a thread of its own. The data is `head` then `body` (the relay's
-    /// `Received:` header and the message as received): kept apart and owned, a message too
-    /// large for the log is written as it is, without a concatenated copy as big as itself.
+    /// without holding a thread of its own. The data is `head`, `body`, then the content of
+    /// `rest` (the relay's `Received:` header, the message's first part as received and
+    /// rewritten, the file its end was received into): kept apart and owned, a message too
+    /// large for the log is written as it is, without a copy of it in memory.
     pub async fn store_async(
         self: &Arc<Self>,
         id: &str,
         env: &Envelope,
         head: Vec<u8>,
         body: Vec<u8>,
+        rest: Option<SpillFile>,
     ) -> io::Result<()> {
-        let size = head.len() + body.len();
+        let rest_len = rest.as_ref().map_or(0, |r| r.len() as usize);
+        let size = head.len() + body.len() + rest_len;
         let envelope = encode_envelope(id, env, size);
-        let result = if envelope.len() + size <= wal::MAX_PAYLOAD {
+        let result = if envelope.len() + size <= wal::MAX_PAYLOAD && rest.is_none() {
             let content = [envelope.as_bytes(), &head, &body].concat();
             drop((head, body));
             self.wal.store(id, content).await
         } else {
             let (spool, id) = (self.clone(), id.to_string());
             tokio::task::spawn_blocking(move || {
-                spool.store_alone(&id, &[envelope.as_bytes(), &head, &body])
+                let parts = [envelope.as_bytes(), &head, &body];
+                spool.store_alone(&id, &parts, rest.as_ref().map(SpillFile::path))
             })
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)))
@@ -204,11 +215,16 @@ impl Spool {
 
     /// Messages too large for the log: the file is fsynced, renamed into `msg/`, and the
     /// directory fsynced (group-committed with other changes to `msg/`).
-    fn store_alone(&self, id: &str, parts: &[&[u8]]) -> io::Result<()> {
+    /// `rest`, when there is one, is appended after `parts` by a file-to-file copy (the
+    /// kernel's `copy_file_range` on Linux): the message's bulk never passes through memory.
+    fn store_alone(&self, id: &str, parts: &[&[u8]], rest: Option<&Path>) -> io::Result<()> {
         let tmp = self.tmp.join(id);
         let mut f = File::create(&tmp)?;
         for part in parts {
             f.write_all(part)?;
+        }
+        if let Some(rest) = rest {
+            io::copy(&mut File::open(rest)?, &mut f)?;
         }
         f.sync_all()?;
         drop(f);
@@ -928,6 +944,45 @@ mod tests {
     /// `store_async` writes the head then the body, on both paths (the log for a small
     /// message, a file of its own for a large one, written from the two parts without
     /// joining them): read back, recovered after a restart, the data is the two joined.
+    /// A message received partly into `tmp/` (smtp::body): the file holds envelope, head,
+    /// body and the streamed rest, in that order; the temp file is gone once stored, and
+    /// the message survives a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_async_appends_the_streamed_rest() {
+        use crate::smtp::body::{IN_MEMORY_LIMIT, Receiver};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let mut rx = Receiver::new(Some(spool.tmp_dir().to_path_buf()));
+        let mut first = b"Subject: l\r\n\r\n".to_vec();
+        first.resize(IN_MEMORY_LIMIT, b'a');
+        rx.out().extend_from_slice(&first);
+        rx.after_feed(false).await;
+        let rest: Vec<u8> = (0..3_000_000u32).map(|i| b'0' + (i % 10) as u8).collect();
+        for chunk in rest.chunks(8192) {
+            rx.out().extend_from_slice(chunk);
+            rx.after_feed(false).await;
+        }
+        let message = rx.finish().await.unwrap();
+        assert_eq!(message.len(), (first.len() + rest.len()) as u64);
+        let received = b"Received: from x by y; id 1\r\n".to_vec();
+        let id = spool.new_id();
+        let crate::smtp::body::Message { head, rest: file } = message;
+        assert!(file.is_some(), "the rest went to a file");
+        spool
+            .store_async(&id, &env(), received.clone(), head, file)
+            .await
+            .unwrap();
+        let whole = [&received[..], &first, &rest].concat();
+        assert_eq!(spool.read(&id).unwrap().1, whole);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let (rec, corrupt) = spool.recover().unwrap();
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        assert_eq!(rec.len(), 1);
+        assert_eq!(spool.read(&id).unwrap().1, whole);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn store_async_writes_head_then_body() {
         let dir = tempfile::tempdir().unwrap();
@@ -940,7 +995,7 @@ mod tests {
         for body in [small, large] {
             let id = spool.new_id();
             spool
-                .store_async(&id, &env(), head.clone(), body.clone())
+                .store_async(&id, &env(), head.clone(), body.clone(), None)
                 .await
                 .unwrap();
             assert_eq!(spool.read(&id).unwrap().1, [&head[..], &body].concat());

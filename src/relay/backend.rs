@@ -14,6 +14,7 @@ use crate::policy::{ConnectorType, Policy};
 use crate::queue::manager::QueueHandle;
 use crate::queue::spool::{Envelope, Spool, unix_now};
 use crate::smtp::Reply;
+use crate::smtp::body::Message;
 use crate::smtp::command::Address;
 use crate::smtp::session::{Backend, SessionInfo, Transaction};
 use crate::trace::{EventKind, Events, TraceEvent};
@@ -271,7 +272,11 @@ impl Backend for RelayBackend {
             .map_err(|r| self.refuse(s, tx, "RCPT", Some(to), r))
     }
 
-    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+    fn spill_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.spool.tmp_dir().to_path_buf())
+    }
+
+    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Message) -> Reply {
         let id = self.spool.new_id();
         let now = unix_now();
         // The connector counts for the message when it applies to at least one recipient
@@ -292,7 +297,9 @@ impl Backend for RelayBackend {
                         .is_some_and(|d| is_accepted(&self.policy, d))
             }),
         };
-        let message = rewrite_inbound_owned(message, &headers);
+        // The rewrite touches the header block only, which `head` holds whole (smtp::body).
+        let Message { head, rest } = message;
+        let message = rewrite_inbound_owned(head, &headers);
         let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].to_string());
         let header = received_header(&ReceivedFields {
             by: &self.policy.relay.fqdn,
@@ -306,7 +313,8 @@ impl Backend for RelayBackend {
         // the other): joined, they would be one more copy of the whole message. The
         // Message-ID is the message's own (the Received header holds none).
         let message_id = crate::message::message_id(&message);
-        let size = header.len() + message.len();
+        let size =
+            header.len() as u64 + message.len() as u64 + rest.as_ref().map_or(0, |r| r.len());
         let env = Envelope {
             mail_from: tx
                 .mail_from
@@ -331,7 +339,7 @@ impl Backend for RelayBackend {
         };
         let stored = self
             .spool
-            .store_async(&id, &env, header.into_bytes(), message)
+            .store_async(&id, &env, header.into_bytes(), message, rest)
             .await;
         match stored {
             Ok(()) => {

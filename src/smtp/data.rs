@@ -94,6 +94,11 @@ impl DataReader {
         self.error
     }
 
+    /// Still inside the header block: everything stored so far is header.
+    pub fn in_header(&self) -> bool {
+        self.in_header
+    }
+
     /// Bytes of message content seen so far (after unstuffing), including discarded ones.
     pub fn size(&self) -> u64 {
         self.size

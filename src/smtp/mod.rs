@@ -1,6 +1,7 @@
 //! SMTP server: sans-IO command parser and dot-reader, the session state machine, and the
 //! listeners.
 
+pub mod body;
 pub mod client_cert;
 pub mod command;
 pub mod data;

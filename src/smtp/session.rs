@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use rustls::pki_types::CertificateDer;
 
+use super::body::{Message, Receiver};
 use super::client_cert::{ClientCertInfo, ClientCertValidator};
 use super::command::{self, Address, Command, MAX_COMMAND_LINE, MailParams};
 use super::data::{DataError, DataReader};
@@ -168,13 +169,18 @@ pub trait Backend: Send + Sync + 'static {
     fn connection_refused(&self, _peer: SocketAddr, _rule: &'static str, _reply: &Reply) {}
     /// RCPT TO: may refuse the recipient.
     fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply>;
+    /// Where a large message continues once its first part is in memory (see
+    /// `smtp::body`); `None` keeps messages whole in memory.
+    fn spill_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// End of DATA: store the message; the reply is the final answer to the client
     /// (250 only once the message is safely stored).
     fn data(
         &self,
         s: &SessionInfo,
         tx: &Transaction,
-        message: Vec<u8>,
+        message: Message,
     ) -> impl Future<Output = Reply> + Send;
 }
 
@@ -922,13 +928,20 @@ impl<B: Backend> Session<B> {
 
         let mut reader = DataReader::new(self.cfg.max_message_size, self.cfg.bare_newline)
             .with_max_header(self.cfg.max_header_size);
-        let mut message = Vec::with_capacity(8192);
+        // Dropped on every early return, which removes a file it started.
+        let mut body = Receiver::new(self.backend.spill_dir());
         let started = Instant::now();
         let mut received: u64 = 0;
         loop {
-            let (used, done) = reader.feed(conn.buffered(), &mut message);
+            let (used, done) = reader.feed(conn.buffered(), body.out());
             conn.rpos += used;
             received += used as u64;
+            if reader.error().is_some() {
+                // Refused once its end is read: drop what was kept, at once.
+                body.discard();
+            } else {
+                body.after_feed(reader.in_header()).await;
+            }
             if done {
                 break;
             }
@@ -977,10 +990,26 @@ impl<B: Backend> Session<B> {
                     .refused(&self.info, Some(&tx), "DATA", rule, &reply);
                 reply
             }
-            None => self.backend.data(&self.info, &tx, message).await,
+            None => match body.finish().await {
+                Ok(message) => self.backend.data(&self.info, &tx, message).await,
+                Err(e) => self.spill_failed(&tx, &e),
+            },
         };
         conn.queue(&reply);
         Ok(None)
+    }
+
+    /// A large message could not be written to `tmp/`: refused with a temporary error, as
+    /// the backend refuses one it cannot store (ENOSPC / EDQUOT: 452 4.3.1, RFC 3463).
+    fn spill_failed(&self, tx: &Transaction, e: &std::io::Error) -> Reply {
+        let reply = if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            Reply::insufficient_storage()
+        } else {
+            Reply::local_error()
+        };
+        self.backend
+            .refused(&self.info, Some(tx), "DATA", "SpoolWriteFailed", &reply);
+        reply
     }
 
     /// The next command line, reading (and flushing pending replies) as needed.
