@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use connector_relay::delivery::client::{self, ClientConfig, Envelope, StartTls};
 use connector_relay::delivery::tls::TlsContext;
-use connector_relay::delivery::{Deliverer, DelivererOptions, DeliveryJob, DeliveryStatus};
+use connector_relay::delivery::{Data, Deliverer, DelivererOptions, DeliveryJob, DeliveryStatus};
 use connector_relay::dns::{BoxFuture, DnsError, MxAnswer, Resolver};
 use connector_relay::policy::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -255,7 +255,7 @@ async fn run_mixed(pipelining: bool) -> SharedLog {
     let env = Envelope {
         mail_from: "sender@contoso.test",
         recipients: &to,
-        data: MESSAGE,
+        data: Data::memory(MESSAGE),
     };
     let attempt = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env).await;
     let statuses = attempt.result.expect("transaction");
@@ -344,7 +344,7 @@ async fn data_451_makes_accepted_recipients_temporary() {
         let env = Envelope {
             mail_from: "",
             recipients: &to,
-            data: b"x\r\n",
+            data: Data::memory(b"x\r\n"),
         };
         let statuses = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env)
             .await
@@ -381,7 +381,7 @@ async fn no_recipient_accepted_means_no_data() {
     let env = Envelope {
         mail_from: "s@contoso.test",
         recipients: &to,
-        data: b"x\r\n",
+        data: Data::memory(b"x\r\n"),
     };
     let statuses = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env)
         .await
@@ -405,7 +405,7 @@ async fn starttls_then_delivery_under_tls() {
     let env = Envelope {
         mail_from: "s@contoso.test",
         recipients: &to,
-        data: b"hello\r\n",
+        data: Data::memory(b"hello\r\n"),
     };
     for starttls in [opportunistic(), required()] {
         let attempt = client::deliver(addr, "mx.test", &cfg(starttls), &env).await;
@@ -436,7 +436,7 @@ async fn opportunistic_falls_back_to_plaintext_when_handshake_fails() {
     let env = Envelope {
         mail_from: "s@contoso.test",
         recipients: &to,
-        data: b"hello\r\n",
+        data: Data::memory(b"hello\r\n"),
     };
     let attempt = client::deliver(addr, "mx.test", &cfg(opportunistic()), &env).await;
     assert!(attempt.result.unwrap()[0].is_delivered());
@@ -463,7 +463,7 @@ async fn required_tls_without_starttls_is_4_4_317() {
     let env = Envelope {
         mail_from: "s@contoso.test",
         recipients: &to,
-        data: b"hello\r\n",
+        data: Data::memory(b"hello\r\n"),
     };
     let e = client::deliver(addr, "mx.test", &cfg(required()), &env)
         .await
@@ -493,7 +493,7 @@ async fn bytes_after_starttls_reply_are_a_protocol_error() {
     let env = Envelope {
         mail_from: "s@contoso.test",
         recipients: &to,
-        data: b"hello\r\n",
+        data: Data::memory(b"hello\r\n"),
     };
     let e = client::deliver(addr, "mx.test", &cfg(required()), &env)
         .await
@@ -636,7 +636,7 @@ async fn deliverer_fails_over_to_the_second_smart_host() {
             id: "Q1",
             mail_from: "s@contoso.test",
             recipients: &to,
-            data: b"Subject: hi\r\n\r\nbody\r\n",
+            data: Data::memory(b"Subject: hi\r\n\r\nbody\r\n"),
             from_outside_org: false,
         })
         .await;
@@ -670,7 +670,7 @@ async fn every_host_refusing_is_temporary() {
             id: "Q2",
             mail_from: "",
             recipients: &to,
-            data: b"x\r\n",
+            data: Data::memory(b"x\r\n"),
             from_outside_org: false,
         })
         .await;

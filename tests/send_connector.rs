@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_relay::delivery::{
-    Deliverer, DelivererOptions, DeliveryJob, DeliveryStatus, RecipientOutcome,
+    Data, Deliverer, DelivererOptions, DeliveryJob, DeliveryStatus, RecipientOutcome,
 };
 use connector_relay::dns::Resolver;
 use connector_relay::dns::hickory::HickoryResolver;
@@ -98,7 +98,7 @@ async fn send(d: &Deliverer, to: &[&str], body: &str) -> Vec<RecipientOutcome> {
         id: "T1",
         mail_from: "a@contoso.test",
         recipients: &rcpts,
-        data: data.as_bytes(),
+        data: Data::memory(data.as_bytes()),
         from_outside_org: false,
     })
     .await

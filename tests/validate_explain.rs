@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use connector_relay::delivery::{Deliverer, DeliveryJob};
+use connector_relay::delivery::{Data, Deliverer, DeliveryJob};
 use connector_relay::dns::Resolver;
 use connector_relay::dns::hickory::HickoryResolver;
 use connector_relay::ops::{self, ValidationReport};
@@ -347,7 +347,7 @@ SmartHosts = ["{broken}"]
             id: "q-events",
             mail_from: "alice@contoso.test",
             recipients: &rcpts,
-            data: b"Message-ID: <events-1@contoso.test>\r\nSubject: t\r\n\r\nhi\r\n",
+            data: Data::memory(b"Message-ID: <events-1@contoso.test>\r\nSubject: t\r\n\r\nhi\r\n"),
             from_outside_org: false,
         })
         .await;

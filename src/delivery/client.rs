@@ -40,7 +40,7 @@ use super::protolog::{LogSession, ProtocolLog};
 pub use super::reply::Reply;
 use super::reply::ReplyReader;
 use super::tls::{PeerCertificate, TlsCheck, TlsFailure, certificate_names, classify_tls_error};
-use super::{DeliveryStatus, Failure};
+use super::{Data, DeliveryStatus, Failure};
 use crate::smtp::sasl;
 
 /// Size of the pieces the message is written in (each write has its own timeout).
@@ -152,7 +152,7 @@ pub struct Envelope<'a> {
     pub mail_from: &'a str,
     pub recipients: &'a [String],
     /// The message with CRLF line endings, not dot-stuffed.
-    pub data: &'a [u8],
+    pub data: Data<'a>,
 }
 
 /// SMTP service extensions announced in the EHLO reply (RFC 5321 §4.1.1.1).
@@ -924,7 +924,7 @@ pub async fn transaction(
 /// announced (RFC 1870 §6.2) and a non-ASCII sender without SMTPUTF8 (RFC 6531 §3.2).
 fn check_envelope(ext: &Extensions, env: &Envelope<'_>) -> Result<(), SessionError> {
     if let Some(limit) = ext.size.filter(|&l| l > 0)
-        && env.data.len() as u64 > limit
+        && env.data.len() > limit
     {
         let text = format!(
             "message size {} exceeds the remote limit of {limit} bytes",
@@ -1086,7 +1086,7 @@ async fn lockstep_envelope(
 
 /// Stage 6: the message itself, dot-stuffed, then the reply to the final ".".
 /// Errors here are never retried elsewhere: the server may already hold the message.
-pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionError> {
+pub async fn send_data(conn: &mut Conn, data: Data<'_>) -> Result<Reply, SessionError> {
     let mut written = 0;
     let sent = write_message(conn, data, &mut written).await;
     if let Some(log) = conn.log.as_mut() {
@@ -1110,66 +1110,68 @@ pub async fn send_data(conn: &mut Conn, data: &[u8]) -> Result<Reply, SessionErr
     }
 }
 
-/// Writes the message in pieces, dot-stuffed as they go (no stuffed copy of the whole
-/// message is built: for a large message that copy was as big as the message), each piece
-/// under the command timeout; `written` counts the bytes sent. The message is not
-/// protocol: it is never written to the protocol log.
+/// Writes the message in [`DATA_CHUNK`]-sized pieces, read from memory or the spool file
+/// (`message::data`) and dot-stuffed as they go by one [`DotStuffer`], which carries the
+/// line state across the cuts: neither the message nor a stuffed copy of it is ever whole
+/// in memory. Each piece is written under the command timeout; `written` counts the bytes
+/// sent. The message is not protocol: it is never written to the protocol log.
 ///
 /// Before the last piece (it holds the final "."), the server must still be silent: a reply
 /// sent during the message cannot answer it, and as long as the final "." is not sent the
-/// server cannot keep the message, so stopping there loses nothing.
+/// server cannot keep the message, so stopping there loses nothing. The same holds for a
+/// spool file that cannot be read: the transfer stops without its final ".", deferred.
 async fn write_message(
     conn: &mut Conn,
-    data: &[u8],
+    data: Data<'_>,
     written: &mut usize,
 ) -> Result<(), SessionError> {
     let mut pieces = StuffedPieces::new(data);
     // One buffer for every piece: a chunk, its added dots, and the end of data.
     let mut piece = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 2);
-    while let Some(last) = pieces.next_into(&mut piece) {
+    loop {
+        let last = pieces.next_into(&mut piece).await.map_err(|e| {
+            SessionError::local(Stage::Data, "4.3.0", format!("message not sent: {e}"))
+        })?;
         if last {
             conn.expect_silence(Stage::Data, "while the message was being sent")?;
         }
         conn.write(Stage::Data, &piece).await?;
         *written += piece.len();
+        if last {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// The message cut into [`DATA_CHUNK`]-sized pieces of data, each dot-stuffed on its own by
 /// one [`DotStuffer`] (which carries the line state across the cuts); the last piece ends
 /// with the terminating ".".
 struct StuffedPieces<'a> {
-    chunks: std::iter::Peekable<std::slice::Chunks<'a, u8>>,
+    pieces: crate::message::data::Pieces<'a>,
     stuffer: DotStuffer,
-    done: bool,
+    chunk: Vec<u8>,
 }
 
 impl<'a> StuffedPieces<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    fn new(data: Data<'a>) -> Self {
         StuffedPieces {
-            chunks: data.chunks(DATA_CHUNK).peekable(),
+            pieces: data.pieces(DATA_CHUNK),
             stuffer: DotStuffer::default(),
-            done: false,
+            chunk: Vec::with_capacity(DATA_CHUNK),
         }
     }
 
-    /// Replaces `piece` with the next piece; `Some(true)` for the last one, `None` when
-    /// all was given.
-    fn next_into(&mut self, piece: &mut Vec<u8>) -> Option<bool> {
-        if self.done {
-            return None;
-        }
+    /// Replaces `piece` with the next piece; `true` for the last one (an empty message is
+    /// one piece: the terminator). Not to be called after the last.
+    async fn next_into(&mut self, piece: &mut Vec<u8>) -> io::Result<bool> {
+        self.pieces.next_into(&mut self.chunk).await?;
         piece.clear();
-        if let Some(chunk) = self.chunks.next() {
-            self.stuffer.push(chunk, piece);
-        }
-        let last = self.chunks.peek().is_none();
+        self.stuffer.push(&self.chunk, piece);
+        let last = self.pieces.done();
         if last {
             std::mem::take(&mut self.stuffer).finish(piece);
-            self.done = true;
         }
-        Some(last)
+        Ok(last)
     }
 }
 
@@ -1502,6 +1504,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::data::{FileRange, MessageData};
 
     /// Inputs and their stuffed, terminated form.
     const STUFFING: &[(&[u8], &[u8])] = &[
@@ -1568,8 +1571,8 @@ mod tests {
     /// starting with "." right at a chunk boundary, and not ending in CRLF, comes out as
     /// the whole message stuffed at once; the terminator is only in the last piece; the
     /// pieces stay near the chunk size.
-    #[test]
-    fn stuffed_pieces_of_a_large_message() {
+    #[tokio::test]
+    async fn stuffed_pieces_of_a_large_message() {
         let mut data = b"Subject: x\r\n\r\n".to_vec();
         while data.len() < DATA_CHUNK - 2 {
             data.extend_from_slice(b"0123456789\r\n");
@@ -1583,23 +1586,39 @@ mod tests {
             data.extend_from_slice(if i % 7 == 0 { b".\r\n" } else { b"ab\r\n" });
         }
         data.extend_from_slice(b"no CRLF at the end");
-        let mut pieces = StuffedPieces::new(&data);
+        let check = |lasts: &[bool], all: &[u8]| {
+            assert_eq!(all, dot_stuff(&data));
+            assert!(all[DATA_CHUNK..].starts_with(b"..hidden\r\n..\r\n"));
+            assert!(all.ends_with(b"no CRLF at the end\r\n.\r\n"));
+            assert_eq!(lasts.len(), data.len().div_ceil(DATA_CHUNK));
+            assert!(lasts.last() == Some(&true) && lasts.iter().filter(|&&l| l).count() == 1);
+        };
+        // From memory, and with the body in a spool file behind a short head.
+        let (lasts, all) = stuff_all(Data::memory(&data)).await;
+        check(&lasts, &all);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data[14..]).unwrap();
+        let rest = FileRange::scan(Arc::new(file), 0, (data.len() - 14) as u64).unwrap();
+        let split = MessageData::split(data[..14].to_vec(), rest);
+        let (_, all) = stuff_all(split.view()).await;
+        assert_eq!(all, dot_stuff(&data));
+        // An empty message is one piece: the terminator.
+        let (lasts, all) = stuff_all(Data::memory(b"")).await;
+        assert_eq!((lasts, all), (vec![true], b".\r\n".to_vec()));
+    }
+
+    async fn stuff_all(data: Data<'_>) -> (Vec<bool>, Vec<u8>) {
+        let mut pieces = StuffedPieces::new(data);
         let (mut piece, mut all, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(last) = pieces.next_into(&mut piece) {
+        loop {
+            let last = pieces.next_into(&mut piece).await.unwrap();
             assert!(piece.len() <= DATA_CHUNK + DATA_CHUNK / 2 + 5);
             lasts.push(last);
             all.extend_from_slice(&piece);
+            if last {
+                return (lasts, all);
+            }
         }
-        assert_eq!(all, dot_stuff(&data));
-        assert!(all[DATA_CHUNK..].starts_with(b"..hidden\r\n..\r\n"));
-        assert!(all.ends_with(b"no CRLF at the end\r\n.\r\n"));
-        assert_eq!(lasts.len(), data.len().div_ceil(DATA_CHUNK));
-        assert!(lasts.last() == Some(&true) && lasts.iter().filter(|&&l| l).count() == 1);
-        // An empty message is one piece: the terminator.
-        let mut pieces = StuffedPieces::new(b"");
-        assert_eq!(pieces.next_into(&mut piece), Some(true));
-        assert_eq!(piece, b".\r\n");
-        assert_eq!(pieces.next_into(&mut piece), None);
     }
 
     #[test]

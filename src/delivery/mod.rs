@@ -68,6 +68,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::dns::Resolver;
+pub use crate::message::data::Data;
 use crate::policy::route::{Route, RouteDecision, RouteTarget, TlsPolicy, select_route};
 use crate::policy::{AuthMechanism, DomainPattern, Policy, TlsLevel};
 use crate::trace::Events;
@@ -87,8 +88,9 @@ pub struct DeliveryJob<'a> {
     pub mail_from: &'a str,
     /// The recipients still pending.
     pub recipients: &'a [String],
-    /// The full message, CRLF line endings, not dot-stuffed.
-    pub data: &'a [u8],
+    /// The full message, CRLF line endings, not dot-stuffed (large ones partly in the spool
+    /// file, see `message::data`).
+    pub data: Data<'a>,
     /// The message arrived from outside the organization (RouteAllMessagesViaOnPremises).
     pub from_outside_org: bool,
 }
@@ -319,7 +321,7 @@ impl Deliverer {
         Some(events::MessageFacts {
             events,
             queue_id: job.id,
-            message_id: crate::message::message_id(job.data),
+            message_id: crate::message::message_id(job.data.head()),
             sender: job.mail_from,
             crls: !self.policy.relay.revocation_lists.is_empty(),
         })
@@ -570,18 +572,19 @@ impl Deliverer {
                 };
             }
         };
-        // Outbound headers (CloudServicesMailEnabled) and SRS, once per route group.
-        let (mail_from, data) = rewrite::for_route(
+        // Outbound headers (CloudServicesMailEnabled) and SRS, once per route group. Only
+        // the head is rewritten: it holds the header block.
+        let (mail_from, head) = rewrite::for_route(
             &self.policy,
             self.srs.as_deref(),
             route,
             job.mail_from,
-            job.data,
+            job.data.head(),
         );
         let env = Envelope {
             mail_from: &mail_from,
             recipients,
-            data: &data,
+            data: job.data.with_head(&head),
         };
         let target = Target {
             key,
@@ -856,7 +859,7 @@ mod tests {
                 id: "q1",
                 mail_from: "",
                 recipients: &rcpts,
-                data: b"Subject: x\r\n\r\nhi\r\n",
+                data: Data::memory(b"Subject: x\r\n\r\nhi\r\n"),
                 from_outside_org: false,
             })
             .await;
@@ -898,7 +901,7 @@ mod tests {
                 id: "q2",
                 mail_from: "s@contoso.test",
                 recipients: &rcpts,
-                data: b"0123456789\r\n",
+                data: Data::memory(b"0123456789\r\n"),
                 from_outside_org: false,
             })
             .await;

@@ -1,6 +1,7 @@
 //! Header rewriting (`Received:`, cross-premises headers), and the messages the relay writes
 //! itself (DSNs).
 
+pub mod data;
 pub mod dsn;
 pub mod headers;
 pub mod received;

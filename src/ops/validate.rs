@@ -244,7 +244,7 @@ pub async fn validate_traced(
         id: &queue_id,
         mail_from: &sender,
         recipients: &rcpts,
-        data: &data,
+        data: crate::message::data::Data::memory(&data),
         from_outside_org: false,
     };
     let outcomes = deliverer.deliver_via(&job, &route).await;

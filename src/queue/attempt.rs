@@ -15,6 +15,7 @@ use super::manager::Transport;
 use super::notices::{MessageTrace, Notifier, describe, dsn_failed, span};
 use super::spool::{Envelope, LogRecord, Spool, unix_now};
 use crate::delivery::{DeliveryJob, DeliveryStatus, Failure, RecipientOutcome};
+use crate::message::data::MessageData;
 use crate::message::dsn::{DsnAction, DsnKind, DsnRecipient};
 use crate::message::received::rfc5322_date;
 use crate::trace::{EventKind, Events, TraceEvent};
@@ -114,12 +115,12 @@ pub(super) async fn deliver(work: Arc<Work>, batch: Batch) -> BatchDone {
         id: &msg.id,
         mail_from: &msg.env.mail_from,
         recipients: &recipients,
-        data: &data,
+        data: data.view(),
         from_outside_org: msg.env.from_outside_org,
     };
     let outcomes = work.transport.deliver(&job).await;
     let now = unix_now();
-    let trace = MessageTrace::new(&msg.id, &msg.env, Some(&data));
+    let trace = MessageTrace::new(&msg.id, &msg.env, Some(data.view().head()));
     let mut book = Book::default();
     for (slot, &i) in batch.rcpts.iter().enumerate() {
         match outcomes.get(slot) {
@@ -135,7 +136,7 @@ pub(super) async fn deliver(work: Arc<Work>, batch: Batch) -> BatchDone {
         }
     }
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Failure, &book.failed, &data, now)
+        .send_dsn(&msg.env, &trace, DsnKind::Failure, &book.failed, data.view().head(), now)
         .await;
     let remove = msg.last && book.results.iter().all(|(_, r)| r.is_final());
     persist(&work.spool, msg, book.records, remove).await;
@@ -233,7 +234,7 @@ pub(super) enum FailNow {
 pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize, FailNow)>) {
     let data = read(&work.spool, &msg.id).await.unwrap_or_default();
     let now = unix_now();
-    let trace = MessageTrace::new(&msg.id, &msg.env, Some(&data));
+    let trace = MessageTrace::new(&msg.id, &msg.env, Some(data.view().head()));
     let mut records = Vec::new();
     let mut failed = Vec::new();
     for (i, why) in rcpts {
@@ -281,7 +282,7 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
         });
     }
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Failure, &failed, &data, now)
+        .send_dsn(&msg.env, &trace, DsnKind::Failure, &failed, data.view().head(), now)
         .await;
     let last = msg.last;
     persist(&work.spool, &msg, records, last).await;
@@ -296,7 +297,7 @@ pub(super) async fn notify_delay(
 ) {
     let data = read(&work.spool, &msg.id).await.unwrap_or_default();
     let now = unix_now();
-    let trace = MessageTrace::new(&msg.id, &msg.env, Some(&data));
+    let trace = MessageTrace::new(&msg.id, &msg.env, Some(data.view().head()));
     let delayed: Vec<DsnRecipient> = pending
         .into_iter()
         .map(|(i, last)| DsnRecipient {
@@ -310,14 +311,16 @@ pub(super) async fn notify_delay(
         })
         .collect();
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Delay, &delayed, &data, now)
+        .send_dsn(&msg.env, &trace, DsnKind::Delay, &delayed, data.view().head(), now)
         .await;
     persist(&work.spool, &msg, vec![LogRecord::DelayNotified], false).await;
 }
 
-async fn read(spool: &Arc<Spool>, id: &str) -> std::io::Result<Vec<u8>> {
+/// The message as delivery and the DSNs need it: a large one's body stays in its file (a
+/// DSN quotes only the header block, which is always in memory).
+async fn read(spool: &Arc<Spool>, id: &str) -> std::io::Result<MessageData> {
     let (spool, id) = (spool.clone(), id.to_string());
-    match tokio::task::spawn_blocking(move || spool.read(&id)).await {
+    match tokio::task::spawn_blocking(move || spool.read_for_delivery(&id)).await {
         Ok(r) => r.map(|(_, data)| data),
         Err(e) => Err(std::io::Error::other(e)),
     }

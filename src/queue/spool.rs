@@ -39,13 +39,14 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::wal::{self, Wal};
+use crate::message::data::{FileRange, MessageData};
 use crate::smtp::body::SpillFile;
 
 const MAGIC: &str = "connector-relay-spool 1";
@@ -268,18 +269,56 @@ impl Spool {
         self.unlogged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads a stored message: its envelope and the message data.
+    /// Reads a stored message whole: its envelope and the message data. Delivery uses
+    /// [`Spool::read_for_delivery`], which does not hold a large message in memory.
     pub fn read(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
         let bytes = match self.wal.read(id)? {
             Some(content) => content,
             None => fs::read(self.msg.join(id))?,
         };
-        let (env, offset) = decode_envelope(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        // In place: a copy of the data would be a second message-sized buffer.
-        let mut data = bytes;
-        data.drain(..offset);
-        Ok((env, data))
+        split_envelope(bytes)
+    }
+
+    /// Reads a stored message for delivery (see `message::data`): a small one whole, a
+    /// larger one as its header block in memory and the rest left in the file. Blocking.
+    pub fn read_for_delivery(&self, id: &str) -> io::Result<(Envelope, MessageData)> {
+        if let Some(content) = self.wal.read(id)? {
+            return split_envelope(content).map(|(env, data)| (env, MessageData::memory(data)));
+        }
+        let mut file = File::open(self.msg.join(id))?;
+        let file_len = file.metadata()?.len();
+        if file_len <= wal::MAX_PAYLOAD as u64 {
+            let mut content = Vec::with_capacity(file_len as usize);
+            file.read_to_end(&mut content)?;
+            return split_envelope(content).map(|(env, data)| (env, MessageData::memory(data)));
+        }
+        let mut start = vec![0; wal::MAX_PAYLOAD];
+        file.read_exact(&mut start)?;
+        let Ok((env, offset, size)) = decode_envelope_head(&start) else {
+            // An envelope larger than the part read (a huge recipient list), or a bad one:
+            // the whole file decides.
+            drop(start);
+            let (env, data) = split_envelope(fs::read(self.msg.join(id))?)?;
+            return Ok((env, MessageData::memory(data)));
+        };
+        let data_len = file_len - offset as u64;
+        if size.is_some_and(|n| data_len < n as u64) {
+            let e = format!("message file holds {data_len} bytes of the {size:?} recorded");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        // The head ends after the header block, or failing that at the last line end read.
+        let read = &start[offset..];
+        let head_len = crate::message::header_block(read).len();
+        let head_len = if head_len < read.len() {
+            head_len
+        } else {
+            read.iter().rposition(|&b| b == b'\n').map_or(read.len(), |i| i + 1)
+        };
+        let head = read[..head_len].to_vec();
+        drop(start);
+        let rest_at = (offset + head_len) as u64;
+        let rest = FileRange::scan(Arc::new(file), rest_at, file_len - rest_at)?;
+        Ok((env, MessageData::split(head, rest)))
     }
 
     /// Appends outcome records to the message's log and fsyncs it. When these are the first
@@ -614,7 +653,27 @@ enum Unreadable {
     Corrupt(String),
 }
 
+/// A whole spool record cut into its envelope and data, in place (a copy of the data would
+/// be a second message-sized buffer).
+fn split_envelope(mut bytes: Vec<u8>) -> io::Result<(Envelope, Vec<u8>)> {
+    let (env, offset) = decode_envelope(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    bytes.drain(..offset);
+    Ok((env, bytes))
+}
+
 fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, usize), Decode> {
+    let (env, offset, size) = decode_envelope_head(bytes)?;
+    // Files written before the size field existed have none.
+    if size.is_some_and(|n| bytes.len() - offset < n) {
+        return Err(Decode::Incomplete);
+    }
+    Ok((env, offset))
+}
+
+/// The envelope at the start of `bytes` (which may hold only the start of the file): the
+/// envelope, where the data starts, and the data's size when the file records it.
+fn decode_envelope_head(bytes: &[u8]) -> Result<(Envelope, usize, Option<usize>), Decode> {
     if bytes.is_empty() {
         return Err(Decode::Incomplete);
     }
@@ -660,11 +719,7 @@ fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, usize), Decode> {
     if !seen_from || env.recipients.is_empty() || env.arrived == 0 {
         return Err("incomplete envelope".into());
     }
-    // Files written before the size field existed have none.
-    if size.is_some_and(|n| bytes.len() - (end + 2) < n) {
-        return Err(Decode::Incomplete);
-    }
-    Ok((env, end + 2))
+    Ok((env, end + 2, size))
 }
 
 fn encode_record(r: &LogRecord) -> String {
@@ -939,6 +994,36 @@ mod tests {
         assert!(!dir.path().join("msg").join("CUT").exists());
         assert!(!dir.path().join("msg").join("EMPTY").exists());
         assert_eq!(spool.read(&big).unwrap().1, data);
+    }
+
+    /// Delivery reads a large message as its header block and the rest of the file; a small
+    /// one (from the log or `msg/`) whole; both give the stored bytes back.
+    #[tokio::test]
+    async fn read_for_delivery_keeps_only_the_head_of_a_large_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let headers = b"Subject: big\r\nX-A: 1\r\n\r\n".to_vec();
+        let mut big = headers.clone();
+        big.resize(3 << 20, b'a');
+        big.extend_from_slice("é\r\n".as_bytes());
+        let small = b"Subject: small\r\n\r\nbody\r\n".to_vec();
+        for (data, head) in [(&big, &headers), (&small, &small)] {
+            let id = spool.new_id();
+            spool.store(&id, &env(), data).unwrap();
+            let (e, read) = spool.read_for_delivery(&id).unwrap();
+            assert_eq!(e.recipients, env().recipients);
+            assert_eq!(read.view().head(), &head[..]);
+            assert_eq!(read.view().len(), data.len() as u64);
+            assert_eq!(read.view().is_ascii(), data.is_ascii());
+            assert_eq!(&read.view().to_vec().await.unwrap(), data);
+        }
+        // A file cut short (the disk lost its end) is an error, not a short message.
+        let id = spool.new_id();
+        spool.store(&id, &env(), &big).unwrap();
+        let path = dir.path().join("msg").join(&id);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 10).unwrap();
+        assert!(spool.read_for_delivery(&id).is_err());
     }
 
     /// `store_async` writes the head then the body, on both paths (the log for a small

@@ -149,16 +149,19 @@ impl Transport for FakeTransport {
                     Some(Scripted::Slow(d)) => Some(*d),
                     _ => None,
                 });
-        let mut calls = self.calls.lock().unwrap();
-        calls.push(Call {
-            id: job.id.to_string(),
-            mail_from: job.mail_from.to_string(),
-            recipients: job.recipients.to_vec(),
-            data: job.data.to_vec(),
-            at: Instant::now(),
-        });
-        self.count.send_replace(calls.len());
         Box::pin(async move {
+            let data = job.data.to_vec().await.expect("the spooled message reads back");
+            {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(Call {
+                    id: job.id.to_string(),
+                    mail_from: job.mail_from.to_string(),
+                    recipients: job.recipients.to_vec(),
+                    data,
+                    at: Instant::now(),
+                });
+                self.count.send_replace(calls.len());
+            }
             if let Some(d) = slow {
                 tokio::time::sleep(d).await;
             }
@@ -370,6 +373,37 @@ mod tests {
             q.spool.read(&id).is_err(),
             "the failed message left the spool"
         );
+    }
+
+    /// A message too large for the write-ahead log is read for delivery as its header block
+    /// plus the spool file: the transport gets it whole, byte for byte, and the failure DSN
+    /// quotes its headers only (RFC 3462's text/rfc822-headers), never its 3 MB body.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_message_is_delivered_whole_and_its_dsn_quotes_the_headers() {
+        let q = start(settings());
+        q.fake.script(RCPT, Scripted::Permanent("5.1.1"));
+        let env = Envelope {
+            mail_from: SENDER.into(),
+            recipients: vec![RCPT.into()],
+            arrived: unix_now(),
+            inbound_connector: None,
+            from_outside_org: false,
+            smtputf8: false,
+        };
+        let mut data = b"Message-ID: <big@org.test>\r\nSubject: big\r\n\r\n".to_vec();
+        while data.len() < 3 << 20 {
+            data.extend_from_slice(b"BODYLINE 0123456789 abcdefghijklmnopqrstuvwxyz\r\n");
+        }
+        let id = q.spool.new_id();
+        q.spool.store(&id, &env, &data).unwrap();
+        q.handle.submit(id.clone(), env, None);
+        q.fake.wait_calls(2).await;
+        let calls = q.fake.calls();
+        assert_failure_dsn(&calls, &id, "5.1.1");
+        assert!(calls[0].data == data, "the attempt carried the message whole");
+        let dsn = String::from_utf8_lossy(&calls[1].data);
+        assert!(dsn.contains("Subject: big") && dsn.contains("text/rfc822-headers"), "{dsn}");
+        assert!(!dsn.contains("BODYLINE") && dsn.len() < 16_384, "{} bytes", dsn.len());
     }
 
     /// The same on the real clock (the expiry moment comes from the message's arrival
