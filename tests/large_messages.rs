@@ -253,12 +253,11 @@ fn stop(mut relay: Child) {
     let _ = relay.wait();
 }
 
-/// Eight clients send one 50 MB message each at the same time; returns the relay's peak
-/// RSS in kB after asserting that every message arrived byte for byte.
-async fn eight_times_fifty() -> u64 {
-    const CLIENTS: usize = 8;
-    const SIZE: usize = 50 * MB;
-    let sink = start_sink().await;
+/// `clients` clients send one `size` message each at the same time; returns the relay's
+/// peak RSS in kB after asserting that every message arrived byte for byte (and, with
+/// `tls`, over STARTTLS to the sink).
+async fn concurrent_large(clients: usize, size: usize, tls: bool) -> u64 {
+    let sink = start_sink_with("127.0.0.1:0".parse().unwrap(), tls, None).await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(tmp.path(), port, sink.addr());
@@ -268,13 +267,13 @@ async fn eight_times_fifty() -> u64 {
 
     let progress = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
+    for c in 0..clients {
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let tag = format!("large-{c}");
             let mut client = Client::connect(port).await.expect("connects");
             let (reply, hash) = client
-                .send(&tag, SIZE, None, &progress)
+                .send(&tag, size, None, &progress)
                 .await
                 .expect("message sent");
             assert!(reply.starts_with("250"), "{tag}: {reply:?}");
@@ -288,7 +287,7 @@ async fn eight_times_fifty() -> u64 {
         sent.insert(tag, hash);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    while delivered_count(sink.maildir()) < CLIENTS && tokio::time::Instant::now() < deadline {
+    while delivered_count(sink.maildir()) < clients && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let peak_kb = peak_rss_kb(relay.id());
@@ -301,11 +300,18 @@ async fn eight_times_fifty() -> u64 {
             "{tag} arrived once, body byte for byte"
         );
     }
-    assert_eq!(got.len(), CLIENTS);
+    assert_eq!(got.len(), clients);
+    if tls {
+        assert_eq!(
+            starttls_count(sink.maildir()),
+            clients,
+            "every copy came over TLS"
+        );
+    }
     println!(
-        "large messages: {CLIENTS} x {} MB relayed intact; relay peak RSS (VmHWM) {} MB \
+        "large messages: {clients} x {} MB relayed intact; relay peak RSS (VmHWM) {} MB \
          (idle {} MB, {} MB of data in flight)",
-        SIZE / MB,
+        size / MB,
         peak_kb / 1024,
         idle_kb / 1024,
         progress.load(Ordering::SeqCst) / MB
@@ -318,12 +324,43 @@ async fn eight_times_fifty() -> u64 {
 /// and the relay's peak RSS stays under 100 MB (measured: 29 MB in debug, 1,156 MB before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_50mb_messages_arrive_intact_in_bounded_memory() {
-    let peak_kb = eight_times_fifty().await;
+    let peak_kb = concurrent_large(8, 50 * MB, false).await;
     assert!(
         peak_kb / 1024 < GOAL_RSS_MB,
         "relay peak RSS {} MB, goal < {GOAL_RSS_MB} MB",
         peak_kb / 1024
     );
+}
+
+/// The same streaming over STARTTLS to the next hop (the pieces go through rustls): two
+/// 30 MB messages arrive byte for byte, in bounded memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_over_starttls_arrive_intact_in_bounded_memory() {
+    let peak_kb = concurrent_large(2, 30 * MB, true).await;
+    assert!(
+        peak_kb / 1024 < GOAL_RSS_MB,
+        "relay peak RSS {} MB, goal < {GOAL_RSS_MB} MB",
+        peak_kb / 1024
+    );
+}
+
+/// Sink files whose envelope lines say the message came over TLS (the first 4 KB of each
+/// file hold them).
+fn starttls_count(maildir: &Path) -> usize {
+    use std::io::Read;
+    let mut n = 0;
+    for e in std::fs::read_dir(maildir).unwrap().flatten() {
+        if e.path().extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let mut head = vec![0; 4096];
+        let len = std::fs::File::open(e.path())
+            .unwrap()
+            .read(&mut head)
+            .unwrap();
+        n += String::from_utf8_lossy(&head[..len]).contains("\r\nX-Sink-Tls: TLS") as usize;
+    }
+    n
 }
 
 /// A client that sends 10 MB of DATA and closes the connection leaves nothing: no file in

@@ -195,9 +195,11 @@ impl Pieces<'_> {
         } else if let Some(rest) = self.data.rest.filter(|_| self.at < self.data.len()) {
             let (rest, at, max) = (rest.clone(), self.at - head_len, self.max);
             let mut owned = std::mem::take(buf);
-            owned = tokio::task::spawn_blocking(move || rest.read_at(at, max, &mut owned).map(|()| owned))
-                .await
-                .map_err(io::Error::other)??;
+            owned = tokio::task::spawn_blocking(move || {
+                rest.read_at(at, max, &mut owned).map(|()| owned)
+            })
+            .await
+            .map_err(io::Error::other)??;
             *buf = owned;
         }
         self.at += buf.len() as u64;
@@ -224,7 +226,12 @@ mod tests {
     #[tokio::test]
     async fn pieces_cover_head_then_file_in_order() {
         let file: Vec<u8> = (0..10_000u32).map(|i| (i % 100) as u8).collect();
-        let range = FileRange::scan(file_with(&[b"envelope".as_slice(), &file].concat()), 8, file.len() as u64).unwrap();
+        let range = FileRange::scan(
+            file_with(&[b"envelope".as_slice(), &file].concat()),
+            8,
+            file.len() as u64,
+        )
+        .unwrap();
         let msg = MessageData::split(b"Subject: s\r\n\r\n".to_vec(), range);
         let data = msg.view();
         assert_eq!(data.len(), 14 + 10_000);

@@ -136,7 +136,14 @@ pub(super) async fn deliver(work: Arc<Work>, batch: Batch) -> BatchDone {
         }
     }
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Failure, &book.failed, data.view().head(), now)
+        .send_dsn(
+            &msg.env,
+            &trace,
+            DsnKind::Failure,
+            &book.failed,
+            data.view().head(),
+            now,
+        )
         .await;
     let remove = msg.last && book.results.iter().all(|(_, r)| r.is_final());
     persist(&work.spool, msg, book.records, remove).await;
@@ -282,7 +289,14 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
         });
     }
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Failure, &failed, data.view().head(), now)
+        .send_dsn(
+            &msg.env,
+            &trace,
+            DsnKind::Failure,
+            &failed,
+            data.view().head(),
+            now,
+        )
         .await;
     let last = msg.last;
     persist(&work.spool, &msg, records, last).await;
@@ -311,7 +325,14 @@ pub(super) async fn notify_delay(
         })
         .collect();
     work.notifier
-        .send_dsn(&msg.env, &trace, DsnKind::Delay, &delayed, data.view().head(), now)
+        .send_dsn(
+            &msg.env,
+            &trace,
+            DsnKind::Delay,
+            &delayed,
+            data.view().head(),
+            now,
+        )
         .await;
     persist(&work.spool, &msg, vec![LogRecord::DelayNotified], false).await;
 }

@@ -312,7 +312,9 @@ impl Spool {
         let head_len = if head_len < read.len() {
             head_len
         } else {
-            read.iter().rposition(|&b| b == b'\n').map_or(read.len(), |i| i + 1)
+            read.iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(read.len(), |i| i + 1)
         };
         let head = read[..head_len].to_vec();
         drop(start);

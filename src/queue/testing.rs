@@ -150,7 +150,11 @@ impl Transport for FakeTransport {
                     _ => None,
                 });
         Box::pin(async move {
-            let data = job.data.to_vec().await.expect("the spooled message reads back");
+            let data = job
+                .data
+                .to_vec()
+                .await
+                .expect("the spooled message reads back");
             {
                 let mut calls = self.calls.lock().unwrap();
                 calls.push(Call {
@@ -400,10 +404,20 @@ mod tests {
         q.fake.wait_calls(2).await;
         let calls = q.fake.calls();
         assert_failure_dsn(&calls, &id, "5.1.1");
-        assert!(calls[0].data == data, "the attempt carried the message whole");
+        assert!(
+            calls[0].data == data,
+            "the attempt carried the message whole"
+        );
         let dsn = String::from_utf8_lossy(&calls[1].data);
-        assert!(dsn.contains("Subject: big") && dsn.contains("text/rfc822-headers"), "{dsn}");
-        assert!(!dsn.contains("BODYLINE") && dsn.len() < 16_384, "{} bytes", dsn.len());
+        assert!(
+            dsn.contains("Subject: big") && dsn.contains("text/rfc822-headers"),
+            "{dsn}"
+        );
+        assert!(
+            !dsn.contains("BODYLINE") && dsn.len() < 16_384,
+            "{} bytes",
+            dsn.len()
+        );
     }
 
     /// The same on the real clock (the expiry moment comes from the message's arrival
