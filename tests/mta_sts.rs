@@ -329,14 +329,14 @@ async fn the_policy_cache_survives_a_restart() {
 }
 
 /// Puts the policy host in one of the states under test.
-type Setup = dyn Fn(&PolicyHost);
+type Setup<'a> = dyn Fn(&PolicyHost) + 'a;
 
 #[tokio::test]
 async fn unusable_policy_answers_mean_no_policy() {
     // Each case: a policy that would refuse the MX if it were accepted.
     let body = policy("enforce", &["mx.nowhere.test"], 86400);
     let lab = lab("mx.sink.test", "1", &body, Some("sink.test")).await;
-    let cases: [(&str, &Setup); 4] = [
+    let cases: [(&str, &Setup<'_>); 4] = [
         ("redirect", &|h| h.set_status("301 Moved Permanently")),
         ("not found", &|h| h.set_status("404 Not Found")),
         ("media type", &|h| {
