@@ -384,3 +384,48 @@ async fn a_policy_host_with_an_untrusted_certificate_gives_no_policy() {
         "no request over an unvalidated connection"
     );
 }
+
+#[tokio::test]
+async fn validate_shows_the_mta_sts_steps() {
+    let body = policy("enforce", &["mx.sink.test"], 86400);
+    let lab = lab("mx.other.test", "7", &body, Some("sink.test")).await;
+    let connector = r#"
+[[OutboundConnector]]
+Name = "To Sink"
+RecipientDomains = ["sink.test"]
+"#;
+    let resolver =
+        Arc::new(HickoryResolver::with_timeout(&[lab.dns.addr], Duration::from_secs(2)).unwrap());
+    let policy = Arc::new(support::policy(&config(&lab, lab.dir.path(), connector)));
+    let rcpts = vec!["user@sink.test".to_string()];
+    let report = connector_relay::ops::validate::validate(
+        policy.clone(),
+        resolver.clone(),
+        "To Sink",
+        &rcpts,
+    )
+    .await;
+    let failed = report.failed_step().expect("a failed step");
+    assert_eq!(failed.step, "MtaSts", "{report:?}");
+    assert!(
+        failed
+            .detail
+            .starts_with("mx.other.test: 4.4.8 MX hosts of sink.test"),
+        "{failed:?}"
+    );
+    // With the MX in the policy the step passes and names the policy and the verdict.
+    lab.dns.remove("sink.test");
+    lab.dns.add_mx("sink.test", 10, "mx.sink.test");
+    let report =
+        connector_relay::ops::validate::validate(policy, resolver, "To Sink", &rcpts).await;
+    assert!(report.success, "{report:?}");
+    let sts = report
+        .steps
+        .iter()
+        .find(|s| s.step == "MtaSts")
+        .expect("MtaSts step");
+    assert!(
+        sts.ok && sts.detail.contains("enforce (id 7") && sts.detail.contains("MX matched"),
+        "{sts:?}"
+    );
+}

@@ -61,7 +61,8 @@ pub struct ValidationReport {
 #[serde(rename_all = "PascalCase")]
 pub struct Step {
     /// `Route`, `NextHops`, `Connect`, `Greeting`, `Hello`, `TLS`, `Certificate`, `Auth`,
-    /// `Reply`, or `Setup` (the route could not be used at all).
+    /// `Reply`, `MtaSts` (the MTA-STS policy and its verdict on the host), or `Setup`
+    /// (the route could not be used at all).
     pub step: &'static str,
     pub ok: bool,
     pub detail: String,
