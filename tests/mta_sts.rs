@@ -429,3 +429,60 @@ RecipientDomains = ["sink.test"]
         "{sts:?}"
     );
 }
+
+#[test]
+fn explain_says_what_mta_sts_does_per_route() {
+    let toml = r#"
+[Relay]
+Fqdn = "relay.contoso.test"
+AcceptedDomains = ["contoso.test"]
+
+[[InboundConnector]]
+Name = "From on-premises"
+ConnectorType = "OnPremises"
+SenderIPAddresses = ["127.0.0.10/32"]
+
+[[OutboundConnector]]
+Name = "Hub"
+RecipientDomains = ["hub.test"]
+UseMXRecord = false
+SmartHosts = ["127.0.0.1:2525"]
+
+[[OutboundConnector]]
+Name = "No STS"
+RecipientDomains = ["nosts.test"]
+MtaStsMode = "None"
+"#;
+    let policy = support::policy(toml);
+    let rcpts: Vec<String> = ["a@sink.test", "b@hub.test", "c@nosts.test"]
+        .map(String::from)
+        .to_vec();
+    let e = connector_relay::ops::explain::explain(
+        &policy,
+        "127.0.0.10".parse().unwrap(),
+        None,
+        "s@contoso.test",
+        &rcpts,
+    );
+    let sts: Vec<String> = e
+        .recipients
+        .iter()
+        .map(|r| r.route.as_ref().expect("routed").mta_sts.clone())
+        .collect();
+    assert!(
+        sts[0].starts_with("Opportunistic: at delivery, TXT _mta-sts.sink.test"),
+        "{}",
+        sts[0]
+    );
+    assert!(
+        sts[1].starts_with("not applied: smart hosts are not MX hosts"),
+        "{}",
+        sts[1]
+    );
+    assert!(sts[2].starts_with("off (MtaStsMode = None"), "{}", sts[2]);
+    assert!(
+        e.to_text().contains("  MTA-STS: Opportunistic"),
+        "{}",
+        e.to_text()
+    );
+}

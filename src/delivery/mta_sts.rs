@@ -430,12 +430,9 @@ pub fn enforce_tls_failure(e: &mut super::client::SessionError) {
     if e.stage != super::client::Stage::StartTls {
         return;
     }
-    let why = match &e.tls_failure {
-        Some(t) => format!("{} ({})", t.reason, t.check),
-        None => e.failure.text.clone(),
-    };
+    // The text already names the reason, host, IP, the check and the peer certificate.
     crate::metrics::mta_sts_verdict("enforce", "tls_failed");
-    e.failure = tls_failure(&format!("{why}; {}", e.failure.text));
+    e.failure = tls_failure(&e.failure.text);
     e.permanent = false;
     e.try_next_host = true;
 }
