@@ -108,6 +108,25 @@ pub fn tls_failure(direction: &'static str, reason: &'static str) {
         .increment(1);
 }
 
+/// One MTA-STS policy lookup for a route group; `mode` is the policy's (`enforce`,
+/// `testing`, `none`; `none` also when the domain has no policy).
+pub fn mta_sts_lookup(mode: &'static str) {
+    metrics::counter!("connector_relay_mta_sts_lookups_total", "mode" => mode).increment(1);
+}
+
+/// One MTA-STS policy fetch: `ok`, or the TLS-RPT class of the failure
+/// (`sts-policy-fetch-error`, `sts-webpki-invalid`, `sts-policy-invalid`).
+pub fn mta_sts_fetch(result: &'static str) {
+    metrics::counter!("connector_relay_mta_sts_fetches_total", "result" => result).increment(1);
+}
+
+/// One MTA-STS verdict on an MX host: `mode` `enforce`/`testing`; `verdict` `ok`,
+/// `mx_mismatch`, `tls_failed` (under testing: would have failed).
+pub fn mta_sts_verdict(mode: &'static str, verdict: &'static str) {
+    metrics::counter!("connector_relay_mta_sts_verdicts_total", "mode" => mode, "verdict" => verdict)
+        .increment(1);
+}
+
 /// Time from acceptance (250 to DATA) to delivery of one recipient.
 pub fn delivery_latency(latency: Duration) {
     metrics::histogram!(DELIVERY_LATENCY).record(latency.as_secs_f64());

@@ -515,3 +515,26 @@ fn a_number_for_a_time_span_says_what_is_expected() {
         "relay.toml:2: ConnectionTimeout: expected a time span string such as \"00:10:00\", found an integer (600)"
     );
 }
+
+#[test]
+fn mta_sts_mode_on_a_smart_host_connector_is_explained() {
+    // MTA-STS authenticates MX hosts; on a smart-host route the key does nothing, and
+    // `check` says so (where it is written, with what to use instead).
+    let loaded = load(
+        "[[OutboundConnector]]\nName = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+         UseMXRecord = false\nSmartHosts = [\"hub.fabrikam.test\"]\nMtaStsMode = \"Opportunistic\"\n",
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{}", render(&loaded.warnings));
+    let w = &loaded.warnings[0];
+    assert_eq!((w.line, w.key.as_str()), (6, "MtaStsMode"));
+    assert!(
+        w.to_string().contains("smart hosts are not MX hosts"),
+        "{w}"
+    );
+    // "None" there, or the key left out, says nothing wrong.
+    let quiet = load(
+        "[[OutboundConnector]]\nName = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+         UseMXRecord = false\nSmartHosts = [\"hub.fabrikam.test\"]\nMtaStsMode = \"None\"\n",
+    );
+    assert!(quiet.warnings.is_empty(), "{}", render(&quiet.warnings));
+}

@@ -536,6 +536,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         dns_servers: vec![],
         external_dns_servers: vec![],
         delivery_port: 25,
+        mta_sts_policy_port: 443,
         message_expiration_timeout: Duration::from_secs(172800),
         transient_failure_retry_interval: Duration::from_secs(300),
         max_retry_interval: Duration::from_secs(3600),

@@ -140,6 +140,15 @@ fn rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines) {
             "is ignored unless TlsSettings = \"DomainValidation\"",
         );
     }
+    // MTA-STS authenticates MX hosts (RFC 8461 §4); a smart host is not one, so the mode
+    // does nothing there. Said when the key is written, so nobody believes it applies.
+    if lines.has("MtaStsMode") && !c.use_mx_record && c.mta_sts_mode != MtaStsMode::None {
+        ctx.warn(
+            lines.of("MtaStsMode"),
+            "MtaStsMode",
+            "has no effect with UseMXRecord = false: MTA-STS authenticates MX hosts and smart hosts are not MX hosts; use TlsSettings = \"DomainValidation\" to authenticate the smart host",
+        );
+    }
     if c.recipient_domains.is_empty()
         && !c.all_accepted_domains
         && !c.route_all_messages_via_on_premises

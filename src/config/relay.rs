@@ -49,6 +49,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         .parsed_list(ctx, "ExternalDnsServers", dns_server)
         .unwrap_or_default();
     let delivery_port = r.int(ctx, "DeliveryPort", 25, 1, 65535) as u16;
+    let mta_sts_policy_port = r.int(ctx, "MtaStsPolicyPort", 443, 1, 65535) as u16;
     let message_expiration_timeout =
         timespan(ctx, &mut r, "MessageExpirationTimeout", "2.00:00:00");
     let transient_failure_retry_interval =
@@ -123,6 +124,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         dns_servers,
         external_dns_servers,
         delivery_port,
+        mta_sts_policy_port,
         message_expiration_timeout,
         transient_failure_retry_interval,
         max_retry_interval,

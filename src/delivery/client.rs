@@ -332,6 +332,21 @@ pub struct Attempt {
     pub reused: bool,
 }
 
+impl Attempt {
+    /// An attempt that failed before connecting (its settings could not be built).
+    pub fn failed(stage: Stage, failure: Failure) -> Attempt {
+        let mut e = SessionError::local(stage, "", "");
+        e.permanent = failure.enhanced.starts_with('5');
+        e.failure = failure;
+        Attempt {
+            tls: None,
+            result: Err(e),
+            fallback: None,
+            reused: false,
+        }
+    }
+}
+
 /// One delivery attempt to `addr` (`host` names it for SNI and certificate checks).
 /// With opportunistic TLS, a failed STARTTLS is retried once in plaintext.
 pub async fn deliver(

@@ -96,6 +96,25 @@ impl MessageFacts<'_> {
         self.events.emit(e);
     }
 
+    /// An `Attempt` row for an MX host that MTA-STS `enforce` did not let us use (no
+    /// connection was made): rule `MtaSts`, the 4.4.8 status as the reply.
+    pub fn sts_refused(
+        &self,
+        connector: Option<&str>,
+        host: &str,
+        recipients: &[String],
+        failure: &super::Failure,
+    ) {
+        let mut e = self.event(EventKind::Attempt);
+        e.recipient = Some(recipients.join(", "));
+        e.connector = connector.map(str::to_string);
+        e.host = Some(host.to_string());
+        e.rule = Some("MtaSts".into());
+        e.reply = Some(failure.to_string());
+        e.detail = Some("MTA-STS enforce: MX host not in the policy; not used".into());
+        self.events.emit(e);
+    }
+
     fn attempt_base(&self, hop: &HopFacts<'_>) -> TraceEvent {
         let mut e = self.event(EventKind::Attempt);
         e.recipient = Some(hop.recipients.join(", "));

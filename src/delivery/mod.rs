@@ -5,6 +5,7 @@ pub mod client;
 pub mod errpolicy;
 mod events;
 pub mod identity;
+pub mod mta_sts;
 pub mod nexthop;
 pub mod pool;
 pub mod protolog;
@@ -151,6 +152,8 @@ pub struct Deliverer {
     srs: Option<Arc<crate::message::srs::Srs>>,
     /// Trace events (`Routed`, `Attempt`); `None`: none are built at all.
     events: Option<Events>,
+    /// MTA-STS (RFC 8461) for MX routes; `None`: not applied (see [`mta_sts`]).
+    mta_sts: Option<Arc<mta_sts::MtaSts>>,
 }
 
 /// The delivery queue of a recipient, and the unit of one SMTP transaction: the route, and
@@ -265,7 +268,25 @@ impl Deliverer {
             protocol_log,
             srs: None,
             events: None,
+            mta_sts: None,
         }
+    }
+
+    /// Applies MTA-STS to MX routes whose `MtaStsMode` is `Opportunistic`, with the
+    /// policy cache in `store` (`DataDir/mta-sts.sqlite`; `None`: memory only).
+    pub fn with_mta_sts(
+        mut self,
+        settings: &mta_sts::Settings,
+        store: Option<Arc<mta_sts::cache::Store>>,
+    ) -> Self {
+        let tls = self.tls.as_ref().ok().cloned();
+        self.mta_sts = Some(mta_sts::MtaSts::new(
+            self.resolver.clone(),
+            tls,
+            store,
+            settings,
+        ));
+        self
     }
 
     /// Emits a `Routed` event per recipient and an `Attempt` event per session with a next
@@ -586,13 +607,47 @@ impl Deliverer {
             recipients,
             data: job.data.with_head(&head),
         };
-        let target = Target {
+        let mut target = Target {
             key,
             domain,
             cfg: &cfg,
             hops: &hops,
+            sts: self.sts_lookup(route, domain, false).await,
         };
-        self.try_hosts(job, facts, &target, &env).await
+        let result = self.try_hosts(job, facts, &target, &env).await;
+        // RFC 8461 §5.1: before failing because of the policy, check the TXT id live; a
+        // new policy is fetched and the hosts are tried again under it, once.
+        if sts_failed(&result)
+            && let Some(fresh) = self.sts_lookup(route, domain, true).await
+            && fresh.cached.as_ref().map(|c| &c.id)
+                != target
+                    .sts
+                    .as_ref()
+                    .and_then(|a| a.cached.as_ref())
+                    .map(|c| &c.id)
+        {
+            tracing::info!(id = job.id, domain, policy = %fresh.summary(), "MTA-STS policy changed; trying again");
+            target.sts = Some(fresh);
+            return self.try_hosts(job, facts, &target, &env).await;
+        }
+        result
+    }
+
+    /// The MTA-STS policy for a route group (`None`: not an MX route, `MtaStsMode =
+    /// None`, or no engine).
+    async fn sts_lookup(
+        &self,
+        route: &Route,
+        domain: &str,
+        recheck: bool,
+    ) -> Option<mta_sts::Active> {
+        let engine = self.mta_sts.as_ref()?;
+        if route.target != RouteTarget::Mx
+            || route.mta_sts != crate::policy::MtaStsMode::Opportunistic
+        {
+            return None;
+        }
+        Some(engine.lookup(domain, recheck).await)
     }
 
     /// Every address of every host in order, until one gives an answer. Permanent only when
@@ -611,11 +666,30 @@ impl Deliverer {
         let hops_text = facts.map(|_| events::hops_text(target.hops));
         let total: usize = target.hops.iter().map(|h| h.addrs.len()).sum();
         let mut n = 0;
+        let mut sts_refused = None;
         for hop in target.hops {
+            // DANE, where it applies to this host, is decided before this and wins.
+            let sts = mta_sts::host_requirement(target.sts.as_ref(), &hop.host);
+            if let mta_sts::HostTls::Refuse(failure) = &sts {
+                tracing::info!(id = job.id, host = %hop.host, error = %failure, "MX host not in the MTA-STS policy; skipped");
+                if let Some(f) = facts {
+                    f.sts_refused(
+                        target.key.route.connector.as_deref(),
+                        &hop.host,
+                        env.recipients,
+                        failure,
+                    );
+                }
+                crate::metrics::mta_sts_verdict("enforce", "mx_mismatch");
+                n += hop.addrs.len();
+                sts_refused = Some(failure.clone());
+                continue;
+            }
             for addr in &hop.addrs {
                 n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
-                let attempt = self.try_address(target, &hop.host, *addr, env).await;
+                let attempt = self.try_address(target, &hop.host, *addr, env, &sts).await;
+                let sts_note = sts_detail(target.sts.as_ref(), &sts, &hop.host, &attempt);
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
                         connector: target.key.route.connector.as_deref(),
@@ -624,7 +698,9 @@ impl Deliverer {
                         host: &hop.host,
                         ip: addr.ip(),
                         recipients: env.recipients,
-                        position: format!("address {n} of {total}; next hops: {hops_text}"),
+                        position: format!(
+                            "address {n} of {total}; next hops: {hops_text}{sts_note}"
+                        ),
                     };
                     f.attempts(&hop_facts, &attempt);
                 }
@@ -674,11 +750,11 @@ impl Deliverer {
                 hop_failure: all_connection_level,
             },
             None => GroupResult::hop_down(
-                Failure {
+                sts_refused.unwrap_or_else(|| Failure {
                     code: None,
                     enhanced: "4.4.312".into(),
                     text: "no next hop address".into(),
-                },
+                }),
                 None,
             ),
         }
@@ -692,14 +768,27 @@ impl Deliverer {
         host: &str,
         addr: std::net::SocketAddr,
         env: &Envelope<'_>,
+        sts: &mta_sts::HostTls,
     ) -> client::Attempt {
+        let enforced = *sts == mta_sts::HostTls::Enforce;
+        let cfg = match self.sts_client_config(target, host, enforced) {
+            Ok(cfg) => cfg,
+            Err(failure) => return client::Attempt::failed(client::Stage::StartTls, failure),
+        };
+        // A kept session is only reused under the same MTA-STS requirement.
         let hop_key = pool::HopKey {
-            group: format!("{:?}", target.key),
+            group: format!("{:?}{}", target.key, if enforced { " sts" } else { "" }),
             host: host.to_string(),
             addr,
         };
         let kept = self.pool.take(&hop_key);
-        let (attempt, session) = client::deliver_reusing(addr, host, target.cfg, env, kept).await;
+        let (mut attempt, session) =
+            client::deliver_reusing(addr, host, cfg.as_ref(), env, kept).await;
+        if enforced && let Err(e) = &mut attempt.result {
+            mta_sts::enforce_tls_failure(e);
+        } else if enforced {
+            crate::metrics::mta_sts_verdict("enforce", "ok");
+        }
         if let Some(session) = session {
             self.pool.put(
                 hop_key,
@@ -710,15 +799,86 @@ impl Deliverer {
         }
         attempt
     }
+
+    /// The route's client settings, with STARTTLS required and validated for `host` when
+    /// MTA-STS enforces it (plus the route's own `DomainValidation` pattern, and its client
+    /// certificate).
+    fn sts_client_config<'c>(
+        &self,
+        target: &'c Target<'_>,
+        host: &str,
+        enforced: bool,
+    ) -> Result<std::borrow::Cow<'c, ClientConfig>, Failure> {
+        let Some(engine) = self.mta_sts.as_ref().filter(|_| enforced) else {
+            return Ok(std::borrow::Cow::Borrowed(target.cfg));
+        };
+        let also = match &target.key.route.tls {
+            TlsPolicy::Required(TlsLevel::DomainValidation, wanted) => Some(
+                wanted
+                    .clone()
+                    .unwrap_or_else(|| DomainPattern::Subdomains(target.domain.to_string())),
+            ),
+            _ => None,
+        };
+        let mut config = engine
+            .enforced_config(host, also)
+            .map_err(|e| mta_sts::tls_failure(&format!("TLS unavailable: {e}")))?;
+        if let Some(id) = self.client_identity(&target.key.route)? {
+            config = identity::with_identity(&config, &id);
+        }
+        let mut cfg = target.cfg.clone();
+        cfg.starttls = StartTls::Required(config);
+        Ok(std::borrow::Cow::Owned(cfg))
+    }
 }
 
-/// Where one route group goes: its key, the recipient domain, the client settings and the
-/// resolved next hops.
+/// Where one route group goes: its key, the recipient domain, the client settings, the
+/// resolved next hops and the MTA-STS policy in force.
 struct Target<'a> {
     key: &'a QueueKey,
     domain: &'a str,
     cfg: &'a ClientConfig,
     hops: &'a [nexthop::NextHop],
+    sts: Option<mta_sts::Active>,
+}
+
+/// Did the group fail because of an MTA-STS `enforce` policy (4.4.8 / 4.7.5)?
+fn sts_failed(result: &GroupResult) -> bool {
+    let status = match result {
+        GroupResult::All { status, .. } => status,
+        GroupResult::Transaction { .. } => return false,
+    };
+    status
+        .failure()
+        .is_some_and(|f| f.enhanced == "4.4.8" || f.enhanced == "4.7.5")
+}
+
+/// The MTA-STS part of an `Attempt` trace row's detail (empty without a policy).
+fn sts_detail(
+    active: Option<&mta_sts::Active>,
+    sts: &mta_sts::HostTls,
+    host: &str,
+    attempt: &client::Attempt,
+) -> String {
+    let Some(active) = active.filter(|a| a.cached.is_some()) else {
+        return String::new();
+    };
+    let verdict = match sts {
+        mta_sts::HostTls::Enforce => {
+            format!("MX matched; certificate must validate (WebPKI) for {host}, no plaintext")
+        }
+        mta_sts::HostTls::Testing { mx_matched } => {
+            match mta_sts::testing_verdict(*mx_matched, host, attempt.tls.as_ref()) {
+                Some(why) => {
+                    tracing::warn!(host, domain = %active.domain, why, "MTA-STS testing: enforce would have failed");
+                    format!("testing: would fail under enforce: {why}; delivered as the route says")
+                }
+                None => "testing: would pass under enforce".to_string(),
+            }
+        }
+        _ => "mode none: not applied".to_string(),
+    };
+    format!("; MTA-STS: {}; {verdict}", active.summary())
 }
 
 /// One outcome per recipient of a group, with the route's error policies applied.

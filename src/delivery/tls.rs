@@ -278,8 +278,10 @@ fn rejected(rej: CertificateRejected) -> TlsError {
 #[derive(Debug)]
 struct ValidatingVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    /// `None`: `CertificateValidation` (chain only).
-    wanted: Option<DomainPattern>,
+    /// Name patterns a certificate name must match, each (empty: `CertificateValidation`,
+    /// chain only; two under MTA-STS with `DomainValidation`: the MX host and the
+    /// connector's pattern).
+    wanted: Vec<DomainPattern>,
 }
 
 impl ServerCertVerifier for ValidatingVerifier {
@@ -313,7 +315,7 @@ impl ServerCertVerifier for ValidatingVerifier {
                 }));
             }
         }
-        if let Some(wanted) = &self.wanted {
+        for wanted in &self.wanted {
             let names = certificate_names(end_entity);
             if !names.iter().any(|n| name_matches(wanted, n)) {
                 let peer = PeerCertificate::from_der(end_entity);
@@ -505,6 +507,26 @@ impl TlsContext {
             TlsLevel::CertificateValidation => None,
             TlsLevel::DomainValidation => wanted,
         };
+        Ok(Self::build(
+            &self.provider,
+            Arc::new(ValidatingVerifier {
+                inner: self.webpki.clone(),
+                wanted: wanted.into_iter().collect(),
+            }),
+        )?)
+    }
+
+    /// The configuration for an MX host under an MTA-STS `enforce` policy (RFC 8461 §4.2):
+    /// the chain must validate (webpki roots, `TrustedCaFile`, CRLs) and a certificate
+    /// name must match `host`; `also` is the route's own `DomainValidation` pattern, which
+    /// must match as well (MTA-STS only adds requirements).
+    pub fn mta_sts_config(
+        &self,
+        host: &str,
+        also: Option<DomainPattern>,
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        let mut wanted = vec![DomainPattern::Exact(host.to_ascii_lowercase())];
+        wanted.extend(also);
         Ok(Self::build(
             &self.provider,
             Arc::new(ValidatingVerifier {

@@ -114,6 +114,25 @@ impl HickoryResolver {
     }
 }
 
+impl HickoryResolver {
+    async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let lookup = self
+            .inner
+            .txt_lookup(fqdn(name)?)
+            .await
+            .map_err(|e| map_error(&e))?;
+        Ok(lookup
+            .iter()
+            .map(|txt| {
+                txt.txt_data()
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part))
+                    .collect::<String>()
+            })
+            .collect())
+    }
+}
+
 impl Resolver for HickoryResolver {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxAnswer, DnsError>> {
         Box::pin(self.lookup_mx(domain))
@@ -121,6 +140,10 @@ impl Resolver for HickoryResolver {
 
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
         Box::pin(self.lookup_ips(host))
+    }
+
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        Box::pin(self.lookup_txt(name))
     }
 }
 

@@ -43,4 +43,11 @@ pub trait Resolver: Send + Sync {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxAnswer, DnsError>>;
     /// A and AAAA addresses of `host` (both families, IPv6 first when present).
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>>;
+    /// TXT records of `name`, each record's character-strings joined into one string
+    /// (RFC 8461 §3.1 and RFC 8460 §3 read a record as its concatenated strings).
+    /// The default knows no TXT records (resolvers of unit tests).
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        let _ = name;
+        Box::pin(async { Err(DnsError::NoRecords) })
+    }
 }

@@ -154,6 +154,9 @@ pub struct RouteFacts {
     pub tls: String,
     /// A TestMode connector that would have taken the recipient.
     pub would_route: Option<String>,
+    /// MTA-STS (RFC 8461) for this route: what is looked up at delivery and what the
+    /// policy's modes would do (nothing is fetched here).
+    pub mta_sts: String,
 }
 
 /// Explains what the relay would decide (see the module documentation). `client_cert` is
@@ -275,6 +278,7 @@ pub fn explain(
             tls_level: route.tls.level_name().to_string(),
             tls: route.tls.describe(&domain),
             would_route: decision.would_route.clone(),
+            mta_sts: mta_sts_text(route, &domain),
         });
     }
 
@@ -519,6 +523,7 @@ impl Explanation {
                 out.push_str(&format!("  route: {who}\n"));
                 out.push_str(&format!("  next hops: {}\n", route.next_hops));
                 out.push_str(&format!("  TLS: {}\n", route.tls));
+                out.push_str(&format!("  MTA-STS: {}\n", route.mta_sts));
                 if let Some(w) = &route.would_route {
                     out.push_str(&format!("  would route (TestMode): {w}\n"));
                 }
@@ -528,6 +533,21 @@ impl Explanation {
             out.push_str(&format!("error: {e}\n"));
         }
         out
+    }
+}
+
+/// What MTA-STS means for a route (the steps delivery takes, nothing resolved).
+fn mta_sts_text(route: &crate::policy::route::Route, domain: &str) -> String {
+    use crate::policy::MtaStsMode;
+    use crate::policy::route::RouteTarget;
+    match (&route.target, route.mta_sts) {
+        (RouteTarget::SmartHosts(_), _) => {
+            "not applied: smart hosts are not MX hosts (MtaStsMode has no effect here; TlsSettings = \"DomainValidation\" authenticates a smart host)".to_string()
+        }
+        (RouteTarget::Mx, MtaStsMode::None) => "off (MtaStsMode = None, or IgnoreSTARTTLS)".to_string(),
+        (RouteTarget::Mx, MtaStsMode::Opportunistic) => format!(
+            "Opportunistic: at delivery, TXT _mta-sts.{domain} (v=STSv1; id=...) and the policy https://mta-sts.{domain}/.well-known/mta-sts.txt (cached) decide; enforce: only MX hosts listed in the policy, STARTTLS with a certificate valid (WebPKI) for the MX host, else 4.4.8 / 4.7.5 (deferred); testing: delivered, would-be failures recorded; none or no policy: the TLS setting above"
+        ),
     }
 }
 

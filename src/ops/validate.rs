@@ -61,7 +61,8 @@ pub struct ValidationReport {
 #[serde(rename_all = "PascalCase")]
 pub struct Step {
     /// `Route`, `NextHops`, `Connect`, `Greeting`, `Hello`, `TLS`, `Certificate`, `Auth`,
-    /// `Reply`, or `Setup` (the route could not be used at all).
+    /// `Reply`, `MtaSts` (the MTA-STS policy and its verdict on the host), or `Setup`
+    /// (the route could not be used at all).
     pub step: &'static str,
     pub ok: bool,
     pub detail: String,
@@ -228,7 +229,17 @@ pub async fn validate_traced(
     let queue_id = format!("validate-{token}");
 
     let (events, mut rx) = Events::channel();
-    let mut deliverer = Deliverer::new(policy.clone(), resolver).with_events(events);
+    let sts = crate::delivery::mta_sts::Settings {
+        port: policy.relay.mta_sts_policy_port,
+        ..Default::default()
+    };
+    // The relay's own policy cache (SQLite allows a running relay to share it).
+    let store = crate::delivery::mta_sts::cache::Store::open(&policy.relay.data_dir)
+        .ok()
+        .map(Arc::new);
+    let mut deliverer = Deliverer::new(policy.clone(), resolver)
+        .with_events(events)
+        .with_mta_sts(&sts, store);
     if route.send.external_dns && !policy.relay.external_dns_servers.is_empty() {
         // As `relay::start` does for `UseExternalDNSServersEnabled`.
         match crate::dns::hickory::HickoryResolver::new(&policy.relay.external_dns_servers) {
@@ -415,6 +426,14 @@ fn attempt_steps(
     let failed = e.rule.as_deref();
     let reply = e.reply.clone().unwrap_or_default();
     let detail = e.detail.as_deref().unwrap_or("");
+    // MTA-STS (RFC 8461): the policy and its verdict on this host, before the connection.
+    if failed == Some("MtaSts") {
+        let host = e.host.as_deref().unwrap_or("?");
+        return steps.push(Step::new("MtaSts", false, format!("{host}: {reply}")));
+    }
+    if let Some((_, sts)) = detail.split_once("; MTA-STS: ") {
+        steps.push(Step::new("MtaSts", true, sts.to_string()));
+    }
     let kept = if detail.contains("on a kept connection") {
         " (kept connection)"
     } else {

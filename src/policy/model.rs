@@ -41,6 +41,9 @@ pub struct RelaySettings {
     pub dns_servers: Vec<SocketAddr>,
     pub external_dns_servers: Vec<SocketAddr>,
     pub delivery_port: u16,
+    /// `MtaStsPolicyPort` (extension, labs and tests): the HTTPS port of MTA-STS policy
+    /// hosts, 443 by RFC 8461 §3.3.
+    pub mta_sts_policy_port: u16,
     pub message_expiration_timeout: Duration,
     pub transient_failure_retry_interval: Duration,
     pub max_retry_interval: Duration,
@@ -273,7 +276,7 @@ pub enum TlsLevel {
     DomainValidation,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MtaStsMode {
     Opportunistic,
     None,

@@ -25,8 +25,8 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::model::{
-    AuthMechanism, ConnectorType, Credential, DomainPattern, ErrorPolicy, OutboundConnector,
-    Policy, ProtocolLoggingLevel, SendConnector, SmartHost, TlsLevel,
+    AuthMechanism, ConnectorType, Credential, DomainPattern, ErrorPolicy, MtaStsMode,
+    OutboundConnector, Policy, ProtocolLoggingLevel, SendConnector, SmartHost, TlsLevel,
 };
 
 /// Where the next hops of a route come from.
@@ -92,6 +92,10 @@ pub struct Route {
     pub sender_rewriting: bool,
     /// The other Send connector session settings (defaults for the other routes).
     pub send: SendSettings,
+    /// MTA-STS (RFC 8461) for this route's MX hosts: the Outbound connector's
+    /// `MtaStsMode`, `Opportunistic` for the default MX route and DNS-routed Send
+    /// connectors, `None` for smart hosts (no MX to authenticate) and `IgnoreSTARTTLS`.
+    pub mta_sts: MtaStsMode,
 }
 
 /// Send connector parameters that shape the SMTP session (README "Send connector
@@ -148,6 +152,7 @@ impl Route {
             send: SendSettings::default(),
             cloud_services_mail_enabled: None,
             sender_rewriting: false,
+            mta_sts: MtaStsMode::Opportunistic,
         }
     }
 
@@ -165,7 +170,7 @@ impl Route {
         Route {
             connector: Some(c.name.clone()),
             kind: Some(ConnectorKind::Outbound),
-            target,
+            target: target.clone(),
             port: delivery_port,
             tls,
             helo: None,
@@ -178,6 +183,10 @@ impl Route {
             // policy.md / New-OutboundConnector: effective only for OnPremises connectors.
             sender_rewriting: c.sender_rewriting_enabled
                 && c.connector_type == ConnectorType::OnPremises,
+            mta_sts: match target {
+                RouteTarget::Mx => c.mta_sts_mode,
+                RouteTarget::SmartHosts(_) => MtaStsMode::None,
+            },
         }
     }
 
@@ -187,6 +196,7 @@ impl Route {
         } else {
             RouteTarget::SmartHosts(c.smart_hosts.clone())
         };
+        let mx = target == RouteTarget::Mx;
         let tls = if c.ignore_starttls {
             TlsPolicy::Never
         } else if c.domain_secure_enabled {
@@ -241,6 +251,14 @@ impl Route {
             send,
             cloud_services_mail_enabled: Some(c.cloud_services_mail_enabled),
             sender_rewriting: false,
+            // Exchange Server has no MtaStsMode: a DNS-routed Send connector gets the
+            // relay's default (Opportunistic), except that IgnoreSTARTTLS is an explicit
+            // "never TLS" that MTA-STS cannot satisfy, so it turns MTA-STS off.
+            mta_sts: if mx && !c.ignore_starttls {
+                MtaStsMode::Opportunistic
+            } else {
+                MtaStsMode::None
+            },
         }
     }
 }
@@ -555,6 +573,7 @@ pub(crate) mod test_support {
             dns_servers: vec![],
             external_dns_servers: vec![],
             delivery_port: 2525,
+            mta_sts_policy_port: 443,
             message_expiration_timeout: Duration::from_secs(172800),
             transient_failure_retry_interval: Duration::from_secs(300),
             max_retry_interval: Duration::from_secs(3600),

@@ -237,6 +237,18 @@ pub(super) enum FailNow {
     Unroutable(Failure),
 }
 
+/// The status of a recipient returned at expiry: `5.4.7`, except after a security-policy
+/// deferral, whose permanent form tells the sender why (replies.md: MTA-STS `4.4.8` /
+/// `4.7.5` become `5.4.8` / `5.7.5` after expiry; RFC 8461 §5.1 allows the permanent
+/// failure only then). DANE's `4.7.32x` belong in the same list.
+pub(super) fn expired_status(last: &str) -> &'static str {
+    match last.split(' ').next() {
+        Some("4.4.8") => "5.4.8",
+        Some("4.7.5") => "5.7.5",
+        _ => "5.4.7",
+    }
+}
+
 /// Fails recipients now, with a failure DSN to the sender.
 pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize, FailNow)>) {
     let data = read(&work.spool, &msg.id).await.unwrap_or_default();
@@ -256,10 +268,11 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
                     span(age)
                 ));
                 let diagnostic = format!("smtp; delivery time expired; last error: {last}");
+                let status = expired_status(&last);
                 (
                     e,
-                    "5.4.7".to_string(),
-                    format!("5.4.7 expired: {last}"),
+                    status.to_string(),
+                    format!("{status} expired: {last}"),
                     diagnostic,
                 )
             }
@@ -359,5 +372,24 @@ async fn persist(spool: &Arc<Spool>, msg: &MessageRef, records: Vec<LogRecord>, 
     .await;
     if let Ok(Err(e)) | Err(e) = io.map_err(std::io::Error::other) {
         tracing::error!(id = %msg.id, error = %e, "cannot record delivery outcome");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_status;
+
+    #[test]
+    fn security_policy_deferrals_expire_with_their_permanent_form() {
+        assert_eq!(
+            expired_status("4.4.8 MX hosts of x.test failed MTA-STS validation (...)"),
+            "5.4.8"
+        );
+        assert_eq!(
+            expired_status("4.7.5 Remote certificate failed MTA-STS validation. Reason: x"),
+            "5.7.5"
+        );
+        assert_eq!(expired_status("451 4.4.318 connection closed"), "5.4.7");
+        assert_eq!(expired_status("4.4.316 connection refused"), "5.4.7");
     }
 }

@@ -98,13 +98,34 @@ pub(super) fn deliverer(
     let r = &policy.relay;
     let mut deliverer = Deliverer::new(policy.clone(), resolver.clone())
         .with_srs(srs)
-        .with_events(events.clone());
+        .with_events(events.clone())
+        .with_mta_sts(
+            &crate::delivery::mta_sts::Settings {
+                port: r.mta_sts_policy_port,
+                ..Default::default()
+            },
+            mta_sts_store(&r.data_dir),
+        );
     if !r.external_dns_servers.is_empty() {
         let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
             .map_err(StartError::Dns)?;
         deliverer = deliverer.with_external_resolver(Arc::new(external));
     }
     Ok(deliverer)
+}
+
+/// The MTA-STS policy cache under `DataDir`; without it (unwritable directory) policies
+/// are kept in memory only, which is logged: a restart then forgets them.
+fn mta_sts_store(
+    data_dir: &std::path::Path,
+) -> Option<Arc<crate::delivery::mta_sts::cache::Store>> {
+    match crate::delivery::mta_sts::cache::Store::open(data_dir) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            tracing::error!(error = %e, "MTA-STS policy cache unusable; policies kept in memory only");
+            None
+        }
+    }
 }
 
 pub(super) fn queue_settings(r: &RelaySettings) -> QueueSettings {

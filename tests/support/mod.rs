@@ -6,6 +6,7 @@ pub mod dns;
 pub mod downstream;
 pub mod http;
 pub mod inject;
+pub mod mtasts;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
