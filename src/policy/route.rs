@@ -19,6 +19,7 @@
 //!    connector existed;
 //! 6. no connector: MX delivery on `[Relay] DeliveryPort` with opportunistic TLS.
 
+use crate::policy::DaneMode;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub struct Route {
     pub sender_rewriting: bool,
     /// The other Send connector session settings (defaults for the other routes).
     pub send: SendSettings,
+    /// `SmtpDaneMode` of an Outbound connector; `Opportunistic` for the default MX route
+    /// (Exchange Online's default), `None` for Send connectors (Exchange Server has no
+    /// outbound DANE). Only MX routes use it (README "DANE").
+    pub dane: DaneMode,
 }
 
 /// Send connector parameters that shape the SMTP session (README "Send connector
@@ -148,6 +153,7 @@ impl Route {
             send: SendSettings::default(),
             cloud_services_mail_enabled: None,
             sender_rewriting: false,
+            dane: DaneMode::Opportunistic,
         }
     }
 
@@ -178,6 +184,7 @@ impl Route {
             // policy.md / New-OutboundConnector: effective only for OnPremises connectors.
             sender_rewriting: c.sender_rewriting_enabled
                 && c.connector_type == ConnectorType::OnPremises,
+            dane: c.smtp_dane_mode,
         }
     }
 
@@ -241,6 +248,7 @@ impl Route {
             send,
             cloud_services_mail_enabled: Some(c.cloud_services_mail_enabled),
             sender_rewriting: false,
+            dane: DaneMode::None,
         }
     }
 }
@@ -565,6 +573,8 @@ pub(crate) mod test_support {
             trace_retention_days: 30,
             srs_secret_file: PathBuf::from("var/srs.key"),
             bare_newline_policy: BareNewlinePolicy::Reject,
+            dnssec_validation: crate::dns::DnssecValidation::Off,
+            dnssec_trust_anchor_file: None,
             max_inbound_connection: 5000,
             max_inbound_connection_per_source: 20,
             max_inbound_connection_rate_per_source: 600,
