@@ -2,6 +2,7 @@
 //! classification of every outcome as delivered / temporary / permanent.
 
 pub mod client;
+pub mod dane;
 pub mod errpolicy;
 mod events;
 pub mod identity;
@@ -588,6 +589,7 @@ impl Deliverer {
             domain,
             cfg: &cfg,
             hops: &hops,
+            resolver,
         };
         self.try_hosts(job, facts, &target, &env).await
     }
@@ -609,10 +611,13 @@ impl Deliverer {
         let total: usize = target.hops.iter().map(|h| h.addrs.len()).sum();
         let mut n = 0;
         for hop in target.hops {
+            // DANE (and the seam for MTA-STS): one TLS decision per host.
+            let plan =
+                dane::plan_host(target.resolver, &target.key.route, target.domain, &hop.host).await;
             for addr in &hop.addrs {
                 n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
-                let attempt = self.try_address(target, &hop.host, *addr, env).await;
+                let attempt = self.try_address(target, &hop.host, *addr, env, &plan).await;
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
                         connector: target.key.route.connector.as_deref(),
@@ -622,6 +627,7 @@ impl Deliverer {
                         ip: addr.ip(),
                         recipients: env.recipients,
                         position: format!("address {n} of {total}; next hops: {hops_text}"),
+                        dane: &plan.steps,
                     };
                     f.attempts(&hop_facts, &attempt);
                 }
@@ -689,14 +695,21 @@ impl Deliverer {
         host: &str,
         addr: std::net::SocketAddr,
         env: &Envelope<'_>,
+        plan: &dane::HostPlan,
     ) -> client::Attempt {
+        if let dane::HostTls::Fail(failure) = &plan.tls {
+            return client::Attempt::refused(failure.clone());
+        }
+        let dane_cfg = dane::client_config(target.cfg, plan, &target.key.route, target.domain);
+        let cfg = dane_cfg.as_ref().unwrap_or(target.cfg);
         let hop_key = pool::HopKey {
-            group: format!("{:?}", target.key),
+            group: format!("{:?}/{}", target.key, plan.tag()),
             host: host.to_string(),
             addr,
         };
         let kept = self.pool.take(&hop_key);
-        let (attempt, session) = client::deliver_reusing(addr, host, target.cfg, env, kept).await;
+        let (mut attempt, session) = client::deliver_reusing(addr, host, cfg, env, kept).await;
+        dane::classify_attempt(plan, &mut attempt);
         if let Some(session) = session {
             self.pool.put(
                 hop_key,
@@ -716,6 +729,8 @@ struct Target<'a> {
     domain: &'a str,
     cfg: &'a ClientConfig,
     hops: &'a [nexthop::NextHop],
+    /// The resolver of the route (DANE's DNSSEC lookups).
+    resolver: &'a dyn Resolver,
 }
 
 /// One outcome per recipient of a group, with the route's error policies applied.

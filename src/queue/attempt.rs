@@ -229,6 +229,17 @@ pub(super) enum FailNow {
     Unroutable(Failure),
 }
 
+/// The status of a recipient whose message expired: Exchange's permanent DANE form when
+/// the last error was a DANE deferral (`4.7.321`–`4.7.325` → `5.7.32x`, replies.md: DANE
+/// failures are deferred, never bounced, until expiry), else `5.4.7`.
+pub(super) fn expired_status(last: &str) -> String {
+    let code = last.split_whitespace().next().unwrap_or("");
+    match code.strip_prefix("4.7.32") {
+        Some(d) if matches!(d, "1" | "2" | "3" | "4" | "5") => format!("5.7.32{d}"),
+        _ => "5.4.7".to_string(),
+    }
+}
+
 /// Fails recipients now, with a failure DSN to the sender.
 pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize, FailNow)>) {
     let data = read(&work.spool, &msg.id).await.unwrap_or_default();
@@ -248,12 +259,8 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
                     span(age)
                 ));
                 let diagnostic = format!("smtp; delivery time expired; last error: {last}");
-                (
-                    e,
-                    "5.4.7".to_string(),
-                    format!("5.4.7 expired: {last}"),
-                    diagnostic,
-                )
+                let status = expired_status(&last);
+                (e, status.clone(), format!("{status} expired: {last}"), diagnostic)
             }
             FailNow::Unroutable(f) => {
                 tracing::warn!(id = %msg.id, rcpt = %address, status = %f.enhanced, text = %f.text, "failed permanently");
@@ -335,5 +342,18 @@ async fn persist(spool: &Arc<Spool>, msg: &MessageRef, records: Vec<LogRecord>, 
     .await;
     if let Ok(Err(e)) | Err(e) = io.map_err(std::io::Error::other) {
         tracing::error!(id = %msg.id, error = %e, "cannot record delivery outcome");
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    #[test]
+    fn dane_deferrals_expire_as_their_permanent_form() {
+        use super::expired_status;
+        assert_eq!(expired_status("4.7.323 tlsa-invalid: no match"), "5.7.323");
+        assert_eq!(expired_status("4.7.321 starttls-not-supported"), "5.7.321");
+        assert_eq!(expired_status("4.7.320 certificate validation failed"), "5.4.7");
+        assert_eq!(expired_status("4.4.316 refused"), "5.4.7");
+        assert_eq!(expired_status("4.7.3250 odd"), "5.4.7");
     }
 }
