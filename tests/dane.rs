@@ -27,7 +27,9 @@ fn der(name: &str) -> Vec<u8> {
 }
 
 fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
 }
 
 fn spki_sha256(cert: &str) -> Vec<u8> {
@@ -124,11 +126,12 @@ SmtpDaneMode = "{}"
         None,
     )
     .unwrap();
-    let deliverer = Deliverer::new(Arc::new(policy), Arc::new(resolver)).with_options(DelivererOptions {
-        connect_timeout: Duration::from_secs(5),
-        command_timeout: Some(Duration::from_secs(10)),
-        data_end_timeout: Duration::from_secs(10),
-    });
+    let deliverer =
+        Deliverer::new(Arc::new(policy), Arc::new(resolver)).with_options(DelivererOptions {
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Some(Duration::from_secs(10)),
+            data_end_timeout: Duration::from_secs(10),
+        });
     let rcpts = vec![format!("user@{domain}")];
     let out = deliverer
         .deliver(&DeliveryJob {
@@ -142,7 +145,13 @@ SmtpDaneMode = "{}"
     let o = &out[0];
     match (&case.expect, &o.status) {
         (Ok(tls), DeliveryStatus::Delivered { .. }) => {
-            assert_eq!(o.tls.is_some(), *tls, "{}: TLS used? {:?}", case.name, o.tls);
+            assert_eq!(
+                o.tls.is_some(),
+                *tls,
+                "{}: TLS used? {:?}",
+                case.name,
+                o.tls
+            );
         }
         (Err(code), DeliveryStatus::Temporary(f)) => {
             assert_eq!(f.enhanced, *code, "{}: {f}", case.name);
@@ -168,35 +177,251 @@ fn cases() -> Vec<Case> {
     let recs = |v: Vec<(u8, u8, u8, Vec<u8>)>| Tlsa::Records(v);
     vec![
         // Opportunistic
-        case("opp/no-tlsa", "Opportunistic", Dnssec::Secure, Tlsa::None, "sink.test", Offer, Ok(true)),
-        case("opp/no-tlsa/no-starttls", "Opportunistic", Dnssec::Secure, Tlsa::None, "sink.test", Hide, Ok(false)),
-        case("opp/insecure-wrong-tlsa-ignored", "Opportunistic", Dnssec::Insecure, recs(vec![(3, 1, 1, wrong.clone())]), "sink.test", Offer, Ok(true)),
-        case("opp/ee-match", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Offer, Ok(true)),
-        case("opp/ee-match-among-wrong", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, wrong.clone()), (3, 1, 1, ee.clone())]), "sink.test", Offer, Ok(true)),
-        case("opp/ee-no-match", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, wrong.clone())]), "sink.test", Offer, Err("4.7.323")),
-        case("opp/ee-no-starttls", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Hide, Err("4.7.321")),
-        case("opp/ee-starttls-refused", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Refuse, Err("4.7.321")),
-        case("opp/tlsa-servfail", "Opportunistic", Dnssec::Secure, Tlsa::ServFail, "sink.test", Offer, Err("4.7.324")),
-        case("opp/tlsa-bogus", "Opportunistic", Dnssec::Secure, Tlsa::Bogus, "sink.test", Offer, Err("4.7.324")),
-        case("opp/unusable-forces-tls", "Opportunistic", Dnssec::Secure, recs(vec![(1, 1, 1, ee.clone())]), "sink.test", Hide, Err("4.7.321")),
-        case("opp/unusable-tls-ok", "Opportunistic", Dnssec::Secure, recs(vec![(0, 0, 1, wrong.clone())]), "selfsigned", Offer, Ok(true)),
-        case("opp/ee-expired-cert-dates-ignored", "Opportunistic", Dnssec::Secure, recs(vec![(3, 1, 1, spki_sha256("expired.crt"))]), "expired", Offer, Ok(true)),
-        case("opp/ee-full-cert", "Opportunistic", Dnssec::Secure, recs(vec![(3, 0, 1, sha256(&der("wrongname.crt")))]), "wrongname", Offer, Ok(true)),
-        case("opp/ta-name-ok", "Opportunistic", Dnssec::Secure, recs(vec![(2, 0, 0, ca_full.clone())]), "sink.test", Offer, Ok(true)),
-        case("opp/ta-name-mismatch", "Opportunistic", Dnssec::Secure, recs(vec![(2, 0, 0, ca_full.clone())]), "wrongname", Offer, Err("4.7.325")),
-        case("opp/ta-expired", "Opportunistic", Dnssec::Secure, recs(vec![(2, 0, 0, ca_full.clone())]), "expired", Offer, Err("4.7.322")),
-        case("opp/ta-other-ca", "Opportunistic", Dnssec::Secure, recs(vec![(2, 0, 0, ca_full.clone())]), "selfsigned", Offer, Err("4.7.323")),
+        case(
+            "opp/no-tlsa",
+            "Opportunistic",
+            Dnssec::Secure,
+            Tlsa::None,
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/no-tlsa/no-starttls",
+            "Opportunistic",
+            Dnssec::Secure,
+            Tlsa::None,
+            "sink.test",
+            Hide,
+            Ok(false),
+        ),
+        case(
+            "opp/insecure-wrong-tlsa-ignored",
+            "Opportunistic",
+            Dnssec::Insecure,
+            recs(vec![(3, 1, 1, wrong.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ee-match",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ee-match-among-wrong",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, wrong.clone()), (3, 1, 1, ee.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ee-no-match",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, wrong.clone())]),
+            "sink.test",
+            Offer,
+            Err("4.7.323"),
+        ),
+        case(
+            "opp/ee-no-starttls",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Hide,
+            Err("4.7.321"),
+        ),
+        case(
+            "opp/ee-starttls-refused",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Refuse,
+            Err("4.7.321"),
+        ),
+        case(
+            "opp/tlsa-servfail",
+            "Opportunistic",
+            Dnssec::Secure,
+            Tlsa::ServFail,
+            "sink.test",
+            Offer,
+            Err("4.7.324"),
+        ),
+        case(
+            "opp/tlsa-bogus",
+            "Opportunistic",
+            Dnssec::Secure,
+            Tlsa::Bogus,
+            "sink.test",
+            Offer,
+            Err("4.7.324"),
+        ),
+        case(
+            "opp/unusable-forces-tls",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(1, 1, 1, ee.clone())]),
+            "sink.test",
+            Hide,
+            Err("4.7.321"),
+        ),
+        case(
+            "opp/unusable-tls-ok",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(0, 0, 1, wrong.clone())]),
+            "selfsigned",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ee-expired-cert-dates-ignored",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, spki_sha256("expired.crt"))]),
+            "expired",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ee-full-cert",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(3, 0, 1, sha256(&der("wrongname.crt")))]),
+            "wrongname",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ta-name-ok",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(2, 0, 0, ca_full.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "opp/ta-name-mismatch",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(2, 0, 0, ca_full.clone())]),
+            "wrongname",
+            Offer,
+            Err("4.7.325"),
+        ),
+        case(
+            "opp/ta-expired",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(2, 0, 0, ca_full.clone())]),
+            "expired",
+            Offer,
+            Err("4.7.322"),
+        ),
+        case(
+            "opp/ta-other-ca",
+            "Opportunistic",
+            Dnssec::Secure,
+            recs(vec![(2, 0, 0, ca_full.clone())]),
+            "selfsigned",
+            Offer,
+            Err("4.7.323"),
+        ),
         // Mandatory
-        case("mand/no-tlsa", "Mandatory", Dnssec::Secure, Tlsa::None, "sink.test", Offer, Err("4.7.323")),
-        case("mand/insecure", "Mandatory", Dnssec::Insecure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Offer, Err("4.7.323")),
-        case("mand/unusable", "Mandatory", Dnssec::Secure, recs(vec![(1, 1, 1, ee.clone())]), "sink.test", Offer, Err("4.7.323")),
-        case("mand/ee-match", "Mandatory", Dnssec::Secure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Offer, Ok(true)),
-        case("mand/ee-no-match", "Mandatory", Dnssec::Secure, recs(vec![(3, 1, 1, wrong.clone())]), "sink.test", Offer, Err("4.7.323")),
-        case("mand/tlsa-bogus", "Mandatory", Dnssec::Secure, Tlsa::Bogus, "sink.test", Offer, Err("4.7.324")),
-        case("mand/no-starttls", "Mandatory", Dnssec::Secure, recs(vec![(3, 1, 1, ee.clone())]), "sink.test", Hide, Err("4.7.321")),
+        case(
+            "mand/no-tlsa",
+            "Mandatory",
+            Dnssec::Secure,
+            Tlsa::None,
+            "sink.test",
+            Offer,
+            Err("4.7.323"),
+        ),
+        case(
+            "mand/insecure",
+            "Mandatory",
+            Dnssec::Insecure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Offer,
+            Err("4.7.323"),
+        ),
+        case(
+            "mand/unusable",
+            "Mandatory",
+            Dnssec::Secure,
+            recs(vec![(1, 1, 1, ee.clone())]),
+            "sink.test",
+            Offer,
+            Err("4.7.323"),
+        ),
+        case(
+            "mand/ee-match",
+            "Mandatory",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "mand/ee-no-match",
+            "Mandatory",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, wrong.clone())]),
+            "sink.test",
+            Offer,
+            Err("4.7.323"),
+        ),
+        case(
+            "mand/tlsa-bogus",
+            "Mandatory",
+            Dnssec::Secure,
+            Tlsa::Bogus,
+            "sink.test",
+            Offer,
+            Err("4.7.324"),
+        ),
+        case(
+            "mand/no-starttls",
+            "Mandatory",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, ee.clone())]),
+            "sink.test",
+            Hide,
+            Err("4.7.321"),
+        ),
         // None: DANE is not consulted at all.
-        case("none/wrong-tlsa", "None", Dnssec::Secure, recs(vec![(3, 1, 1, wrong.clone())]), "sink.test", Offer, Ok(true)),
-        case("none/tlsa-bogus", "None", Dnssec::Secure, Tlsa::Bogus, "sink.test", Offer, Ok(true)),
+        case(
+            "none/wrong-tlsa",
+            "None",
+            Dnssec::Secure,
+            recs(vec![(3, 1, 1, wrong.clone())]),
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
+        case(
+            "none/tlsa-bogus",
+            "None",
+            Dnssec::Secure,
+            Tlsa::Bogus,
+            "sink.test",
+            Offer,
+            Ok(true),
+        ),
     ]
 }
 
@@ -245,9 +470,13 @@ async fn next_mx_is_tried_after_a_dane_failure() {
     let policy = connector_relay::config::load_str(&toml, Path::new("relay.toml"))
         .unwrap()
         .policy;
-    let resolver =
-        HickoryResolver::with_dnssec(&[dns.addr], Duration::from_secs(2), DnssecValidation::Resolver, None)
-            .unwrap();
+    let resolver = HickoryResolver::with_dnssec(
+        &[dns.addr],
+        Duration::from_secs(2),
+        DnssecValidation::Resolver,
+        None,
+    )
+    .unwrap();
     // The default MX route: SmtpDaneMode Opportunistic.
     let deliverer = Deliverer::new(Arc::new(policy), Arc::new(resolver));
     let rcpts = vec!["a@two.test".to_string()];
@@ -261,7 +490,10 @@ async fn next_mx_is_tried_after_a_dane_failure() {
         })
         .await;
     assert!(out[0].status.is_delivered(), "{:?}", out[0].status);
-    assert_eq!(out[0].remote_host.as_deref(), Some("mx2.two.test [127.0.0.1]"));
+    assert_eq!(
+        out[0].remote_host.as_deref(),
+        Some("mx2.two.test [127.0.0.1]")
+    );
     // mx1 failed DANE first: both TLSA names were asked, mx1's before mx2's.
     let asked = dns.queried_names();
     let i1 = asked.iter().position(|n| *n == t1.to_ascii_lowercase());

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error as TlsError, OtherError, SignatureScheme,
+};
 
 use crate::dns::{DnsError, MxAnswer, Resolver, Security, Tlsa};
 use crate::policy::route::{Route, RouteTarget, TlsPolicy};
@@ -101,9 +103,7 @@ impl HostPlan {
 /// authenticate; `check` says so), only when the mode is not `None`, and never for a
 /// route that does not do STARTTLS (`IgnoreSTARTTLS`).
 pub fn applies(route: &Route) -> bool {
-    route.dane != DaneMode::None
-        && route.target == RouteTarget::Mx
-        && route.tls != TlsPolicy::Never
+    route.dane != DaneMode::None && route.target == RouteTarget::Mx && route.tls != TlsPolicy::Never
 }
 
 fn dane_fail(enhanced: &str, text: String) -> HostTls {
@@ -116,7 +116,12 @@ fn dane_fail(enhanced: &str, text: String) -> HostTls {
 
 /// The DANE decision for `host` (an MX host of `domain`, or `domain` itself as implicit
 /// MX) on `route`, with its steps. One entry point, called once per host per attempt.
-pub async fn plan_host(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str) -> HostPlan {
+pub async fn plan_host(
+    resolver: &dyn Resolver,
+    route: &Route,
+    domain: &str,
+    host: &str,
+) -> HostPlan {
     if !applies(route) {
         return HostPlan::route(String::new());
     }
@@ -137,7 +142,9 @@ async fn decide(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str
             HostPlan {
                 tls: dane_fail(
                     "4.7.323",
-                    format!("tlsa-invalid: dane-required: {why} (SmtpDaneMode = Mandatory); host {host}"),
+                    format!(
+                        "tlsa-invalid: dane-required: {why} (SmtpDaneMode = Mandatory); host {host}"
+                    ),
                 ),
                 steps: steps.join("; "),
             }
@@ -162,7 +169,10 @@ async fn decide(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str
     let dnssec = resolver.dnssec();
     steps.push(format!("DnssecValidation {}", dnssec.as_str()));
     if dnssec == crate::dns::DnssecValidation::Off {
-        return no_dane(steps, "DNSSEC is off ([Relay] DnssecValidation = \"Off\")".into());
+        return no_dane(
+            steps,
+            "DNSSEC is off ([Relay] DnssecValidation = \"Off\")".into(),
+        );
     }
     // The MX RRset (or its denial, for an implicit MX) must be secure: an insecure MX
     // could have been forged to point at a host with valid TLSA of its own.
@@ -178,13 +188,22 @@ async fn decide(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str
         Err(e) => return broken(steps, format!("MX lookup of {domain}"), &e),
     };
     if mx_security != Security::Secure {
-        return no_dane(steps, format!("the MX RRset of {domain} is {}", mx_security.as_str()));
+        return no_dane(
+            steps,
+            format!("the MX RRset of {domain} is {}", mx_security.as_str()),
+        );
     }
     match resolver.ips_secured(host).await {
         Ok(ips) => {
             steps.push(format!("{host} A/AAAA {}", ips.security.as_str()));
             if ips.security != Security::Secure {
-                return no_dane(steps, format!("the address records of {host} are {}", ips.security.as_str()));
+                return no_dane(
+                    steps,
+                    format!(
+                        "the address records of {host} are {}",
+                        ips.security.as_str()
+                    ),
+                );
             }
         }
         Err(e) => return broken(steps, format!("address lookup of {host}"), &e),
@@ -204,7 +223,10 @@ async fn decide(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str
         return no_dane(steps, format!("no TLSA records at {base}"));
     }
     if tlsa.security != Security::Secure {
-        return no_dane(steps, format!("the TLSA records at {base} are not DNSSEC-secure"));
+        return no_dane(
+            steps,
+            format!("the TLSA records at {base} are not DNSSEC-secure"),
+        );
     }
     let usable: Vec<Tlsa> = tlsa.value.into_iter().filter(usable).collect();
     if usable.is_empty() {
@@ -213,18 +235,26 @@ async fn decide(resolver: &dyn Resolver, route: &Route, domain: &str, host: &str
             return HostPlan {
                 tls: dane_fail(
                     "4.7.323",
-                    format!("tlsa-invalid: no usable TLSA record at {base} (only usages 2 and 3, selectors 0 and 1, matching types 0, 1 and 2 are usable)"),
+                    format!(
+                        "tlsa-invalid: no usable TLSA record at {base} (only usages 2 and 3, selectors 0 and 1, matching types 0, 1 and 2 are usable)"
+                    ),
                 ),
                 steps: steps.join("; "),
             };
         }
-        steps.push("verdict: no usable TLSA record; TLS required without authentication (RFC 7672 §2.2)".into());
+        steps.push(
+            "verdict: no usable TLSA record; TLS required without authentication (RFC 7672 §2.2)"
+                .into(),
+        );
         return HostPlan {
             tls: HostTls::Encrypt,
             steps: steps.join("; "),
         };
     }
-    steps.push(format!("verdict: DANE required ({} usable records)", usable.len()));
+    steps.push(format!(
+        "verdict: DANE required ({} usable records)",
+        usable.len()
+    ));
     let mut names = vec![host.to_ascii_lowercase()];
     if !domain.eq_ignore_ascii_case(host) {
         names.push(domain.to_ascii_lowercase());
@@ -272,15 +302,24 @@ pub fn matches(t: &Tlsa, cert: &[u8]) -> bool {
     };
     let digest = match t.matching {
         0 => selected,
-        1 => ring::digest::digest(&ring::digest::SHA256, &selected).as_ref().to_vec(),
-        2 => ring::digest::digest(&ring::digest::SHA512, &selected).as_ref().to_vec(),
+        1 => ring::digest::digest(&ring::digest::SHA256, &selected)
+            .as_ref()
+            .to_vec(),
+        2 => ring::digest::digest(&ring::digest::SHA512, &selected)
+            .as_ref()
+            .to_vec(),
         _ => return false,
     };
     digest == t.data
 }
 
 /// The client settings for one attempt under `plan`: `None` keeps the route's.
-pub fn client_config(base: &ClientConfig, plan: &HostPlan, route: &Route, domain: &str) -> Option<ClientConfig> {
+pub fn client_config(
+    base: &ClientConfig,
+    plan: &HostPlan,
+    route: &Route,
+    domain: &str,
+) -> Option<ClientConfig> {
     let rustls_base = match &base.starttls {
         StartTls::Never => return None,
         StartTls::Opportunistic(c) | StartTls::Required(c) => c.clone(),
@@ -340,9 +379,17 @@ pub fn classify_attempt(plan: &HostPlan, attempt: &mut Attempt) {
         return;
     };
     let (status, label, outcome) = match tls.check {
-        TlsCheck::Offered | TlsCheck::Handshake => ("4.7.321", "starttls-not-supported", "starttls_not_supported"),
+        TlsCheck::Offered | TlsCheck::Handshake => (
+            "4.7.321",
+            "starttls-not-supported",
+            "starttls_not_supported",
+        ),
         TlsCheck::Dates => ("4.7.322", "certificate-expired", "certificate_expired"),
-        TlsCheck::DaneName => ("4.7.325", "certificate-host-mismatch", "certificate_host_mismatch"),
+        TlsCheck::DaneName => (
+            "4.7.325",
+            "certificate-host-mismatch",
+            "certificate_host_mismatch",
+        ),
         TlsCheck::Name => return,
         _ => ("4.7.323", "tlsa-invalid", "tlsa_invalid"),
     };
@@ -387,7 +434,12 @@ impl DaneVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<bool, TlsError> {
-        let ta_records: Vec<&Tlsa> = self.policy.records.iter().filter(|t| t.usage == 2).collect();
+        let ta_records: Vec<&Tlsa> = self
+            .policy
+            .records
+            .iter()
+            .filter(|t| t.usage == 2)
+            .collect();
         if ta_records.is_empty() {
             return Ok(false);
         }
@@ -409,8 +461,13 @@ impl DaneVerifier {
         if anchors.is_empty() {
             return Ok(false);
         }
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| rejected(TlsCheck::Tlsa, format!("DANE-TA: bad certificate: {e}"), leaf))?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            rejected(
+                TlsCheck::Tlsa,
+                format!("DANE-TA: bad certificate: {e}"),
+                leaf,
+            )
+        })?;
         if let Err(e) = ee.verify_for_usage(
             self.provider.signature_verification_algorithms.all,
             &anchors,
@@ -421,10 +478,16 @@ impl DaneVerifier {
             None,
         ) {
             let check = match e {
-                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => TlsCheck::Dates,
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    TlsCheck::Dates
+                }
                 _ => TlsCheck::Tlsa,
             };
-            return Err(rejected(check, format!("DANE-TA chain check failed: {e:?}"), leaf));
+            return Err(rejected(
+                check,
+                format!("DANE-TA chain check failed: {e:?}"),
+                leaf,
+            ));
         }
         let name_ok = self.policy.names.iter().any(|n| {
             ServerName::try_from(n.as_str())
@@ -484,7 +547,10 @@ impl ServerCertVerifier for DaneVerifier {
         let records: Vec<String> = self.policy.records.iter().map(short).collect();
         Err(rejected(
             TlsCheck::Tlsa,
-            format!("no TLSA record matches the server certificate (records: {})", records.join(", ")),
+            format!(
+                "no TLSA record matches the server certificate (records: {})",
+                records.join(", ")
+            ),
             end_entity,
         ))
     }
@@ -558,8 +624,16 @@ mod tests {
             .unwrap();
         let der = cert.der().to_vec();
         let spki = key.public_key_der();
-        let sha256 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
-        let sha512 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA512, b).as_ref().to_vec();
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let sha512 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA512, b)
+                .as_ref()
+                .to_vec()
+        };
         assert!(matches(&rec(3, 0, 0, der.clone()), &der));
         assert!(matches(&rec(3, 0, 1, sha256(&der)), &der));
         assert!(matches(&rec(3, 1, 1, sha256(&spki)), &der));

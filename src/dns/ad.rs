@@ -315,7 +315,8 @@ async fn tcp_exchange(
 ) -> Result<Message, DnsError> {
     let io = |e: std::io::Error| DnsError::Failed(format!("DNS over TCP to {server}: {e}"));
     let mut stream = TcpStream::connect(server).await.map_err(io)?;
-    let len = u16::try_from(request.len()).map_err(|_| DnsError::Failed("query too long".into()))?;
+    let len =
+        u16::try_from(request.len()).map_err(|_| DnsError::Failed("query too long".into()))?;
     stream.write_u16(len).await.map_err(io)?;
     stream.write_all(request).await.map_err(io)?;
     let len = stream.read_u16().await.map_err(io)?;
@@ -324,7 +325,9 @@ async fn tcp_exchange(
     let msg = Message::from_vec(&buf)
         .map_err(|e| DnsError::Failed(format!("malformed DNS answer from {server}: {e}")))?;
     if !is_answer(&msg, id, qname, rtype) {
-        return Err(DnsError::Failed(format!("DNS answer from {server} does not match the query")));
+        return Err(DnsError::Failed(format!(
+            "DNS answer from {server} does not match the query"
+        )));
     }
     Ok(msg)
 }

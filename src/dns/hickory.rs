@@ -29,9 +29,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, ResolveError, ResolveErrorKind, TokioResolver};
 
 use super::ad::AdClient;
-use super::{
-    BoxFuture, DnsError, DnssecValidation, MxAnswer, Resolver, Secured, Security, Tlsa,
-};
+use super::{BoxFuture, DnsError, DnssecValidation, MxAnswer, Resolver, Secured, Security, Tlsa};
 
 /// Per-attempt timeout, as resolv.conf(5)'s default `timeout:5`:
 /// a few seconds, so a dead server costs seconds, not minutes, per delivery attempt.
@@ -138,6 +136,29 @@ impl HickoryResolver {
         }
     }
 
+    /// `Resolver` mode: a plain lookup failed (SERVFAIL). hickory does not show the
+    /// RFC 8914 extended error, so the AD client asks again: when the resolver says the
+    /// failure is DNSSEC's, the error is [`DnsError::Bogus`] (4.7.324, dnssec-invalid),
+    /// otherwise the plain failure stands.
+    async fn why_failed(
+        &self,
+        plain: String,
+        again: impl std::future::Future<Output = Option<DnsError>>,
+    ) -> DnsError {
+        match again.await {
+            Some(bogus @ DnsError::Bogus(_)) => bogus,
+            _ => DnsError::Failed(plain),
+        }
+    }
+
+    async fn ad_mx(&self, domain: &str) -> Option<DnsError> {
+        self.ad.as_ref()?.mx(domain).await.err()
+    }
+
+    async fn ad_ips(&self, host: &str) -> Option<DnsError> {
+        self.ad.as_ref()?.ips(host).await.err()
+    }
+
     /// The servers whose AD bit is trusted (`Resolver` mode).
     pub fn ad_servers(&self) -> &[SocketAddr] {
         self.ad.as_ref().map(AdClient::servers).unwrap_or(&[])
@@ -165,7 +186,10 @@ impl HickoryResolver {
                     && let ProtoErrorKind::NoRecordsFound {
                         soa, response_code, ..
                     } = proto.kind()
-                    && matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError)
+                    && matches!(
+                        *response_code,
+                        ResponseCode::NXDomain | ResponseCode::NoError
+                    )
                 {
                     let proof = soa.as_ref().map_or(Proof::Insecure, |s| s.proof());
                     return Ok((Vec::new(), proven([proof])?, *response_code));
@@ -278,7 +302,10 @@ impl Resolver for HickoryResolver {
             match self.dnssec {
                 // Never the unchecked lookup: it would hand out bogus records.
                 DnssecValidation::Local => self.local_mx(domain).await.map(|s| s.value),
-                _ => self.lookup_mx(domain).await,
+                _ => match self.lookup_mx(domain).await {
+                    Err(DnsError::Failed(e)) => Err(self.why_failed(e, self.ad_mx(domain)).await),
+                    other => other,
+                },
             }
         })
     }
@@ -287,7 +314,10 @@ impl Resolver for HickoryResolver {
         Box::pin(async move {
             match self.dnssec {
                 DnssecValidation::Local => self.local_ips(host).await.map(|s| s.value),
-                _ => self.lookup_ips(host).await,
+                _ => match self.lookup_ips(host).await {
+                    Err(DnsError::Failed(e)) => Err(self.why_failed(e, self.ad_ips(host)).await),
+                    other => other,
+                },
             }
         })
     }
@@ -378,7 +408,10 @@ pub fn read_trust_anchors(path: &Path) -> Result<TrustAnchors, String> {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let at = |what: &str| format!("DnssecTrustAnchorFile {}:{}: {what}", path.display(), n + 1);
-        let Some(pos) = words.iter().position(|w| w.eq_ignore_ascii_case("DNSKEY") || w.eq_ignore_ascii_case("DS")) else {
+        let Some(pos) = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("DNSKEY") || w.eq_ignore_ascii_case("DS"))
+        else {
             return Err(at("not a DNSKEY record"));
         };
         if words[pos].eq_ignore_ascii_case("DS") {

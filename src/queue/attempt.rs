@@ -260,7 +260,12 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
                 ));
                 let diagnostic = format!("smtp; delivery time expired; last error: {last}");
                 let status = expired_status(&last);
-                (e, status.clone(), format!("{status} expired: {last}"), diagnostic)
+                (
+                    e,
+                    status.clone(),
+                    format!("{status} expired: {last}"),
+                    diagnostic,
+                )
             }
             FailNow::Unroutable(f) => {
                 tracing::warn!(id = %msg.id, rcpt = %address, status = %f.enhanced, text = %f.text, "failed permanently");
@@ -352,7 +357,10 @@ mod expiry_tests {
         use super::expired_status;
         assert_eq!(expired_status("4.7.323 tlsa-invalid: no match"), "5.7.323");
         assert_eq!(expired_status("4.7.321 starttls-not-supported"), "5.7.321");
-        assert_eq!(expired_status("4.7.320 certificate validation failed"), "5.4.7");
+        assert_eq!(
+            expired_status("4.7.320 certificate validation failed"),
+            "5.4.7"
+        );
         assert_eq!(expired_status("4.4.316 refused"), "5.4.7");
         assert_eq!(expired_status("4.7.3250 odd"), "5.4.7");
     }

@@ -226,9 +226,15 @@ fn main_resolver(r: &crate::policy::RelaySettings) -> Result<Arc<dyn Resolver>, 
     let probe = resolver.clone();
     tokio::spawn(async move {
         match probe.probe_dnssec().await {
-            Some(Ok(true)) => tracing::info!("DNSSEC probe: the resolver validates (AD set for the root)"),
-            Some(Ok(false)) => tracing::warn!("DNSSEC probe: DnsServers did not set the AD bit for the signed root zone; the resolver does not validate, so DANE never applies (Mandatory DANE defers everything). Use a validating resolver such as unbound on loopback, or DnssecValidation = \"Local\""),
-            Some(Err(e)) => tracing::warn!(error = %e, "DNSSEC probe failed: could not ask DnsServers for the root NS with AD"),
+            Some(Ok(true)) => {
+                tracing::info!("DNSSEC probe: the resolver validates (AD set for the root)")
+            }
+            Some(Ok(false)) => tracing::warn!(
+                "DNSSEC probe: DnsServers did not set the AD bit for the signed root zone; the resolver does not validate, so DANE never applies (Mandatory DANE defers everything). Use a validating resolver such as unbound on loopback, or DnssecValidation = \"Local\""
+            ),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "DNSSEC probe failed: could not ask DnsServers for the root NS with AD")
+            }
             None => {}
         }
     });

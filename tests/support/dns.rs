@@ -158,13 +158,22 @@ impl TestDns {
     pub fn add_tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
         self.add(
             name,
-            RData::TLSA(TLSA::new(usage.into(), selector.into(), matching.into(), data)),
+            RData::TLSA(TLSA::new(
+                usage.into(),
+                selector.into(),
+                matching.into(),
+                data,
+            )),
         );
     }
 
     /// Marks the answers for `name` (any type, positive or negative) as DNSSEC-secure.
     pub fn set_secure(&self, name: &str) {
-        self.zone.lock().expect("zone lock").secure.insert(key(name));
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .secure
+            .insert(key(name));
     }
 
     /// Makes `name` exist with no records (every query → NODATA).
@@ -352,7 +361,10 @@ fn answer(request: &[u8], zone: &Mutex<Zone>, udp: bool) -> Option<Vec<u8>> {
             return response.to_vec().ok();
         }
         let asked_dnssec = request.authentic_data()
-            || request.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok);
+            || request
+                .extensions()
+                .as_ref()
+                .is_some_and(|e| e.flags().dnssec_ok);
         if asked_dnssec && zone.secure.contains(&lookup_key) {
             response.set_authentic_data(true);
         }
