@@ -106,6 +106,33 @@ pub fn applies(route: &Route) -> bool {
     route.dane != DaneMode::None && route.target == RouteTarget::Mx && route.tls != TlsPolicy::Never
 }
 
+/// The DANE step of a route for `explain` (no lookups: they happen per MX host at
+/// delivery, and `validate` / the trace show their results).
+pub fn describe_mode(route: &Route, dnssec: crate::dns::DnssecValidation) -> String {
+    let mode = match route.dane {
+        DaneMode::Opportunistic => "Opportunistic",
+        DaneMode::Mandatory => "Mandatory",
+        DaneMode::None => "None",
+    };
+    if !applies(route) {
+        let why = match (route.dane, &route.target) {
+            (DaneMode::None, _) => "DANE is not consulted",
+            (_, RouteTarget::SmartHosts(_)) => "smart hosts have no DNSSEC MX to authenticate",
+            _ => "the route does not use STARTTLS",
+        };
+        return format!("DANE: SmtpDaneMode {mode}, not applied ({why})");
+    }
+    format!(
+        "DANE: SmtpDaneMode {mode} with DnssecValidation {}: at delivery each MX host's DNSSEC status (MX, A/AAAA) and _<port>._tcp TLSA records decide ({})",
+        dnssec.as_str(),
+        if route.dane == DaneMode::Mandatory {
+            "no usable DANE = deferred 4.7.323"
+        } else {
+            "without DANE the TLS setting above applies"
+        }
+    )
+}
+
 fn dane_fail(enhanced: &str, text: String) -> HostTls {
     HostTls::Fail(Failure {
         code: None,
