@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
 # interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
-# page is tested in a real headless Chromium driven over WebDriver).
+# page is tested in a real headless Chromium driven over WebDriver), and unbound, nsd and
+# ldnsutils for the DNSSEC/DANE lab.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -9,6 +10,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # swaks speaks TLS through Net::SSLeay / IO::Socket::SSL (only "Recommends" in Debian).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# DANE end-to-end tests (tests/dane_lab.rs): a signed zone served by nsd, signed with
+# ldns-signzone (ldnsutils), resolved by a validating unbound on loopback.
+command -v unbound >/dev/null 2>&1 || need+=(unbound)
+command -v nsd >/dev/null 2>&1 || need+=(nsd)
+command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

@@ -127,6 +127,14 @@ pub fn mta_sts_verdict(mode: &'static str, verdict: &'static str) {
         .increment(1);
 }
 
+/// One DANE outcome toward a next-hop host (README "DANE"): the plan (`not_applicable`,
+/// `no_dane`, `tlsa_usable`, `tlsa_unusable`, `dnssec_invalid`, `dane_required`) and,
+/// after the handshake, `verified`, `encrypted`, `starttls_not_supported`,
+/// `certificate_expired`, `tlsa_invalid`, `certificate_host_mismatch`.
+pub fn dane_outcome(outcome: &'static str) {
+    metrics::counter!("connector_relay_dane_outcomes_total", "outcome" => outcome).increment(1);
+}
+
 /// Time from acceptance (250 to DATA) to delivery of one recipient.
 pub fn delivery_latency(latency: Duration) {
     metrics::histogram!(DELIVERY_LATENCY).record(latency.as_secs_f64());

@@ -547,6 +547,8 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         trace_retention_days: 30,
         srs_secret_file: PathBuf::from("var/srs.key"),
         bare_newline_policy: BareNewlinePolicy::Reject,
+        dnssec_validation: connector_relay::dns::DnssecValidation::Off,
+        dnssec_trust_anchor_file: None,
         max_inbound_connection: 5000,
         max_inbound_connection_per_source: 20,
         max_inbound_connection_rate_per_source: 600,

@@ -124,7 +124,7 @@ async fn send(d: &Deliverer) -> RecipientOutcome {
         id: "S1",
         mail_from: "a@contoso.test",
         recipients: &rcpts,
-        data,
+        data: connector_relay::delivery::Data::memory(data),
         from_outside_org: false,
     })
     .await

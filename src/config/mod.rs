@@ -144,6 +144,7 @@ fn build(ctx: &mut Ctx, root: &toml_edit::Table) -> Policy {
     let env = Env {
         accepted_domains: relay.accepted_domains.clone(),
         has_external_dns: !relay.external_dns_servers.is_empty(),
+        dnssec: relay.dnssec_validation,
     };
     let inbound: Vec<_> = inbound
         .into_iter()
@@ -151,7 +152,7 @@ fn build(ctx: &mut Ctx, root: &toml_edit::Table) -> Policy {
         .collect();
     let outbound: Vec<_> = outbound
         .into_iter()
-        .map(|(t, l)| outbound::build(ctx, t, l))
+        .map(|(t, l)| outbound::build(ctx, t, l, &env))
         .collect();
     let send: Vec<_> = send
         .into_iter()
@@ -185,6 +186,7 @@ fn build(ctx: &mut Ctx, root: &toml_edit::Table) -> Policy {
 pub(crate) struct Env {
     pub accepted_domains: Vec<crate::policy::DomainPattern>,
     pub has_external_dns: bool,
+    pub dnssec: crate::dns::DnssecValidation,
 }
 
 /// The line of a table's header (`[Relay]`), falling back to its key's line.

@@ -5,6 +5,7 @@ use toml_edit::TableLike;
 use super::reader::{Ctx, Lines, Reader};
 use super::values::{domain_pattern, smart_host};
 use super::{CONNECTOR_SOURCES, CONNECTOR_TYPES, connector_name, text};
+use crate::dns::DnssecValidation;
 use crate::policy::{ConnectorType, DaneMode, MtaStsMode, OutboundConnector, TlsLevel};
 
 pub(crate) const TLS_LEVELS: [(&str, TlsLevel); 3] = [
@@ -28,6 +29,7 @@ pub(crate) fn build(
     ctx: &mut Ctx,
     table: &dyn TableLike,
     header: usize,
+    env: &super::Env,
 ) -> (OutboundConnector, Lines) {
     let errors_before = ctx.errors.len();
     let mut r = Reader::new(table, header, "");
@@ -72,6 +74,7 @@ pub(crate) fn build(
     r.finish(ctx, "[[OutboundConnector]]");
     if ctx.errors.len() == errors_before {
         rules(ctx, &c, &lines);
+        dane_rules(ctx, &c, &lines, env.dnssec);
     }
     (c, lines)
 }
@@ -161,6 +164,34 @@ fn rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines) {
                 c.name
             ),
         );
+    }
+}
+
+/// `SmtpDaneMode` (README "DANE"): a mode that says it enforces must be able to.
+/// - `Mandatory` needs DNSSEC status (`DnssecValidation` not `Off`) and an MX route:
+///   smart hosts have no DNSSEC-signed MX to authenticate, so Mandatory there is refused
+///   (use `TlsSettings = "DomainValidation"` to authenticate a smart host).
+/// - `Opportunistic` written on a smart-host connector has no effect: a warning.
+fn dane_rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines, dnssec: DnssecValidation) {
+    let smart_hosts = !c.use_mx_record && !c.smart_hosts.is_empty();
+    let key = "SmtpDaneMode";
+    match c.smtp_dane_mode {
+        DaneMode::Mandatory if smart_hosts => ctx.error(
+            lines.of(key),
+            key,
+            "is \"Mandatory\" but the connector delivers to SmartHosts, which have no DNSSEC-signed MX to authenticate with DANE; use UseMXRecord = true, or TlsSettings = \"DomainValidation\" with TlsDomain for the smart hosts",
+        ),
+        DaneMode::Mandatory if dnssec == DnssecValidation::Off => ctx.error(
+            lines.of(key),
+            key,
+            "is \"Mandatory\" but [Relay] DnssecValidation = \"Off\", so no destination can ever be DANE-authenticated and every message would be deferred until it expires; set DnssecValidation = \"Resolver\" (a trusted validating resolver in DnsServers) or \"Local\"",
+        ),
+        DaneMode::Opportunistic if smart_hosts && lines.has(key) => ctx.warn(
+            lines.of(key),
+            key,
+            "has no effect on a SmartHosts connector (DANE authenticates MX hosts found through DNSSEC); the connector's TlsSettings apply",
+        ),
+        _ => {}
     }
 }
 

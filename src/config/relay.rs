@@ -12,6 +12,12 @@ use super::values::{dns_server, domain_pattern, host_name, socket_addr};
 use crate::policy::model::{MIN_DATA_RATE, MIN_DATA_RATE_GRACE};
 use crate::policy::{BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings};
 
+const DNSSEC: [(&str, crate::dns::DnssecValidation); 3] = [
+    ("Resolver", crate::dns::DnssecValidation::Resolver),
+    ("Local", crate::dns::DnssecValidation::Local),
+    ("Off", crate::dns::DnssecValidation::Off),
+];
+
 const BARE_NEWLINE: [(&str, BareNewlinePolicy); 2] = [
     ("Reject", BareNewlinePolicy::Reject),
     ("Normalize", BareNewlinePolicy::Normalize),
@@ -66,6 +72,10 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     let bare_newline_policy = r
         .choice(ctx, "BareNewlinePolicy", &BARE_NEWLINE)
         .unwrap_or(BareNewlinePolicy::Reject);
+    let dnssec_validation = r
+        .choice(ctx, "DnssecValidation", &DNSSEC)
+        .unwrap_or_default();
+    let dnssec_trust_anchor_file = existing_file(ctx, &mut r, "DnssecTrustAnchorFile");
     let max_inbound_connection = r.int(ctx, "MaxInboundConnection", 5000, 1, i64::MAX) as usize;
     let max_inbound_connection_per_source =
         r.int(ctx, "MaxInboundConnectionPerSource", 20, 1, i64::MAX) as usize;
@@ -135,6 +145,8 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         trace_retention_days,
         srs_secret_file,
         bare_newline_policy,
+        dnssec_validation,
+        dnssec_trust_anchor_file,
         max_inbound_connection,
         max_inbound_connection_per_source,
         max_inbound_connection_rate_per_source,
@@ -243,6 +255,31 @@ fn rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
         );
     }
     retry_rules(ctx, s, lines);
+    dnssec_rules(ctx, s, lines);
+}
+
+/// `DnssecValidation = "Local"` cannot validate anything without anchors: refused now
+/// rather than deferring every DANE destination. The file is read as the resolver will.
+fn dnssec_rules(ctx: &mut Ctx, s: &RelaySettings, lines: &super::reader::Lines) {
+    use crate::dns::DnssecValidation;
+    match (s.dnssec_validation, &s.dnssec_trust_anchor_file) {
+        (DnssecValidation::Local, None) => ctx.error(
+            lines.of("DnssecValidation"),
+            "DnssecValidation",
+            "is \"Local\", so DnssecTrustAnchorFile must name a file of DNSKEY trust anchors (e.g. the output of `dig . DNSKEY`)",
+        ),
+        (DnssecValidation::Local, Some(path)) => {
+            if let Err(e) = crate::dns::hickory::read_trust_anchors(path) {
+                ctx.error(lines.of("DnssecTrustAnchorFile"), "DnssecTrustAnchorFile", e);
+            }
+        }
+        (_, Some(_)) => ctx.warn(
+            lines.of("DnssecTrustAnchorFile"),
+            "DnssecTrustAnchorFile",
+            "is only used with DnssecValidation = \"Local\"",
+        ),
+        (_, None) => {}
+    }
 }
 
 /// The default of `InboundConnectionsReservedForOnPremises`: 10% of `MaxInboundConnection`

@@ -345,6 +345,25 @@ impl Attempt {
             reused: false,
         }
     }
+
+    /// An attempt refused before connecting (a DANE verdict, `super::dane`): temporary,
+    /// the next host is tried, no connection was made.
+    pub fn refused(failure: Failure) -> Attempt {
+        let permanent = failure.enhanced.starts_with('5');
+        Attempt {
+            tls: None,
+            result: Err(SessionError {
+                stage: Stage::StartTls,
+                failure,
+                permanent,
+                try_next_host: true,
+                tls_fallback: false,
+                tls_failure: None,
+            }),
+            fallback: None,
+            reused: false,
+        }
+    }
 }
 
 /// One delivery attempt to `addr` (`host` names it for SNI and certificate checks).

@@ -86,6 +86,9 @@ impl MessageFacts<'_> {
             }
         }
         let mut detail = hop.position.clone();
+        if !hop.dane.is_empty() {
+            detail.push_str(&format!("; DANE: {}", hop.dane));
+        }
         if attempt.reused {
             detail.push_str("; on a kept connection");
         }
@@ -136,6 +139,9 @@ pub(super) struct HopFacts<'a> {
     pub recipients: &'a [String],
     /// `address 1 of 2; next hops: a [ip], b [ip]`.
     pub position: String,
+    /// The DANE steps and verdict for this host (`super::dane::HostPlan::steps`); empty
+    /// when DANE is not in play for the route.
+    pub dane: &'a str,
 }
 
 /// Next hops as `host [ip:port, ip:port], host [ip:port]`.

@@ -2,6 +2,7 @@
 //! classification of every outcome as delivered / temporary / permanent.
 
 pub mod client;
+pub mod dane;
 pub mod errpolicy;
 mod events;
 pub mod identity;
@@ -613,6 +614,7 @@ impl Deliverer {
             cfg: &cfg,
             hops: &hops,
             sts: self.sts_lookup(route, domain, false).await,
+            resolver,
         };
         let result = self.try_hosts(job, facts, &target, &env).await;
         // RFC 8461 §5.1: before failing because of the policy, check the TXT id live; a
@@ -668,8 +670,14 @@ impl Deliverer {
         let mut n = 0;
         let mut sts_refused = None;
         for hop in target.hops {
-            // DANE, where it applies to this host, is decided before this and wins.
-            let sts = mta_sts::host_requirement(target.sts.as_ref(), &hop.host);
+            // DANE first: one TLS decision per host. MTA-STS applies only where DANE does
+            // not (RFC 8461 §2: it never overrides a DANE verdict).
+            let plan =
+                dane::plan_host(target.resolver, &target.key.route, target.domain, &hop.host).await;
+            let sts = match plan.tls {
+                dane::HostTls::Route => mta_sts::host_requirement(target.sts.as_ref(), &hop.host),
+                _ => mta_sts::HostTls::NotApplied,
+            };
             if let mta_sts::HostTls::Refuse(failure) = &sts {
                 tracing::info!(id = job.id, host = %hop.host, error = %failure, "MX host not in the MTA-STS policy; skipped");
                 if let Some(f) = facts {
@@ -688,7 +696,9 @@ impl Deliverer {
             for addr in &hop.addrs {
                 n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
-                let attempt = self.try_address(target, &hop.host, *addr, env, &sts).await;
+                let attempt = self
+                    .try_address(target, &hop.host, *addr, env, &plan, &sts)
+                    .await;
                 let sts_note = sts_detail(target.sts.as_ref(), &sts, &hop.host, &attempt);
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
@@ -701,6 +711,7 @@ impl Deliverer {
                         position: format!(
                             "address {n} of {total}; next hops: {hops_text}{sts_note}"
                         ),
+                        dane: &plan.steps,
                     };
                     f.attempts(&hop_facts, &attempt);
                 }
@@ -768,22 +779,31 @@ impl Deliverer {
         host: &str,
         addr: std::net::SocketAddr,
         env: &Envelope<'_>,
+        plan: &dane::HostPlan,
         sts: &mta_sts::HostTls,
     ) -> client::Attempt {
+        if let dane::HostTls::Fail(failure) = &plan.tls {
+            return client::Attempt::refused(failure.clone());
+        }
         let enforced = *sts == mta_sts::HostTls::Enforce;
-        let cfg = match self.sts_client_config(target, host, enforced) {
-            Ok(cfg) => cfg,
-            Err(failure) => return client::Attempt::failed(client::Stage::StartTls, failure),
+        let cfg = match dane::client_config(target.cfg, plan, &target.key.route, target.domain) {
+            Some(dane_cfg) => std::borrow::Cow::Owned(dane_cfg),
+            None => match self.sts_client_config(target, host, enforced) {
+                Ok(cfg) => cfg,
+                Err(failure) => return client::Attempt::failed(client::Stage::StartTls, failure),
+            },
         };
-        // A kept session is only reused under the same MTA-STS requirement.
+        // A kept session is only reused under the same DANE and MTA-STS requirement.
+        let sts_tag = if enforced { " sts" } else { "" };
         let hop_key = pool::HopKey {
-            group: format!("{:?}{}", target.key, if enforced { " sts" } else { "" }),
+            group: format!("{:?}/{}{sts_tag}", target.key, plan.tag()),
             host: host.to_string(),
             addr,
         };
         let kept = self.pool.take(&hop_key);
         let (mut attempt, session) =
             client::deliver_reusing(addr, host, cfg.as_ref(), env, kept).await;
+        dane::classify_attempt(plan, &mut attempt);
         if enforced && let Err(e) = &mut attempt.result {
             mta_sts::enforce_tls_failure(e);
         } else if enforced {
@@ -840,6 +860,8 @@ struct Target<'a> {
     cfg: &'a ClientConfig,
     hops: &'a [nexthop::NextHop],
     sts: Option<mta_sts::Active>,
+    /// The resolver of the route (DANE's DNSSEC lookups).
+    resolver: &'a dyn Resolver,
 }
 
 /// Did the group fail because of an MTA-STS `enforce` policy (4.4.8 / 4.7.5)?

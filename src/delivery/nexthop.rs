@@ -90,12 +90,15 @@ impl HopError {
     }
 }
 
-/// replies.md: DNS query failed / timed out / refused → 4.4.312 / 4.4.315 / 4.4.316.
+/// replies.md: DNS query failed / timed out / refused → 4.4.312 / 4.4.315 / 4.4.316;
+/// a bogus answer (DNSSEC validation failed) → 4.7.324.
 fn dns_error_code(e: &DnsError) -> &'static str {
     match e {
         DnsError::Timeout => "4.4.315",
         DnsError::Refused => "4.4.316",
         DnsError::NxDomain | DnsError::NoRecords | DnsError::Failed(_) => "4.4.312",
+        // Exchange's dnssec-invalid (replies.md): the destination's DNSSEC is broken.
+        DnsError::Bogus(_) => "4.7.324",
     }
 }
 

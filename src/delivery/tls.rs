@@ -121,6 +121,10 @@ pub enum TlsCheck {
     Revocation,
     /// No certificate name matches the wanted pattern (`DomainValidation`).
     Name,
+    /// DANE: no usable TLSA record matches the certificate (or the DANE-TA chain fails).
+    Tlsa,
+    /// DANE-TA: the certificate names neither the MX host nor the next-hop domain.
+    DaneName,
 }
 
 impl TlsCheck {
@@ -132,6 +136,8 @@ impl TlsCheck {
             TlsCheck::Dates => "dates",
             TlsCheck::Revocation => "revocation",
             TlsCheck::Name => "name",
+            TlsCheck::Tlsa => "dane-tlsa",
+            TlsCheck::DaneName => "dane-name",
         }
     }
 }
@@ -234,6 +240,9 @@ impl CertificateRejected {
         match self.check {
             TlsCheck::Name | TlsCheck::Offered | TlsCheck::Handshake => "4.4.317",
             TlsCheck::Chain | TlsCheck::Dates | TlsCheck::Revocation => "4.7.320",
+            // Exchange's DANE statuses (replies.md): tlsa-invalid, certificate-host-mismatch.
+            TlsCheck::Tlsa => "4.7.323",
+            TlsCheck::DaneName => "4.7.325",
         }
     }
 }

@@ -3,18 +3,33 @@
 //! Hickory's errors are folded into [`DnsError`] here, so the delivery engine can classify
 //! a lookup failure (temporary 4.4.31x vs permanent 5.4.x, `shared/spec/replies.md`)
 //! without knowing which DNS library sits underneath.
+//!
+//! DNSSEC (`[Relay] DnssecValidation`, see [`super::DnssecValidation`]):
+//! - `Resolver`: plain lookups as before; the `*_secured` and TLSA lookups go through
+//!   [`super::ad::AdClient`] (AD bit of the same servers, cached).
+//! - `Local`: hickory validates in-process (`validate = true`) from the DNSKEY trust
+//!   anchors of `DnssecTrustAnchorFile`. Hickory hands bogus records back as `Ok` with a
+//!   `Proof::Bogus` flag on each record (and bogus denials inside `NoRecordsFound`): every
+//!   answer goes through [`proven`], which turns any bogus record into
+//!   [`DnsError::Bogus`], for plain `mx`/`ips` lookups too, so bogus data is never used.
+//! - `Off`: plain lookups; every status is `Unknown`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::dnssec::{Algorithm, Proof, PublicKeyBuf, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, ResolveError, ResolveErrorKind, TokioResolver};
 
-use super::{BoxFuture, DnsError, MxAnswer, Resolver};
+use super::ad::AdClient;
+use super::{BoxFuture, DnsError, DnssecValidation, MxAnswer, Resolver, Secured, Security, Tlsa};
 
 /// Per-attempt timeout, as resolv.conf(5)'s default `timeout:5`:
 /// a few seconds, so a dead server costs seconds, not minutes, per delivery attempt.
@@ -28,6 +43,9 @@ const ATTEMPTS: usize = 2;
 /// Cheap to share behind an `Arc`; lookups are cached by hickory for the records' TTL.
 pub struct HickoryResolver {
     inner: TokioResolver,
+    dnssec: DnssecValidation,
+    /// `DnssecValidation = "Resolver"`: the AD-bit client for the secured lookups.
+    ad: Option<AdClient>,
 }
 
 impl std::fmt::Debug for HickoryResolver {
@@ -47,6 +65,17 @@ impl HickoryResolver {
 
     /// As [`HickoryResolver::new`] with a per-attempt `timeout` (tests use a short one).
     pub fn with_timeout(servers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+        Self::with_dnssec(servers, timeout, DnssecValidation::Off, None)
+    }
+
+    /// A resolver that knows the DNSSEC status of answers as `mode` says; `anchor_file`
+    /// (DNSKEY records in zone-file form) is required for `Local`.
+    pub fn with_dnssec(
+        servers: &[SocketAddr],
+        timeout: Duration,
+        mode: DnssecValidation,
+        anchor_file: Option<&Path>,
+    ) -> Result<Self, String> {
         let provider = TokioConnectionProvider::default();
         let mut builder = if servers.is_empty() {
             TokioResolver::builder(provider)
@@ -78,8 +107,161 @@ impl HickoryResolver {
         // Cache, honouring the records' TTLs (hickory's default: no minimum TTL override).
         opts.positive_min_ttl = None;
         opts.negative_min_ttl = None;
+        let mut ad = None;
+        match mode {
+            DnssecValidation::Off => {}
+            DnssecValidation::Resolver => ad = Some(AdClient::new(servers, timeout)?),
+            DnssecValidation::Local => {
+                let path = anchor_file.ok_or_else(|| {
+                    "DnssecValidation = \"Local\" needs DnssecTrustAnchorFile".to_string()
+                })?;
+                let anchors = read_trust_anchors(path)?;
+                builder.options_mut().validate = true;
+                builder = builder.with_trust_anchor(Arc::new(anchors));
+            }
+        }
         Ok(Self {
             inner: builder.build(),
+            dnssec: mode,
+            ad,
+        })
+    }
+
+    /// `DnssecValidation = "Resolver"`: does the resolver set AD for the (signed) root?
+    /// `None` in the other modes.
+    pub async fn probe_dnssec(&self) -> Option<Result<bool, DnsError>> {
+        match &self.ad {
+            Some(ad) => Some(ad.probe().await),
+            None => None,
+        }
+    }
+
+    /// `Resolver` mode: a plain lookup failed (SERVFAIL). hickory does not show the
+    /// RFC 8914 extended error, so the AD client asks again: when the resolver says the
+    /// failure is DNSSEC's, the error is [`DnsError::Bogus`] (4.7.324, dnssec-invalid),
+    /// otherwise the plain failure stands.
+    async fn why_failed(
+        &self,
+        plain: String,
+        again: impl std::future::Future<Output = Option<DnsError>>,
+    ) -> DnsError {
+        match again.await {
+            Some(bogus @ DnsError::Bogus(_)) => bogus,
+            _ => DnsError::Failed(plain),
+        }
+    }
+
+    async fn ad_mx(&self, domain: &str) -> Option<DnsError> {
+        self.ad.as_ref()?.mx(domain).await.err()
+    }
+
+    async fn ad_ips(&self, host: &str) -> Option<DnsError> {
+        self.ad.as_ref()?.ips(host).await.err()
+    }
+
+    /// The servers whose AD bit is trusted (`Resolver` mode).
+    pub fn ad_servers(&self) -> &[SocketAddr] {
+        self.ad.as_ref().map(AdClient::servers).unwrap_or(&[])
+    }
+
+    /// `Local` mode: one validated lookup, its records of type `rtype` and their status.
+    /// NXDOMAIN / NODATA give no records and the status of the denial.
+    async fn proven_lookup(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Vec<Record>, Security, ResponseCode), DnsError> {
+        match self.inner.lookup(fqdn(name)?, rtype).await {
+            Ok(lookup) => {
+                let records: Vec<Record> = lookup.record_iter().cloned().collect();
+                let security = proven(records.iter().map(Record::proof))?;
+                let wanted = records
+                    .into_iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect();
+                Ok((wanted, security, ResponseCode::NoError))
+            }
+            Err(e) => {
+                if let ResolveErrorKind::Proto(proto) = e.kind()
+                    && let ProtoErrorKind::NoRecordsFound {
+                        soa, response_code, ..
+                    } = proto.kind()
+                    && matches!(
+                        *response_code,
+                        ResponseCode::NXDomain | ResponseCode::NoError
+                    )
+                {
+                    let proof = soa.as_ref().map_or(Proof::Insecure, |s| s.proof());
+                    return Ok((Vec::new(), proven([proof])?, *response_code));
+                }
+                Err(map_error(&e))
+            }
+        }
+    }
+
+    async fn local_mx(&self, domain: &str) -> Result<Secured<MxAnswer>, DnsError> {
+        let (records, security, rcode) = self.proven_lookup(domain, RecordType::MX).await?;
+        if rcode == ResponseCode::NXDomain {
+            return Err(DnsError::NxDomain);
+        }
+        let mx = records
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::MX(mx) => Some((mx.preference(), host_name(mx.exchange()))),
+                _ => None,
+            })
+            .collect();
+        Ok(Secured {
+            value: classify_mx(mx),
+            security,
+        })
+    }
+
+    async fn local_ips(&self, host: &str) -> Result<Secured<Vec<IpAddr>>, DnsError> {
+        let (v6, v4) = tokio::join!(
+            self.proven_lookup(host, RecordType::AAAA),
+            self.proven_lookup(host, RecordType::A)
+        );
+        let mut security: Option<Security> = None;
+        let mut family = |r: Result<(Vec<Record>, Security, ResponseCode), DnsError>| {
+            let (records, sec, rcode) = r?;
+            if rcode == ResponseCode::NXDomain {
+                return Err(DnsError::NxDomain);
+            }
+            security = Some(security.map_or(sec, |s: Security| s.min(sec)));
+            let ips: Vec<IpAddr> = records
+                .iter()
+                .filter_map(|r| match r.data() {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })
+                .collect();
+            if ips.is_empty() {
+                Err(DnsError::NoRecords)
+            } else {
+                Ok(ips)
+            }
+        };
+        let v6 = family(v6);
+        let v4 = family(v4);
+        // A bogus family poisons the whole answer: never fall back to the other one.
+        for r in [&v6, &v4] {
+            if let Err(DnsError::Bogus(e)) = r {
+                return Err(DnsError::Bogus(e.clone()));
+            }
+        }
+        Ok(Secured {
+            value: merge_families(v6, v4)?,
+            security: security.unwrap_or(Security::Insecure),
+        })
+    }
+
+    async fn local_tlsa(&self, name: &str) -> Result<Secured<Vec<Tlsa>>, DnsError> {
+        let (records, security, _) = self.proven_lookup(name, RecordType::TLSA).await?;
+        Ok(Secured {
+            value: records.iter().filter_map(tlsa_of).collect(),
+            security,
         })
     }
 
@@ -135,21 +317,153 @@ impl HickoryResolver {
 
 impl Resolver for HickoryResolver {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxAnswer, DnsError>> {
-        Box::pin(self.lookup_mx(domain))
+        Box::pin(async move {
+            match self.dnssec {
+                // Never the unchecked lookup: it would hand out bogus records.
+                DnssecValidation::Local => self.local_mx(domain).await.map(|s| s.value),
+                _ => match self.lookup_mx(domain).await {
+                    Err(DnsError::Failed(e)) => Err(self.why_failed(e, self.ad_mx(domain)).await),
+                    other => other,
+                },
+            }
+        })
     }
 
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
-        Box::pin(self.lookup_ips(host))
+        Box::pin(async move {
+            match self.dnssec {
+                DnssecValidation::Local => self.local_ips(host).await.map(|s| s.value),
+                _ => match self.lookup_ips(host).await {
+                    Err(DnsError::Failed(e)) => Err(self.why_failed(e, self.ad_ips(host)).await),
+                    other => other,
+                },
+            }
+        })
     }
 
     fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
         Box::pin(self.lookup_txt(name))
     }
+
+    fn dnssec(&self) -> DnssecValidation {
+        self.dnssec
+    }
+
+    fn mx_secured<'a>(
+        &'a self,
+        domain: &'a str,
+    ) -> BoxFuture<'a, Result<Secured<MxAnswer>, DnsError>> {
+        Box::pin(async move {
+            match (&self.ad, self.dnssec) {
+                (Some(ad), _) => ad.mx(domain).await,
+                (None, DnssecValidation::Local) => self.local_mx(domain).await,
+                _ => self.lookup_mx(domain).await.map(Secured::unknown),
+            }
+        })
+    }
+
+    fn ips_secured<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Secured<Vec<IpAddr>>, DnsError>> {
+        Box::pin(async move {
+            match (&self.ad, self.dnssec) {
+                (Some(ad), _) => ad.ips(host).await,
+                (None, DnssecValidation::Local) => self.local_ips(host).await,
+                _ => self.lookup_ips(host).await.map(Secured::unknown),
+            }
+        })
+    }
+
+    fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Secured<Vec<Tlsa>>, DnsError>> {
+        Box::pin(async move {
+            match (&self.ad, self.dnssec) {
+                (Some(ad), _) => ad.tlsa(name).await,
+                (None, DnssecValidation::Local) => self.local_tlsa(name).await,
+                _ => Err(DnsError::Failed(
+                    "DnssecValidation = \"Off\": no TLSA lookups".into(),
+                )),
+            }
+        })
+    }
+}
+
+/// The status of an RRset from its records' proofs: the weakest wins, and one bogus
+/// record makes the whole answer an error. Indeterminate (no chain could be built either
+/// way) counts as insecure: DANE does not apply, and Mandatory DANE then fails.
+fn proven(proofs: impl IntoIterator<Item = Proof>) -> Result<Security, DnsError> {
+    let mut security = Security::Secure;
+    for proof in proofs {
+        match proof {
+            Proof::Secure => {}
+            Proof::Bogus => {
+                return Err(DnsError::Bogus("in-process validation failed".into()));
+            }
+            _ => security = Security::Insecure,
+        }
+    }
+    Ok(security)
+}
+
+fn tlsa_of(record: &Record) -> Option<Tlsa> {
+    match record.data() {
+        RData::TLSA(t) => Some(Tlsa {
+            usage: t.cert_usage().into(),
+            selector: t.selector().into(),
+            matching: t.matching().into(),
+            data: t.cert_data().to_vec(),
+        }),
+        _ => None,
+    }
+}
+
+/// Reads DNSKEY trust anchors in zone-file form (`. 172800 IN DNSKEY 257 3 8 AwEAA...`),
+/// as `dig . DNSKEY` or unbound's `trust-anchor-file` print them. DS records cannot be
+/// used as anchors by hickory 0.25: they are refused with a sentence.
+pub fn read_trust_anchors(path: &Path) -> Result<TrustAnchors, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("DnssecTrustAnchorFile {}: {e}", path.display()))?;
+    let mut anchors = TrustAnchors::empty();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split(';').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |what: &str| format!("DnssecTrustAnchorFile {}:{}: {what}", path.display(), n + 1);
+        let Some(pos) = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("DNSKEY") || w.eq_ignore_ascii_case("DS"))
+        else {
+            return Err(at("not a DNSKEY record"));
+        };
+        if words[pos].eq_ignore_ascii_case("DS") {
+            return Err(at(
+                "a DS record; in-process validation needs the DNSKEY itself (e.g. `dig . DNSKEY`), or use DnssecValidation = \"Resolver\"",
+            ));
+        }
+        let (Some(alg), Some(_)) = (words.get(pos + 3), words.get(pos + 4)) else {
+            return Err(at("DNSKEY needs flags, protocol, algorithm and key"));
+        };
+        let alg: u8 = alg.parse().map_err(|_| at("bad algorithm number"))?;
+        let key: String = words[pos + 4..].concat();
+        let key = data_encoding::BASE64
+            .decode(key.as_bytes())
+            .map_err(|e| at(&format!("bad base64 key: {e}")))?;
+        anchors.insert(&PublicKeyBuf::new(key, Algorithm::from_u8(alg)));
+    }
+    if anchors.is_empty() {
+        return Err(format!(
+            "DnssecTrustAnchorFile {}: no DNSKEY record",
+            path.display()
+        ));
+    }
+    Ok(anchors)
 }
 
 /// Parses `name` as an absolute domain name (trailing dot added), so no search domain is
 /// ever appended.
-fn fqdn(name: &str) -> Result<Name, DnsError> {
+pub(super) fn fqdn(name: &str) -> Result<Name, DnsError> {
     let trimmed = name.trim().trim_end_matches('.');
     if trimmed.is_empty() {
         return Err(DnsError::Failed(format!("invalid domain name {name:?}")));
@@ -162,7 +476,7 @@ fn fqdn(name: &str) -> Result<Name, DnsError> {
 }
 
 /// A host name as the rest of the relay stores them: lower-case, no trailing dot.
-fn host_name(name: &Name) -> String {
+pub(super) fn host_name(name: &Name) -> String {
     let text = name.to_ascii();
     text.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -170,7 +484,7 @@ fn host_name(name: &Name) -> String {
 /// Applies RFC 7505 to an MX answer. A null MX is a single record whose exchange is the
 /// root (`0 .`, §3); the root is never a usable host, so root entries mixed with real
 /// ones (which §3 forbids publishing) are dropped rather than tried.
-fn classify_mx(records: Vec<(u16, String)>) -> MxAnswer {
+pub(super) fn classify_mx(records: Vec<(u16, String)>) -> MxAnswer {
     if records.is_empty() {
         return MxAnswer::NoRecords;
     }
@@ -189,7 +503,7 @@ fn classify_mx(records: Vec<(u16, String)>) -> MxAnswer {
 /// Merges the AAAA and A answers, IPv6 first (the `Resolver::ips` contract). One family
 /// failing is normal (IPv4-only hosts); the lookup fails only when both did, and then
 /// NXDOMAIN wins: the name does not exist, so the failure is permanent.
-fn merge_families(
+pub(super) fn merge_families(
     v6: Result<Vec<IpAddr>, DnsError>,
     v4: Result<Vec<IpAddr>, DnsError>,
 ) -> Result<Vec<IpAddr>, DnsError> {

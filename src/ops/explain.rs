@@ -276,7 +276,11 @@ pub fn explain(
             }),
             next_hops: route.next_hops_text(&domain),
             tls_level: route.tls.level_name().to_string(),
-            tls: route.tls.describe(&domain),
+            tls: format!(
+                "{}; {}",
+                route.tls.describe(&domain),
+                crate::delivery::dane::describe_mode(route, policy.relay.dnssec_validation)
+            ),
             would_route: decision.would_route.clone(),
             mta_sts: mta_sts_text(route, &domain),
         });

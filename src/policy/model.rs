@@ -54,6 +54,10 @@ pub struct RelaySettings {
     pub trace_retention_days: u32,
     pub srs_secret_file: PathBuf,
     pub bare_newline_policy: BareNewlinePolicy,
+    /// `DnssecValidation` (extension): where DANE's DNSSEC status comes from.
+    pub dnssec_validation: crate::dns::DnssecValidation,
+    /// `DnssecTrustAnchorFile` (extension): DNSKEY anchors for `DnssecValidation = "Local"`.
+    pub dnssec_trust_anchor_file: Option<PathBuf>,
     pub max_inbound_connection: usize,
     pub max_inbound_connection_per_source: usize,
     /// `MaxInboundConnectionRatePerSource` (extension): new connections per minute per
@@ -282,7 +286,8 @@ pub enum MtaStsMode {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `SmtpDaneMode` (README "DANE"): what DANE (RFC 7672) means for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DaneMode {
     Opportunistic,
     Mandatory,

@@ -19,6 +19,7 @@
 //!    connector existed;
 //! 6. no connector: MX delivery on `[Relay] DeliveryPort` with opportunistic TLS.
 
+use crate::policy::DaneMode;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -96,6 +97,10 @@ pub struct Route {
     /// `MtaStsMode`, `Opportunistic` for the default MX route and DNS-routed Send
     /// connectors, `None` for smart hosts (no MX to authenticate) and `IgnoreSTARTTLS`.
     pub mta_sts: MtaStsMode,
+    /// `SmtpDaneMode` of an Outbound connector; `Opportunistic` for the default MX route
+    /// (Exchange Online's default), `None` for Send connectors (Exchange Server has no
+    /// outbound DANE). Only MX routes use it (README "DANE").
+    pub dane: DaneMode,
 }
 
 /// Send connector parameters that shape the SMTP session (README "Send connector
@@ -153,6 +158,7 @@ impl Route {
             cloud_services_mail_enabled: None,
             sender_rewriting: false,
             mta_sts: MtaStsMode::Opportunistic,
+            dane: DaneMode::Opportunistic,
         }
     }
 
@@ -187,6 +193,7 @@ impl Route {
                 RouteTarget::Mx => c.mta_sts_mode,
                 RouteTarget::SmartHosts(_) => MtaStsMode::None,
             },
+            dane: c.smtp_dane_mode,
         }
     }
 
@@ -259,6 +266,7 @@ impl Route {
             } else {
                 MtaStsMode::None
             },
+            dane: DaneMode::None,
         }
     }
 }
@@ -584,6 +592,8 @@ pub(crate) mod test_support {
             trace_retention_days: 30,
             srs_secret_file: PathBuf::from("var/srs.key"),
             bare_newline_policy: BareNewlinePolicy::Reject,
+            dnssec_validation: crate::dns::DnssecValidation::Off,
+            dnssec_trust_anchor_file: None,
             max_inbound_connection: 5000,
             max_inbound_connection_per_source: 20,
             max_inbound_connection_rate_per_source: 600,

@@ -238,14 +238,19 @@ pub(super) enum FailNow {
 }
 
 /// The status of a recipient returned at expiry: `5.4.7`, except after a security-policy
-/// deferral, whose permanent form tells the sender why (replies.md: MTA-STS `4.4.8` /
-/// `4.7.5` become `5.4.8` / `5.7.5` after expiry; RFC 8461 §5.1 allows the permanent
-/// failure only then). DANE's `4.7.32x` belong in the same list.
-pub(super) fn expired_status(last: &str) -> &'static str {
-    match last.split(' ').next() {
-        Some("4.4.8") => "5.4.8",
-        Some("4.7.5") => "5.7.5",
-        _ => "5.4.7",
+/// deferral, whose permanent form tells the sender why (replies.md): MTA-STS `4.4.8` /
+/// `4.7.5` become `5.4.8` / `5.7.5` (RFC 8461 §5.1 allows the permanent failure only then),
+/// DANE's `4.7.321`–`4.7.325` become `5.7.32x` (DANE failures are deferred, never bounced,
+/// until expiry).
+pub(super) fn expired_status(last: &str) -> String {
+    let code = last.split_whitespace().next().unwrap_or("");
+    match code {
+        "4.4.8" => "5.4.8".into(),
+        "4.7.5" => "5.7.5".into(),
+        _ => match code.strip_prefix("4.7.32") {
+            Some(d) if matches!(d, "1" | "2" | "3" | "4" | "5") => format!("5.7.32{d}"),
+            _ => "5.4.7".to_string(),
+        },
     }
 }
 
@@ -271,7 +276,7 @@ pub(super) async fn fail_now(work: Arc<Work>, msg: MessageRef, rcpts: Vec<(usize
                 let status = expired_status(&last);
                 (
                     e,
-                    status.to_string(),
+                    status.clone(),
                     format!("{status} expired: {last}"),
                     diagnostic,
                 )
@@ -391,5 +396,17 @@ mod tests {
         );
         assert_eq!(expired_status("451 4.4.318 connection closed"), "5.4.7");
         assert_eq!(expired_status("4.4.316 connection refused"), "5.4.7");
+    }
+
+    #[test]
+    fn dane_deferrals_expire_as_their_permanent_form() {
+        assert_eq!(expired_status("4.7.323 tlsa-invalid: no match"), "5.7.323");
+        assert_eq!(expired_status("4.7.321 starttls-not-supported"), "5.7.321");
+        assert_eq!(
+            expired_status("4.7.320 certificate validation failed"),
+            "5.4.7"
+        );
+        assert_eq!(expired_status("4.4.316 refused"), "5.4.7");
+        assert_eq!(expired_status("4.7.3250 odd"), "5.4.7");
     }
 }

@@ -200,6 +200,47 @@ pub async fn start_with_resolver(
     start_with_options(policy, options).await
 }
 
+/// The resolver of `DnsServers`, knowing DNSSEC status as `DnssecValidation` says. In
+/// `Resolver` mode the AD bit is only as trustworthy as the path to the resolver: a
+/// warning names servers off loopback, and a start-up probe (Postfix's `dnssec_probe`)
+/// warns when the resolver never sets AD, i.e. DANE can never apply.
+fn main_resolver(r: &crate::policy::RelaySettings) -> Result<Arc<dyn Resolver>, StartError> {
+    let resolver = Arc::new(
+        crate::dns::hickory::HickoryResolver::with_dnssec(
+            &r.dns_servers,
+            crate::dns::hickory::DEFAULT_TIMEOUT,
+            r.dnssec_validation,
+            r.dnssec_trust_anchor_file.as_deref(),
+        )
+        .map_err(StartError::Dns)?,
+    );
+    let remote: Vec<String> = resolver
+        .ad_servers()
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    if !remote.is_empty() {
+        tracing::warn!(servers = %remote.join(", "), "DnssecValidation = \"Resolver\" trusts the AD bit of DNS servers that are not on loopback; DANE is only as safe as the path to them");
+    }
+    let probe = resolver.clone();
+    tokio::spawn(async move {
+        match probe.probe_dnssec().await {
+            Some(Ok(true)) => {
+                tracing::info!("DNSSEC probe: the resolver validates (AD set for the root)")
+            }
+            Some(Ok(false)) => tracing::warn!(
+                "DNSSEC probe: DnsServers did not set the AD bit for the signed root zone; the resolver does not validate, so DANE never applies (Mandatory DANE defers everything). Use a validating resolver such as unbound on loopback, or DnssecValidation = \"Local\""
+            ),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "DNSSEC probe failed: could not ask DnsServers for the root NS with AD")
+            }
+            None => {}
+        }
+    });
+    Ok(resolver)
+}
+
 /// Starts the relay. `policy` must have been loaded from `options.config_path` when that is
 /// given (`connector-relay run` loads it first to report errors and warnings).
 pub async fn start_with_options(
@@ -210,9 +251,7 @@ pub async fn start_with_options(
     let r = &policy.relay;
     let resolver = match options.resolver {
         Some(r) => r,
-        None => Arc::new(
-            crate::dns::hickory::HickoryResolver::new(&r.dns_servers).map_err(StartError::Dns)?,
-        ),
+        None => main_resolver(r)?,
     };
     // The text behind the policy (the admin API lists connectors as written), fingerprinted
     // before it is read so that a change made meanwhile is picked up by the first poll.

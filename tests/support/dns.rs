@@ -6,7 +6,11 @@
 //! - a name with no records at all → NXDOMAIN;
 //! - a known name without records of the asked type → NOERROR with an empty answer
 //!   ("NODATA", RFC 2308 §2.2);
-//! - names can be told to answer REFUSED or SERVFAIL instead ([`TestDns::fail`]).
+//! - names can be told to answer REFUSED or SERVFAIL instead ([`TestDns::fail`]), or a
+//!   SERVFAIL carrying the RFC 8914 "DNSSEC Bogus" error (what unbound says for bogus data);
+//! - names marked secure ([`TestDns::set_secure`]) answer with the AD bit when the query
+//!   asked for it (AD or DO), as a validating resolver does (RFC 6840 §5.7); TLSA records
+//!   for DANE with [`TestDns::add_tlsa`].
 //!
 //! Records are served with TTL 0 and negative answers carry an SOA with minimum 0
 //! (RFC 2308 §5), so resolver caches never hide a change made at runtime; a test of the
@@ -23,7 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -34,6 +39,8 @@ use tokio::task::JoinHandle;
 pub enum DnsFailure {
     Refused,
     ServFail,
+    /// SERVFAIL with EDE 6 (DNSSEC Bogus).
+    Bogus,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +53,8 @@ struct Zone {
     ttl: u32,
     /// Every name asked, in order (lower-case, no trailing dot).
     asked: Vec<String>,
+    /// Names whose answers carry AD (when asked for).
+    secure: std::collections::HashSet<String>,
 }
 
 /// A DNS server on 127.0.0.1 (UDP and TCP on the same port). Stops when dropped.
@@ -143,6 +152,28 @@ impl TestDns {
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect();
         self.add(name, RData::TXT(TXT::new(chunks)));
+    }
+
+    /// Adds a TLSA record (RFC 6698) at `name`, e.g. `_25._tcp.mx.example.test`.
+    pub fn add_tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
+        self.add(
+            name,
+            RData::TLSA(TLSA::new(
+                usage.into(),
+                selector.into(),
+                matching.into(),
+                data,
+            )),
+        );
+    }
+
+    /// Marks the answers for `name` (any type, positive or negative) as DNSSEC-secure.
+    pub fn set_secure(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .secure
+            .insert(key(name));
     }
 
     /// Makes `name` exist with no records (every query → NODATA).
@@ -316,9 +347,26 @@ fn answer(request: &[u8], zone: &Mutex<Zone>, udp: bool) -> Option<Vec<u8>> {
         if let Some(failure) = zone.failures.get(&lookup_key) {
             response.set_response_code(match failure {
                 DnsFailure::Refused => ResponseCode::Refused,
-                DnsFailure::ServFail => ResponseCode::ServFail,
+                DnsFailure::ServFail | DnsFailure::Bogus => ResponseCode::ServFail,
             });
+            if *failure == DnsFailure::Bogus {
+                // RFC 8914: INFO-CODE 6 "DNSSEC Bogus" and a text, as unbound's `ede: yes`.
+                let mut data = 6u16.to_be_bytes().to_vec();
+                data.extend_from_slice(b"signature crypto failed");
+                let mut edns = Edns::new();
+                edns.set_max_payload(4096);
+                edns.options_mut().insert(EdnsOption::Unknown(15, data));
+                response.set_edns(edns);
+            }
             return response.to_vec().ok();
+        }
+        let asked_dnssec = request.authentic_data()
+            || request
+                .extensions()
+                .as_ref()
+                .is_some_and(|e| e.flags().dnssec_ok);
+        if asked_dnssec && zone.secure.contains(&lookup_key) {
+            response.set_authentic_data(true);
         }
         match zone.names.get(&lookup_key) {
             None => {
