@@ -9,6 +9,7 @@ pub mod nexthop;
 pub mod pool;
 pub mod protolog;
 pub mod reply;
+pub mod requiretls;
 pub mod rewrite;
 pub mod tls;
 
@@ -91,6 +92,8 @@ pub struct DeliveryJob<'a> {
     pub data: &'a [u8],
     /// The message arrived from outside the organization (RouteAllMessagesViaOnPremises).
     pub from_outside_org: bool,
+    /// RFC 8689 REQUIRETLS (see [`requiretls`]).
+    pub requiretls: bool,
 }
 
 /// The outcome for one recipient of a [`DeliveryJob`].
@@ -443,6 +446,7 @@ impl Deliverer {
                 log: self.protocol_log.clone(),
                 connector: route.connector.clone().unwrap_or_default(),
             }),
+            requiretls: false,
         })
     }
 
@@ -578,15 +582,25 @@ impl Deliverer {
             job.mail_from,
             job.data,
         );
+        let per_host = match job.requiretls {
+            true => match self.requiretls_configs(route, &cfg, domain, &hops) {
+                Ok(c) => Some(c),
+                Err(f) => return GroupResult::hop_down(f, None),
+            },
+            false => None,
+        };
         let env = Envelope {
             mail_from: &mail_from,
             recipients,
             data: &data,
+            requiretls: job.requiretls,
         };
         let target = Target {
             key,
             domain,
             cfg: &cfg,
+            per_host: per_host.as_ref(),
+            tls_required_no: requiretls::tls_required_no(job.data, job.requiretls),
             hops: &hops,
         };
         self.try_hosts(job, facts, &target, &env).await
@@ -695,6 +709,17 @@ impl Deliverer {
             host: host.to_string(),
             addr,
         };
+        // REQUIRETLS: a session of its own, validated for this message, and not kept (see
+        // the `requiretls` module).
+        if let Some(configs) = target.per_host {
+            let Some(cfg) = configs.get(host) else {
+                return client::Attempt::local_failure(
+                    "4.3.0",
+                    "REQUIRETLS: no configuration for this host",
+                );
+            };
+            return client::deliver_reusing(addr, host, cfg, env, None).await.0;
+        }
         let kept = self.pool.take(&hop_key);
         let (attempt, session) = client::deliver_reusing(addr, host, target.cfg, env, kept).await;
         if let Some(session) = session {
@@ -715,6 +740,13 @@ struct Target<'a> {
     key: &'a QueueKey,
     domain: &'a str,
     cfg: &'a ClientConfig,
+    /// REQUIRETLS: the configuration of each host (`requiretls` module), used instead of
+    /// `cfg`; `None` for other messages.
+    per_host: Option<&'a HashMap<String, ClientConfig>>,
+    /// `TLS-Required: No` (RFC 8689 §5): recipient-side policies (DANE, MTA-STS) are to be
+    /// ignored for this message. Read by those policies when they are applied.
+    #[allow(dead_code)]
+    tls_required_no: bool,
     hops: &'a [nexthop::NextHop],
 }
 
@@ -858,6 +890,7 @@ mod tests {
                 recipients: &rcpts,
                 data: b"Subject: x\r\n\r\nhi\r\n",
                 from_outside_org: false,
+                requiretls: false,
             })
             .await;
         let codes: Vec<(&str, bool, &str)> = out
@@ -900,6 +933,7 @@ mod tests {
                 recipients: &rcpts,
                 data: b"0123456789\r\n",
                 from_outside_org: false,
+                requiretls: false,
             })
             .await;
         assert_eq!(out[0].status.failure().unwrap().enhanced, "5.3.4");

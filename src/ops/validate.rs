@@ -246,6 +246,7 @@ pub async fn validate_traced(
         recipients: &rcpts,
         data: &data,
         from_outside_org: false,
+        requiretls: false,
     };
     let outcomes = deliverer.deliver_via(&job, &route).await;
     drop(deliverer); // closes the channel: the events are all in `rx`

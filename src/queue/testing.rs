@@ -246,6 +246,7 @@ mod tests {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         };
         let id = q.spool.new_id();
         let data = b"Message-ID: <m1@org.test>\r\nSubject: t\r\n\r\nbody\r\n";
@@ -532,6 +533,7 @@ mod tests {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         };
         let id = q.spool.new_id();
         q.spool

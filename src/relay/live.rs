@@ -147,6 +147,7 @@ pub(super) fn setup(
         require_tls: false,
         client_certs: tls.client_certs,
         starttls: Default::default(),
+        offer_requiretls: true,
         auth: None,
         forbid_unauth_pipelining: true,
         pregreet: Pregreet {
