@@ -570,6 +570,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
         back_pressure: Default::default(),
+        tlsrpt: Default::default(),
     };
     let send = SendConnector {
         name: "Via smart hosts".into(),

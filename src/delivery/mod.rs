@@ -152,6 +152,8 @@ pub struct Deliverer {
     srs: Option<Arc<crate::message::srs::Srs>>,
     /// Trace events (`Routed`, `Attempt`); `None`: none are built at all.
     events: Option<Events>,
+    /// TLS-RPT results of each attempt (`TlsRptEnabled`); see [`tlsrpt_record`].
+    tlsrpt: Option<crate::tlsrpt::Recorder>,
 }
 
 /// The delivery queue of a recipient, and the unit of one SMTP transaction: the route, and
@@ -266,11 +268,18 @@ impl Deliverer {
             protocol_log,
             srs: None,
             events: None,
+            tlsrpt: None,
         }
     }
 
     /// Emits a `Routed` event per recipient and an `Attempt` event per session with a next
     /// hop (see [`events`]). Without it no event is built.
+    /// Records the TLS outcome of every MX attempt for TLS-RPT.
+    pub fn with_tlsrpt(mut self, recorder: Option<crate::tlsrpt::Recorder>) -> Self {
+        self.tlsrpt = recorder;
+        self
+    }
+
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = Some(events);
         self
@@ -627,6 +636,13 @@ impl Deliverer {
                 n += 1;
                 let remote = format!("{} [{}]", hop.host, addr.ip());
                 let attempt = self.try_address(target, &hop.host, *addr, env).await;
+                // No reports about reports (RFC 8460 §3): a report's delivery is not counted.
+                if let Some(recorder) = &self.tlsrpt
+                    && matches!(target.key.route.target, RouteTarget::Mx)
+                    && !crate::tlsrpt::is_report(env.data)
+                {
+                    tlsrpt_record(recorder, target, &hop.host, *addr, &attempt);
+                }
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
                         connector: target.key.route.connector.as_deref(),
@@ -732,6 +748,73 @@ impl Deliverer {
         }
         attempt
     }
+}
+
+/// The TLS-RPT record of one attempt (`no-policy-found`: DANE and MTA-STS results come
+/// with their own policy type): success once TLS was established; the failed check of a
+/// TLS failure (the first, failed session of an opportunistic fallback included); no
+/// STARTTLS offered when TLS was to be used opportunistically and the session went on in
+/// plaintext. Attempts that never reached TLS negotiation (connection failures) and routes
+/// that skip STARTTLS (`IgnoreSTARTTLS`) record nothing.
+fn tlsrpt_record(
+    recorder: &crate::tlsrpt::Recorder,
+    target: &Target<'_>,
+    host: &str,
+    addr: std::net::SocketAddr,
+    attempt: &client::Attempt,
+) {
+    use crate::tlsrpt::{PolicyType, Record, ResultType};
+    let failed = |e: &SessionError| {
+        e.tls_failure
+            .as_deref()
+            .map(|f| (f.check, f.reason.clone()))
+    };
+    let (result, reason) = if attempt.tls.is_some() {
+        (ResultType::Success, None)
+    } else if let Some((check, reason)) = attempt
+        .fallback
+        .as_deref()
+        .and_then(failed)
+        .or_else(|| attempt.result.as_ref().err().and_then(failed))
+    {
+        (ResultType::from_tls_check(check), Some(reason))
+    } else if matches!(target.cfg.starttls, StartTls::Opportunistic(_))
+        && match &attempt.result {
+            Ok(_) => true,
+            Err(e) => !is_connection_level(e.stage),
+        }
+    {
+        (ResultType::StarttlsNotSupported, None)
+    } else {
+        return;
+    };
+    recorder.record(Record {
+        policy_domain: target.domain.to_string(),
+        policy_type: PolicyType::NoPolicyFound,
+        policy_strings: Vec::new(),
+        policy_mx_hosts: Vec::new(),
+        result,
+        sending_mta_ip: target
+            .key
+            .route
+            .source_ip
+            .or_else(|| source_ip_towards(addr)),
+        receiving_mx_hostname: Some(host.to_string()),
+        receiving_ip: Some(addr.ip()),
+        failure_reason: reason,
+    });
+}
+
+/// The local address the system would use towards `addr` (a UDP "connect" sends nothing).
+fn source_ip_towards(addr: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(addr).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
 }
 
 /// Where one route group goes: its key, the recipient domain, the client settings and the

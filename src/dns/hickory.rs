@@ -122,6 +122,25 @@ impl Resolver for HickoryResolver {
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
         Box::pin(self.lookup_ips(host))
     }
+
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        Box::pin(async move {
+            let lookup = self
+                .inner
+                .txt_lookup(fqdn(name)?)
+                .await
+                .map_err(|e| map_error(&e))?;
+            Ok(lookup
+                .iter()
+                .map(|txt| {
+                    txt.txt_data()
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part).into_owned())
+                        .collect::<String>()
+                })
+                .collect())
+        })
+    }
 }
 
 /// Parses `name` as an absolute domain name (trailing dot added), so no search domain is

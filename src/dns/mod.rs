@@ -43,4 +43,10 @@ pub trait Resolver: Send + Sync {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxAnswer, DnsError>>;
     /// A and AAAA addresses of `host` (both families, IPv6 first when present).
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>>;
+    /// TXT records of `name`, each record's strings joined (RFC 7208 §3.3 style), for
+    /// `_smtp._tls` (TLS-RPT). Resolvers that cannot look TXT up say so.
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        let _ = name;
+        Box::pin(async { Err(DnsError::Failed("TXT lookups not supported".into())) })
+    }
 }
