@@ -299,3 +299,64 @@ async fn disabled_by_default_sends_nothing() {
     );
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Counts survive a restart: a store left by an earlier run (a period that ended while the
+/// relay was down) is reported by the next start, over HTTPS.
+#[tokio::test]
+async fn counts_from_before_a_restart_are_reported() {
+    use connector_relay::tlsrpt::{PolicyType, Record, ResultType, store::Store};
+    let dns = TestDns::start().await;
+    let https = HttpsSink::start().await;
+    dns.add_a("reports.sink.test", "127.0.0.1".parse().unwrap());
+    dns.add_txt(
+        "_smtp._tls.earlier.test",
+        &format!(
+            "v=TLSRPTv1; rua=https://reports.sink.test:{}/tlsrpt",
+            https.addr.port()
+        ),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(tmp.path()).unwrap();
+        let record = Record {
+            policy_domain: "earlier.test".into(),
+            policy_type: PolicyType::NoPolicyFound,
+            policy_strings: vec![],
+            policy_mx_hosts: vec![],
+            result: ResultType::CertificateExpired,
+            sending_mta_ip: Some("127.0.0.1".parse().unwrap()),
+            receiving_mx_hostname: Some("mx.earlier.test".into()),
+            receiving_ip: Some("127.0.0.3".parse().unwrap()),
+            failure_reason: Some("certificate validation failed: expired".into()),
+        };
+        // Yesterday (UTC day periods, the default interval).
+        let day = 86_400;
+        let start = (connector_relay::queue::spool::unix_now() / day - 1) * day;
+        store.add(start, start + day, &record).unwrap();
+        store.add(start, start + day, &record).unwrap();
+    }
+    let extra = format!(
+        "TrustedCaFile = \"{}\"\nDnsServers = [\"{}\"]\nTlsRptEnabled = true",
+        certs("ca.crt"),
+        dns.addr
+    );
+    let onprem = start_sink().await;
+    let relay = start_relay(
+        &relay_config(tmp.path(), onprem.addr(), &extra),
+        Some(dns.addr),
+    )
+    .await;
+    let got = https
+        .wait_for("the report from before the restart", |c| !c.is_empty())
+        .await;
+    let report = &reports(&got)[0];
+    assert_eq!(domain_of(report), "earlier.test");
+    let p = &report["policies"][0];
+    assert_eq!(p["summary"]["total-failure-session-count"], 2, "{report}");
+    assert_eq!(
+        p["failure-details"][0]["result-type"],
+        "certificate-expired"
+    );
+    assert_eq!(p["failure-details"][0]["receiving-ip"], "127.0.0.3");
+    relay.shutdown(Duration::from_secs(5)).await;
+}
