@@ -698,7 +698,9 @@ impl Deliverer {
                 status: DeliveryStatus::Temporary(e.failure),
                 remote: Some(remote),
                 tls: None,
-                hop_failure: all_connection_level,
+                // A REQUIRETLS message's stricter TLS failing is the message's, not the
+                // hop's: other messages may still go there (no Retry for the queue).
+                hop_failure: all_connection_level && target.per_host.is_none(),
             },
             None => GroupResult::hop_down(
                 Failure {

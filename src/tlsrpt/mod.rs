@@ -197,7 +197,7 @@ impl Recorder {
         match self.tx.try_send((unix, record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                metrics::counter!("tlsrpt_records_dropped_total").increment(1);
+                metrics::counter!("connector_relay_tlsrpt_records_dropped_total").increment(1);
             }
             Err(TrySendError::Disconnected(_)) => {}
         }

@@ -135,6 +135,12 @@ impl Reporter {
                 }
                 Rua::Mailto(to) => self.mail(d, to, &gz).await,
             };
+            let method = match rua {
+                Rua::Https(_) => "https",
+                Rua::Mailto(_) => "mailto",
+            };
+            let outcome = if result.is_ok() { "sent" } else { "failed" };
+            crate::metrics::tlsrpt_report(method, outcome);
             match result {
                 Ok(()) => tracing::info!(domain = %d.domain, rua = ?rua, "TLS-RPT: report sent"),
                 Err(e) => {
