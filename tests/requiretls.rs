@@ -90,8 +90,9 @@ async fn offered_only_after_starttls() {
     relay.shutdown(Duration::from_secs(5)).await;
 }
 
-/// One REQUIRETLS message to six destinations: two next hops that can carry it (a smart
-/// host with a trusted certificate, an MX host whose certificate names it) get it with the
+/// One REQUIRETLS message to seven destinations: three next hops that can carry it (a
+/// smart host with a trusted certificate, an MX host whose certificate names it, a smart
+/// host behind a Send connector with `IgnoreSTARTTLS`, raised to TLS) get it with the
 /// parameter over TLS; four cannot (no REQUIRETLS, self-signed, no STARTTLS, an MX host
 /// name the certificate does not carry) and are returned in one notice with 5.7.30, which
 /// holds the headers but not the body and is itself relayed with REQUIRETLS. A plain
@@ -116,6 +117,8 @@ async fn delivered_only_where_the_promise_holds() {
     let noreq = tls_sink("127.0.0.1:0", "sink.test", StartTlsMode::Offer, false).await;
     let selfsigned = tls_sink("127.0.0.1:0", "selfsigned", StartTlsMode::Offer, true).await;
     let nostarttls = tls_sink("127.0.0.1:0", "sink.test", StartTlsMode::Hide, true).await;
+    // Reached by a Send connector that says IgnoreSTARTTLS: the sender's demand wins.
+    let ignoring = tls_sink("127.0.0.1:0", "sink.test", StartTlsMode::Offer, true).await;
     // Notices to alice@contoso.test go to on-premises, which must take REQUIRETLS too.
     let onprem = tls_sink("127.0.0.1:0", "sink.test", StartTlsMode::Offer, true).await;
 
@@ -130,6 +133,11 @@ async fn delivered_only_where_the_promise_holds() {
     toml.push_str(&outbound("To noreq", "noreq.test", &noreq));
     toml.push_str(&outbound("To selfsigned", "selfsigned.test", &selfsigned));
     toml.push_str(&outbound("To nostarttls", "nostarttls.test", &nostarttls));
+    toml.push_str(&format!(
+        "\n[[SendConnector]]\nName = \"Ignoring STARTTLS\"\nAddressSpaces = [\"SMTP:ignore.test;1\"]\n\
+         DNSRoutingEnabled = false\nSmartHosts = [\"127.0.0.1\"]\nPort = {}\nIgnoreSTARTTLS = true\n",
+        ignoring.addr().port()
+    ));
     let relay = start_relay(&toml, Some(dns.addr)).await;
 
     let mut d = tls_session(relay.smtp_addrs[0]).await;
@@ -142,6 +150,7 @@ async fn delivered_only_where_the_promise_holds() {
         "d@nostarttls.test",
         "e@mxok.test",
         "f@mxbad.test",
+        "g@ignore.test",
     ] {
         d.cmd(&format!("RCPT TO:<{r}>"), "250").await;
     }
@@ -162,7 +171,11 @@ async fn delivered_only_where_the_promise_holds() {
     .await;
     d.cmd("QUIT", "221").await;
 
-    for (sink, rcpt) in [(&good, "<a@good.test>"), (&mx, "<e@mxok.test>")] {
+    for (sink, rcpt) in [
+        (&good, "<a@good.test>"),
+        (&mx, "<e@mxok.test>"),
+        (&ignoring, "<g@ignore.test>"),
+    ] {
         let got = wait_messages(sink.maildir(), 1, WAIT).await;
         assert_eq!(got.len(), 1, "{rcpt}");
         assert_eq!(header_value(&got[0], "X-Sink-Rcpt-To"), [rcpt]);
