@@ -213,3 +213,35 @@ impl Recorder {
 pub fn is_report(data: &[u8]) -> bool {
     crate::message::header_value(data, "tls-report-domain").is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_types_round_trip_and_map_tls_checks() {
+        for r in ALL_RESULTS {
+            assert_eq!(ResultType::parse(r.as_str()), Some(r));
+        }
+        for p in [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound] {
+            assert_eq!(PolicyType::parse(p.as_str()), Some(p));
+        }
+        let map = ResultType::from_tls_check;
+        assert_eq!(map(TlsCheck::Offered), ResultType::StarttlsNotSupported);
+        assert_eq!(map(TlsCheck::Name), ResultType::CertificateHostMismatch);
+        assert_eq!(map(TlsCheck::Dates), ResultType::CertificateExpired);
+        assert_eq!(map(TlsCheck::Chain), ResultType::CertificateNotTrusted);
+        assert_eq!(map(TlsCheck::Revocation), ResultType::ValidationFailure);
+        assert_eq!(map(TlsCheck::Handshake), ResultType::ValidationFailure);
+    }
+
+    #[test]
+    fn reports_are_recognised() {
+        assert!(is_report(
+            b"Subject: x\r\nTLS-Report-Domain: a.test\r\n\r\n"
+        ));
+        assert!(!is_report(
+            b"Subject: x\r\n\r\nTLS-Report-Domain: a.test\r\n"
+        ));
+    }
+}
