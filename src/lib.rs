@@ -19,4 +19,5 @@ pub mod relay;
 pub mod secret;
 pub mod sink;
 pub mod smtp;
+pub mod tlsrpt;
 pub mod trace;

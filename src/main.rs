@@ -65,6 +65,9 @@ enum Cmd {
         /// Store nothing: count accepted messages in `<maildir>/count` (benchmarks).
         #[arg(long)]
         discard: bool,
+        /// Do not offer REQUIRETLS (RFC 8689) after STARTTLS.
+        #[arg(long)]
+        no_requiretls: bool,
     },
     /// Print message trace rows: every event of the messages that match, and refused
     /// sessions that match, oldest first.
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             break_starttls,
             auth,
             discard,
+            no_requiretls,
         } => {
             use sink::StartTlsMode;
             let starttls = match (no_starttls, refuse_starttls, break_starttls) {
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
                 starttls,
                 auth,
                 discard,
+                no_requiretls,
             };
             run_sink(opts)
         }

@@ -103,6 +103,13 @@ pub fn observe(event: &TraceEvent) {
 /// One TLS failure: `direction` is `inbound` (a client's handshake) or `outbound` (toward a
 /// next hop); `reason` a short class such as `handshake`, `starttls_refused`,
 /// `certificate_untrusted`, `name_mismatch`, `expired`.
+/// TLS-RPT (RFC 8460) reports: `method` is `https` or `mailto`, `outcome` `sent` or
+/// `failed` (a mailed report counts as sent once queued).
+pub fn tlsrpt_report(method: &'static str, outcome: &'static str) {
+    metrics::counter!("connector_relay_tlsrpt_reports_total", "method" => method, "outcome" => outcome)
+        .increment(1);
+}
+
 pub fn tls_failure(direction: &'static str, reason: &'static str) {
     metrics::counter!("connector_relay_tls_failures_total", "direction" => direction, "reason" => reason)
         .increment(1);

@@ -46,6 +46,9 @@ pub struct SinkOptions {
     pub auth: Option<(String, String)>,
     /// `--discard`: count messages in `<maildir>/count` instead of storing them.
     pub discard: bool,
+    /// `--no-requiretls`: do not offer RFC 8689 REQUIRETLS after STARTTLS (a next hop
+    /// that cannot carry a REQUIRETLS message).
+    pub no_requiretls: bool,
 }
 
 /// The file `--discard` keeps the count of accepted messages in.
@@ -110,6 +113,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         require_tls: opts.require_tls,
         client_certs: None,
         starttls: opts.starttls,
+        offer_requiretls: !opts.no_requiretls,
         auth: opts.auth.clone().map(|(user, pass)| {
             let verifier: AuthVerifier = Arc::new(move |u: &str, p: &str| u == user && p == pass);
             verifier
@@ -262,6 +266,9 @@ impl Backend for SinkBackend {
         }
         if let Some(user) = &s.auth_user {
             head.push_str(&format!("X-Sink-Auth: {user}\r\n"));
+        }
+        if tx.params.requiretls {
+            head.push_str("X-Sink-Requiretls: yes\r\n");
         }
         if let Some(t) = &s.tls {
             head.push_str(&format!("X-Sink-Tls: {} {}\r\n", t.version, t.cipher));

@@ -79,6 +79,7 @@ async fn run(case: &Case) {
         starttls: case.starttls,
         auth: None,
         discard: false,
+        no_requiretls: false,
     })
     .await
     .expect("sink");
@@ -140,6 +141,7 @@ SmtpDaneMode = "{}"
             recipients: &rcpts,
             data: connector_relay::delivery::Data::memory(b"Subject: dane\r\n\r\nhello\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     let o = &out[0];
@@ -448,6 +450,7 @@ async fn next_mx_is_tried_after_a_dane_failure() {
         starttls: StartTlsMode::Offer,
         auth: None,
         discard: false,
+        no_requiretls: false,
     })
     .await
     .unwrap();
@@ -487,6 +490,7 @@ async fn next_mx_is_tried_after_a_dane_failure() {
             recipients: &rcpts,
             data: connector_relay::delivery::Data::memory(b"Subject: x\r\n\r\nx\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     assert!(out[0].status.is_delivered(), "{:?}", out[0].status);

@@ -87,6 +87,7 @@ async fn deliver(
             recipients: &rcpts,
             data: connector_relay::delivery::Data::memory(b"Subject: lab\r\n\r\nx\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     (out[0].status.clone(), out[0].tls.is_some())
@@ -130,6 +131,7 @@ async fn dane_through_unbound_and_in_process_validation() {
         starttls: StartTlsMode::Offer,
         auth: None,
         discard: false,
+        no_requiretls: false,
     })
     .await
     .unwrap();

@@ -256,6 +256,7 @@ async fn run_mixed(pipelining: bool) -> SharedLog {
         mail_from: "sender@contoso.test",
         recipients: &to,
         data: Data::memory(MESSAGE),
+        requiretls: false,
     };
     let attempt = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env).await;
     let statuses = attempt.result.expect("transaction");
@@ -345,6 +346,7 @@ async fn data_451_makes_accepted_recipients_temporary() {
             mail_from: "",
             recipients: &to,
             data: Data::memory(b"x\r\n"),
+            requiretls: false,
         };
         let statuses = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env)
             .await
@@ -382,6 +384,7 @@ async fn no_recipient_accepted_means_no_data() {
         mail_from: "s@contoso.test",
         recipients: &to,
         data: Data::memory(b"x\r\n"),
+        requiretls: false,
     };
     let statuses = client::deliver(addr, "mx.test", &cfg(StartTls::Never), &env)
         .await
@@ -406,6 +409,7 @@ async fn starttls_then_delivery_under_tls() {
         mail_from: "s@contoso.test",
         recipients: &to,
         data: Data::memory(b"hello\r\n"),
+        requiretls: false,
     };
     for starttls in [opportunistic(), required()] {
         let attempt = client::deliver(addr, "mx.test", &cfg(starttls), &env).await;
@@ -437,6 +441,7 @@ async fn opportunistic_falls_back_to_plaintext_when_handshake_fails() {
         mail_from: "s@contoso.test",
         recipients: &to,
         data: Data::memory(b"hello\r\n"),
+        requiretls: false,
     };
     let attempt = client::deliver(addr, "mx.test", &cfg(opportunistic()), &env).await;
     assert!(attempt.result.unwrap()[0].is_delivered());
@@ -464,6 +469,7 @@ async fn required_tls_without_starttls_is_4_4_317() {
         mail_from: "s@contoso.test",
         recipients: &to,
         data: Data::memory(b"hello\r\n"),
+        requiretls: false,
     };
     let e = client::deliver(addr, "mx.test", &cfg(required()), &env)
         .await
@@ -494,6 +500,7 @@ async fn bytes_after_starttls_reply_are_a_protocol_error() {
         mail_from: "s@contoso.test",
         recipients: &to,
         data: Data::memory(b"hello\r\n"),
+        requiretls: false,
     };
     let e = client::deliver(addr, "mx.test", &cfg(required()), &env)
         .await
@@ -566,6 +573,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
         back_pressure: Default::default(),
+        tlsrpt: Default::default(),
     };
     let send = SendConnector {
         name: "Via smart hosts".into(),
@@ -641,6 +649,7 @@ async fn deliverer_fails_over_to_the_second_smart_host() {
             recipients: &to,
             data: Data::memory(b"Subject: hi\r\n\r\nbody\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     assert_eq!(out.len(), 2);
@@ -675,6 +684,7 @@ async fn every_host_refusing_is_temporary() {
             recipients: &to,
             data: Data::memory(b"x\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     match &out[0].status {

@@ -126,6 +126,7 @@ async fn send(d: &Deliverer) -> RecipientOutcome {
         recipients: &rcpts,
         data: connector_relay::delivery::Data::memory(data),
         from_outside_org: false,
+        requiretls: false,
     })
     .await
     .remove(0)

@@ -100,6 +100,7 @@ async fn send(d: &Deliverer, to: &[&str], body: &str) -> Vec<RecipientOutcome> {
         recipients: &rcpts,
         data: Data::memory(data.as_bytes()),
         from_outside_org: false,
+        requiretls: false,
     })
     .await
 }

@@ -370,6 +370,7 @@ async fn corrupt_spool_file_is_moved_aside() {
             inbound_connector: None,
             from_outside_org: true,
             smtputf8: false,
+            requiretls: false,
         };
         spool
             .store("GOOD1", &env, b"Subject: survivor\r\n\r\nhi\r\n")

@@ -349,6 +349,7 @@ SmartHosts = ["{broken}"]
             recipients: &rcpts,
             data: Data::memory(b"Message-ID: <events-1@contoso.test>\r\nSubject: t\r\n\r\nhi\r\n"),
             from_outside_org: false,
+            requiretls: false,
         })
         .await;
     assert!(

@@ -10,7 +10,9 @@ use super::reader::{Ctx, Reader, TIMESPAN, describe, describe_value};
 use super::units::{parse_size, parse_timespan};
 use super::values::{dns_server, domain_pattern, host_name, socket_addr};
 use crate::policy::model::{MIN_DATA_RATE, MIN_DATA_RATE_GRACE};
-use crate::policy::{BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings};
+use crate::policy::{
+    BareNewlinePolicy, CertificateIdentity, DomainPattern, RelaySettings, TlsRptSettings,
+};
 
 const DNSSEC: [(&str, crate::dns::DnssecValidation); 3] = [
     ("Resolver", crate::dns::DnssecValidation::Resolver),
@@ -114,6 +116,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // Extension key: Postfix postscreen's `postscreen_greet_wait` (0 turns the wait off).
     let pre_greeting_wait = timespan(ctx, &mut r, "PreGreetingWait", "00:00:00.1");
     let back_pressure = super::pressure::build(ctx, &mut r);
+    let tlsrpt = tlsrpt_settings(ctx, &mut r, &fqdn);
     let lines = r.lines.clone();
     r.finish(ctx, "[Relay]");
 
@@ -164,6 +167,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         min_data_rate: MIN_DATA_RATE,
         min_data_rate_grace: MIN_DATA_RATE_GRACE,
         back_pressure,
+        tlsrpt,
     };
     // Rules between keys only once every value parsed, so that one bad value is not also
     // reported as a missing one.
@@ -377,6 +381,66 @@ fn path(ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: &str) -> 
         }
         Some((s, _)) => PathBuf::from(s),
         None => PathBuf::from(default),
+    }
+}
+
+/// `TlsRpt*` (extension keys, RFC 8460 reporting; see `crate::tlsrpt`). A DKIM key that
+/// cannot be loaded is refused here, not found out when the first report is due.
+fn tlsrpt_settings(ctx: &mut Ctx, r: &mut Reader<'_>, fqdn: &str) -> TlsRptSettings {
+    let enabled = r.bool(ctx, "TlsRptEnabled", false);
+    let report_interval = timespan(ctx, r, "TlsRptReportInterval", "1.00:00:00");
+    if report_interval < Duration::from_secs(1) {
+        let line = r.lines.of("TlsRptReportInterval");
+        ctx.error(line, "TlsRptReportInterval", "must be at least one second");
+    }
+    let text = |ctx: &mut Ctx, r: &mut Reader<'_>, key: &'static str, default: String| {
+        r.string(ctx, key).map(|(s, _)| s).unwrap_or(default)
+    };
+    let organization_name = text(ctx, r, "TlsRptOrganizationName", fqdn.to_string());
+    let contact_info = text(ctx, r, "TlsRptContactInfo", format!("postmaster@{fqdn}"));
+    let sender = text(ctx, r, "TlsRptSender", format!("noreply-tlsrpt@{fqdn}"));
+    let dkim_key_file = existing_file(ctx, r, "TlsRptDkimKeyFile");
+    let selector = r.string(ctx, "TlsRptDkimSelector");
+    let dkim_domain = text(ctx, r, "TlsRptDkimDomain", fqdn.to_string());
+    let max_reports_per_run = r.int(ctx, "TlsRptMaxReportsPerRun", 100, 1, 100_000) as usize;
+    let dkim_selector = match (&dkim_key_file, selector) {
+        (_, Some((s, _))) => s,
+        (Some(_), None) => {
+            let line = r.lines.of("TlsRptDkimKeyFile");
+            ctx.error(
+                line,
+                "TlsRptDkimKeyFile",
+                "needs TlsRptDkimSelector (the DKIM selector s=)",
+            );
+            String::new()
+        }
+        (None, None) => String::new(),
+    };
+    if let Some(path) = &dkim_key_file
+        && path.is_file()
+        && let Err(e) = crate::tlsrpt::dkim::Signer::load(path, &dkim_domain, &dkim_selector)
+    {
+        let line = r.lines.of("TlsRptDkimKeyFile");
+        ctx.error(line, "TlsRptDkimKeyFile", e);
+    }
+    if enabled && dkim_key_file.is_none() {
+        let line = r.lines.of("TlsRptEnabled");
+        ctx.warn(
+            line,
+            "TlsRptEnabled",
+            "no TlsRptDkimKeyFile: reports go to https: rua only (RFC 8460 §3: mailed reports must be DKIM-signed)",
+        );
+    }
+    TlsRptSettings {
+        enabled,
+        report_interval,
+        organization_name,
+        contact_info,
+        sender,
+        dkim_key_file,
+        dkim_selector,
+        dkim_domain,
+        max_reports_per_run,
     }
 }
 

@@ -90,6 +90,10 @@ pub struct ClientConfig {
     pub auth: Option<SmtpAuth>,
     /// Protocol log of the connector (`ProtocolLoggingLevel = "Verbose"`).
     pub protocol_log: Option<ProtocolLogger>,
+    /// RFC 8689: the session must end up under TLS (with `starttls` a validating
+    /// `Required` configuration) and the server must offer REQUIRETLS in its EHLO reply
+    /// after STARTTLS; otherwise the host fails with `5.7.30` (see [`requiretls_failure`]).
+    pub requiretls: bool,
 }
 
 /// A password that never shows in logs or `Debug` output.
@@ -141,6 +145,7 @@ impl ClientConfig {
             starttls,
             auth: None,
             protocol_log: None,
+            requiretls: false,
         }
     }
 }
@@ -153,6 +158,9 @@ pub struct Envelope<'a> {
     pub recipients: &'a [String],
     /// The message with CRLF line endings, not dot-stuffed.
     pub data: Data<'a>,
+    /// RFC 8689: send `MAIL FROM:<...> REQUIRETLS` (only ever to a server that offered
+    /// it; the transaction refuses to run otherwise).
+    pub requiretls: bool,
 }
 
 /// SMTP service extensions announced in the EHLO reply (RFC 5321 §4.1.1.1).
@@ -172,6 +180,8 @@ pub struct Extensions {
     pub enhanced_status_codes: bool,
     /// RFC 4954 mechanisms.
     pub auth: Vec<String>,
+    /// RFC 8689 (offered only after STARTTLS).
+    pub requiretls: bool,
 }
 
 impl Extensions {
@@ -190,6 +200,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "REQUIRETLS" => ext.requiretls = true,
                 "AUTH" => ext.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
             }
@@ -360,6 +371,16 @@ impl Attempt {
                 tls_fallback: false,
                 tls_failure: None,
             }),
+            fallback: None,
+            reused: false,
+        }
+    }
+
+    /// An attempt that failed before any connection (a local problem, `enhanced` status).
+    pub fn local_failure(enhanced: &str, text: &str) -> Attempt {
+        Attempt {
+            tls: None,
+            result: Err(SessionError::local(Stage::Connect, enhanced, text)),
             fallback: None,
             reused: false,
         }
@@ -620,6 +641,9 @@ async fn open(
                 Upgrade::Refused(c) => conn = c,
             }
         }
+        if cfg.requiretls {
+            check_requiretls(tls.is_some(), &ext, host, addr)?;
+        }
         if let Some(auth) = &cfg.auth {
             authenticate(&mut conn, &ext, auth, tls.is_some(), host).await?;
         }
@@ -631,7 +655,55 @@ async fn open(
         })
     }
     .await;
+    let result = match result {
+        Err(e) if cfg.requiretls => Err(requiretls_failure(e)),
+        other => other,
+    };
     (tls, result)
+}
+
+/// RFC 8689 §4.1 step 4: after STARTTLS the EHLO reply must offer REQUIRETLS.
+fn check_requiretls(
+    under_tls: bool,
+    ext: &Extensions,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<(), SessionError> {
+    let text = if !under_tls {
+        "no TLS session"
+    } else if !ext.requiretls {
+        "REQUIRETLS not offered after STARTTLS"
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::local(
+        Stage::StartTls,
+        REQUIRETLS_STATUS,
+        format!("REQUIRETLS: {text} (host {host}, ip {})", addr.ip()),
+    ))
+}
+
+/// The status of a REQUIRETLS message refused by a next hop (replies.md; RFC 8689 §6
+/// "REQUIRETLS support required").
+pub const REQUIRETLS_STATUS: &str = "5.7.30";
+
+/// A REQUIRETLS message and a host that cannot carry it: no STARTTLS, a certificate that
+/// failed validation (chain, dates, revocation, name). RFC 8689 §4.1: such a host is
+/// skipped for the next one, and when none is left the message is returned to its sender,
+/// so the failure is permanent (`5.7.30`) with the next host still tried. A handshake that
+/// broke (a network fault, not the host's policy) stays temporary, as do connection-level
+/// failures: the host may carry the message on a later attempt.
+fn requiretls_failure(mut e: SessionError) -> SessionError {
+    let policy = e
+        .tls_failure
+        .as_ref()
+        .is_some_and(|f| f.check != TlsCheck::Handshake);
+    if policy {
+        e.failure.text = format!("REQUIRETLS: {}", e.failure.text);
+        e.failure.enhanced = REQUIRETLS_STATUS.to_string();
+        e.permanent = true;
+    }
+    e
 }
 
 /// AUTH (RFC 4954) with PLAIN (RFC 4616, initial response) when offered, else LOGIN.
@@ -957,6 +1029,15 @@ pub async fn transaction(
 /// What the server said it cannot take, checked before anything is sent: the size it
 /// announced (RFC 1870 §6.2) and a non-ASCII sender without SMTPUTF8 (RFC 6531 §3.2).
 fn check_envelope(ext: &Extensions, env: &Envelope<'_>) -> Result<(), SessionError> {
+    // RFC 8689 §4.1: never hand a REQUIRETLS message to a server that did not offer it
+    // (the parameter would be refused, or worse, dropped by a careless server).
+    if env.requiretls && !ext.requiretls {
+        return Err(SessionError::local(
+            Stage::Mail,
+            REQUIRETLS_STATUS,
+            "REQUIRETLS: the server did not offer REQUIRETLS",
+        ));
+    }
     if let Some(limit) = ext.size.filter(|&l| l > 0)
         && env.data.len() > limit
     {
@@ -991,6 +1072,9 @@ fn mail_command(ext: &Extensions, env: &Envelope<'_>) -> String {
     }
     if utf8 && ext.smtputf8 {
         mail.push_str(" SMTPUTF8");
+    }
+    if env.requiretls {
+        mail.push_str(" REQUIRETLS");
     }
     mail.push_str("\r\n");
     mail

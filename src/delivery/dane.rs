@@ -68,7 +68,8 @@ pub struct HostPlan {
 }
 
 impl HostPlan {
-    fn route(steps: String) -> HostPlan {
+    /// DANE not in play for this host: the route's TLS settings apply; `steps` says why.
+    pub fn route(steps: String) -> HostPlan {
         HostPlan {
             tls: HostTls::Route,
             steps,

@@ -11,6 +11,7 @@ pub mod nexthop;
 pub mod pool;
 pub mod protolog;
 pub mod reply;
+pub mod requiretls;
 pub mod rewrite;
 pub mod tls;
 
@@ -95,6 +96,8 @@ pub struct DeliveryJob<'a> {
     pub data: Data<'a>,
     /// The message arrived from outside the organization (RouteAllMessagesViaOnPremises).
     pub from_outside_org: bool,
+    /// RFC 8689 REQUIRETLS (see [`requiretls`]).
+    pub requiretls: bool,
 }
 
 /// The outcome for one recipient of a [`DeliveryJob`].
@@ -155,6 +158,8 @@ pub struct Deliverer {
     events: Option<Events>,
     /// MTA-STS (RFC 8461) for MX routes; `None`: not applied (see [`mta_sts`]).
     mta_sts: Option<Arc<mta_sts::MtaSts>>,
+    /// TLS-RPT results of each attempt (`TlsRptEnabled`); see [`tlsrpt_record`].
+    tlsrpt: Option<crate::tlsrpt::Recorder>,
 }
 
 /// The delivery queue of a recipient, and the unit of one SMTP transaction: the route, and
@@ -270,6 +275,7 @@ impl Deliverer {
             srs: None,
             events: None,
             mta_sts: None,
+            tlsrpt: None,
         }
     }
 
@@ -292,6 +298,12 @@ impl Deliverer {
 
     /// Emits a `Routed` event per recipient and an `Attempt` event per session with a next
     /// hop (see [`events`]). Without it no event is built.
+    /// Records the TLS outcome of every MX attempt for TLS-RPT.
+    pub fn with_tlsrpt(mut self, recorder: Option<crate::tlsrpt::Recorder>) -> Self {
+        self.tlsrpt = recorder;
+        self
+    }
+
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = Some(events);
         self
@@ -467,6 +479,7 @@ impl Deliverer {
                 log: self.protocol_log.clone(),
                 connector: route.connector.clone().unwrap_or_default(),
             }),
+            requiretls: false,
         })
     }
 
@@ -603,15 +616,25 @@ impl Deliverer {
             job.mail_from,
             job.data.head(),
         );
+        let per_host = match job.requiretls {
+            true => match self.requiretls_configs(route, &cfg, domain, &hops) {
+                Ok(c) => Some(c),
+                Err(f) => return GroupResult::hop_down(f, None),
+            },
+            false => None,
+        };
         let env = Envelope {
             mail_from: &mail_from,
             recipients,
             data: job.data.with_head(&head),
+            requiretls: job.requiretls,
         };
         let mut target = Target {
             key,
             domain,
             cfg: &cfg,
+            per_host: per_host.as_ref(),
+            tls_required_no: requiretls::tls_required_no(job.data.head(), job.requiretls),
             hops: &hops,
             sts: self.sts_lookup(route, domain, false).await,
             resolver,
@@ -672,10 +695,17 @@ impl Deliverer {
         for hop in target.hops {
             // DANE first: one TLS decision per host. MTA-STS applies only where DANE does
             // not (RFC 8461 §2: it never overrides a DANE verdict).
-            let plan =
-                dane::plan_host(target.resolver, &target.key.route, target.domain, &hop.host).await;
+            // A message with `TLS-Required: No` (RFC 8689 §5) is sent under the route's own
+            // TLS settings: DANE and MTA-STS are not applied to it.
+            let plan = if target.tls_required_no {
+                dane::HostPlan::route("TLS-Required: No: DANE and MTA-STS not applied".into())
+            } else {
+                dane::plan_host(target.resolver, &target.key.route, target.domain, &hop.host).await
+            };
             let sts = match plan.tls {
-                dane::HostTls::Route => mta_sts::host_requirement(target.sts.as_ref(), &hop.host),
+                dane::HostTls::Route if !target.tls_required_no => {
+                    mta_sts::host_requirement(target.sts.as_ref(), &hop.host)
+                }
                 _ => mta_sts::HostTls::NotApplied,
             };
             if let mta_sts::HostTls::Refuse(failure) = &sts {
@@ -700,6 +730,14 @@ impl Deliverer {
                     .try_address(target, &hop.host, *addr, env, &plan, &sts)
                     .await;
                 let sts_note = sts_detail(target.sts.as_ref(), &sts, &hop.host, &attempt);
+                // No reports about reports (RFC 8460 §3): a report's delivery is not counted.
+                if let Some(recorder) = &self.tlsrpt
+                    && matches!(target.key.route.target, RouteTarget::Mx)
+                    && !crate::tlsrpt::is_report(env.data.head())
+                {
+                    let policy = tlsrpt_policy(&plan, &sts);
+                    tlsrpt_record(recorder, target, policy, &hop.host, *addr, &attempt);
+                }
                 if let (Some(f), Some(hops_text)) = (facts, &hops_text) {
                     let hop_facts = events::HopFacts {
                         connector: target.key.route.connector.as_deref(),
@@ -758,7 +796,9 @@ impl Deliverer {
                 status: DeliveryStatus::Temporary(e.failure),
                 remote: Some(remote),
                 tls: None,
-                hop_failure: all_connection_level,
+                // A REQUIRETLS message's stricter TLS failing is the message's, not the
+                // hop's: other messages may still go there (no Retry for the queue).
+                hop_failure: all_connection_level && target.per_host.is_none(),
             },
             None => GroupResult::hop_down(
                 sts_refused.unwrap_or_else(|| Failure {
@@ -785,8 +825,27 @@ impl Deliverer {
         if let dane::HostTls::Fail(failure) = &plan.tls {
             return client::Attempt::refused(failure.clone());
         }
+        let dane_cfg = dane::client_config(target.cfg, plan, &target.key.route, target.domain);
+        // REQUIRETLS: a session of its own, validated for this message (by DANE where the
+        // host has usable TLSA records, else by WebPKI and its name), and not kept (see the
+        // `requiretls` module).
+        if let Some(configs) = target.per_host {
+            let validated = match (&plan.tls, &dane_cfg) {
+                (dane::HostTls::Dane(_), Some(cfg)) => Some(cfg),
+                _ => configs.get(host),
+            };
+            let Some(cfg) = validated else {
+                return client::Attempt::local_failure(
+                    "4.3.0",
+                    "REQUIRETLS: no configuration for this host",
+                );
+            };
+            let (mut attempt, _) = client::deliver_reusing(addr, host, cfg, env, None).await;
+            dane::classify_attempt(plan, &mut attempt);
+            return attempt;
+        }
         let enforced = *sts == mta_sts::HostTls::Enforce;
-        let cfg = match dane::client_config(target.cfg, plan, &target.key.route, target.domain) {
+        let cfg = match dane_cfg {
             Some(dane_cfg) => std::borrow::Cow::Owned(dane_cfg),
             None => match self.sts_client_config(target, host, enforced) {
                 Ok(cfg) => cfg,
@@ -852,12 +911,101 @@ impl Deliverer {
     }
 }
 
+/// The TLS-RPT record of one attempt (`no-policy-found`: DANE and MTA-STS results come
+/// with their own policy type): success once TLS was established; the failed check of a
+/// TLS failure (the first, failed session of an opportunistic fallback included); no
+/// STARTTLS offered when TLS was to be used opportunistically and the session went on in
+/// plaintext. Attempts that never reached TLS negotiation (connection failures) and routes
+/// that skip STARTTLS (`IgnoreSTARTTLS`) record nothing.
+fn tlsrpt_record(
+    recorder: &crate::tlsrpt::Recorder,
+    target: &Target<'_>,
+    policy_type: crate::tlsrpt::PolicyType,
+    host: &str,
+    addr: std::net::SocketAddr,
+    attempt: &client::Attempt,
+) {
+    use crate::tlsrpt::{Record, ResultType};
+    let failed = |e: &SessionError| {
+        e.tls_failure
+            .as_deref()
+            .map(|f| (f.check, f.reason.clone()))
+    };
+    let (result, reason) = if attempt.tls.is_some() {
+        (ResultType::Success, None)
+    } else if let Some((check, reason)) = attempt
+        .fallback
+        .as_deref()
+        .and_then(failed)
+        .or_else(|| attempt.result.as_ref().err().and_then(failed))
+    {
+        (ResultType::from_tls_check(check), Some(reason))
+    } else if matches!(target.cfg.starttls, StartTls::Opportunistic(_))
+        && match &attempt.result {
+            Ok(_) => true,
+            Err(e) => !is_connection_level(e.stage),
+        }
+    {
+        (ResultType::StarttlsNotSupported, None)
+    } else {
+        return;
+    };
+    recorder.record(Record {
+        policy_domain: target.domain.to_string(),
+        policy_type,
+        policy_strings: Vec::new(),
+        policy_mx_hosts: Vec::new(),
+        result,
+        sending_mta_ip: target
+            .key
+            .route
+            .source_ip
+            .or_else(|| source_ip_towards(addr)),
+        receiving_mx_hostname: Some(host.to_string()),
+        receiving_ip: Some(addr.ip()),
+        failure_reason: reason,
+    });
+}
+
+/// The TLS-RPT policy type of a host's attempt: `tlsa` where DANE authenticated it (or
+/// required TLS for unusable records), `sts` under an MTA-STS policy, else
+/// `no-policy-found`.
+fn tlsrpt_policy(plan: &dane::HostPlan, sts: &mta_sts::HostTls) -> crate::tlsrpt::PolicyType {
+    use crate::tlsrpt::PolicyType;
+    match (&plan.tls, sts) {
+        (dane::HostTls::Dane(_) | dane::HostTls::Encrypt | dane::HostTls::Fail(_), _) => {
+            PolicyType::Tlsa
+        }
+        (_, mta_sts::HostTls::Enforce | mta_sts::HostTls::Testing { .. }) => PolicyType::Sts,
+        _ => PolicyType::NoPolicyFound,
+    }
+}
+
+/// The local address the system would use towards `addr` (a UDP "connect" sends nothing).
+fn source_ip_towards(addr: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(addr).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
 /// Where one route group goes: its key, the recipient domain, the client settings, the
 /// resolved next hops and the MTA-STS policy in force.
 struct Target<'a> {
     key: &'a QueueKey,
     domain: &'a str,
     cfg: &'a ClientConfig,
+    /// REQUIRETLS: the configuration of each host (`requiretls` module), used instead of
+    /// `cfg`; `None` for other messages.
+    per_host: Option<&'a HashMap<String, ClientConfig>>,
+    /// `TLS-Required: No` (RFC 8689 §5): recipient-side policies (DANE, MTA-STS) are to be
+    /// ignored for this message. Read by those policies when they are applied.
+    #[allow(dead_code)]
+    tls_required_no: bool,
     hops: &'a [nexthop::NextHop],
     sts: Option<mta_sts::Active>,
     /// The resolver of the route (DANE's DNSSEC lookups).
@@ -1043,6 +1191,7 @@ mod tests {
                 recipients: &rcpts,
                 data: Data::memory(b"Subject: x\r\n\r\nhi\r\n"),
                 from_outside_org: false,
+                requiretls: false,
             })
             .await;
         let codes: Vec<(&str, bool, &str)> = out
@@ -1085,6 +1234,7 @@ mod tests {
                 recipients: &rcpts,
                 data: Data::memory(b"0123456789\r\n"),
                 from_outside_org: false,
+                requiretls: false,
             })
             .await;
         assert_eq!(out[0].status.failure().unwrap().enhanced, "5.3.4");

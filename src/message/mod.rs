@@ -24,6 +24,12 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 /// The `Message-ID` of a message (its first one in the header block), unfolded and trimmed,
 /// as written (usually with its angle brackets); `None` when there is none. For the trace.
 pub fn message_id(message: &[u8]) -> Option<String> {
+    header_value(message, "message-id")
+}
+
+/// The first header field `name` (any case) of the header block, unfolded and trimmed;
+/// `None` when absent or empty.
+pub fn header_value(message: &[u8], name: &str) -> Option<String> {
     let mut lines = header_block(message).split(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -32,7 +38,7 @@ pub fn message_id(message: &[u8]) -> Option<String> {
         };
         if !line[..colon]
             .trim_ascii()
-            .eq_ignore_ascii_case(b"message-id")
+            .eq_ignore_ascii_case(name.as_bytes())
         {
             continue;
         }

@@ -257,6 +257,7 @@ pub async fn validate_traced(
         recipients: &rcpts,
         data: crate::message::data::Data::memory(&data),
         from_outside_org: false,
+        requiretls: false,
     };
     let outcomes = deliverer.deliver_via(&job, &route).await;
     drop(deliverer); // closes the channel: the events are all in `rx`

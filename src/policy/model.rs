@@ -94,6 +94,8 @@ pub struct RelaySettings {
     /// The back-pressure thresholds (`DiskSpace*Threshold`, `Memory*Threshold`,
     /// `QueueLength*Threshold`), Exchange's model (`crate::relay::pressure`).
     pub back_pressure: BackPressureSettings,
+    /// TLS-RPT (RFC 8460) reporting: the `TlsRpt*` extension keys.
+    pub tlsrpt: TlsRptSettings,
 }
 
 /// One back-pressure threshold as written.
@@ -406,5 +408,44 @@ mod tests {
         // Not valid IDNA: matches only `*`.
         assert!(!sub.matches("x.b\u{fffd}cher.de"));
         assert!(DomainPattern::Any.matches("b\u{fffd}cher.de"));
+    }
+}
+
+/// `[Relay] TlsRpt*` (extension keys): SMTP TLS Reporting (RFC 8460), see `crate::tlsrpt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRptSettings {
+    /// `TlsRptEnabled` (default false): record outbound TLS results and send reports.
+    pub enabled: bool,
+    /// `TlsRptReportInterval` (default one day): the reporting period.
+    pub report_interval: Duration,
+    /// `TlsRptOrganizationName` (default `Fqdn`).
+    pub organization_name: String,
+    /// `TlsRptContactInfo` (default `postmaster@<Fqdn>`).
+    pub contact_info: String,
+    /// `TlsRptSender` (default `noreply-tlsrpt@<Fqdn>`): From and MAIL FROM of mailed reports.
+    pub sender: String,
+    /// `TlsRptDkimKeyFile`: PEM RSA or Ed25519 key; without one `mailto:` rua are skipped.
+    pub dkim_key_file: Option<PathBuf>,
+    /// `TlsRptDkimSelector` (required with a key file).
+    pub dkim_selector: String,
+    /// `TlsRptDkimDomain` (default `Fqdn`): the signing domain `d=`.
+    pub dkim_domain: String,
+    /// `TlsRptMaxReportsPerRun` (default 100): reports sent per reporting run at most.
+    pub max_reports_per_run: usize,
+}
+
+impl Default for TlsRptSettings {
+    fn default() -> Self {
+        TlsRptSettings {
+            enabled: false,
+            report_interval: Duration::from_secs(86_400),
+            organization_name: String::new(),
+            contact_info: String::new(),
+            sender: String::new(),
+            dkim_key_file: None,
+            dkim_selector: String::new(),
+            dkim_domain: String::new(),
+            max_reports_per_run: 100,
+        }
     }
 }

@@ -611,6 +611,7 @@ pub(crate) mod test_support {
             min_data_rate: MIN_DATA_RATE,
             min_data_rate_grace: MIN_DATA_RATE_GRACE,
             back_pressure: Default::default(),
+            tlsrpt: Default::default(),
         }
     }
 

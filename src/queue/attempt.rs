@@ -117,6 +117,7 @@ pub(super) async fn deliver(work: Arc<Work>, batch: Batch) -> BatchDone {
         recipients: &recipients,
         data: data.view(),
         from_outside_org: msg.env.from_outside_org,
+        requiretls: msg.env.requiretls,
     };
     let outcomes = work.transport.deliver(&job).await;
     let now = unix_now();

@@ -169,6 +169,9 @@ impl Notifier {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: env.smtputf8,
+            // RFC 8689 §5: the notice about a REQUIRETLS message is itself sent with
+            // REQUIRETLS (it carries the original's headers, never its body).
+            requiretls: env.requiretls,
         };
         let spool = self.spool.clone();
         let (id2, env2) = (dsn_id.clone(), dsn_env.clone());

@@ -64,6 +64,10 @@ pub struct Envelope {
     /// Whether the message came from outside the organization (no OnPremises attribution).
     pub from_outside_org: bool,
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS: deliver only over validated TLS to next hops that offer
+    /// REQUIRETLS. Stored as `requiretls: 1`; files written before the field existed have
+    /// no such line and read back as `false`.
+    pub requiretls: bool,
 }
 
 /// The state of one recipient, as recovered from the log.
@@ -612,10 +616,16 @@ fn encode_envelope(id: &str, env: &Envelope, size: usize) -> String {
         s.push_str(&format!("inbound: {}\n", one_line(c)));
     }
     s.push_str(&format!(
-        "outside: {}\nsmtputf8: {}\n\n",
+        "outside: {}\nsmtputf8: {}\n",
         u8::from(env.from_outside_org),
         u8::from(env.smtputf8)
     ));
+    // Written only when set: a spool without REQUIRETLS messages stays byte-identical
+    // to the files older versions wrote (and read).
+    if env.requiretls {
+        s.push_str("requiretls: 1\n");
+    }
+    s.push('\n');
     s
 }
 
@@ -695,6 +705,7 @@ fn decode_envelope_head(bytes: &[u8]) -> Result<(Envelope, usize, Option<usize>)
         inbound_connector: None,
         from_outside_org: true,
         smtputf8: false,
+        requiretls: false,
     };
     let mut seen_from = false;
     let mut size = None;
@@ -715,6 +726,7 @@ fn decode_envelope_head(bytes: &[u8]) -> Result<(Envelope, usize, Option<usize>)
             "inbound" => env.inbound_connector = Some(v.to_string()),
             "outside" => env.from_outside_org = v == "1",
             "smtputf8" => env.smtputf8 = v == "1",
+            "requiretls" => env.requiretls = v == "1",
             _ => return Err(format!("unknown envelope field {k:?}").into()),
         }
     }
@@ -770,6 +782,7 @@ mod tests {
             inbound_connector: Some("From on-premises".into()),
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         }
     }
 
@@ -969,6 +982,47 @@ mod tests {
         drop(spool);
         let (rec, _) = Spool::open(dir.path()).unwrap().recover().unwrap();
         assert_eq!(rec.len(), 1);
+    }
+
+    /// RFC 8689: the REQUIRETLS flag survives the log, a checkpoint and recovery.
+    #[test]
+    fn requiretls_flag_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (a, b) = (spool.new_id(), spool.new_id());
+        let flagged = Envelope {
+            requiretls: true,
+            ..env()
+        };
+        spool.store(&a, &flagged, b"x\r\n").unwrap();
+        spool.store(&b, &env(), b"y\r\n").unwrap();
+        drop(spool);
+        let (rec, corrupt) = Spool::open(dir.path()).unwrap().recover().unwrap();
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        let by_id = |id: &str| rec.iter().find(|r| r.id == id).unwrap().envelope.clone();
+        assert!(by_id(&a).requiretls);
+        assert!(!by_id(&b).requiretls);
+        let file = encode_envelope(&a, &flagged, 3);
+        assert!(file.contains("\nrequiretls: 1\n"), "{file}");
+        assert!(!encode_envelope(&b, &env(), 3).contains("requiretls"));
+    }
+
+    /// A message file in the format written before REQUIRETLS existed (no `requiretls`
+    /// line) is recovered, with the flag off.
+    #[test]
+    fn old_format_file_without_requiretls_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path()).unwrap());
+        let old = "connector-relay-spool 1\nid: OLD1\nsize: 9\narrived: 1700000000\n\
+                   from: a@b.test\nrcpt: x@y.test\ninbound: From on-premises\n\
+                   outside: 0\nsmtputf8: 0\n\nSubject: \r\n";
+        fs::write(dir.path().join("msg").join("OLD1"), old).unwrap();
+        let (rec, corrupt) = Spool::open(dir.path()).unwrap().recover().unwrap();
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].id, "OLD1");
+        assert!(!rec[0].envelope.requiretls);
+        assert_eq!(rec[0].envelope.recipients, vec!["x@y.test".to_string()]);
     }
 
     fn decode_file(bytes: &[u8]) -> (Envelope, Vec<u8>) {

@@ -253,6 +253,7 @@ mod tests {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         };
         let id = q.spool.new_id();
         let data = b"Message-ID: <m1@org.test>\r\nSubject: t\r\n\r\nbody\r\n";
@@ -393,6 +394,7 @@ mod tests {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         };
         let mut data = b"Message-ID: <big@org.test>\r\nSubject: big\r\n\r\n".to_vec();
         while data.len() < 3 << 20 {
@@ -580,6 +582,7 @@ mod tests {
             inbound_connector: None,
             from_outside_org: false,
             smtputf8: false,
+            requiretls: false,
         };
         let id = q.spool.new_id();
         q.spool

@@ -336,6 +336,7 @@ impl Backend for RelayBackend {
                 .is_some_and(|c| c.connector_type == ConnectorType::OnPremises),
             inbound_connector: connector.map(|c| c.name.clone()),
             smtputf8: tx.params.smtputf8,
+            requiretls: tx.params.requiretls,
         };
         let stored = self
             .spool

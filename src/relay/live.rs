@@ -39,6 +39,8 @@ pub(super) struct Shared {
     pub pregreet_passes: Arc<PassCache>,
     /// Back pressure (one monitor for the relay's life; thresholds from each policy).
     pub pressure: Arc<super::pressure::Pressure>,
+    /// TLS-RPT recorder (`TlsRptEnabled` at start; one store for the relay's life).
+    pub tlsrpt: Option<crate::tlsrpt::Recorder>,
 }
 
 /// One generation's inbound TLS: the acceptor (from `TlsCertificate`/`TlsPrivateKey`, read
@@ -94,6 +96,7 @@ pub(super) fn deliverer(
     resolver: &Arc<dyn Resolver>,
     srs: Option<Arc<Srs>>,
     events: &Events,
+    tlsrpt: Option<crate::tlsrpt::Recorder>,
 ) -> Result<Deliverer, StartError> {
     let r = &policy.relay;
     let mut deliverer = Deliverer::new(policy.clone(), resolver.clone())
@@ -105,7 +108,8 @@ pub(super) fn deliverer(
                 ..Default::default()
             },
             mta_sts_store(&r.data_dir),
-        );
+        )
+        .with_tlsrpt(tlsrpt);
     if !r.external_dns_servers.is_empty() {
         let external = crate::dns::hickory::HickoryResolver::new(&r.external_dns_servers)
             .map_err(StartError::Dns)?;
@@ -168,6 +172,7 @@ pub(super) fn setup(
         require_tls: false,
         client_certs: tls.client_certs,
         starttls: Default::default(),
+        offer_requiretls: true,
         auth: None,
         forbid_unauth_pipelining: true,
         pregreet: Pregreet {
@@ -215,7 +220,13 @@ pub(super) struct Generation {
 pub(super) fn build(policy: &Arc<Policy>, shared: &Shared) -> Result<Generation, StartError> {
     let tls = inbound_tls(&policy.relay)?;
     let srs = load_srs(policy)?;
-    let deliverer = deliverer(policy, &shared.resolver, srs.clone(), &shared.events)?;
+    let deliverer = deliverer(
+        policy,
+        &shared.resolver,
+        srs.clone(),
+        &shared.events,
+        shared.tlsrpt.clone(),
+    )?;
     Ok(Generation {
         setup: setup(policy, tls, shared, srs),
         deliverer,

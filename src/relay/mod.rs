@@ -51,6 +51,8 @@ pub enum StartError {
     },
     #[error("cannot open the message trace store {0}")]
     Trace(String),
+    #[error("TLS-RPT: {0}")]
+    TlsRpt(String),
     #[error("admin token file {path}: {source}")]
     AdminToken {
         path: String,
@@ -189,6 +191,32 @@ pub async fn start(policy: Arc<Policy>) -> Result<RelayHandle, StartError> {
 }
 
 /// Starts the relay on a fixed policy (no config file: no reload) with `resolver`.
+/// The TLS-RPT reporting task of this relay (`TlsRptEnabled`).
+fn tlsrpt_reporter(
+    r: &crate::policy::RelaySettings,
+    store: Arc<crate::tlsrpt::store::Store>,
+    shared: &Shared,
+) -> Result<crate::tlsrpt::reporter::Reporter, StartError> {
+    use crate::tlsrpt::{dkim::Signer, reporter};
+    let t = &r.tlsrpt;
+    let signer = match &t.dkim_key_file {
+        Some(path) => {
+            Some(Signer::load(path, &t.dkim_domain, &t.dkim_selector).map_err(StartError::TlsRpt)?)
+        }
+        None => None,
+    };
+    Ok(reporter::Reporter {
+        store,
+        settings: t.clone(),
+        fqdn: r.fqdn.clone(),
+        resolver: shared.resolver.clone(),
+        spool: shared.spool.clone(),
+        queue: shared.queue.clone(),
+        https: reporter::https_config(r.trusted_ca_file.as_deref()).map_err(StartError::TlsRpt)?,
+        signer,
+    })
+}
+
 pub async fn start_with_resolver(
     policy: Arc<Policy>,
     resolver: Arc<dyn Resolver>,
@@ -322,11 +350,25 @@ pub async fn start_with_options(
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tlsrpt = match r.tlsrpt.enabled {
+        true => {
+            let store = Arc::new(
+                crate::tlsrpt::store::Store::open(&r.data_dir).map_err(StartError::TlsRpt)?,
+            );
+            Some((
+                crate::tlsrpt::Recorder::start(store.clone(), r.tlsrpt.report_interval),
+                store,
+            ))
+        }
+        false => None,
+    };
+    let recorder = tlsrpt.as_ref().map(|(rec, _)| rec.clone());
     let transport = Arc::new(SwapTransport::new(live::deliverer(
         &policy,
         &resolver,
         srs.clone(),
         &events,
+        recorder.clone(),
     )?));
     let (queue, queue_join) = manager::start(
         spool.clone(),
@@ -343,7 +385,12 @@ pub async fn start_with_options(
         events: events.clone(),
         pregreet_passes: Default::default(),
         pressure: Default::default(),
+        tlsrpt: recorder,
     };
+    if let Some((_, store)) = tlsrpt {
+        let reporter = tlsrpt_reporter(r, store, &shared)?;
+        tokio::spawn(reporter.run(stop_rx.clone()));
+    }
     let setup = Arc::new(ArcSwap::from_pointee(live::setup(
         &policy, tls, &shared, srs,
     )));

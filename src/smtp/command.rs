@@ -30,12 +30,16 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// `MAIL FROM` parameters we understand (RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8).
+/// `MAIL FROM` parameters we understand (RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531
+/// SMTPUTF8, RFC 8689 REQUIRETLS).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailParams {
     pub size: Option<u64>,
     pub body_8bit: bool,
     pub smtputf8: bool,
+    /// RFC 8689 §4.1: the message must only travel over validated TLS to next hops that
+    /// offer REQUIRETLS too. The session accepts it only under TLS.
+    pub requiretls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +189,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => out.body_8bit = true,
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => out.body_8bit = false,
             ("SMTPUTF8", None) => out.smtputf8 = true,
+            ("REQUIRETLS", None) => out.requiretls = true,
             _ => {
                 return Err(Reply::param_not_implemented(format!(
                     "Unsupported MAIL FROM parameter {key}"
@@ -384,7 +389,8 @@ mod tests {
                 MailParams {
                     size: Some(100),
                     body_8bit: true,
-                    smtputf8: false
+                    smtputf8: false,
+                    requiretls: false,
                 }
             ))
         );
@@ -399,6 +405,17 @@ mod tests {
             553
         );
         assert!(parse("MAIL FROM:<ü@b.test> SMTPUTF8".as_bytes()).is_ok());
+        // RFC 8689 §3: REQUIRETLS takes no value.
+        match parse(b"MAIL FROM:<a@b.test> requiretls SIZE=10") {
+            Ok(Command::Mail(_, p)) => assert!(p.requiretls && p.size == Some(10)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.test> REQUIRETLS=YES")
+                .unwrap_err()
+                .code,
+            555
+        );
     }
 
     #[test]

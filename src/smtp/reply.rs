@@ -153,6 +153,17 @@ impl Reply {
     pub fn tls_required() -> Self {
         Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
     }
+    /// `MAIL FROM ... REQUIRETLS` outside TLS. RFC 8689 advertises the keyword only after
+    /// STARTTLS and names no reply for this case; RFC 3207 §4 gives 530 "Must issue a
+    /// STARTTLS command first" and RFC 8689 §6 registers 5.7.10 "Encryption needed", so the
+    /// client learns both what is wrong and how to fix it.
+    pub fn requiretls_needs_tls() -> Self {
+        Reply::new(
+            530,
+            "5.7.10",
+            "REQUIRETLS needs a TLS session: issue STARTTLS first",
+        )
+    }
 }
 
 /// A reply text must never carry CR or LF (it would forge further reply lines).

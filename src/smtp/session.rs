@@ -87,6 +87,10 @@ pub struct SessionConfig {
     pub auth: Option<AuthVerifier>,
     /// How STARTTLS is answered when `tls` is set (test knobs of the sink).
     pub starttls: StartTlsMode,
+    /// RFC 8689: offer REQUIRETLS in the EHLO reply under TLS and accept the MAIL FROM
+    /// parameter. On for the relay (it carries the flag in its spool and enforces it on
+    /// delivery); the sink's `--no-requiretls` plays a next hop without it.
+    pub offer_requiretls: bool,
     /// Postfix `smtpd_forbid_unauth_pipelining`: a client that talks before the greeting
     /// (listened for during `pregreet.wait`), pipelines without EHLO, or sends more input
     /// after a command that must end a group (RFC 2920 §3.1: EHLO, HELO, DATA, QUIT, NOOP,
@@ -714,6 +718,10 @@ impl<B: Backend> Session<B> {
         {
             lines.push("STARTTLS".to_string());
         }
+        // RFC 8689 §3: REQUIRETLS is offered only in the EHLO reply of a TLS session.
+        if self.info.tls.is_some() && self.cfg.offer_requiretls {
+            lines.push("REQUIRETLS".to_string());
+        }
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
@@ -736,6 +744,16 @@ impl<B: Backend> Session<B> {
             }
             if self.cfg.require_tls && self.info.tls.is_none() {
                 return Reply::tls_required();
+            }
+            // RFC 8689 §4.2.1 asks the receiver to honour the flag, which it can only
+            // promise under TLS; a client that sends it unadvertised learns why.
+            if params.requiretls && (self.info.tls.is_none() || !self.cfg.offer_requiretls) {
+                let reply = if self.info.tls.is_none() {
+                    Reply::requiretls_needs_tls()
+                } else {
+                    Reply::param_not_implemented("REQUIRETLS not offered")
+                };
+                return reply;
             }
             if self.cfg.auth.is_some() && self.info.auth_user.is_none() {
                 return Reply::new(530, "5.7.0", "Authentication required");

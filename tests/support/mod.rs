@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod downstream;
 pub mod http;
+pub mod https_sink;
 pub mod inject;
 pub mod mtasts;
 
