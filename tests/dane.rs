@@ -64,6 +64,8 @@ struct Case {
     starttls: StartTlsMode,
     /// `Ok(tls)`: delivered, over TLS or not; `Err(status)`: deferred with that status.
     expect: Result<bool, &'static str>,
+    /// The message carries `TLS-Required: No` (RFC 8689 §5): DANE is not applied.
+    tls_required_no: bool,
 }
 
 async fn run(case: &Case) {
@@ -139,7 +141,11 @@ SmtpDaneMode = "{}"
             id: "dane1",
             mail_from: "sender@contoso.test",
             recipients: &rcpts,
-            data: connector_relay::delivery::Data::memory(b"Subject: dane\r\n\r\nhello\r\n"),
+            data: connector_relay::delivery::Data::memory(if case.tls_required_no {
+                b"TLS-Required: No\r\nSubject: dane\r\n\r\nhello\r\n"
+            } else {
+                b"Subject: dane\r\n\r\nhello\r\n"
+            }),
             from_outside_org: false,
             requiretls: false,
         })
@@ -175,6 +181,7 @@ fn cases() -> Vec<Case> {
         cert,
         starttls,
         expect,
+        tls_required_no: false,
     };
     let recs = |v: Vec<(u8, u8, u8, Vec<u8>)>| Tlsa::Records(v);
     vec![
@@ -424,6 +431,32 @@ fn cases() -> Vec<Case> {
             Offer,
             Ok(true),
         ),
+        // TLS-Required: No (RFC 8689 §5): the route's own TLS settings, no DANE: a
+        // mismatching TLSA and a Mandatory mode without TLSA both deliver.
+        Case {
+            tls_required_no: true,
+            ..case(
+                "tls-required-no/ee-mismatch",
+                "Mandatory",
+                Dnssec::Secure,
+                recs(vec![(3, 1, 1, wrong.clone())]),
+                "sink.test",
+                Offer,
+                Ok(true),
+            )
+        },
+        Case {
+            tls_required_no: true,
+            ..case(
+                "tls-required-no/mandatory-no-tlsa",
+                "Mandatory",
+                Dnssec::Secure,
+                Tlsa::None,
+                "sink.test",
+                Offer,
+                Ok(true),
+            )
+        },
     ]
 }
 
