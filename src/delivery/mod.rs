@@ -569,7 +569,7 @@ impl Deliverer {
     ) -> GroupResult {
         let route = &key.route;
         if let Some(max) = route.max_message_size
-            && job.data.len() as u64 > max
+            && job.data.len() > max
         {
             return GroupResult::all(DeliveryStatus::Permanent(Failure {
                 code: None,

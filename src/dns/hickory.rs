@@ -45,7 +45,10 @@ pub struct HickoryResolver {
     inner: TokioResolver,
     dnssec: DnssecValidation,
     /// `DnssecValidation = "Resolver"`: the AD-bit client for the secured lookups.
-    ad: Option<AdClient>,
+    ad: Option<Arc<AdClient>>,
+    /// The AD probe ran (it runs once, at the first secured lookup: see
+    /// [`HickoryResolver::probe_once`]).
+    probed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for HickoryResolver {
@@ -110,7 +113,7 @@ impl HickoryResolver {
         let mut ad = None;
         match mode {
             DnssecValidation::Off => {}
-            DnssecValidation::Resolver => ad = Some(AdClient::new(servers, timeout)?),
+            DnssecValidation::Resolver => ad = Some(Arc::new(AdClient::new(servers, timeout)?)),
             DnssecValidation::Local => {
                 let path = anchor_file.ok_or_else(|| {
                     "DnssecValidation = \"Local\" needs DnssecTrustAnchorFile".to_string()
@@ -124,7 +127,35 @@ impl HickoryResolver {
             inner: builder.build(),
             dnssec: mode,
             ad,
+            probed: false.into(),
         })
+    }
+
+    /// `Resolver` mode, once per resolver, in the background: asks for the (signed) root's
+    /// NS with AD and warns when the resolver never sets it (Postfix's `dnssec_probe`): DANE
+    /// can then never apply. It runs at the first secured lookup, i.e. the first delivery
+    /// that could use DANE, not at start-up: a relay that never resolves an MX sends no DNS
+    /// query at all.
+    fn probe_once(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(ad) = &self.ad else { return };
+        if self.probed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let ad = ad.clone();
+        tokio::spawn(async move {
+            match ad.probe().await {
+                Ok(true) => {
+                    tracing::info!("DNSSEC probe: the resolver validates (AD set for the root)")
+                }
+                Ok(false) => tracing::warn!(
+                    "DNSSEC probe: DnsServers did not set the AD bit for the signed root zone; the resolver does not validate, so DANE never applies (Mandatory DANE defers everything). Use a validating resolver such as unbound on loopback, or DnssecValidation = \"Local\""
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNSSEC probe failed: could not ask DnsServers for the root NS with AD")
+                }
+            }
+        });
     }
 
     /// `DnssecValidation = "Resolver"`: does the resolver set AD for the (signed) root?
@@ -161,7 +192,7 @@ impl HickoryResolver {
 
     /// The servers whose AD bit is trusted (`Resolver` mode).
     pub fn ad_servers(&self) -> &[SocketAddr] {
-        self.ad.as_ref().map(AdClient::servers).unwrap_or(&[])
+        self.ad.as_deref().map(AdClient::servers).unwrap_or(&[])
     }
 
     /// `Local` mode: one validated lookup, its records of type `rtype` and their status.
@@ -353,6 +384,7 @@ impl Resolver for HickoryResolver {
         &'a self,
         domain: &'a str,
     ) -> BoxFuture<'a, Result<Secured<MxAnswer>, DnsError>> {
+        self.probe_once();
         Box::pin(async move {
             match (&self.ad, self.dnssec) {
                 (Some(ad), _) => ad.mx(domain).await,
@@ -366,6 +398,7 @@ impl Resolver for HickoryResolver {
         &'a self,
         host: &'a str,
     ) -> BoxFuture<'a, Result<Secured<Vec<IpAddr>>, DnsError>> {
+        self.probe_once();
         Box::pin(async move {
             match (&self.ad, self.dnssec) {
                 (Some(ad), _) => ad.ips(host).await,

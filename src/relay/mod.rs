@@ -230,8 +230,9 @@ pub async fn start_with_resolver(
 
 /// The resolver of `DnsServers`, knowing DNSSEC status as `DnssecValidation` says. In
 /// `Resolver` mode the AD bit is only as trustworthy as the path to the resolver: a
-/// warning names servers off loopback, and a start-up probe (Postfix's `dnssec_probe`)
-/// warns when the resolver never sets AD, i.e. DANE can never apply.
+/// warning names servers off loopback, and a probe at the first secured lookup (Postfix's
+/// `dnssec_probe`, `HickoryResolver::probe_once`) warns when the resolver never sets AD,
+/// i.e. DANE can never apply.
 fn main_resolver(r: &crate::policy::RelaySettings) -> Result<Arc<dyn Resolver>, StartError> {
     let resolver = Arc::new(
         crate::dns::hickory::HickoryResolver::with_dnssec(
@@ -251,21 +252,6 @@ fn main_resolver(r: &crate::policy::RelaySettings) -> Result<Arc<dyn Resolver>, 
     if !remote.is_empty() {
         tracing::warn!(servers = %remote.join(", "), "DnssecValidation = \"Resolver\" trusts the AD bit of DNS servers that are not on loopback; DANE is only as safe as the path to them");
     }
-    let probe = resolver.clone();
-    tokio::spawn(async move {
-        match probe.probe_dnssec().await {
-            Some(Ok(true)) => {
-                tracing::info!("DNSSEC probe: the resolver validates (AD set for the root)")
-            }
-            Some(Ok(false)) => tracing::warn!(
-                "DNSSEC probe: DnsServers did not set the AD bit for the signed root zone; the resolver does not validate, so DANE never applies (Mandatory DANE defers everything). Use a validating resolver such as unbound on loopback, or DnssecValidation = \"Local\""
-            ),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "DNSSEC probe failed: could not ask DnsServers for the root NS with AD")
-            }
-            None => {}
-        }
-    });
     Ok(resolver)
 }
 
