@@ -68,7 +68,18 @@ struct Case {
     tls_required_no: bool,
 }
 
-async fn run(case: &Case) {
+/// The destination of a case: a TLS sink as `mx` of `dest.test`, the test DNS server with
+/// the case's records, the relay's policy (one Outbound connector "Partner" with the case's
+/// SmtpDaneMode) and the production resolver in `Resolver` mode.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _sink: connector_relay::sink::SinkHandle,
+    dns: TestDns,
+    policy: connector_relay::policy::Policy,
+    resolver: HickoryResolver,
+}
+
+async fn setup(case: &Case) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink::start(SinkOptions {
         listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -129,6 +140,20 @@ SmtpDaneMode = "{}"
         None,
     )
     .unwrap();
+    Setup {
+        _dir: dir,
+        _sink: sink,
+        dns,
+        policy,
+        resolver,
+    }
+}
+
+async fn run(case: &Case) {
+    // Bound whole: the sink and the DNS server live until the end of the case.
+    let setup = setup(case).await;
+    let (policy, resolver) = (setup.policy, setup.resolver);
+    let domain = "dest.test";
     let deliverer =
         Deliverer::new(Arc::new(policy), Arc::new(resolver)).with_options(DelivererOptions {
             connect_timeout: Duration::from_secs(5),
@@ -464,6 +489,75 @@ fn cases() -> Vec<Case> {
 async fn decision_table() {
     for case in cases() {
         run(&case).await;
+    }
+}
+
+/// `validate` shows the DANE step: the records, their DNSSEC status and the verdict, ok
+/// for a matching DANE-EE record, failed for a mismatch (after connecting) and for
+/// Mandatory without TLSA (refused before connecting: no Connect step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_shows_the_dane_step() {
+    let ee = spki_sha256("sink.test.crt");
+    let case = |name, mode, tlsa| Case {
+        name,
+        mode,
+        dnssec: Dnssec::Secure,
+        tlsa,
+        cert: "sink.test",
+        starttls: StartTlsMode::Offer,
+        expect: Ok(true),
+        tls_required_no: false,
+    };
+    let rcpts = vec!["user@dest.test".to_string()];
+    let cases = [
+        (
+            case("match", "Mandatory", Tlsa::Records(vec![(3, 1, 1, ee)])),
+            true,
+            true,
+        ),
+        (
+            case(
+                "mismatch",
+                "Opportunistic",
+                Tlsa::Records(vec![(3, 1, 1, vec![0xab; 32])]),
+            ),
+            false,
+            true,
+        ),
+        (case("required", "Mandatory", Tlsa::None), false, false),
+    ];
+    for (case, ok, connected) in cases {
+        let setup = setup(&case).await;
+        let report = connector_relay::ops::validate::validate(
+            Arc::new(setup.policy.clone()),
+            Arc::new(
+                HickoryResolver::with_dnssec(
+                    &[setup.dns.addr],
+                    Duration::from_secs(2),
+                    DnssecValidation::Resolver,
+                    None,
+                )
+                .unwrap(),
+            ),
+            "Partner",
+            &rcpts,
+        )
+        .await;
+        let dane = report.steps.iter().find(|s| s.step == "Dane");
+        let dane = dane.unwrap_or_else(|| panic!("{}: a Dane step: {report:?}", case.name));
+        assert_eq!(dane.ok, ok, "{}: {dane:?}", case.name);
+        assert!(dane.detail.contains("TLSA"), "{}: {dane:?}", case.name);
+        assert_eq!(report.success, ok, "{}: {report:?}", case.name);
+        if !ok {
+            assert_eq!(
+                report.failed_step().map(|s| s.step),
+                Some("Dane"),
+                "{}",
+                case.name
+            );
+        }
+        let connect = report.steps.iter().any(|s| s.step == "Connect");
+        assert_eq!(connect, connected, "{}: {report:?}", case.name);
     }
 }
 

@@ -223,6 +223,9 @@ pub struct TlsInfo {
 /// The stage a session was in when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Refused before connecting by the host's DANE verdict (`super::dane`: DNSSEC bogus,
+    /// Mandatory without DANE, no usable TLSA record under Mandatory).
+    Dane,
     Connect,
     Greeting,
     Hello,
@@ -364,7 +367,7 @@ impl Attempt {
         Attempt {
             tls: None,
             result: Err(SessionError {
-                stage: Stage::StartTls,
+                stage: Stage::Dane,
                 failure,
                 permanent,
                 try_next_host: true,

@@ -61,7 +61,8 @@ pub struct ValidationReport {
 #[serde(rename_all = "PascalCase")]
 pub struct Step {
     /// `Route`, `NextHops`, `Connect`, `Greeting`, `Hello`, `TLS`, `Certificate`, `Auth`,
-    /// `Reply`, `MtaSts` (the MTA-STS policy and its verdict on the host), or `Setup`
+    /// `Reply`, `MtaSts` (the MTA-STS policy and its verdict on the host), `Dane` (TLSA
+    /// records, DNSSEC status and verdict), or `Setup`
     /// (the route could not be used at all).
     pub step: &'static str,
     pub ok: bool,
@@ -433,7 +434,19 @@ fn attempt_steps(
         return steps.push(Step::new("MtaSts", false, format!("{host}: {reply}")));
     }
     if let Some((_, sts)) = detail.split_once("; MTA-STS: ") {
+        let sts = sts.split("; DANE: ").next().unwrap_or(sts);
         steps.push(Step::new("MtaSts", true, sts.to_string()));
+    }
+    // DANE (RFC 7672): the records found, their DNSSEC status and the verdict. A host it
+    // refused was never connected to.
+    if let Some((_, dane)) = detail.split_once("; DANE: ") {
+        let dane = dane.split("; on a kept connection").next().unwrap_or(dane);
+        if failed == Some("Dane") {
+            let host = e.host.as_deref().unwrap_or("?");
+            return steps.push(Step::new("Dane", false, format!("{host}: {dane}; {reply}")));
+        }
+        let dane_failed = reply.starts_with("4.7.32") || reply.starts_with("5.7.32");
+        steps.push(Step::new("Dane", !dane_failed, dane.to_string()));
     }
     let kept = if detail.contains("on a kept connection") {
         " (kept connection)"
