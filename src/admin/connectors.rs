@@ -201,8 +201,10 @@ fn level(l: TlsLevel) -> String {
     format!("{l:?}")
 }
 
+/// The TLS level, and for MX routes the DANE and MTA-STS modes (smart hosts have no MX
+/// for them to authenticate: README "DANE", "MTA-STS").
 fn outbound_tls(c: &OutboundConnector) -> String {
-    match c.tls_settings {
+    let mut s = match c.tls_settings {
         None => "Opportunistic".into(),
         Some(l) => {
             let mut s = format!("Required, {}", level(l));
@@ -211,7 +213,14 @@ fn outbound_tls(c: &OutboundConnector) -> String {
             }
             s
         }
+    };
+    if c.use_mx_record {
+        s.push_str(&format!(
+            "; DANE {:?}; MTA-STS {:?}",
+            c.smtp_dane_mode, c.mta_sts_mode
+        ));
     }
+    s
 }
 
 fn send_tls(c: &SendConnector) -> String {
@@ -711,6 +720,36 @@ AddressSpaces = ["*"]
         let id = identity(Direction::Send, "Internet");
         assert_eq!(resolve(&policy, &id).unwrap().0, Direction::Send);
         assert!(resolve(&policy, "nobody").is_err());
+    }
+
+    /// The page's TLS column names the DANE and MTA-STS modes of an MX route, and not of a
+    /// smart-host route (they do not apply there).
+    #[test]
+    fn tls_summary_names_dane_and_mta_sts_on_mx_routes() {
+        let text = r#"
+[Relay]
+AcceptedDomains = ["contoso.test"]
+
+[[OutboundConnector]]
+Name = "Partner"
+RecipientDomains = ["fabrikam.test"]
+TlsSettings = "DomainValidation"
+SmtpDaneMode = "Mandatory"
+MtaStsMode = "None"
+"#;
+        let policy = crate::config::load_str(text, std::path::Path::new("relay.toml"))
+            .unwrap()
+            .policy;
+        let list = connectors_json(Some(text), &policy);
+        assert_eq!(
+            list[0]["TlsSummary"],
+            "Required, DomainValidation; DANE Mandatory; MTA-STS None"
+        );
+        let policy = crate::config::load_str(TEXT, std::path::Path::new("relay.toml"))
+            .unwrap()
+            .policy;
+        let smart = &connectors_json(Some(TEXT), &policy)[1];
+        assert_eq!(smart["TlsSummary"], "Required, CertificateValidation");
     }
 
     #[test]
