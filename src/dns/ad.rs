@@ -129,20 +129,7 @@ impl AdClient {
                 return Err(DnsError::NxDomain);
             }
             security = Some(security.map_or(answer.security(), |s| s.min(answer.security())));
-            let ips: Vec<IpAddr> = answer
-                .records
-                .iter()
-                .filter_map(|r| match r.data() {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect();
-            if ips.is_empty() {
-                Err(DnsError::NoRecords)
-            } else {
-                Ok(ips)
-            }
+            super::hickory::addresses(&answer.records)
         };
         let v6 = family(v6);
         let v4 = family(v4);

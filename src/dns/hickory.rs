@@ -260,19 +260,7 @@ impl HickoryResolver {
                 return Err(DnsError::NxDomain);
             }
             security = Some(security.map_or(sec, |s: Security| s.min(sec)));
-            let ips: Vec<IpAddr> = records
-                .iter()
-                .filter_map(|r| match r.data() {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect();
-            if ips.is_empty() {
-                Err(DnsError::NoRecords)
-            } else {
-                Ok(ips)
-            }
+            addresses(&records)
         };
         let v6 = family(v6);
         let v4 = family(v4);
@@ -418,6 +406,23 @@ impl Resolver for HickoryResolver {
                 )),
             }
         })
+    }
+}
+
+/// The A and AAAA addresses of an answer's records; `NoRecords` when there is none.
+pub(super) fn addresses(records: &[Record]) -> Result<Vec<IpAddr>, DnsError> {
+    let ips: Vec<IpAddr> = records
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    if ips.is_empty() {
+        Err(DnsError::NoRecords)
+    } else {
+        Ok(ips)
     }
 }
 
