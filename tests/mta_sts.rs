@@ -269,6 +269,71 @@ async fn testing_mode_delivers_and_records_the_would_be_failure() {
     );
 }
 
+/// Under `testing` the session runs with the route's own (opportunistic) verifier, so the
+/// certificates it got are validated after the fact: a certificate of the test CA naming the
+/// MX host would pass under enforce; a self-signed one naming it would not, and that is
+/// reported while the message is delivered all the same.
+#[tokio::test]
+async fn testing_mode_validates_the_chain_after_the_fact() {
+    let body = policy("testing", &["mx.sink.test"], 86400);
+    let lab = lab("mx.sink.test", "1", &body, Some("sink.test")).await;
+    let (d, mut rx) = deliverer(&lab, lab.dir.path(), "");
+    assert_eq!(code(&send(&d).await), "delivered");
+    let detail = sts_detail_of(&drain(&mut rx));
+    assert!(
+        detail.contains("testing: would pass under enforce"),
+        "{detail}"
+    );
+
+    let mut lab = lab("mx.sink.test", "1", &body, None).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mx.sink.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt, pem) = (
+        lab.dir.path().join("self.crt"),
+        lab.dir.path().join("self.key"),
+    );
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem, key.serialize_pem()).unwrap();
+    lab.sink = start_sink_with_files(&crt, &pem).await;
+    let (d, mut rx) = deliverer(&lab, lab.dir.path(), "");
+    assert_eq!(code(&send(&d).await), "delivered");
+    assert_eq!(messages(lab.sink.maildir()).len(), 1);
+    let detail = sts_detail_of(&drain(&mut rx));
+    assert!(
+        detail.contains(
+            "testing: would fail under enforce: certificate does not validate for mx.sink.test"
+        ),
+        "{detail}"
+    );
+}
+
+/// A sink offering STARTTLS with the certificate and key at these paths.
+async fn start_sink_with_files(crt: &Path, key: &Path) -> Sink {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SinkOptions {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        maildir: dir.path().to_path_buf(),
+        tls_cert: Some(crt.into()),
+        tls_key: Some(key.into()),
+        ..Default::default()
+    };
+    Sink {
+        handle: sink::start(opts).await.expect("sink starts"),
+        dir,
+    }
+}
+
+/// The MTA-STS part of the first attempt row that has one.
+fn sts_detail_of(rows: &[TraceEvent]) -> String {
+    rows.iter()
+        .filter_map(|e| e.detail.clone())
+        .find(|d| d.contains("MTA-STS"))
+        .expect("MTA-STS in the attempt row")
+}
+
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_cached_policy_and_a_new_id_is_fetched() {
     let lab = lab(

@@ -218,6 +218,9 @@ pub struct TlsInfo {
     pub peer_names: Vec<String>,
     /// Subject, SANs and issuer of the peer certificate.
     pub peer: Option<PeerCertificate>,
+    /// The certificates the server sent, leaf first (MTA-STS `testing` validates them after
+    /// the fact: `mta_sts::testing_verdict`). Shared: every recipient's outcome holds it.
+    pub chain: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 /// The stage a session was in when it failed.
@@ -945,6 +948,7 @@ pub async fn starttls(
             .unwrap_or_default(),
         peer_names: peer_cert.map(certificate_names).unwrap_or_default(),
         peer: peer_cert.and_then(PeerCertificate::from_der),
+        chain: Arc::new(session.peer_certificates().unwrap_or_default().to_vec()),
     };
     let mut conn = Conn::new(Box::new(stream), timeout_dur);
     conn.set_data_end_timeout(data_end);

@@ -729,7 +729,8 @@ impl Deliverer {
                 let attempt = self
                     .try_address(target, &hop.host, *addr, env, &plan, &sts)
                     .await;
-                let sts_note = sts_detail(target.sts.as_ref(), &sts, &hop.host, &attempt);
+                let webpki = self.tls.as_ref().ok();
+                let sts_note = sts_detail(target.sts.as_ref(), &sts, &hop.host, &attempt, webpki);
                 // No reports about reports (RFC 8460 §3): a report's delivery is not counted.
                 if let Some(recorder) = &self.tlsrpt
                     && matches!(target.key.route.target, RouteTarget::Mx)
@@ -1029,6 +1030,7 @@ fn sts_detail(
     sts: &mta_sts::HostTls,
     host: &str,
     attempt: &client::Attempt,
+    webpki: Option<&TlsContext>,
 ) -> String {
     let Some(active) = active.filter(|a| a.cached.is_some()) else {
         return String::new();
@@ -1038,7 +1040,7 @@ fn sts_detail(
             format!("MX matched; certificate must validate (WebPKI) for {host}, no plaintext")
         }
         mta_sts::HostTls::Testing { mx_matched } => {
-            match mta_sts::testing_verdict(*mx_matched, host, attempt.tls.as_ref()) {
+            match mta_sts::testing_verdict(*mx_matched, host, attempt.tls.as_ref(), webpki) {
                 Some(why) => {
                     tracing::warn!(host, domain = %active.domain, why, "MTA-STS testing: enforce would have failed");
                     format!("testing: would fail under enforce: {why}; delivered as the route says")

@@ -438,20 +438,29 @@ pub fn enforce_tls_failure(e: &mut super::client::SessionError) {
 }
 
 /// Under `testing`: what would have failed under `enforce`, for the log, the trace and
-/// the metrics (`None`: it would have passed). The chain is not re-validated here (the
-/// session ran with the route's own verifier); the MX match, TLS itself and the
-/// certificate's name are.
+/// the metrics (`None`: it would have passed). The session ran with the route's own
+/// verifier, so the certificates it received are validated here after the fact (WebPKI
+/// with the relay's trust anchors and CRLs, and the MX host's name) when `webpki` is
+/// there; without it only the name is checked.
 pub fn testing_verdict(
     mx_matched: bool,
     host: &str,
     tls: Option<&super::client::TlsInfo>,
+    webpki: Option<&super::tls::TlsContext>,
 ) -> Option<String> {
     let why = if !mx_matched {
         "MX host not in the policy".to_string()
     } else {
-        match tls {
-            None => "no TLS (STARTTLS not offered or failed)".to_string(),
-            Some(t) => {
+        match (tls, webpki) {
+            (None, _) => "no TLS (STARTTLS not offered or failed)".to_string(),
+            (Some(t), Some(ctx)) => match ctx.webpki_verdict(&t.chain, host) {
+                Ok(()) => {
+                    crate::metrics::mta_sts_verdict("testing", "ok");
+                    return None;
+                }
+                Err(why) => format!("certificate does not validate for {host}: {why}"),
+            },
+            (Some(t), None) => {
                 let pattern = crate::policy::DomainPattern::Exact(host.to_ascii_lowercase());
                 if t.peer_names
                     .iter()

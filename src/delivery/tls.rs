@@ -541,6 +541,21 @@ impl TlsContext {
     /// the chain must validate (webpki roots, `TrustedCaFile`, CRLs) and a certificate
     /// name must match `host`; `also` is the route's own `DomainValidation` pattern, which
     /// must match as well (MTA-STS only adds requirements).
+    /// Would `chain` (leaf first) pass WebPKI validation for `host` — trust anchors, dates,
+    /// revocation and the name? For MTA-STS `testing`, which delivers whatever the answer and
+    /// reports what `enforce` would have done. `Err` names the check and the reason.
+    pub fn webpki_verdict(&self, chain: &[CertificateDer<'_>], host: &str) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        self.webpki
+            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| {
+                let (check, reason) = webpki_failure(&e);
+                format!("{check}: {reason}")
+            })
+    }
+
     pub fn mta_sts_config(
         &self,
         host: &str,
