@@ -276,8 +276,8 @@ async fn testing_mode_delivers_and_records_the_would_be_failure() {
 #[tokio::test]
 async fn testing_mode_validates_the_chain_after_the_fact() {
     let body = policy("testing", &["mx.sink.test"], 86400);
-    let lab = lab("mx.sink.test", "1", &body, Some("sink.test")).await;
-    let (d, mut rx) = deliverer(&lab, lab.dir.path(), "");
+    let trusted = lab("mx.sink.test", "1", &body, Some("sink.test")).await;
+    let (d, mut rx) = deliverer(&trusted, trusted.dir.path(), "");
     assert_eq!(code(&send(&d).await), "delivered");
     let detail = sts_detail_of(&drain(&mut rx));
     assert!(
@@ -285,22 +285,22 @@ async fn testing_mode_validates_the_chain_after_the_fact() {
         "{detail}"
     );
 
-    let mut lab = lab("mx.sink.test", "1", &body, None).await;
+    let mut untrusted = lab("mx.sink.test", "1", &body, None).await;
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["mx.sink.test".to_string()])
         .unwrap()
         .self_signed(&key)
         .unwrap();
     let (crt, pem) = (
-        lab.dir.path().join("self.crt"),
-        lab.dir.path().join("self.key"),
+        untrusted.dir.path().join("self.crt"),
+        untrusted.dir.path().join("self.key"),
     );
     std::fs::write(&crt, cert.pem()).unwrap();
     std::fs::write(&pem, key.serialize_pem()).unwrap();
-    lab.sink = start_sink_with_files(&crt, &pem).await;
-    let (d, mut rx) = deliverer(&lab, lab.dir.path(), "");
+    untrusted.sink = start_sink_with_files(&crt, &pem).await;
+    let (d, mut rx) = deliverer(&untrusted, untrusted.dir.path(), "");
     assert_eq!(code(&send(&d).await), "delivered");
-    assert_eq!(messages(lab.sink.maildir()).len(), 1);
+    assert_eq!(messages(untrusted.sink.maildir()).len(), 1);
     let detail = sts_detail_of(&drain(&mut rx));
     assert!(
         detail.contains(
