@@ -145,6 +145,9 @@ fn values_that_cannot_be_taken_are_file_line_errors() {
     assert!(!out.exists(), "nothing written on errors");
     let f = fixture("bad.ps1").display().to_string();
     for (line, key) in [
+        (3, "SenderDomains"),
+        (4, "SenderIPAddresses"),
+        (5, "TlsSettings"),
         (6, "Identity"),
         (7, "Pirority"),
         (8, "AuthenticationCredential"),

@@ -113,17 +113,28 @@ pub fn import(
     for op in ops {
         engine.apply(op);
     }
-    if !engine.errors.is_empty() {
-        return Err(engine.errors);
-    }
+    // The loader's verdict on what could be read is reported with the other errors, so
+    // that one run shows every problem.
     let files: Vec<&str> = inputs.iter().map(|(f, _)| f.as_str()).collect();
-    let text = engine.validate(base, &files, &notes)?;
-    let changes = engine.changes();
-    Ok(Imported {
-        text,
-        changes,
-        notes,
-    })
+    let validated = engine.validate(base, &files, &notes);
+    let mut errors = std::mem::take(&mut engine.errors);
+    match validated {
+        Ok(text) if errors.is_empty() => {
+            let changes = engine.changes();
+            Ok(Imported {
+                text,
+                changes,
+                notes,
+            })
+        }
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            errors.sort_by(|a, b| (&a.at.file, a.at.line).cmp(&(&b.at.file, b.at.line)));
+            errors.dedup();
+            Err(errors)
+        }
+    }
 }
 
 /// The connector tables of a config, as drafts.
