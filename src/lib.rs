@@ -3,11 +3,13 @@
 //! Data flow (see `shared/DESIGN.md`): `smtp` receives and asks `policy`, rewrites headers
 //! through `message`, hands finished messages to `queue` (durable spool, then 250);
 //! `queue` drives `delivery`, which asks `policy` for routes and `dns` for next hops.
+//! `exchange` converts Exchange connector scripts, Get- output and DSC to and from the config.
 
 pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod exchange;
 pub mod fds;
 pub mod message;
 pub mod metrics;

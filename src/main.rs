@@ -137,6 +137,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Read Exchange connectors (New-/Set-/Remove-*Connector scripts, `Get-*Connector |
+    /// ConvertTo-Json` output, Microsoft365DSC blocks) into a config. Without --out the
+    /// config is printed; with an existing --out the connectors are changed in it (comments
+    /// kept). Exit 1 with `file:line` errors when a value cannot be taken (nothing written).
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the config's connectors as New-*Connector lines or a Microsoft365DSC
+    /// configuration, to apply to Exchange.
+    Export {
+        #[arg(long, value_parser = ["cmdlets", "dsc"])]
+        format: String,
+        #[arg(long, default_value = "config/relay.toml")]
+        config: PathBuf,
+    },
     /// The running relay's delivery queues and messages, through its admin API
     /// (`AdminListen`, token from `AdminTokenFile`). Exit 1 when the API refuses (no such
     /// queue or message), 2 when the relay cannot be reached.
@@ -223,6 +241,8 @@ fn main() -> ExitCode {
             json,
         } => explain(&config, ip, cert.as_deref(), &sender, &recipients, json),
         Cmd::Queue { config, command } => queue_cmd(&config, &command),
+        Cmd::Import { files, out } => import_cmd(&files, out.as_deref()),
+        Cmd::Export { format, config } => export_cmd(&config, &format),
         Cmd::Trace {
             config,
             message_id,
@@ -246,6 +266,120 @@ fn main() -> ExitCode {
                 limit: Some(limit),
             };
             trace_cmd(&config, &filter, json)
+        }
+    }
+}
+
+/// `import`: reads every input, imports over `out` when it exists, writes `out` (atomically,
+/// refused if it changed meanwhile) or prints the config.
+fn import_cmd(files: &[PathBuf], out: Option<&Path>) -> ExitCode {
+    use connector_relay::exchange;
+    let mut inputs = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => inputs.push((f.display().to_string(), text)),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let base = match out.map(std::fs::read_to_string) {
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Some(Err(e)) => {
+            eprintln!(
+                "{}: cannot read: {e}",
+                out.unwrap_or(Path::new("")).display()
+            );
+            return ExitCode::from(1);
+        }
+        None => None,
+    };
+    let out_name = out.map(|p| p.display().to_string()).unwrap_or_default();
+    let imported = match exchange::import(&inputs, base.as_deref().map(|t| (out_name.as_str(), t)))
+    {
+        Ok(i) => i,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("import: {} error(s); nothing written", errors.len());
+            return ExitCode::from(1);
+        }
+    };
+    for c in &imported.changes {
+        eprintln!(
+            "{} {}Connector {:?}: {} key(s) changed, {} note(s)",
+            c.action,
+            c.direction,
+            c.name,
+            c.keys.len(),
+            c.notes.len()
+        );
+    }
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
+    let Some(out) = out else {
+        print!("{}", imported.text);
+        return ExitCode::SUCCESS;
+    };
+    let written = match &base {
+        Some(b) => config::edit::write_if_unchanged(
+            out,
+            &imported.text,
+            config::edit::content_hash(b.as_bytes()),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
+        None => write_new(out, &imported.text).map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(()) => {
+            eprintln!("{}: written", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: cannot write: {e}", out.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A new file, complete or not at all: a temporary file renamed over it.
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("import-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `export`: the config must pass `check` first (an invalid config is not carried out).
+fn export_cmd(path: &Path, format: &str) -> ExitCode {
+    use connector_relay::exchange::{Format, export};
+    if let Err(code) = load(path) {
+        return code;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let format = if format == "dsc" {
+        Format::Dsc
+    } else {
+        Format::Cmdlets
+    };
+    match export(&text, &path.display().to_string(), format) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(1)
         }
     }
 }

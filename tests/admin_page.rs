@@ -2,7 +2,8 @@
 //! WebDriver by `chromedriver`, both installed by `scripts/install-deps.sh`): sign in with
 //! the token, see the connectors of the config file, disable one and see the change in the
 //! API and the file, search the trace for a message that went through the relay, and look at
-//! the queue; suspend and resume a delivery queue in Retry in the Queues view. The
+//! the queue; suspend and resume a delivery queue in Retry in the Queues view; import a
+//! pasted connector script with a preview before applying it. The
 //! screenshots land in the target dir (and in `docs/` with `UPDATE_SCREENSHOTS=1`).
 
 mod support;
@@ -408,6 +409,67 @@ async fn the_queues_view_suspends_and_resumes_a_queue_in_retry() {
         assert_eq!(list[0]["Status"], "Suspended", "{list}");
         click(&c, &format!("{msg} button.resume")).await;
         wait_for_text(&c, &format!("{msg} td.status"), "Retry").await;
+    }
+    .await;
+    c.close().await.unwrap();
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A pasted script is previewed (whatIf: nothing written), then applied: the connectors
+/// change live, the file keeps its comments; a bad value is shown with its pasted line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_imports_a_pasted_script_after_a_preview() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&config, config_text(dir.path(), unused)).unwrap();
+    let before = std::fs::read_to_string(&config).unwrap();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
+    let admin = relay.admin_addr.expect("admin listener");
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    async {
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
+        wait_for_text(&c, "#connectors tbody tr", "Partner fabrikam").await;
+
+        // A value the relay cannot take: the error names the pasted line.
+        type_into(&c, "#import-text", "# from the tenant\nNew-InboundConnector -Name Bad -SenderDomains 'mail.*.x.test'").await;
+        click(&c, "#import-preview").await;
+        wait_for_text(&c, "#import-errors li", "pasted:2: SenderDomains").await;
+        assert!(c.find(Locator::Css("#import-apply")).await.unwrap().attr("disabled").await.unwrap().is_some());
+
+        c.find(Locator::Css("#import-text")).await.unwrap().clear().await.unwrap();
+        type_into(
+            &c,
+            "#import-text",
+            "Set-InboundConnector 'Partner fabrikam' -RequireTls $false -EFSkipLastIP $true\nNew-OutboundConnector -Name 'To Fabrikam' -RecipientDomains fabrikam.test `\n  -TlsSettings DomainValidation -TlsDomain mail.fabrikam.test",
+        )
+        .await;
+        click(&c, "#import-preview").await;
+        wait_for_text(&c, "#import-changes li", "New OutboundConnector \"To Fabrikam\"").await;
+        wait_for_text(&c, "#import-changes li", "RequireTls: true \u{2192} false").await;
+        wait_for_text(&c, "#import-dropped li", "EFSkipLastIP").await;
+        wait_for_text(&c, "#message", "nothing was written").await;
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), before, "whatIf wrote nothing");
+        let listed = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await.json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(3), "whatIf applied nothing");
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-import.png");
+
+        click(&c, "#import-apply").await;
+        wait_for_text(&c, "#connectors tbody tr", "To Fabrikam").await;
+        wait_for_text(&c, "#message", "the change is live").await;
+        let file = std::fs::read_to_string(&config).unwrap();
+        assert!(file.contains("# A partner that must use TLS."), "comments kept: {file}");
+        assert!(file.contains("RequireTls = false"), "{file}");
+        assert!(file.contains("Name = \"To Fabrikam\""), "{file}");
+        assert!(file.contains("dropped EFSkipLastIP = $true"), "the dropped parameter is a comment: {file}");
+        let listed = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await.json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
     }
     .await;
     c.close().await.unwrap();

@@ -344,7 +344,7 @@ fn send_recipients(c: &SendConnector) -> String {
 #[derive(serde::Deserialize, Default)]
 pub(super) struct WhatIf {
     #[serde(rename = "whatIf", alias = "WhatIf", alias = "whatif", default)]
-    what_if: bool,
+    pub(super) what_if: bool,
 }
 
 /// `GET /api/exchange/connectors`
@@ -638,7 +638,7 @@ fn table(text: &str, direction: Direction, name: &str) -> Option<Map<String, Val
 
 /// The changed region of the file: `@@ line N`, then `-old` and `+new` lines. Edits touch
 /// one table, so trimming the common head and tail finds it without a full diff.
-fn diff(old: &str, new: &str) -> Vec<String> {
+pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let tail = a[head..]

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod client;
 mod connectors;
+mod import;
 mod ops;
 mod page;
 mod queue;
@@ -140,6 +141,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/api/exchange/connectors/{id}",
             get(connectors::get_one).put(connectors::update),
         )
+        .route("/api/exchange/import", post(import::import))
         .route(
             "/api/exchange/connectors/{id}/status",
             put(connectors::set_status),

@@ -324,6 +324,17 @@ impl Control {
     /// only once the file holds the change. Under `what_if` nothing is written or applied.
     /// Blocking.
     pub fn edit(&self, e: &Edit, what_if: bool) -> Result<EditOutcome, ReloadError> {
+        self.edit_with(|text, path| edit::apply(text, path, e), what_if)
+    }
+
+    /// [`Control::edit`] for any change of the config text: `change` gets the file's text
+    /// and path and returns the validated new text (`connector-relay import` on the admin
+    /// page changes several connectors at once). The same whatIf, write and swap rules.
+    pub fn edit_with(
+        &self,
+        change: impl FnOnce(&str, &std::path::Path) -> Result<edit::Edited, Vec<ConfigError>>,
+        what_if: bool,
+    ) -> Result<EditOutcome, ReloadError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ReloadError::NoConfigFile);
         };
@@ -331,7 +342,7 @@ impl Control {
         let text = std::fs::read_to_string(&path)
             .map_err(|err| ReloadError::Io(format!("cannot read {}: {err}", path.display())))?;
         let read = edit::content_hash(text.as_bytes());
-        let edited = edit::apply(&text, &path, e).map_err(ReloadError::Invalid)?;
+        let edited = change(&text, &path).map_err(ReloadError::Invalid)?;
         let warnings = edited.loaded.warnings.clone();
         if what_if {
             return Ok(EditOutcome {

@@ -22,7 +22,9 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   if (!res.ok) {
     const why = data && data.error ? (data.key ? data.key + ": " : "") + data.error : res.status + " " + text;
-    throw new Error(why);
+    const err = new Error(why);
+    err.data = data;
+    throw err;
   }
   return data;
 }
@@ -264,6 +266,65 @@ async function queueAction(method, id, suffix, body, done) {
   } catch (e) { report(e); }
 }
 
+// ---- import -----------------------------------------------------------------------
+
+// The text the last successful preview was made of: Apply sends exactly that text, so
+// what is applied is what was previewed.
+let previewed = null;
+
+function listItems(sel, items) {
+  const ul = $(sel);
+  ul.replaceChildren();
+  for (const t of items) {
+    const li = document.createElement("li");
+    li.textContent = t;
+    ul.appendChild(li);
+  }
+}
+
+const shown = (v) => (v === null || v === undefined ? "(not set)" : JSON.stringify(v));
+
+function showImport(r) {
+  const changes = [];
+  for (const c of r.Connectors || []) {
+    const keys = (c.Changes || []).map((k) => k.Key + ": " + shown(k.Old) + " \u2192 " + shown(k.New));
+    changes.push(c.Action + " " + c.Direction + "Connector \"" + c.Name + "\"" + (keys.length ? " \u2014 " + keys.join("; ") : ""));
+  }
+  listItems("#import-changes", changes);
+  const dropped = [...(r.Notes || [])];
+  for (const c of r.Connectors || []) dropped.push(...(c.Dropped || []));
+  listItems("#import-dropped", dropped.length ? dropped : ["nothing"]);
+  $("#import-diff").textContent = (r.Diff || []).join("\n");
+  $("#import-result").hidden = false;
+}
+
+async function importText(whatIf) {
+  const text = whatIf ? $("#import-text").value : previewed;
+  listItems("#import-errors", []);
+  try {
+    const r = await api("POST", "/api/exchange/import" + (whatIf ? "?whatIf=true" : ""), { Text: text, FileName: "pasted" });
+    showImport(r);
+    if (whatIf) {
+      previewed = text;
+      $("#import-apply").disabled = false;
+      say("Preview only: nothing was written. Apply makes these changes.");
+    } else {
+      previewed = null;
+      $("#import-apply").disabled = true;
+      say("Imported " + (r.Connectors || []).length + " connector change(s); the change is live.");
+      await loadConnectors();
+    }
+  } catch (e) {
+    if (e.data && e.data.errors) {
+      listItems("#import-errors", e.data.errors.map((x) => x.message || x.error));
+      $("#import-result").hidden = true;
+      say("The import was refused: " + e.data.errors.length + " error(s).", true);
+    } else {
+      report(e);
+    }
+  }
+}
+
 // ---- explain ----------------------------------------------------------------------
 
 async function explain(ev) {
@@ -347,5 +408,9 @@ $("#trace-form").addEventListener("submit", searchTrace);
 $("#queue-refresh").addEventListener("click", loadQueue);
 $("#queues-refresh").addEventListener("click", loadQueues);
 $("#explain-form").addEventListener("submit", explain);
+$("#import-preview").addEventListener("click", () => importText(true));
+$("#import-apply").addEventListener("click", () => importText(false));
+// A changed text needs a new preview before it can be applied.
+$("#import-text").addEventListener("input", () => { $("#import-apply").disabled = true; });
 
 if (sessionStorage.getItem(TOKEN_KEY)) start(); else showLogin();
