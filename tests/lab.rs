@@ -346,6 +346,7 @@ fn hybrid_lab_scenarios() {
         let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (out.status.success() && !t.is_empty()).then_some(t)
     });
+    eprintln!("lab: relay up at {:?}", started.elapsed());
     let auth = format!("Authorization: Bearer {token}");
     poll(READY, "the relay's admin API", || {
         let out = lab.exec(
@@ -388,9 +389,11 @@ fn hybrid_lab_scenarios() {
     assert!(!spoof.status.success(), "{}", text(&spoof));
     assert!(text(&spoof).contains("550 5.7.51"), "{}", text(&spoof));
 
+    eprintln!("lab: messages sent at {:?}", started.elapsed());
     check_partner_to_onprem(&lab, &token);
     check_internet(&lab, &token);
     check_spoof(&lab, &token);
+    eprintln!("lab: trace checked at {:?}", started.elapsed());
 
     lab.teardown();
     let left = lab.leftovers();
