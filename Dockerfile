@@ -1,7 +1,7 @@
 # connector-relay's image. Three stages:
 #   prebuilt  CI: a binary built on the host (cargo build) copied onto the Debian base image,
 #             so the image builds without a Rust image or a registry:
-#               docker build --target prebuilt --build-arg RELAY_BINARY=lab/bin/connector-relay \
+#               cp target/debug/connector-relay lab/bin/ && docker build --target prebuilt \
 #                 --build-arg BASE_IMAGE=connector-relay-lab/debian:bookworm -t ... .
 #             (it comes first: the classic builder builds every stage before its target).
 #   builder   a user's build: the public Rust image compiles the release binary.
@@ -12,9 +12,13 @@ ARG BASE_IMAGE=debian:bookworm-slim
 ARG RUST_IMAGE=rust:1-bookworm
 
 FROM ${BASE_IMAGE} AS prebuilt
-ARG RELAY_BINARY=lab/bin/connector-relay
 LABEL org.opencontainers.image.title="connector-relay" connector-relay-lab=relay
-COPY ${RELAY_BINARY} /usr/local/bin/connector-relay
+# The classic builder (no BuildKit) builds this stage for every target, also where no binary
+# was put in lab/bin/: the wildcard (next to a file that always exists) lets it pass then.
+COPY Cargo.toml lab/bin/connector-relay* /tmp/prebuilt/
+RUN if [ -f /tmp/prebuilt/connector-relay ]; then \
+      install -m 0755 /tmp/prebuilt/connector-relay /usr/local/bin/connector-relay; fi \
+ && rm -rf /tmp/prebuilt
 WORKDIR /var/lib/connector-relay
 EXPOSE 25 8025
 ENTRYPOINT ["/usr/local/bin/connector-relay"]

@@ -213,7 +213,6 @@ fn build_images(relay_image: &str) {
     let out = run(Command::new("docker")
         .args(["build", "-q", "--target", "prebuilt", "-t", relay_image])
         .arg(format!("--build-arg=BASE_IMAGE={BASE_IMAGE}"))
-        .arg("--build-arg=RELAY_BINARY=lab/bin/connector-relay")
         .arg(".")
         .current_dir(repo()));
     let _ = std::fs::remove_file(&bin);
