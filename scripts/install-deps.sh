@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
 # interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
 # page is tested in a real headless Chromium driven over WebDriver), and unbound, nsd and
-# ldnsutils for the DNSSEC/DANE lab.
+# ldnsutils for the DNSSEC/DANE lab; and, through scripts/lab-deps.sh, Docker Engine, Compose
+# and debootstrap for the hybrid lab.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -23,3 +24,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
 fi
+# The hybrid lab (docker-compose.yml, tests/lab.rs): Docker Engine, Compose and debootstrap.
+bash "$(dirname "$0")/lab-deps.sh"

@@ -1,0 +1,513 @@
+//! The hybrid lab end to end (README "Hybrid lab"): the top-level `docker-compose.yml`
+//! brought up under a project name of its own, with real peers on one private network —
+//! Postfix as the on-premises server (mail.contoso.test) and as the partner
+//! (mail.fabrikam.test), Postfix internet destinations (a right certificate, a wrong name,
+//! no STARTTLS), a DNSSEC-signed zone behind a validating unbound, an MTA-STS policy host —
+//! and the relay built from this checkout (the Dockerfile's `prebuilt` stage, so no Rust
+//! image). Messages are sent with swaks from inside the peers; every assertion reads the
+//! relay's message trace through its admin API (`GET /api/trace`), from inside the lab.
+//! At the end the project is brought down with its volumes and the relay image removed;
+//! the test checks that no container, network or volume of the project is left.
+//!
+//! Needs a Docker daemon and Compose (v2 plugin or v1), installed by
+//! `scripts/install-deps.sh` → `scripts/lab-deps.sh`; without a reachable daemon it prints
+//! a loud SKIPPED line and passes. The Debian base image (`scripts/lab-base-image.sh`,
+//! debootstrap) and the peer image are cached by tag: the first run takes a few minutes,
+//! later ones well under a minute.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BASE_IMAGE: &str = "connector-relay-lab/debian:bookworm";
+const PEER_IMAGE: &str = "connector-relay-lab/peer:bookworm";
+/// The lab's network (docker-compose.yml); a second lab on it cannot start.
+const SUBNET: &str = "10.225.25.0/24";
+/// Generous deadlines for a slow machine: they bound waiting, nothing asserts on time.
+const READY: Duration = Duration::from_secs(180);
+const SETTLE: Duration = Duration::from_secs(180);
+/// The services the test starts: all but the Mailpit viewer (a public image).
+const SERVICES: &[&str] = &[
+    "certs",
+    "dns",
+    "relay",
+    "onprem",
+    "partner",
+    "northwind",
+    "adatum",
+    "tailspin",
+    "mta-sts",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `cmd` and panics with its output unless it succeeds.
+fn must(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn skip(why: &str) {
+    eprintln!("\n======================================================================");
+    eprintln!("SKIPPED tests/lab.rs (hybrid lab): {why}");
+    eprintln!("Install with scripts/install-deps.sh and start a Docker daemon to run it.");
+    eprintln!("======================================================================\n");
+}
+
+/// `docker compose` (v2) when the plugin works, else `docker-compose` (v1).
+fn compose_program() -> Option<Vec<String>> {
+    if ok(Command::new("docker").args(["compose", "version"])) {
+        Some(vec!["docker".into(), "compose".into()])
+    } else if ok(Command::new("docker-compose").arg("version")) {
+        Some(vec!["docker-compose".into()])
+    } else {
+        None
+    }
+}
+
+/// A network already on the lab's subnet (a user's lab that is up) makes `up` fail.
+fn subnet_in_use() -> Option<String> {
+    let ids = run(Command::new("docker").args(["network", "ls", "-q"]));
+    let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+    ids.split_whitespace().find_map(|id| {
+        let out = run(Command::new("docker").args([
+            "network",
+            "inspect",
+            "-f",
+            "{{.Name}} {{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            id,
+        ]));
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        line.contains(SUBNET).then(|| line.trim().to_string())
+    })
+}
+
+/// One compose project; brought down (with its volumes) and its relay image removed on
+/// drop, so a failing assertion leaves nothing behind either.
+struct Lab {
+    compose: Vec<String>,
+    project: String,
+    relay_image: String,
+    down: bool,
+}
+
+impl Lab {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.compose[0]);
+        c.args(&self.compose[1..])
+            .args(["-p", &self.project, "-f"])
+            .arg(repo().join("docker-compose.yml"))
+            .current_dir(repo())
+            .env("LAB_BASE_IMAGE", BASE_IMAGE)
+            .env("LAB_PEER_IMAGE", PEER_IMAGE)
+            .env("LAB_RELAY_IMAGE", &self.relay_image)
+            // No copies to the viewer (it is not started), and the admin port published
+            // on a port the system picks (never a fixed one a developer's relay may hold).
+            .env("LAB_VIEWER", "")
+            .env("LAB_ADMIN_PUBLISH", "127.0.0.1:");
+        c
+    }
+
+    /// `compose exec -T SERVICE ARGS...`
+    fn exec(&self, service: &str, args: &[&str]) -> Output {
+        run(self.cmd().args(["exec", "-T", service]).args(args))
+    }
+
+    fn teardown(&mut self) {
+        if self.down {
+            return;
+        }
+        self.down = true;
+        let out = run(self
+            .cmd()
+            .args(["down", "-v", "--remove-orphans", "-t", "5"]));
+        if !out.status.success() {
+            eprintln!("lab: compose down failed:\n{}", text(&out));
+        }
+        run(Command::new("docker").args(["rmi", "-f", &self.relay_image]));
+    }
+
+    /// What of the project is left, as `docker ... ls` prints it (empty: nothing).
+    fn leftovers(&self) -> String {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let mut left = String::new();
+        for what in [
+            &["ps", "-a", "-q", "--filter"][..],
+            &["network", "ls", "-q", "--filter"],
+            &["volume", "ls", "-q", "--filter"],
+        ] {
+            let out = run(Command::new("docker").args(what).arg(&label));
+            left.push_str(String::from_utf8_lossy(&out.stdout).trim());
+        }
+        let image = run(Command::new("docker").args(["image", "inspect", &self.relay_image]));
+        if image.status.success() {
+            left.push_str(&self.relay_image);
+        }
+        left
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.down {
+            // A failure: show what the services said before they are gone.
+            let logs = run(self.cmd().args(["logs", "--no-color", "--tail", "60"]));
+            eprintln!("lab logs:\n{}", text(&logs));
+        }
+        self.teardown();
+    }
+}
+
+/// The base image (debootstrap, cached by tag), the peer image (layer cache), and the relay
+/// image from this build's binary.
+fn build_images(relay_image: &str) {
+    must(
+        Command::new("bash")
+            .arg(repo().join("scripts/lab-base-image.sh"))
+            .current_dir(repo()),
+    );
+    let t = Instant::now();
+    must(
+        Command::new("docker")
+            .args(["build", "-q", "-t", PEER_IMAGE, "--build-arg"])
+            .arg(format!("BASE_IMAGE={BASE_IMAGE}"))
+            .args(["-f", "lab/Dockerfile.peer", "lab"])
+            .current_dir(repo()),
+    );
+    // The binary cargo built for this test run, put where .dockerignore lets it through.
+    let bin_dir = repo().join("lab/bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let bin = bin_dir.join("connector-relay");
+    let _ = std::fs::remove_file(&bin);
+    let built = Path::new(env!("CARGO_BIN_EXE_connector-relay"));
+    if std::fs::hard_link(built, &bin).is_err() {
+        std::fs::copy(built, &bin).unwrap();
+    }
+    let out = run(Command::new("docker")
+        .args(["build", "-q", "--target", "prebuilt", "-t", relay_image])
+        .arg(format!("--build-arg=BASE_IMAGE={BASE_IMAGE}"))
+        .arg(".")
+        .current_dir(repo()));
+    let _ = std::fs::remove_file(&bin);
+    assert!(out.status.success(), "relay image:\n{}", text(&out));
+    // Images replaced by a newer build of the same tag (a changed Dockerfile.peer).
+    run(Command::new("docker").args([
+        "image",
+        "prune",
+        "-f",
+        "--filter",
+        "label=connector-relay-lab",
+    ]));
+    eprintln!("lab: images ready in {:?}", t.elapsed());
+}
+
+fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "lab: gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The relay's trace rows for one recipient, through the admin API, asked from inside the
+/// lab (the on-premises container's curl) as a lab user's tool would.
+fn trace(lab: &Lab, token: &str, recipient: &str) -> Vec<Value> {
+    let url = format!("http://relay.contoso.test:8025/api/trace?recipient={recipient}");
+    let auth = format!("Authorization: Bearer {token}");
+    let out = lab.exec("onprem", &["curl", "-sf", "-H", &auth, &url]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn field<'a>(row: &'a Value, key: &str) -> &'a str {
+    row.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn rows_of<'a>(rows: &'a [Value], event: &str) -> Vec<&'a Value> {
+    rows.iter().filter(|r| field(r, "event") == event).collect()
+}
+
+fn show(rows: &[Value]) -> String {
+    rows.iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until the recipient's trace has a row of `event`, then returns all its rows.
+fn wait_for(lab: &Lab, token: &str, recipient: &str, event: &str) -> Vec<Value> {
+    let mut last = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < SETTLE {
+        last = trace(lab, token, recipient);
+        if !rows_of(&last, event).is_empty() {
+            return last;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!(
+        "lab: no {event} row for {recipient}; its trace:\n{}",
+        show(&last)
+    );
+}
+
+/// swaks inside a peer, injecting into that peer's own Postfix (which then relays).
+fn send_via_postfix(lab: &Lab, service: &str, from: &str, to: &str) {
+    let subject = format!("Subject: lab {service} to {to}");
+    let out = poll(READY, &format!("{service}'s Postfix"), || {
+        let out = lab.exec(
+            service,
+            &[
+                "swaks",
+                "--server",
+                "127.0.0.1",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--header",
+                &subject,
+            ],
+        );
+        out.status.success().then_some(out)
+    });
+    assert!(text(&out).contains("250"), "{}", text(&out));
+}
+
+#[test]
+fn hybrid_lab_scenarios() {
+    if !ok(Command::new("docker").arg("info")) {
+        return skip("no Docker daemon answers `docker info`");
+    }
+    let Some(compose) = compose_program() else {
+        return skip("neither `docker compose` nor `docker-compose` is installed");
+    };
+    if let Some(net) = subnet_in_use() {
+        return skip(&format!(
+            "network {net} already uses the lab's subnet {SUBNET} (a lab that is up?)"
+        ));
+    }
+    let base_cached = ok(Command::new("docker").args(["image", "inspect", BASE_IMAGE]));
+    if !base_cached && unsafe { libc::geteuid() } != 0 {
+        return skip("the Debian base image must be made once as root (scripts/lab-base-image.sh)");
+    }
+    let started = Instant::now();
+    let project = format!("crlab{}", std::process::id());
+    let relay_image = format!("connector-relay-lab/relay:{project}");
+    build_images(&relay_image);
+    let mut lab = Lab {
+        compose,
+        project,
+        relay_image,
+        down: false,
+    };
+    eprintln!("lab: {} up ({SUBNET})", lab.project);
+    must(lab.cmd().args(["up", "-d", "--no-build"]).args(SERVICES));
+
+    // The relay makes its admin token at start; the API answers once it runs.
+    let token = poll(READY, "the relay's admin token", || {
+        let out = lab.exec("relay", &["cat", "/var/lib/connector-relay/admin.token"]);
+        let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !t.is_empty()).then_some(t)
+    });
+    eprintln!("lab: relay up at {:?}", started.elapsed());
+    let auth = format!("Authorization: Bearer {token}");
+    poll(READY, "the relay's admin API", || {
+        let out = lab.exec(
+            "onprem",
+            &[
+                "curl",
+                "-sf",
+                "-H",
+                &auth,
+                "http://relay.contoso.test:8025/api/status",
+            ],
+        );
+        out.status.success().then_some(())
+    });
+
+    // 1. Partner → relay → on-premises: Fabrikam's Postfix sends over forced TLS with its
+    //    certificate from its own address; the relay hands it to mail.contoso.test.
+    send_via_postfix(&lab, "partner", "alice@fabrikam.test", "bob@contoso.test");
+    // 2. On-premises → relay → internet, DomainValidation: a right certificate (and DANE).
+    send_via_postfix(&lab, "onprem", "alice@contoso.test", "carol@northwind.test");
+    // 3. A wrong-name destination: deferred with 4.4.317.
+    send_via_postfix(&lab, "onprem", "alice@contoso.test", "dave@adatum.test");
+    // 4. MTA-STS enforce (wingtip.test) and no STARTTLS (tailspin.test).
+    send_via_postfix(&lab, "onprem", "alice@contoso.test", "erin@wingtip.test");
+    send_via_postfix(&lab, "onprem", "alice@contoso.test", "frank@tailspin.test");
+    // 5. A spoofed partner: an internet host (tailspin) claims fabrikam.test over TLS.
+    let spoof = lab.exec(
+        "tailspin",
+        &[
+            "swaks",
+            "--server",
+            "relay.contoso.test",
+            "--tls",
+            "--from",
+            "ceo@fabrikam.test",
+            "--to",
+            "grace@contoso.test",
+        ],
+    );
+    assert!(!spoof.status.success(), "{}", text(&spoof));
+    assert!(text(&spoof).contains("550 5.7.51"), "{}", text(&spoof));
+
+    eprintln!("lab: messages sent at {:?}", started.elapsed());
+    check_partner_to_onprem(&lab, &token);
+    check_internet(&lab, &token);
+    check_spoof(&lab, &token);
+    eprintln!("lab: trace checked at {:?}", started.elapsed());
+
+    lab.teardown();
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "lab: left behind: {left}");
+    eprintln!("lab: passed in {:?}", started.elapsed());
+}
+
+fn check_partner_to_onprem(lab: &Lab, token: &str) {
+    let rows = wait_for(lab, token, "bob@contoso.test", "Delivered");
+    let received = rows_of(&rows, "Received");
+    assert!(
+        received
+            .iter()
+            .any(|r| field(r, "client_ip") == "10.225.25.20"
+                && field(r, "connector") == "From Fabrikam (forced TLS)"
+                && field(r, "certificate").contains("mail.fabrikam.test")
+                && field(r, "tls").starts_with("TLS")),
+        "partner's Received row:\n{}",
+        show(&rows)
+    );
+    let delivered = rows_of(&rows, "Delivered");
+    assert!(
+        delivered
+            .iter()
+            .any(|r| field(r, "connector") == "Outbound to on-premises"
+                && field(r, "ip") == "10.225.25.11"
+                && field(r, "tls").starts_with("TLS")),
+        "Delivered to on-premises:\n{}",
+        show(&rows)
+    );
+    // And it is in bob's mailbox on the on-premises server.
+    poll(SETTLE, "bob's mailbox", || {
+        let out = lab.exec(
+            "onprem",
+            &[
+                "sh",
+                "-c",
+                "grep -l 'lab partner to bob@contoso.test' /var/mail/vhosts/contoso.test/bob/new/*",
+            ],
+        );
+        out.status.success().then_some(())
+    });
+}
+
+fn check_internet(lab: &Lab, token: &str) {
+    let internet = "To the internet (DomainValidation)";
+    for to in ["carol@northwind.test", "erin@wingtip.test"] {
+        let rows = wait_for(lab, token, to, "Delivered");
+        assert!(
+            rows_of(&rows, "Received").iter().any(|r| {
+                field(r, "client_ip") == "10.225.25.11"
+                    && field(r, "connector") == "Inbound from on-premises"
+                    && field(r, "certificate").contains("mail.contoso.test")
+            }),
+            "on-premises Received row for {to}:\n{}",
+            show(&rows)
+        );
+        assert!(
+            rows_of(&rows, "Delivered")
+                .iter()
+                .any(|r| field(r, "connector") == internet
+                    && field(r, "ip") == "10.225.25.30"
+                    && field(r, "tls").starts_with("TLS")),
+            "Delivered over TLS to {to}:\n{}",
+            show(&rows)
+        );
+    }
+    // northwind's MX host has TLSA in the signed zone: DANE decided; wingtip's policy
+    // is MTA-STS enforce.
+    let rows = trace(lab, token, "carol@northwind.test");
+    assert!(
+        rows.iter().any(|r| field(r, "detail").contains("DANE")),
+        "DANE in northwind's attempt:\n{}",
+        show(&rows)
+    );
+    let rows = trace(lab, token, "erin@wingtip.test");
+    assert!(
+        rows.iter().any(|r| field(r, "detail").contains("enforce")),
+        "MTA-STS enforce in wingtip's attempt:\n{}",
+        show(&rows)
+    );
+    // A wrong name and no STARTTLS: deferred with 4.4.317, never delivered.
+    for (to, ip) in [
+        ("dave@adatum.test", "10.225.25.31"),
+        ("frank@tailspin.test", "10.225.25.32"),
+    ] {
+        let rows = wait_for(lab, token, to, "Deferred");
+        assert!(
+            rows_of(&rows, "Deferred").iter().any(|r| {
+                field(r, "connector") == internet
+                    && (field(r, "reply").contains("4.4.317")
+                        || field(r, "detail").contains("4.4.317"))
+            }),
+            "4.4.317 for {to}:\n{}",
+            show(&rows)
+        );
+        assert!(
+            rows.iter().any(|r| field(r, "ip") == ip),
+            "an attempt at {ip} for {to}:\n{}",
+            show(&rows)
+        );
+        assert!(rows_of(&rows, "Delivered").is_empty(), "{}", show(&rows));
+    }
+}
+
+fn check_spoof(lab: &Lab, token: &str) {
+    let rows = wait_for(lab, token, "grace@contoso.test", "Rejected");
+    assert!(
+        rows_of(&rows, "Rejected").iter().any(|r| {
+            field(r, "client_ip") == "10.225.25.32"
+                && field(r, "connector") == "From Fabrikam (forced TLS)"
+                && field(r, "reply").starts_with("550 5.7.51")
+        }),
+        "the spoof's Rejected row:\n{}",
+        show(&rows)
+    );
+    assert!(rows_of(&rows, "Received").is_empty(), "{}", show(&rows));
+}
