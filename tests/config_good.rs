@@ -538,3 +538,27 @@ fn mta_sts_mode_on_a_smart_host_connector_is_explained() {
     );
     assert!(quiet.warnings.is_empty(), "{}", render(&quiet.warnings));
 }
+
+#[test]
+fn partner_sender_ip_addresses_without_restriction_are_flagged_unused() {
+    // A Partner connector with SenderDomains is chosen by the sender's domain; its
+    // SenderIPAddresses count only with RestrictDomainsToIPAddresses (fidelity audit §5).
+    let partner = |restrict: &str| {
+        format!(
+            "[Relay]\nAcceptedDomains = [\"contoso.test\"]\n\n[[InboundConnector]]\nName = \"Fabrikam\"\n\
+             ConnectorType = \"Partner\"\nSenderDomains = [\"fabrikam.test\"]\n\
+             SenderIPAddresses = [\"192.0.2.0/24\"]\n{restrict}"
+        )
+    };
+    let loaded = load(&partner(""));
+    assert_eq!(loaded.warnings.len(), 1, "{}", render(&loaded.warnings));
+    let w = &loaded.warnings[0];
+    assert_eq!((w.line, w.key.as_str()), (8, "SenderIPAddresses"));
+    assert!(
+        w.to_string()
+            .contains("RestrictDomainsToIPAddresses = true"),
+        "{w}"
+    );
+    let quiet = load(&partner("RestrictDomainsToIPAddresses = true\n"));
+    assert!(quiet.warnings.is_empty(), "{}", render(&quiet.warnings));
+}

@@ -117,6 +117,20 @@ fn rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, env: &Env) {
             "is set but RequireTls is false; set RequireTls = true so senders cannot skip TLS",
         );
     }
+    // A Partner connector with SenderDomains is chosen by the sender's domain; its
+    // SenderIPAddresses only take part with RestrictDomainsToIPAddresses (policy.md), so
+    // without it they are written and never used.
+    if c.connector_type == ConnectorType::Partner
+        && !c.sender_domains.is_empty()
+        && !c.sender_ip_addresses.is_empty()
+        && !c.restrict_domains_to_ip_addresses
+    {
+        ctx.warn(
+            lines.of("SenderIPAddresses"),
+            "SenderIPAddresses",
+            "is not used: this Partner connector is chosen by SenderDomains, and its addresses only count with RestrictDomainsToIPAddresses = true (then mail from these domains is accepted only from these addresses)",
+        );
+    }
     // -AssociatedAcceptedDomains: "the accepted domains that the connector applies to".
     for domain in &c.associated_accepted_domains {
         let name = domain.to_string();
