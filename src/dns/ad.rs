@@ -32,7 +32,7 @@ use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::hickory::{classify_mx, fqdn, host_name, merge_families};
+use super::hickory::{classify_mx, fqdn, merge_families, mx_records};
 use super::{DnsError, MxAnswer, Secured, Security, Tlsa};
 
 /// Longest time an answer is kept, whatever its TTL says.
@@ -100,20 +100,10 @@ impl AdClient {
         let security = answer.security();
         match answer.rcode {
             ResponseCode::NXDomain => Err(DnsError::NxDomain),
-            _ => {
-                let records = answer
-                    .records
-                    .iter()
-                    .filter_map(|r| match r.data() {
-                        RData::MX(mx) => Some((mx.preference(), host_name(mx.exchange()))),
-                        _ => None,
-                    })
-                    .collect();
-                Ok(Secured {
-                    value: classify_mx(records),
-                    security,
-                })
-            }
+            _ => Ok(Secured {
+                value: classify_mx(mx_records(&answer.records)),
+                security,
+            }),
         }
     }
 

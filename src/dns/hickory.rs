@@ -235,15 +235,8 @@ impl HickoryResolver {
         if rcode == ResponseCode::NXDomain {
             return Err(DnsError::NxDomain);
         }
-        let mx = records
-            .iter()
-            .filter_map(|r| match r.data() {
-                RData::MX(mx) => Some((mx.preference(), host_name(mx.exchange()))),
-                _ => None,
-            })
-            .collect();
         Ok(Secured {
-            value: classify_mx(mx),
+            value: classify_mx(mx_records(&records)),
             security,
         })
     }
@@ -407,6 +400,17 @@ impl Resolver for HickoryResolver {
             }
         })
     }
+}
+
+/// The (preference, exchange) pairs of an answer's MX records.
+pub(super) fn mx_records(records: &[Record]) -> Vec<(u16, String)> {
+    records
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::MX(mx) => Some((mx.preference(), host_name(mx.exchange()))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The A and AAAA addresses of an answer's records; `NoRecords` when there is none.
