@@ -35,6 +35,10 @@ pub enum Mode {
     /// As `Accept`, but the reply to the end of each message comes after this long (a slow
     /// next hop whose sessions still succeed).
     SlowAccept(Duration),
+    /// A working session up to MAIL FROM that never answers RCPT: a next hop that stalls
+    /// mid-transaction. It holds the connection until the client closes it, and records how
+    /// long the client waited (`stalls`).
+    StallAtRcpt,
 }
 
 /// Connections open at once, and the most seen; can be shared by several fakes to count
@@ -80,6 +84,8 @@ struct State {
     rcpts: AtomicUsize,
     /// Message-ID header of every message taken (one entry per delivery, duplicates kept).
     delivered: Mutex<Vec<String>>,
+    /// `StallAtRcpt`: from each unanswered RCPT to the client closing the connection.
+    stalls: Mutex<Vec<Duration>>,
     release: watch::Sender<bool>,
 }
 
@@ -108,6 +114,7 @@ impl Downstream {
             accepted: Mutex::new(Vec::new()),
             rcpts: AtomicUsize::new(0),
             delivered: Mutex::new(Vec::new()),
+            stalls: Mutex::new(Vec::new()),
             release: watch::channel(false).0,
         });
         let s = state.clone();
@@ -163,6 +170,12 @@ impl Downstream {
     /// RCPT commands received (in any mode that reads commands).
     pub fn rcpts(&self) -> usize {
         self.state.rcpts.load(Ordering::SeqCst)
+    }
+
+    /// `StallAtRcpt`: how long each client waited for its RCPT reply before it closed the
+    /// connection (sessions still waiting are not counted).
+    pub fn stalls(&self) -> Vec<Duration> {
+        self.state.stalls.lock().unwrap().clone()
     }
 
     /// Message-IDs of the messages taken, one entry per delivery.
@@ -235,20 +248,19 @@ async fn session(mut stream: TcpStream, mode: Mode, s: &State) {
                 .write_all(b"421 4.3.2 fake.test Service not available, closing channel\r\n")
                 .await;
         }
-        Mode::TempFailRcpt => {
-            let _ = smtp(stream, false, Duration::ZERO, s).await;
-        }
-        Mode::Accept => {
-            let _ = smtp(stream, true, Duration::ZERO, s).await;
-        }
-        Mode::SlowAccept(delay) => {
-            let _ = smtp(stream, true, delay, s).await;
+        Mode::TempFailRcpt | Mode::Accept | Mode::SlowAccept(_) | Mode::StallAtRcpt => {
+            let _ = smtp(stream, mode, s).await;
         }
     }
 }
 
-/// A minimal SMTP server (RFC 5321 replies, PIPELINING-safe: one reply per command line).
-async fn smtp(stream: TcpStream, take: bool, delay: Duration, s: &State) -> std::io::Result<()> {
+/// A minimal SMTP server (RFC 5321 replies, PIPELINING-safe: one reply per command line),
+/// answering RCPT and the end of data as `mode` says.
+async fn smtp(stream: TcpStream, mode: Mode, s: &State) -> std::io::Result<()> {
+    let delay = match mode {
+        Mode::SlowAccept(d) => d,
+        _ => Duration::ZERO,
+    };
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 fake.test ESMTP\r\n").await?;
@@ -277,9 +289,15 @@ async fn smtp(stream: TcpStream, take: bool, delay: Duration, s: &State) -> std:
                 drop(busy.replace(s.busy.enter()));
                 b"250 2.1.0 OK\r\n"
             }
+            "RCPT" if mode == Mode::StallAtRcpt => {
+                s.rcpts.fetch_add(1, Ordering::SeqCst);
+                let waited = stall(&mut r).await;
+                s.stalls.lock().unwrap().push(waited);
+                return Ok(());
+            }
             "RCPT" => {
                 s.rcpts.fetch_add(1, Ordering::SeqCst);
-                if take {
+                if mode != Mode::TempFailRcpt {
                     recipients += 1;
                     b"250 2.1.5 OK\r\n"
                 } else {
@@ -307,6 +325,15 @@ async fn smtp(stream: TcpStream, take: bool, delay: Duration, s: &State) -> std:
         };
         w.write_all(reply).await?;
     }
+}
+
+/// Says nothing and reads (and drops) whatever comes until the client closes the
+/// connection; answers how long that took.
+async fn stall(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+    start.elapsed()
 }
 
 /// Reads message text up to the final "."; its Message-ID header ("" without one), or

@@ -106,11 +106,23 @@ pub async fn start_relay_from_file(
     config: &std::path::Path,
     token_dir: &std::path::Path,
 ) -> (connector_relay::relay::RelayHandle, String) {
+    start_relay_from_file_with_dns(config, token_dir, None).await
+}
+
+/// As [`start_relay_from_file`], resolving next hops through the loopback DNS server at
+/// `dns` when given (MX routes).
+pub async fn start_relay_from_file_with_dns(
+    config: &std::path::Path,
+    token_dir: &std::path::Path,
+    dns: Option<SocketAddr>,
+) -> (connector_relay::relay::RelayHandle, String) {
     use std::sync::Arc;
     let loaded = connector_relay::config::load_file(config).expect("valid test config");
-    let resolver =
-        connector_relay::dns::hickory::HickoryResolver::with_timeout(&[], Duration::from_secs(2))
-            .unwrap();
+    let resolver = connector_relay::dns::hickory::HickoryResolver::with_timeout(
+        &dns.map(|d| vec![d]).unwrap_or_default(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     let options = connector_relay::relay::StartOptions {
         config_path: Some(config.to_path_buf()),
         resolver: Some(Arc::new(resolver)),

@@ -237,6 +237,14 @@ pub async fn wait_messages(dir: &Path, n: usize, limit: Duration) -> Vec<String>
     }
 }
 
+/// The values of every `name:` header line of a message (unfolded lines only), in order.
+pub fn header_values<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    message
+        .lines()
+        .filter_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+        .collect()
+}
+
 /// A relayed message (a sink file) split into its header block without the sink's
 /// `X-Sink-*` lines and the relay's `Received:` header (dynamic ids and dates), and its
 /// body.
