@@ -278,12 +278,21 @@ async fn disabled_outbound_connector_is_skipped_until_enabled_through_the_api() 
     .await;
 
     // Disabled: the default route (MX) carries fabrikam.test; the gateway is never contacted.
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "off@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "off@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&mx, 1).await, ["off@contoso.test"]);
     let routed = lab.routed("off@contoso.test", "bob@fabrikam.test").await;
     assert_eq!(routed["connector"], Value::Null, "{routed}");
     let detail = routed["detail"].as_str().unwrap();
-    assert!(detail.starts_with("default MX route: MX lookup of fabrikam.test"), "{detail}");
+    assert!(
+        detail.starts_with("default MX route: MX lookup of fabrikam.test"),
+        "{detail}"
+    );
     assert_eq!(gateway.handle.connections(), 0);
 
     // Enabled through the admin API, without a restart: the next message takes it.
@@ -306,22 +315,45 @@ async fn disabled_send_connector_is_skipped_until_enabled_through_the_api() {
             primary.addr(),
             "Enabled = false",
         ),
-        send_connector("Fabrikam backup", r#"["fabrikam.test;5"]"#, backup.addr(), ""),
+        send_connector(
+            "Fabrikam backup",
+            r#"["fabrikam.test;5"]"#,
+            backup.addr(),
+            "",
+        ),
     ]
     .join("\n");
     let lab = Lab::start(None, "", &connectors).await;
 
     // Disabled: the costlier connector for the same address space takes the mail.
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "one@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "one@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&backup, 1).await, ["one@contoso.test"]);
     assert_eq!(primary.handle.connections(), 0);
 
     // Enabled: the cheaper one wins again; disabled again: back to the backup.
     lab.set_enabled("Fabrikam primary", true).await;
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "two@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "two@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&primary, 1).await, ["two@contoso.test"]);
     lab.set_enabled("Fabrikam primary", false).await;
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "three@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "three@contoso.test",
+    )
+    .await;
     assert_eq!(
         arrived(&backup, 2).await,
         ["one@contoso.test", "three@contoso.test"]
@@ -353,7 +385,13 @@ async fn test_mode_connector_is_traced_as_would_route_but_mail_takes_the_route_w
 
     // policy.md step 5: evaluated and recorded as "would route", but the message goes by
     // the route that applies without the connector (here the default MX route).
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "trial@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "trial@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&mx, 1).await, ["trial@contoso.test"]);
     let routed = lab.routed("trial@contoso.test", "bob@fabrikam.test").await;
     assert_eq!(routed["connector"], Value::Null, "{routed}");
@@ -390,7 +428,13 @@ async fn transport_rule_scoped_connector_carries_no_normal_mail() {
 
     // The exact-domain connector is skipped (the relay has no transport rules to pick it):
     // the `*` connector carries fabrikam.test, and nothing reports a "would route".
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "scoped@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "scoped@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&internet, 1).await, ["scoped@contoso.test"]);
     let routed = lab.routed("scoped@contoso.test", "bob@fabrikam.test").await;
     assert_eq!(routed["connector"], "Internet", "{routed}");
@@ -501,7 +545,13 @@ async fn send_connector_max_message_size_returns_larger_mail_to_its_sender_with_
     d.expect("250", "end of DATA").await;
     d.cmd("QUIT", "221").await;
     // A message within the limit takes the connector.
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "small@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "small@contoso.test",
+    )
+    .await;
     assert_eq!(arrived(&fabrikam, 1).await, ["small@contoso.test"]);
 
     // The larger one is never sent through it: its sender gets an NDR (5.3.4, naming the
@@ -521,10 +571,18 @@ async fn send_connector_max_message_size_returns_larger_mail_to_its_sender_with_
         "exceeds the MaxMessageSize 4096 of connector \"Fabrikam\"",
         "Message-ID: <big@contoso.test>",
     ] {
-        assert!(words.contains(expected), "{expected:?} not in the NDR:\n{}", ndr[0]);
+        assert!(
+            words.contains(expected),
+            "{expected:?} not in the NDR:\n{}",
+            ndr[0]
+        );
     }
     assert_eq!(messages(fabrikam.maildir()).len(), 1);
-    assert_eq!(fabrikam.handle.connections(), 1, "the big message never connected");
+    assert_eq!(
+        fabrikam.handle.connections(),
+        1,
+        "the big message never connected"
+    );
     lab.stop().await;
 }
 
@@ -545,7 +603,13 @@ async fn send_connector_inactivity_timeout_drops_a_stalled_next_hop_and_defers()
         ),
     )
     .await;
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "stalled@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "stalled@contoso.test",
+    )
+    .await;
 
     // The relay closes the connection after about 2 s of silence: well before the 10-minute
     // default of the key or the relay's own 5 minutes (`until` gives up after 30 s).
@@ -576,7 +640,12 @@ async fn external_authoritative_smart_host_requires_tls_and_gets_no_auth() {
     let (tls, plain) = (sink(true).await, sink(false).await);
     let external = r#"SmartHostAuthMechanism = "ExternalAuthoritative""#;
     let connectors = [
-        send_connector("Trusted gateway", r#"["fabrikam.test"]"#, tls.addr(), external),
+        send_connector(
+            "Trusted gateway",
+            r#"["fabrikam.test"]"#,
+            tls.addr(),
+            external,
+        ),
         send_connector(
             "Trusted gateway without TLS",
             r#"["woodgrove.test"]"#,
@@ -618,7 +687,13 @@ async fn external_authoritative_smart_host_requires_tls_and_gets_no_auth() {
     );
 
     // A hop that offers no STARTTLS gets nothing: deferred with 4.4.317.
-    send(&lab, ON_PREMISES, &["carl@woodgrove.test"], "notls@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["carl@woodgrove.test"],
+        "notls@contoso.test",
+    )
+    .await;
     let queued = lab.deferred("carl@woodgrove.test", "4.4.317").await;
     let error = queued["Recipients"][0]["LastError"].as_str().unwrap();
     assert!(error.contains("STARTTLS"), "{error}");
@@ -642,7 +717,13 @@ async fn external_authoritative_with_ignore_starttls_sends_in_plaintext() {
         ),
     )
     .await;
-    send(&lab, ON_PREMISES, &["bob@fabrikam.test"], "ipsec@contoso.test").await;
+    send(
+        &lab,
+        ON_PREMISES,
+        &["bob@fabrikam.test"],
+        "ipsec@contoso.test",
+    )
+    .await;
     let m = wait_messages(tls.maildir(), 1, WAIT).await;
     assert_eq!(m.len(), 1);
     assert!(header_values(&m[0], "X-Sink-Tls").is_empty(), "{}", m[0]);

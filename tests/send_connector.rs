@@ -19,7 +19,7 @@ use connector_relay::dns::hickory::HickoryResolver;
 use connector_relay::sink::{self, SinkOptions};
 use connector_relay::smtp::Reply;
 use support::dns::TestDns;
-use support::{Dialog, Sink, certs, messages};
+use support::{Dialog, Sink, certs, header_values as header, messages};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -128,13 +128,6 @@ fn tls_opts() -> SinkOptions {
 
 fn auth() -> Option<(String, String)> {
     Some((USER.into(), PASS.into()))
-}
-
-fn header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
-    message
-        .lines()
-        .filter_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
-        .collect()
 }
 
 fn protocol_log(dir: &Path) -> String {
@@ -547,6 +540,8 @@ async fn a_broken_pooled_connection_is_replaced() {
 async fn source_ip_port_fqdn_and_force_helo() {
     let sink = sink_with(Default::default()).await;
     let dir = tempfile::tempdir().unwrap();
+    // (ConnectionInactivityTimeOut is only loaded here: the deliverer's command timeout
+    // overrides it; tests/connector_behaviour.rs shows it taking effect.)
     let connector = smart_host(
         sink.addr(),
         "SourceIPAddress = \"127.0.0.5\"\nFqdn = \"out.contoso.test\"\nForceHELO = true\nConnectionInactivityTimeOut = \"00:00:03\"",
