@@ -553,10 +553,13 @@ async fn validate_traced(
 ) -> ops::ValidationReport {
     let relay = &policy.relay;
     let store = trace::store::start(&relay.data_dir, relay.trace_retention_days)
-        .map_err(|e| eprintln!("connector-relay: the validation is not written to the message trace: {e}"))
+        .map_err(|e| {
+            eprintln!("connector-relay: the validation is not written to the message trace: {e}")
+        })
         .ok();
     let events = store.as_ref().map(|(events, _)| events);
-    let report = ops::validate_traced(policy.clone(), resolver, connector, recipients, events).await;
+    let report =
+        ops::validate_traced(policy.clone(), resolver, connector, recipients, events).await;
     if let Some((events, writer)) = store {
         drop(events);
         writer.finish().await;

@@ -20,11 +20,11 @@ use toml_edit::{DocumentMut, Item};
 use super::{AdminState, error, reload_error};
 use crate::config::ConfigError;
 use crate::config::edit::{self, Direction, Edit, json_to_toml, toml_to_json};
-use crate::relay::{EditOutcome, ReloadError};
 use crate::policy::{
     ConnectorType, DomainPattern, InboundConnector, OutboundConnector, Policy, SendConnector,
     SmartHost, TlsLevel,
 };
+use crate::relay::{EditOutcome, ReloadError};
 
 /// Fields the list adds to the written keys; dropped from request bodies, so that what a
 /// client got can be sent back.
@@ -526,7 +526,10 @@ async fn create_several(state: Arc<AdminState>, items: Vec<Value>, what_if: bool
     for (i, item) in items.into_iter().enumerate() {
         let edit = match item {
             Value::Object(m) => new_connector(m),
-            _ => Err((String::new(), "each element must be a JSON object of connector keys".into())),
+            _ => Err((
+                String::new(),
+                "each element must be a JSON object of connector keys".into(),
+            )),
         };
         match edit {
             Ok(e) => edits.push(e),
@@ -573,7 +576,11 @@ async fn create_several(state: Arc<AdminState>, items: Vec<Value>, what_if: bool
         .collect();
     let mut body = outcome_json(&outcome, what_if);
     body.insert("Connectors".into(), Value::Array(created));
-    let status = if what_if { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if what_if {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     (status, Json(Value::Object(body))).into_response()
 }
 
@@ -589,7 +596,9 @@ fn created_name(edit: &Edit) -> String {
 
 /// Runs blocking work (reading, validating and writing the config file) off the async
 /// threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -668,14 +677,17 @@ pub(super) async fn remove(
 /// problems are listed as for any refused change.
 fn not_removed(direction: Direction, name: &str, errors: &[ConfigError], found: bool) -> Response {
     let why = match errors.first() {
-        Some(first) if found => format!(
-            "without it the configuration would be invalid ({first}); nothing was changed"
-        ),
+        Some(first) if found => {
+            format!("without it the configuration would be invalid ({first}); nothing was changed")
+        }
         Some(first) => first.reason.clone(),
         None => "the configuration would be invalid".into(),
     };
     let mut body = super::config_errors_body(errors);
-    body["error"] = json!(format!("{} {name:?} was not removed: {why}", direction.section()));
+    body["error"] = json!(format!(
+        "{} {name:?} was not removed: {why}",
+        direction.section()
+    ));
     (StatusCode::CONFLICT, Json(body)).into_response()
 }
 

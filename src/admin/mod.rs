@@ -211,7 +211,11 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// 400 for a refused configuration: the first problem as `key` and `error` (the sentence),
 /// every problem in `errors`.
 pub fn config_errors(errors: &[ConfigError]) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(config_errors_body(errors))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(config_errors_body(errors)),
+    )
+        .into_response()
 }
 
 /// The body of [`config_errors`].

@@ -634,18 +634,36 @@ RestrictDomainsToIPAddresses = true
             .expect("found");
         assert_eq!(out.loaded.policy.inbound.len(), 1);
         assert!(out.new_text.starts_with(TEXT), "{}", out.new_text);
-        assert!(!out.new_text.contains("the second one"), "its own comment goes");
+        assert!(
+            !out.new_text.contains("the second one"),
+            "its own comment goes"
+        );
         assert!(!out.new_text.contains("On-prem"));
 
         let out = remove(TEXT, file, Direction::Inbound, "Fabrikam")
             .unwrap()
             .expect("found");
-        assert!(!out.new_text.contains("InboundConnector"), "{}", out.new_text);
-        assert!(out.new_text.contains("Fqdn = \"relay.contoso.test\" # our name"));
+        assert!(
+            !out.new_text.contains("InboundConnector"),
+            "{}",
+            out.new_text
+        );
+        assert!(
+            out.new_text
+                .contains("Fqdn = \"relay.contoso.test\" # our name")
+        );
         assert!(out.loaded.policy.inbound.is_empty());
 
-        assert!(remove(TEXT, file, Direction::Inbound, "Nobody").unwrap().is_none());
-        assert!(remove(TEXT, file, Direction::Outbound, "Fabrikam").unwrap().is_none());
+        assert!(
+            remove(TEXT, file, Direction::Inbound, "Nobody")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            remove(TEXT, file, Direction::Outbound, "Fabrikam")
+                .unwrap()
+                .is_none()
+        );
         // What is left must be valid: here the rest of the file is not.
         let broken = TEXT.replace("[Relay]\n", "[Relay]\nNoSuchKey = 1\n");
         let errors = remove(&broken, file, Direction::Inbound, "Fabrikam").unwrap_err();
