@@ -815,8 +815,11 @@ fn table(text: &str, direction: Direction, name: &str) -> Option<Map<String, Val
         .find(|t| t.get("Name").and_then(Value::as_str) == Some(name))
 }
 
-/// The changed region of the file: `@@ line N`, then `-old` and `+new` lines. Edits touch
-/// one table, so trimming the common head and tail finds it without a full diff.
+/// The changed lines of the file, in hunks: `@@ line N` (N: where the hunk starts in the
+/// new file, which is also its place in the old file for the first hunk), then `-old` and
+/// `+new` lines. The common head and tail are trimmed first; what is left is compared line
+/// by line (longest common subsequence), so that two connectors added in two sections are
+/// two hunks rather than one region repeating everything between them.
 pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
@@ -826,13 +829,78 @@ pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
         .zip(b[head..].iter().rev())
         .take_while(|(x, y)| x == y)
         .count();
-    if head == a.len() && head == b.len() {
-        return Vec::new();
+    let (a_mid, b_mid) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
+    let mut out = Vec::new();
+    let (mut line, mut removed, mut added) = (head + 1, Vec::new(), Vec::new());
+    let mut flush = |line: usize, removed: &mut Vec<&str>, added: &mut Vec<&str>| {
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        out.push(format!("@@ line {line}"));
+        out.extend(removed.drain(..).map(|l| format!("-{l}")));
+        out.extend(added.drain(..).map(|l| format!("+{l}")));
+    };
+    let mut new_line = head + 1;
+    for step in line_steps(a_mid, b_mid) {
+        match step {
+            Step::Keep => {
+                flush(line, &mut removed, &mut added);
+                new_line += 1;
+                line = new_line;
+            }
+            Step::Remove(l) => removed.push(l),
+            Step::Add(l) => {
+                added.push(l);
+                new_line += 1;
+            }
+        }
     }
-    let mut out = vec![format!("@@ line {}", head + 1)];
-    out.extend(a[head..a.len() - tail].iter().map(|l| format!("-{l}")));
-    out.extend(b[head..b.len() - tail].iter().map(|l| format!("+{l}")));
+    flush(line, &mut removed, &mut added);
     out
+}
+
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    Keep,
+    Remove(&'a str),
+    Add(&'a str),
+}
+
+/// The steps from `a` to `b` keeping a longest common subsequence of lines. Past a size
+/// that would make the table large (an edit never gets there; a wholesale rewrite might)
+/// everything is removed and added.
+fn line_steps<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Step<'a>> {
+    const MAX_CELLS: usize = 4_000_000;
+    let (n, m) = (a.len(), b.len());
+    if (n + 1).saturating_mul(m + 1) > MAX_CELLS {
+        let removed = a.iter().map(|l| Step::Remove(l));
+        return removed.chain(b.iter().map(|l| Step::Add(l))).collect();
+    }
+    // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut steps) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            steps.push(Step::Keep);
+            (i, j) = (i + 1, j + 1);
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            steps.push(Step::Add(b[j]));
+            j += 1;
+        } else {
+            steps.push(Step::Remove(a[i]));
+            i += 1;
+        }
+    }
+    steps
 }
 
 #[cfg(test)]
@@ -936,5 +1004,10 @@ MtaStsMode = "None"
         let d = diff("a\nb\nc\n", "a\nB\nx\nc\n");
         assert_eq!(d, ["@@ line 2", "-b", "+B", "+x"]);
         assert!(diff("a\n", "a\n").is_empty());
+        // Two tables added in two places: two hunks, at their lines in the new file.
+        let d = diff("[a]\nx\n[b]\ny\n", "[a]\nx\nnew a\n[b]\ny\nnew b\n");
+        assert_eq!(d, ["@@ line 3", "+new a", "@@ line 6", "+new b"]);
+        let d = diff("1\n2\n3\n4\n", "1\n4\n");
+        assert_eq!(d, ["@@ line 2", "-2", "-3"]);
     }
 }
