@@ -199,6 +199,7 @@ function nameRow(label, value) {
 
 function openScenarios() {
   closeDelete();
+  say("");
   const box = $("#editor");
   box.replaceChildren(el("h3", { textContent: "New connector: choose the mail flow scenario" }));
   const list = el("div", { className: "scenarios" });
@@ -390,8 +391,20 @@ function summary(c) {
   return c.Name + " \u2014 " + c.Direction + ", " + scenario(c) + ", " + (c.Enabled ? "enabled" : "disabled") + "; " + who + "; TLS: " + c.TlsSummary;
 }
 
+// Diff lines (`@@ line N`, `-old`, `+new`) into `pre`, coloured by kind.
+function showDiff(pre, lines) {
+  pre.classList.add("diff");
+  pre.replaceChildren(...lines.map((l) => el("span", {
+    className: l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : "at",
+    textContent: l + "\n",
+  })));
+  if (!lines.length) pre.textContent = "(no change to the file)";
+}
+
+const showDiffIn = (pre, lines) => { showDiff(pre, lines); return pre; };
+
 function showPreview(r) {
-  $("#editor-diff").textContent = (r.Diff || []).join("\n") || "(no change to the file)";
+  showDiff($("#editor-diff"), r.Diff || []);
   const connectors = r.Connectors || [r.Connector];
   listItems("#editor-summary", connectors.filter(Boolean).map(summary));
   listItems("#editor-warnings", ownWarnings(r).map((w) => "Warning: " + w));
@@ -467,6 +480,7 @@ function closeDelete() {
 // why the connector cannot go.
 async function askDelete(c) {
   closeEditor();
+  say("");
   const box = $("#delete-confirm");
   const path = "/api/exchange/connectors/" + encodeURIComponent(c.Identity);
   box.replaceChildren(el("h3", { textContent: "Delete " + c.Direction.toLowerCase() + " connector \u201c" + c.Name + "\u201d?" }));
@@ -474,7 +488,7 @@ async function askDelete(c) {
   try {
     const r = await api("DELETE", path + "?whatIf=true");
     box.append(el("p", { textContent: "These lines are removed from the config file; the change is live at once:" }),
-      el("pre", { className: "delete-diff", textContent: (r.Diff || []).join("\n") }),
+      showDiffIn(el("pre", { className: "delete-diff" }), r.Diff || []),
       el("p", {}, button("Delete", "confirm-delete danger", () => doDelete(c, path)), " ", button("Cancel", "cancel", closeDelete)));
   } catch (e) {
     if (e instanceof Unauthorized) return report(e);
