@@ -552,6 +552,10 @@ async fn the_editor_creates_edits_and_deletes_connectors_by_scenario() {
         // to its field, and Save stays disabled.
         click(&c, "#new-connector").await;
         click(&c, "#editor button[data-scenario='from-partner']").await;
+        // The issuer field is there (its value is the relay's to accept: left empty here).
+        c.find(Locator::Css(&field("TlsSenderCertificateIssuer")))
+            .await
+            .expect("a certificate issuer field");
         type_into(&c, &field("Name"), "Partner Woodgrove").await;
         type_into(&c, &field("SenderDomains"), "woodgrove.test").await;
         type_into(&c, &field("SenderIPAddresses"), "127.0.0.300/32\u{e004}").await;

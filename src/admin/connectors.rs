@@ -1,6 +1,6 @@
 //! `/api/exchange/connectors`: the connector list (keys as written in the config file, plus
-//! computed fields for a connector page) and changes, validated like `check`, written back
-//! with comments kept and applied live.
+//! computed fields for a connector page), creations (one, or several together), changes
+//! and removals, validated like `check`, written back with comments kept and applied live.
 //!
 //! `Identity` is `in-`, `out-` or `send-` followed by the first 10 hex digits of the SHA-256
 //! of the lower-cased `Name`: stable across restarts and reloads, usable in URLs without
