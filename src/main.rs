@@ -510,7 +510,7 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
                 return ExitCode::from(2);
             }
         };
-    let report = runtime().block_on(ops::validate(policy, resolver, connector, recipients));
+    let report = runtime().block_on(validate_traced(policy, resolver, connector, recipients));
     print_answer(json, &report, report.to_text());
     if report.error.is_some() {
         return ExitCode::from(1);
@@ -539,6 +539,32 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
     } else {
         ExitCode::from(3)
     }
+}
+
+/// Runs the validation with its `Routed` and `Attempt` events written to the trace store
+/// under `DataDir`, as the admin API's validation writes them into the running relay's
+/// (SQLite lets both write the same file). A store that cannot be opened is said on stderr
+/// and the validation runs anyway: the report does not depend on it.
+async fn validate_traced(
+    policy: Arc<connector_relay::policy::Policy>,
+    resolver: Arc<dyn connector_relay::dns::Resolver>,
+    connector: &str,
+    recipients: &[String],
+) -> ops::ValidationReport {
+    let relay = &policy.relay;
+    let store = trace::store::start(&relay.data_dir, relay.trace_retention_days)
+        .map_err(|e| {
+            eprintln!("connector-relay: the validation is not written to the message trace: {e}")
+        })
+        .ok();
+    let events = store.as_ref().map(|(events, _)| events);
+    let report =
+        ops::validate_traced(policy.clone(), resolver, connector, recipients, events).await;
+    if let Some((events, writer)) = store {
+        drop(events);
+        writer.finish().await;
+    }
+    report
 }
 
 /// `explain`: what the relay would decide, without sending anything.

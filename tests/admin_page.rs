@@ -148,6 +148,46 @@ async fn text(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The input of the editor's field for `key`.
+fn field(key: &str) -> String {
+    format!("#editor .field[data-key='{key}'] .field-input")
+}
+
+/// The `value` property of the element `css` (what an input holds now).
+async fn value(c: &Client, css: &str) -> String {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.prop("value").await.unwrap().unwrap_or_default()
+}
+
+/// Waits until the button `css` is enabled (the editor enables Save once the form as it is
+/// has been checked by the relay).
+async fn wait_enabled(c: &Client, css: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let e = c.find(Locator::Css(css)).await.unwrap();
+        if e.attr("disabled").await.unwrap().is_none() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css} stays disabled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until no element matches `css`.
+async fn wait_gone(c: &Client, css: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.find_all(Locator::Css(css)).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css} is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `css` matches at least one element whose text contains `want`.
 async fn wait_for_text(c: &Client, css: &str, want: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -266,6 +306,8 @@ async fn the_page_lists_toggles_and_traces() {
         }
         let file = std::fs::read_to_string(&config).unwrap();
         assert!(file.contains("IsValidated = true"), "{file}");
+        // The list shows it (IsValidated and LastValidationTimestamp).
+        wait_for_text(&c, &format!("{outbound} td.validated"), "Yes, 20").await;
         let png = c.screenshot().await.unwrap();
         let shot = save_screenshot(&png, "admin-connectors.png");
 
@@ -470,6 +512,220 @@ async fn the_page_imports_a_pasted_script_after_a_preview() {
         assert!(file.contains("dropped EFSkipLastIP = $true"), "the dropped parameter is a comment: {file}");
         let listed = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await.json();
         assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
+    }
+    .await;
+    c.close().await.unwrap();
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The connector editor: create a "From partner" connector through the form (a bad IP
+/// shows its error next to the field, the preview shows the TOML block before Save), see
+/// it in the list and in force, edit it (prefilled), delete it after the confirmation;
+/// create the email security gateway pair in one change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_editor_creates_edits_and_deletes_connectors_by_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&config, config_text(dir.path(), unused)).unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
+    let admin = relay.admin_addr.expect("admin listener");
+    let smtp = relay.smtp_addrs[0];
+    let file = || std::fs::read_to_string(&config).unwrap();
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    async {
+        c.set_window_size(1400, 1300).await.unwrap();
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
+        wait_for_text(&c, "#connectors tbody tr", "To on-premises").await;
+        let validated = "#connectors tbody tr[data-name='To on-premises'] td.validated";
+        assert_eq!(text(&c, validated).await, "Not validated");
+        let inbound = "#connectors tbody tr[data-name='From on-premises'] td.validated";
+        assert_eq!(text(&c, inbound).await, "\u{2014}");
+
+        // New connector, scenario "From partner"; a bad address is refused on blur, next
+        // to its field, and Save stays disabled.
+        click(&c, "#new-connector").await;
+        click(&c, "#editor button[data-scenario='from-partner']").await;
+        // The issuer field is there (its value is the relay's to accept: left empty here).
+        c.find(Locator::Css(&field("TlsSenderCertificateIssuer")))
+            .await
+            .expect("a certificate issuer field");
+        type_into(&c, &field("Name"), "Partner Woodgrove").await;
+        type_into(&c, &field("SenderDomains"), "woodgrove.test").await;
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.300/32\u{e004}").await;
+        let ip_error = "#editor .field[data-key='SenderIPAddresses'] .field-error";
+        wait_for_text(&c, ip_error, "127.0.0.300/32").await;
+        let save = "#editor button.save";
+        let disabled = c
+            .find(Locator::Css(save))
+            .await
+            .unwrap()
+            .attr("disabled")
+            .await
+            .unwrap();
+        assert!(disabled.is_some(), "Save with an error in the form");
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor-error.png");
+
+        // Fixed: the preview shows the block the file would get; nothing is written yet.
+        c.find(Locator::Css(&field("SenderIPAddresses")))
+            .await
+            .unwrap()
+            .clear()
+            .await
+            .unwrap();
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.40/32").await;
+        click(&c, &field("RestrictDomainsToIPAddresses")).await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(
+            &c,
+            "#editor-diff",
+            "SenderIPAddresses = [\"127.0.0.40/32\"]",
+        )
+        .await;
+        let preview = text(&c, "#editor-diff").await;
+        for want in [
+            "+[[InboundConnector]]",
+            "+Name = \"Partner Woodgrove\"",
+            "+ConnectorType = \"Partner\"",
+            "+SenderDomains = [\"woodgrove.test\"]",
+            "+RestrictDomainsToIPAddresses = true",
+            "+RequireTls = true",
+        ] {
+            assert!(
+                preview.contains(want),
+                "{want:?} in the preview:\n{preview}"
+            );
+        }
+        assert_eq!(text(&c, ip_error).await, "", "the error went");
+        wait_enabled(&c, save).await;
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor.png");
+        assert_eq!(file(), original, "the preview wrote the file");
+
+        // Save: listed, written with the comments kept, and in force for the next session.
+        click(&c, save).await;
+        let row = "#connectors tbody tr[data-name='Partner Woodgrove']";
+        wait_for_text(&c, row, "woodgrove.test").await;
+        wait_for_text(
+            &c,
+            "#message",
+            "Created Partner Woodgrove; the change is live",
+        )
+        .await;
+        let written = file();
+        assert!(
+            written.contains("# A partner that must use TLS."),
+            "{written}"
+        );
+        assert!(
+            written.contains("SenderIPAddresses = [\"127.0.0.40/32\"]"),
+            "{written}"
+        );
+        let mut d = Dialog::connect_from("127.0.0.41".parse().unwrap(), smtp).await;
+        d.cmd("EHLO mail.woodgrove.test", "250").await;
+        d.send(b"MAIL FROM:<a@woodgrove.test>\r\nRCPT TO:<bob@contoso.test>\r\n")
+            .await;
+        let replies = format!("{} {}", d.read_reply().await, d.read_reply().await);
+        assert!(
+            replies.contains("connector \"Partner Woodgrove\""),
+            "{replies}"
+        );
+
+        // Edit: prefilled from the API; two changes, previewed, saved.
+        click(&c, &format!("{row} button.edit")).await;
+        wait_for_text(&c, "#editor h3", "Edit inbound connector").await;
+        assert_eq!(value(&c, &field("Name")).await, "Partner Woodgrove");
+        assert_eq!(value(&c, &field("SenderDomains")).await, "woodgrove.test");
+        assert_eq!(
+            value(&c, &field("SenderIPAddresses")).await,
+            "127.0.0.40/32"
+        );
+        let require_tls = c.find(Locator::Css(&field("RequireTls"))).await.unwrap();
+        assert!(
+            require_tls.is_selected().await.unwrap(),
+            "RequireTls prefilled"
+        );
+        type_into(&c, &field("SenderDomains"), ", *.woodgrove.test").await;
+        click(&c, &field("RequireTls")).await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-diff", "+RequireTls = false").await;
+        let preview = text(&c, "#editor-diff").await;
+        assert!(
+            preview.contains("+SenderDomains = [\"woodgrove.test\", \"*.woodgrove.test\"]"),
+            "{preview}"
+        );
+        wait_enabled(&c, save).await;
+        click(&c, save).await;
+        wait_for_text(&c, "#message", "Saved Partner Woodgrove").await;
+        let written = file();
+        assert!(written.contains("RequireTls = false"), "{written}");
+        assert!(
+            written.contains("SenderDomains = [\"woodgrove.test\", \"*.woodgrove.test\"]"),
+            "{written}"
+        );
+
+        // Delete: the confirmation shows the lines that go; confirmed, the connector is gone.
+        click(&c, &format!("{row} button.delete")).await;
+        wait_for_text(&c, "#delete-confirm pre", "-Name = \"Partner Woodgrove\"").await;
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor-delete.png");
+        assert!(file().contains("Partner Woodgrove"), "asking deleted");
+        click(&c, "#delete-confirm button.confirm-delete").await;
+        wait_for_text(&c, "#message", "Deleted Partner Woodgrove").await;
+        wait_gone(&c, row).await;
+        let written = file();
+        assert!(!written.contains("Woodgrove"), "{written}");
+        assert_eq!(
+            written, original,
+            "back to the file as it was, comments and all"
+        );
+        let r = http(
+            admin,
+            "GET",
+            "/api/exchange/connectors/Partner%20Woodgrove",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.body);
+
+        // The email security gateway: two connectors from one form, in one change.
+        click(&c, "#new-connector").await;
+        click(&c, "#editor button[data-scenario='gateway']").await;
+        type_into(&c, "#f-all-Name", "Shield").await;
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.50").await;
+        type_into(&c, &field("SmartHosts"), "127.0.0.51:2525").await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-diff", "+Name = \"To Shield\"").await;
+        wait_for_text(&c, "#editor-diff", "+Name = \"From Shield\"").await;
+        wait_enabled(&c, save).await;
+        click(&c, save).await;
+        wait_for_text(&c, "#message", "Created From Shield and To Shield").await;
+        wait_for_text(
+            &c,
+            "#connectors tbody tr[data-name='To Shield']",
+            "* via 127.0.0.51:2525",
+        )
+        .await;
+        let list = http(admin, "GET", "/api/exchange/connectors", Some(&token), None)
+            .await
+            .json();
+        let from = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["Name"] == "From Shield")
+            .unwrap();
+        assert_eq!(from["RestrictDomainsToIPAddresses"], true, "{from}");
+        assert_eq!(from["SenderDomains"], json!(["*"]), "{from}");
+        assert_eq!(from["SenderIPAddresses"], json!(["127.0.0.50"]), "{from}");
     }
     .await;
     c.close().await.unwrap();

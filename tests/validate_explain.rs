@@ -168,6 +168,39 @@ ValidationRecipients = ["check@partner.test", "someone@elsewhere.test"] # two do
         stderr.contains(&format!("LastValidationTimestamp = {ts}")),
         "{stderr}"
     );
+
+    // The validation is in the message trace (DataDir's store), as the admin API's is:
+    // found by the Message-ID the report printed, with the `trace` command.
+    let message_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .expect("the report names the test message")
+        .to_string();
+    let out = run_binary(vec![
+        "trace".into(),
+        "--config".into(),
+        path.display().to_string(),
+        "--message-id".into(),
+        message_id.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    for event in ["Routed", "Attempt"] {
+        let row = rows
+            .iter()
+            .find(|r| r["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} row for {message_id} in {rows:?}"));
+        assert_eq!(row["connector"], "To partner", "{row}");
+        assert!(
+            row["queue_id"].as_str().unwrap().starts_with("validate-"),
+            "{row}"
+        );
+    }
+    let routed = rows.iter().filter(|r| r["event"] == "Routed").count();
+    assert_eq!(routed, 2, "one Routed row per recipient: {rows:?}");
 }
 
 #[tokio::test]

@@ -139,7 +139,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route(
             "/api/exchange/connectors/{id}",
-            get(connectors::get_one).put(connectors::update),
+            get(connectors::get_one)
+                .put(connectors::update)
+                .delete(connectors::remove),
         )
         .route("/api/exchange/import", post(import::import))
         .route(
@@ -165,6 +167,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/", get(page::index))
         .route("/index.html", get(page::index))
         .route("/app.js", get(page::script))
+        .route("/editor.js", get(page::editor))
         .route("/app.css", get(page::style))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -208,14 +211,22 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// 400 for a refused configuration: the first problem as `key` and `error` (the sentence),
 /// every problem in `errors`.
 pub fn config_errors(errors: &[ConfigError]) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(config_errors_body(errors)),
+    )
+        .into_response()
+}
+
+/// The body of [`config_errors`].
+pub fn config_errors_body(errors: &[ConfigError]) -> Value {
     let first = errors.first();
-    let body = json!({
+    json!({
         "key": first.map(|e| e.key.as_str()).unwrap_or(""),
         "error": first.map(|e| e.reason.as_str()).unwrap_or("invalid configuration"),
         "line": first.map(|e| e.line).unwrap_or(0),
         "errors": errors.iter().map(config_error_json).collect::<Vec<_>>(),
-    });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    })
 }
 
 pub fn config_error_json(e: &ConfigError) -> Value {

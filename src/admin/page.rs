@@ -6,10 +6,12 @@ use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
+/// The connector editor (create, edit, delete), kept apart from `app.js`.
+const EDITOR: &str = include_str!("page/editor.js");
 const STYLE: &str = include_str!("page/app.css");
 
 /// The paths of the page, served without the token.
-pub(super) const PATHS: [&str; 4] = ["/", "/index.html", "/app.js", "/app.css"];
+pub(super) const PATHS: [&str; 5] = ["/", "/index.html", "/app.js", "/editor.js", "/app.css"];
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -34,6 +36,10 @@ pub(super) async fn index() -> Response {
 
 pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(super) async fn editor() -> Response {
+    asset("text/javascript; charset=utf-8", EDITOR)
 }
 
 pub(super) async fn style() -> Response {

@@ -506,17 +506,7 @@ impl Engine {
             .parse()
             .map_err(|e: toml_edit::TomlError| fail(e.message().to_string()))?;
         for (d, name) in &self.removed {
-            if let Some(array) = doc
-                .get_mut(d.section())
-                .and_then(Item::as_array_of_tables_mut)
-            {
-                let idx = array
-                    .iter()
-                    .position(|t| t.get("Name").and_then(Item::as_str) == Some(name));
-                if let Some(idx) = idx {
-                    array.remove(idx);
-                }
-            }
+            crate::config::edit::remove_connector(&mut doc, *d, name);
         }
         for draft in self.drafts.iter().filter(|x| x.touched) {
             let section = draft.direction.section();
