@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use toml_edit::{DocumentMut, Item};
 
 use super::{AdminState, error, reload_error};
+use crate::config::canonical_key;
 use crate::config::edit::{Direction, Edit, json_to_toml, toml_to_json};
 use crate::policy::{
     ConnectorType, DomainPattern, InboundConnector, OutboundConnector, Policy, SendConnector,
@@ -71,10 +72,14 @@ fn written(text: Option<&str>, direction: Direction) -> Vec<Map<String, Value>> 
             .collect(),
         _ => Vec::new(),
     };
+    // Keys under their canonical spelling, however the file writes them.
     items
         .into_iter()
         .map(|v| match v {
-            Value::Object(m) => m,
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(k, v)| (canonical_key(direction, &k).map_or(k, str::to_string), v))
+                .collect(),
             _ => Map::new(),
         })
         .collect()
@@ -442,12 +447,18 @@ pub(super) fn key_error(key: &str, reason: impl Into<String>) -> Response {
 }
 
 /// The keys of a body as an edit: computed fields dropped, `null` = remove the key.
-fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, Early> {
+fn changes(
+    direction: Direction,
+    body: Map<String, Value>,
+) -> Result<Vec<(String, Option<toml_edit::Value>)>, Early> {
     let mut set = Vec::new();
     for (key, value) in body {
         if COMPUTED.contains(&key.as_str()) {
             continue;
         }
+        // Keys are not case-sensitive (PowerShell parameters are not); the file and the
+        // answer use the canonical spelling. An unknown key is left for the loader to name.
+        let key = canonical_key(direction, &key).map_or(key, str::to_string);
         let v = match value {
             Value::Null => None,
             v => Some(json_to_toml(&v).map_err(|e| Box::new(key_error(&key, e)))?),
@@ -484,7 +495,7 @@ pub(super) async fn create(
             );
         }
     };
-    let mut set: Vec<_> = match changes(body) {
+    let mut set: Vec<_> = match changes(direction, body) {
         Ok(s) => s.into_iter().filter(|(_, v)| v.is_some()).collect(),
         Err(r) => return *r,
     };
@@ -529,7 +540,7 @@ pub(super) async fn update(
             ),
         );
     }
-    let set = match changes(body) {
+    let set = match changes(direction, body) {
         Ok(s) => s,
         Err(r) => return *r,
     };

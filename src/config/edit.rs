@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Key, Table, Value};
 
-use super::{ConfigError, Loaded, load_str};
+use super::{ConfigError, Loaded, canonical_key, load_str};
 
 /// Which array of connector tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,7 +77,12 @@ pub fn find_connector<'a>(
     doc.get_mut(direction.section())
         .and_then(Item::as_array_of_tables_mut)?
         .iter_mut()
-        .find(|t| t.get("Name").and_then(Item::as_str) == Some(name))
+        .find(|t| written_name(t) == Some(name))
+}
+
+/// The `Name` of a connector table, whatever the case of the key (`name = "..."`).
+fn written_name(t: &Table) -> Option<&str> {
+    super::reader::find_key(t, "Name").and_then(|(_, v)| v.as_str())
 }
 
 /// Applies `edit` to config `text` (from `file`, named in errors) and validates the result
@@ -98,7 +103,7 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
             let new_name = edit
                 .set
                 .iter()
-                .find(|(k, _)| k == "Name")
+                .find(|(k, _)| k.eq_ignore_ascii_case("Name"))
                 .and_then(|(_, v)| v.as_ref())
                 .and_then(Value::as_str)
                 .ok_or_else(|| err(file, "Name", "a new connector needs a Name"))?
@@ -126,10 +131,10 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
         }
     };
     for (key, value) in &edit.set {
+        // Written in the canonical spelling, whatever spelling the caller or the file used.
+        let key = canonical_key(edit.direction, key).unwrap_or(key);
         match value {
-            None => {
-                table.remove(key);
-            }
+            None => table.retain(|k, _| !k.eq_ignore_ascii_case(key)),
             Some(v) => set_keeping_decor(table, key, v.clone()),
         }
     }
@@ -142,8 +147,10 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
     })
 }
 
-/// Sets `key`, keeping the comment and spacing around an existing value.
+/// Sets `key`, keeping the comment and spacing around an existing value. A key written in
+/// another case (`useMxRecord`) is renamed to `key` where it stands.
 fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
+    rename_in_place(table, key);
     if let Some(old) = table.get_mut(key).and_then(Item::as_value_mut) {
         let decor = old.decor().clone();
         *value.decor_mut() = decor;
@@ -151,6 +158,31 @@ fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
     } else {
         table.insert(key, Item::Value(value));
     }
+}
+
+/// Renames the key spelled like `key` in another case to `key`, keeping its position and
+/// the comments around it (the table is rebuilt in order: toml_edit cannot rename a key).
+fn rename_in_place(table: &mut Table, key: &str) {
+    let other = table
+        .iter()
+        .any(|(k, _)| k != key && k.eq_ignore_ascii_case(key));
+    if !other {
+        return;
+    }
+    let mut rebuilt = table.clone();
+    rebuilt.clear();
+    for (k, item) in table.iter() {
+        let written = table.key(k).expect("a key of the table").clone();
+        let new_key = if k.eq_ignore_ascii_case(key) {
+            Key::new(key)
+                .with_leaf_decor(written.leaf_decor().clone())
+                .with_dotted_decor(written.dotted_decor().clone())
+        } else {
+            written
+        };
+        rebuilt.insert_formatted(&new_key, item.clone());
+    }
+    *table = rebuilt;
 }
 
 /// Reads `path`, applies `edit`, validates, and (unless `what_if`) writes the file back

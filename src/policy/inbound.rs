@@ -75,6 +75,9 @@ pub struct InboundTable {
     partner_ip: IpIndex,
     /// Rule 4: `TlsSenderCertificateName` of enabled Partner connectors without `SenderDomains`.
     partner_cert: PatternIndex,
+    /// Not attribution: `SenderDomains` of enabled OnPremises connectors with
+    /// `RestrictDomainsToIPAddresses`, for [`Self::restricting_on_premises`].
+    on_premises_domains: PatternIndex,
     /// Every connector's own `SenderIPAddresses` (enabled or not), for [`Self::ip_allowed`].
     allowed_ips: AllowedIps,
     /// Every connector's own `TlsSenderCertificateName`, for [`Self::cert_allowed`].
@@ -100,7 +103,14 @@ impl InboundTable {
             }
             let i = u32::try_from(i).expect("fewer than 2^32 inbound connectors");
             let (ip, cert) = match c.connector_type {
-                ConnectorType::OnPremises => (&mut t.on_premises_ip, &mut t.on_premises_cert),
+                ConnectorType::OnPremises => {
+                    if c.restrict_domains_to_ip_addresses {
+                        for d in &c.sender_domains {
+                            t.on_premises_domains.insert(d, i);
+                        }
+                    }
+                    (&mut t.on_premises_ip, &mut t.on_premises_cert)
+                }
                 ConnectorType::Partner if c.sender_domains.is_empty() => {
                     (&mut t.partner_ip, &mut t.partner_cert)
                 }
@@ -149,6 +159,17 @@ impl InboundTable {
             return found(i, AttributedBy::Certificate);
         }
         None
+    }
+
+    /// The enabled OnPremises connector with `RestrictDomainsToIPAddresses` whose
+    /// `SenderDomains` match `sender_domain` (most specific pattern, ties: lowest index).
+    /// Its domains are the organization's own: mail from them is accepted only from its
+    /// `SenderIPAddresses`, whatever connector the session is attributed to. An OnPremises
+    /// connector is never *attributed* by a sender domain, which anyone can write.
+    pub fn restricting_on_premises(&self, sender_domain: &str) -> Option<usize> {
+        self.on_premises_domains
+            .lookup_domain(&normalize_name(sender_domain))
+            .map(|(_, i)| i as usize)
     }
 
     /// Is `ip` in the `SenderIPAddresses` of connector `index`? (`RestrictDomainsToIPAddresses`.)
@@ -458,6 +479,7 @@ mod tests {
             sender_domains: vec![],
             sender_ip_addresses: vec![],
             tls_sender_certificate_name: None,
+            tls_sender_certificate_issuer: vec![],
             require_tls: false,
             restrict_domains_to_ip_addresses: false,
             restrict_domains_to_certificate: false,
