@@ -199,6 +199,12 @@ fn inbound_tls(c: &InboundConnector) -> String {
     if c.restrict_domains_to_certificate {
         parts.push("domains restricted to the certificate".into());
     }
+    if !c.tls_sender_certificate_issuer.is_empty() {
+        parts.push(format!(
+            "issued by {}",
+            c.tls_sender_certificate_issuer.join(" or ")
+        ));
+    }
     parts.join(", ")
 }
 

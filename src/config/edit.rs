@@ -588,6 +588,51 @@ RestrictDomainsToIPAddresses = true
     }
 
     #[test]
+    fn keys_are_written_in_the_canonical_spelling() {
+        let text = "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+                    useMxRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n";
+        // The connector is found by a lower-case `name`; a key given in another case by the
+        // caller is written canonically; a key the file spells otherwise is renamed where
+        // it stands, its comment kept.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![
+                ("USEMXRECORD".into(), Some(Value::from(false))),
+                ("tlsSettings".into(), Some(Value::from("EncryptionOnly"))),
+            ],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert_eq!(
+            out.new_text,
+            "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+             UseMXRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n\
+             TlsSettings = \"EncryptionOnly\"\n"
+        );
+        assert_eq!(
+            out.loaded.policy.outbound[0].tls_settings,
+            Some(crate::policy::TlsLevel::EncryptionOnly)
+        );
+        // Removing a key removes it in whatever case it is written.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("SmartHOSTS".into(), None), ("UseMXRecord".into(), None)],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert!(!out.new_text.to_lowercase().contains("smarthosts"), "{}", out.new_text);
+        assert!(!out.new_text.to_lowercase().contains("usemxrecord"), "{}", out.new_text);
+        // An unknown key is kept as given, for the loader to name.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("Colour".into(), Some(Value::from("blue")))],
+        };
+        let errors = apply(text, Path::new("relay.toml"), &e).unwrap_err();
+        assert_eq!(errors[0].key, "Colour");
+    }
+
+    #[test]
     fn atomic_write_replaces_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");

@@ -626,6 +626,38 @@ mod tests {
     }
 
     #[test]
+    fn on_premises_domains_restricted_to_their_addresses() {
+        let restricted = |domains: &[&str], ips: &[&str]| {
+            let mut c = on_prem(ips, None);
+            c.sender_domains = domains.iter().map(|d| pat(d)).collect();
+            c.restrict_domains_to_ip_addresses = true;
+            c
+        };
+        let mut unrestricted = on_prem(&["10.9.0.0/16"], None);
+        unrestricted.sender_domains = vec![pat("other.test")];
+        let t = InboundTable::new(&[
+            restricted(&["*.contoso.test"], &["10.0.0.0/8"]), // 0
+            restricted(&["sales.contoso.test"], &["192.0.2.0/24"]), // 1
+            disabled(restricted(&["fabrikam.test"], &["10.0.0.0/8"])), // 2
+            unrestricted, // 3
+            partner(&["northwind.test"], &["198.51.100.0/24"], None), // 4
+        ]);
+        let r = |d: &str| t.restricting_on_premises(d);
+        assert_eq!(r("contoso.test"), Some(0));
+        assert_eq!(r("Mail.Contoso.Test."), Some(0));
+        assert_eq!(r("sales.contoso.test"), Some(1)); // the most specific pattern
+        assert_eq!(r("fabrikam.test"), None); // disabled
+        assert_eq!(r("other.test"), None); // without RestrictDomainsToIPAddresses
+        assert_eq!(r("northwind.test"), None); // a Partner's domains attribute instead
+        // It is not attribution: the domain never makes a session OnPremises.
+        assert_eq!(attr(&t, "203.0.113.1", &[], Some("contoso.test")), None);
+        assert_eq!(
+            attr(&t, "10.1.1.1", &[], Some("contoso.test")),
+            Some((0, Ip))
+        );
+    }
+
+    #[test]
     fn disabled_connectors_never_match() {
         let t = InboundTable::new(&[
             disabled(on_prem(&["10.0.0.0/8"], Some("*"))),
