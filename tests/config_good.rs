@@ -631,7 +631,10 @@ AuthenticationCredential = {{ username = "relay", PASSWORDFILE = "{pw}" }}
     assert_eq!(o.tls_settings, Some(TlsLevel::EncryptionOnly));
     let s = &p.send[0];
     assert!(!s.dns_routing_enabled && s.require_tls);
-    assert_eq!(s.smart_host_auth_mechanism, AuthMechanism::BasicAuthRequireTls);
+    assert_eq!(
+        s.smart_host_auth_mechanism,
+        AuthMechanism::BasicAuthRequireTls
+    );
     assert_eq!(
         s.authentication_credential.as_ref().unwrap().user_name,
         "relay"
@@ -723,6 +726,9 @@ TlsSenderCertificateIssuer = ["Woodgrove CA 1", " CN=Woodgrove CA 2 "]
     );
     assert_eq!(
         loaded.policy.inbound[1].tls_sender_certificate_issuer,
-        vec!["Woodgrove CA 1".to_string(), "CN=Woodgrove CA 2".to_string()]
+        vec![
+            "Woodgrove CA 1".to_string(),
+            "CN=Woodgrove CA 2".to_string()
+        ]
     );
 }

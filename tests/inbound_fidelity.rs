@@ -47,9 +47,12 @@ AdminTokenFile = "{spool}/admin.token"
 }
 
 fn on_premises_config(spool: &Path, sink: SocketAddr) -> String {
-    relay_section(spool, &certs("ca.crt"), r#""contoso.test", "northwind.test""#)
-        + &format!(
-            r#"
+    relay_section(
+        spool,
+        &certs("ca.crt"),
+        r#""contoso.test", "northwind.test""#,
+    ) + &format!(
+        r#"
 [[InboundConnector]]
 Name = "Northwind on-premises"
 ConnectorType = "OnPremises"
@@ -69,7 +72,7 @@ AllAcceptedDomains = true
 UseMXRecord = false
 SmartHosts = ["{sink}"]
 "#
-        )
+    )
 }
 
 /// MAIL FROM and RCPT TO from `from`, in plaintext; returns the RCPT reply (or the MAIL
@@ -102,18 +105,63 @@ async fn on_premises_domains_are_refused_from_other_addresses() {
     // (client, sender, recipient, expected reply)
     let cases: Vec<(&str, &str, &str, String)> = vec![
         // From its own address: the organization's server, which may also relay.
-        ("127.0.0.40", "app@northwind.test", "bob@contoso.test", "250 2.1.5 Recipient OK".into()),
-        ("127.0.0.40", "app@northwind.test", "x@elsewhere.test", "250 2.1.5 Recipient OK".into()),
+        (
+            "127.0.0.40",
+            "app@northwind.test",
+            "bob@contoso.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
+        (
+            "127.0.0.40",
+            "app@northwind.test",
+            "x@elsewhere.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
         // From anywhere else: anonymous, or another OnPremises connector's server.
-        ("127.0.0.50", "spoof@northwind.test", "bob@contoso.test", refused("127.0.0.50")),
-        ("127.0.0.50", "other@NorthWind.Test", "bob@northwind.test", refused("127.0.0.50")),
-        ("127.0.0.41", "app@northwind.test", "x@elsewhere.test", refused("127.0.0.41")),
+        (
+            "127.0.0.50",
+            "spoof@northwind.test",
+            "bob@contoso.test",
+            refused("127.0.0.50"),
+        ),
+        (
+            "127.0.0.50",
+            "other@NorthWind.Test",
+            "bob@northwind.test",
+            refused("127.0.0.50"),
+        ),
+        (
+            "127.0.0.41",
+            "app@northwind.test",
+            "x@elsewhere.test",
+            refused("127.0.0.41"),
+        ),
         // Other domains are not concerned (SenderDomains names northwind.test only).
-        ("127.0.0.50", "a@mail.northwind.test", "bob@contoso.test", "250 2.1.5 Recipient OK".into()),
-        ("127.0.0.50", "a@contoso.test", "bob@contoso.test", "250 2.1.5 Recipient OK".into()),
-        ("127.0.0.41", "a@contoso.test", "x@elsewhere.test", "250 2.1.5 Recipient OK".into()),
+        (
+            "127.0.0.50",
+            "a@mail.northwind.test",
+            "bob@contoso.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
+        (
+            "127.0.0.50",
+            "a@contoso.test",
+            "bob@contoso.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
+        (
+            "127.0.0.41",
+            "a@contoso.test",
+            "x@elsewhere.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
         // The null sender has no domain.
-        ("127.0.0.50", "", "bob@northwind.test", "250 2.1.5 Recipient OK".into()),
+        (
+            "127.0.0.50",
+            "",
+            "bob@northwind.test",
+            "250 2.1.5 Recipient OK".into(),
+        ),
     ];
     for (client, sender, rcpt, want) in &cases {
         let got = rcpt_reply(addr, client, sender, rcpt).await;
@@ -286,7 +334,8 @@ async fn tls_sender_certificate_issuer_with_real_client_certificates() {
     };
     let ok = "250 2.1.5 Recipient OK".to_string();
     let woodgrove_wanted = "\"Some Other CA\" or \"fabrikam issuing ca\"";
-    let other_issuer = "the certificate presented was issued by \"O=Fabrikam, CN=Fabrikam Other CA\"";
+    let other_issuer =
+        "the certificate presented was issued by \"O=Fabrikam, CN=Fabrikam Other CA\"";
     let none = "no client certificate was presented";
     let cases: Vec<(Option<&Issued>, &str, String)> = vec![
         (Some(&right), "a@fabrikam.test", ok.clone()),
@@ -295,7 +344,11 @@ async fn tls_sender_certificate_issuer_with_real_client_certificates() {
             "a@fabrikam.test",
             refused("Fabrikam by issuer DN", wanted_dn, other_issuer),
         ),
-        (None, "a@fabrikam.test", refused("Fabrikam by issuer DN", wanted_dn, none)),
+        (
+            None,
+            "a@fabrikam.test",
+            refused("Fabrikam by issuer DN", wanted_dn, none),
+        ),
         // The issuer's CN alone, in another case, is enough.
         (Some(&right), "a@woodgrove.test", ok.clone()),
         (

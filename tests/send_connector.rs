@@ -455,7 +455,10 @@ async fn tls_certificate_name_presents_the_client_certificate() {
     let text = config(dir.path(), &relay_extra, &smart_host(sink.addr(), &nobody));
     let errors = connector_relay::config::load_str(&text, Path::new("relay.toml")).unwrap_err();
     assert_eq!(errors[0].key, "TlsCertificateName", "{errors:?}");
-    assert!(errors[0].reason.contains("names no certificate"), "{errors:?}");
+    assert!(
+        errors[0].reason.contains("names no certificate"),
+        "{errors:?}"
+    );
     // Should the files change under a loaded policy, delivery defers, nothing sent.
     let mut policy = support::policy(&config(dir.path(), &relay_extra, &connector));
     policy.send[0].tls_certificate_name = Some(format!("<I>{CA_DN}<S>CN=nobody.test"));

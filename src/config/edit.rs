@@ -81,7 +81,7 @@ pub fn find_connector<'a>(
 }
 
 /// The `Name` of a connector table, whatever the case of the key (`name = "..."`).
-fn written_name(t: &Table) -> Option<&str> {
+pub fn written_name(t: &Table) -> Option<&str> {
     super::reader::find_key(t, "Name").and_then(|(_, v)| v.as_str())
 }
 
@@ -157,6 +157,18 @@ fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
         *old = value;
     } else {
         table.insert(key, Item::Value(value));
+    }
+}
+
+/// Renames every key of a `direction` connector table written in another case than the
+/// canonical one (`useMxRecord` → `UseMXRecord`), where it stands. Unknown keys stay.
+pub fn canonical_keys_in_place(table: &mut Table, direction: Direction) {
+    let odd: Vec<&'static str> = table
+        .iter()
+        .filter_map(|(k, _)| canonical_key(direction, k).filter(|c| *c != k))
+        .collect();
+    for key in odd {
+        rename_in_place(table, key);
     }
 }
 
@@ -620,8 +632,16 @@ RestrictDomainsToIPAddresses = true
             set: vec![("SmartHOSTS".into(), None), ("UseMXRecord".into(), None)],
         };
         let out = apply(text, Path::new("relay.toml"), &e).unwrap();
-        assert!(!out.new_text.to_lowercase().contains("smarthosts"), "{}", out.new_text);
-        assert!(!out.new_text.to_lowercase().contains("usemxrecord"), "{}", out.new_text);
+        assert!(
+            !out.new_text.to_lowercase().contains("smarthosts"),
+            "{}",
+            out.new_text
+        );
+        assert!(
+            !out.new_text.to_lowercase().contains("usemxrecord"),
+            "{}",
+            out.new_text
+        );
         // An unknown key is kept as given, for the loader to name.
         let e = Edit {
             direction: Direction::Outbound,

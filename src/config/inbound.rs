@@ -215,7 +215,11 @@ fn on_premises_domain_rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, 
             "is not used: an OnPremises connector is recognized by SenderIPAddresses or TlsSenderCertificateName, never by the sender's domain; with RestrictDomainsToIPAddresses = true, mail from these domains is refused unless it comes from SenderIPAddresses",
         );
     }
-    for domain in c.sender_domains.iter().filter(|d| !is_accepted_pattern(env, d)) {
+    for domain in c
+        .sender_domains
+        .iter()
+        .filter(|d| !is_accepted_pattern(env, d))
+    {
         ctx.warn(
             lines.of(key),
             key,

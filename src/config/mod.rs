@@ -207,7 +207,10 @@ pub fn canonical_key(direction: edit::Direction, key: &str) -> Option<&'static s
         .iter()
         .position(|d| *d == direction)
         .expect("every direction is listed");
-    keys[i].iter().find(|k| k.eq_ignore_ascii_case(key)).copied()
+    keys[i]
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(key))
+        .copied()
 }
 
 /// The keys of a connector section, as its builder asks for them (read off a build of an

@@ -105,8 +105,14 @@ mod tests {
     #[test]
     fn issuer_by_dn_or_cn() {
         let issuer = "C=US, O=Fabrikam, CN=Fabrikam Issuing CA";
-        assert!(issuer_matches("CN=Fabrikam Issuing CA, O=Fabrikam, C=US", issuer));
-        assert!(issuer_matches("c=us,o=fabrikam,cn=fabrikam  issuing ca", issuer));
+        assert!(issuer_matches(
+            "CN=Fabrikam Issuing CA, O=Fabrikam, C=US",
+            issuer
+        ));
+        assert!(issuer_matches(
+            "c=us,o=fabrikam,cn=fabrikam  issuing ca",
+            issuer
+        ));
         assert!(issuer_matches("Fabrikam Issuing CA", issuer));
         assert!(issuer_matches(" fabrikam issuing CA ", issuer));
         assert!(issuer_matches("CN = Fabrikam Issuing CA", issuer));

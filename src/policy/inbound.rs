@@ -639,7 +639,7 @@ mod tests {
             restricted(&["*.contoso.test"], &["10.0.0.0/8"]), // 0
             restricted(&["sales.contoso.test"], &["192.0.2.0/24"]), // 1
             disabled(restricted(&["fabrikam.test"], &["10.0.0.0/8"])), // 2
-            unrestricted, // 3
+            unrestricted,                                     // 3
             partner(&["northwind.test"], &["198.51.100.0/24"], None), // 4
         ]);
         let r = |d: &str| t.restricting_on_premises(d);
