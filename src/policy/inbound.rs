@@ -15,6 +15,11 @@
 //! 4. a `Partner` connector without `SenderDomains`, by IP (longest prefix) and then by
 //!    certificate name (most specific), ties: lowest index.
 //!
+//! Not attribution: the `SenderDomains` of OnPremises connectors with
+//! `RestrictDomainsToIPAddresses` are indexed apart ([`InboundTable::restricting_on_premises`]):
+//! they never choose a connector, they only hold the organization's own domains to that
+//! connector's addresses (`restrict.rs`).
+//!
 //! Certificate names: a name is compared case-insensitively and without a trailing dot. A
 //! plain name matches `mail.contoso.com` (that name only), `*.contoso.com` (contoso.com and
 //! every subdomain) and `*`. A name holding a `*` (a wildcard SAN such as `*.contoso.com`)

@@ -286,11 +286,9 @@ impl InboundPolicy {
                 .as_ref()
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into());
-            let problem = certificate_problem(facts, || {
-                format!(
-                    "the certificate names {} do not match",
-                    facts.trusted_cert_names.join(", ")
-                )
+            let problem = certificate_problem(facts, || match facts.trusted_cert_names {
+                [] => "the certificate presented has no DNS name".to_string(),
+                names => format!("the certificate names {} do not match", names.join(", ")),
             });
             return Err(Refusal::CertificateRequired {
                 connector: c.name.clone(),
