@@ -18,8 +18,8 @@ use serde_json::{Map, Value, json};
 use toml_edit::{DocumentMut, Item};
 
 use super::{AdminState, error, reload_error};
-use crate::config::ConfigError;
 use crate::config::edit::{self, Direction, Edit, json_to_toml, toml_to_json};
+use crate::config::{ConfigError, canonical_key};
 use crate::policy::{
     ConnectorType, DomainPattern, InboundConnector, OutboundConnector, Policy, SendConnector,
     SmartHost, TlsLevel,
@@ -73,10 +73,14 @@ fn written(text: Option<&str>, direction: Direction) -> Vec<Map<String, Value>> 
             .collect(),
         _ => Vec::new(),
     };
+    // Keys under their canonical spelling, however the file writes them.
     items
         .into_iter()
         .map(|v| match v {
-            Value::Object(m) => m,
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(k, v)| (canonical_key(direction, &k).map_or(k, str::to_string), v))
+                .collect(),
             _ => Map::new(),
         })
         .collect()
@@ -195,6 +199,12 @@ fn inbound_tls(c: &InboundConnector) -> String {
     }
     if c.restrict_domains_to_certificate {
         parts.push("domains restricted to the certificate".into());
+    }
+    if !c.tls_sender_certificate_issuer.is_empty() {
+        parts.push(format!(
+            "issued by {}",
+            c.tls_sender_certificate_issuer.join(" or ")
+        ));
     }
     parts.join(", ")
 }
@@ -447,12 +457,18 @@ pub(super) fn key_error(key: &str, reason: impl Into<String>) -> Response {
 type KeyError = (String, String);
 
 /// The keys of a body as an edit: computed fields dropped, `null` = remove the key.
-fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, KeyError> {
+fn changes(
+    direction: Direction,
+    body: Map<String, Value>,
+) -> Result<Vec<(String, Option<toml_edit::Value>)>, KeyError> {
     let mut set = Vec::new();
     for (key, value) in body {
         if COMPUTED.contains(&key.as_str()) {
             continue;
         }
+        // Keys are not case-sensitive (PowerShell parameters are not); the file and the
+        // answer use the canonical spelling. An unknown key is left for the loader to name.
+        let key = canonical_key(direction, &key).map_or(key, str::to_string);
         let v = match value {
             Value::Null => None,
             v => Some(json_to_toml(&v).map_err(|e| (key.clone(), e))?),
@@ -479,7 +495,7 @@ fn new_connector(mut body: Map<String, Value>) -> Result<Edit, KeyError> {
             ));
         }
     };
-    let mut set: Vec<_> = changes(body)?
+    let mut set: Vec<_> = changes(direction, body)?
         .into_iter()
         .filter(|(_, v)| v.is_some())
         .collect();
@@ -722,7 +738,7 @@ pub(super) async fn update(
             ),
         );
     }
-    let set = match changes(body) {
+    let set = match changes(direction, body) {
         Ok(s) => s,
         Err((key, reason)) => return key_error(&key, reason),
     };

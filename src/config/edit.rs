@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Key, Table, Value};
 
-use super::{ConfigError, Loaded, load_str};
+use super::{ConfigError, Loaded, canonical_key, load_str};
 
 /// Which array of connector tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,7 +77,12 @@ pub fn find_connector<'a>(
     doc.get_mut(direction.section())
         .and_then(Item::as_array_of_tables_mut)?
         .iter_mut()
-        .find(|t| t.get("Name").and_then(Item::as_str) == Some(name))
+        .find(|t| written_name(t) == Some(name))
+}
+
+/// The `Name` of a connector table, whatever the case of the key (`name = "..."`).
+pub fn written_name(t: &Table) -> Option<&str> {
+    super::reader::find_key(t, "Name").and_then(|(_, v)| v.as_str())
 }
 
 /// Removes the connector table called `name` in `direction`, with the comment lines directly
@@ -90,7 +95,7 @@ pub fn remove_connector(doc: &mut DocumentMut, direction: Direction, name: &str)
     };
     let Some(i) = array
         .iter()
-        .position(|t| t.get("Name").and_then(Item::as_str) == Some(name))
+        .position(|t| written_name(t) == Some(name))
     else {
         return false;
     };
@@ -172,7 +177,7 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
             let new_name = edit
                 .set
                 .iter()
-                .find(|(k, _)| k == "Name")
+                .find(|(k, _)| k.eq_ignore_ascii_case("Name"))
                 .and_then(|(_, v)| v.as_ref())
                 .and_then(Value::as_str)
                 .ok_or_else(|| err(file, "Name", "a new connector needs a Name"))?
@@ -200,18 +205,20 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
         }
     };
     for (key, value) in &edit.set {
+        // Written in the canonical spelling, whatever spelling the caller or the file used.
+        let key = canonical_key(edit.direction, key).unwrap_or(key);
         match value {
-            None => {
-                table.remove(key);
-            }
+            None => table.retain(|k, _| !k.eq_ignore_ascii_case(key)),
             Some(v) => set_keeping_decor(table, key, v.clone()),
         }
     }
     validated(&doc, text, file)
 }
 
-/// Sets `key`, keeping the comment and spacing around an existing value.
+/// Sets `key`, keeping the comment and spacing around an existing value. A key written in
+/// another case (`useMxRecord`) is renamed to `key` where it stands.
 fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
+    rename_in_place(table, key);
     if let Some(old) = table.get_mut(key).and_then(Item::as_value_mut) {
         let decor = old.decor().clone();
         *value.decor_mut() = decor;
@@ -219,6 +226,43 @@ fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
     } else {
         table.insert(key, Item::Value(value));
     }
+}
+
+/// Renames every key of a `direction` connector table written in another case than the
+/// canonical one (`useMxRecord` → `UseMXRecord`), where it stands. Unknown keys stay.
+pub fn canonical_keys_in_place(table: &mut Table, direction: Direction) {
+    let odd: Vec<&'static str> = table
+        .iter()
+        .filter_map(|(k, _)| canonical_key(direction, k).filter(|c| *c != k))
+        .collect();
+    for key in odd {
+        rename_in_place(table, key);
+    }
+}
+
+/// Renames the key spelled like `key` in another case to `key`, keeping its position and
+/// the comments around it (the table is rebuilt in order: toml_edit cannot rename a key).
+fn rename_in_place(table: &mut Table, key: &str) {
+    let other = table
+        .iter()
+        .any(|(k, _)| k != key && k.eq_ignore_ascii_case(key));
+    if !other {
+        return;
+    }
+    let mut rebuilt = table.clone();
+    rebuilt.clear();
+    for (k, item) in table.iter() {
+        let written = table.key(k).expect("a key of the table").clone();
+        let new_key = if k.eq_ignore_ascii_case(key) {
+            Key::new(key)
+                .with_leaf_decor(written.leaf_decor().clone())
+                .with_dotted_decor(written.dotted_decor().clone())
+        } else {
+            written
+        };
+        rebuilt.insert_formatted(&new_key, item.clone());
+    }
+    *table = rebuilt;
 }
 
 /// Reads `path`, applies `edit`, validates, and (unless `what_if`) writes the file back
@@ -692,6 +736,59 @@ RestrictDomainsToIPAddresses = true
             apply_each(TEXT, file, &[new("A", "127.0.0.1"), new("B", "not-an-ip")]).unwrap_err();
         assert_eq!((i, errors[0].key.as_str()), (1, "SenderIPAddresses"));
         assert!(apply_each(TEXT, file, &[]).is_err());
+    }
+
+    #[test]
+    fn keys_are_written_in_the_canonical_spelling() {
+        let text = "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+                    useMxRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n";
+        // The connector is found by a lower-case `name`; a key given in another case by the
+        // caller is written canonically; a key the file spells otherwise is renamed where
+        // it stands, its comment kept.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![
+                ("USEMXRECORD".into(), Some(Value::from(false))),
+                ("tlsSettings".into(), Some(Value::from("EncryptionOnly"))),
+            ],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert_eq!(
+            out.new_text,
+            "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+             UseMXRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n\
+             TlsSettings = \"EncryptionOnly\"\n"
+        );
+        assert_eq!(
+            out.loaded.policy.outbound[0].tls_settings,
+            Some(crate::policy::TlsLevel::EncryptionOnly)
+        );
+        // Removing a key removes it in whatever case it is written.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("SmartHOSTS".into(), None), ("UseMXRecord".into(), None)],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert!(
+            !out.new_text.to_lowercase().contains("smarthosts"),
+            "{}",
+            out.new_text
+        );
+        assert!(
+            !out.new_text.to_lowercase().contains("usemxrecord"),
+            "{}",
+            out.new_text
+        );
+        // An unknown key is kept as given, for the loader to name.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("Colour".into(), Some(Value::from("blue")))],
+        };
+        let errors = apply(text, Path::new("relay.toml"), &e).unwrap_err();
+        assert_eq!(errors[0].key, "Colour");
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub fn key_line(text: &str, key: &str) -> usize {
     let Some(relay) = doc.get("Relay").and_then(|i| i.as_table_like()) else {
         return 0;
     };
-    match relay.get_key_value(key) {
+    match super::reader::find_key(relay, key) {
         Some((k, _)) => line_of(k.span()),
         None => line_of(doc.as_table().key("Relay").and_then(|k| k.span())),
     }

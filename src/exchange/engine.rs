@@ -165,13 +165,15 @@ fn base_drafts(file: &str, text: &str) -> Result<Vec<Draft>, ImportError> {
                 file: file.to_string(),
                 line: 0,
             };
+            // Keys under their canonical spelling, however the base file writes them.
             let keys: Vec<(String, Value, Source)> = t
                 .iter()
-                .filter_map(|(k, item)| item_value(item).map(|v| (k.to_string(), v, at.clone())))
+                .filter_map(|(k, item)| {
+                    let k = crate::config::canonical_key(d, k).unwrap_or(k);
+                    item_value(item).map(|v| (k.to_string(), v, at.clone()))
+                })
                 .collect();
-            let name = t
-                .get("Name")
-                .and_then(Item::as_str)
+            let name = crate::config::edit::written_name(t)
                 .unwrap_or_default()
                 .to_string();
             out.push(Draft {
@@ -528,6 +530,7 @@ impl Engine {
                     array.iter_mut().last().expect("just pushed")
                 }
             };
+            crate::config::edit::canonical_keys_in_place(table, draft.direction);
             write_table(table, draft);
         }
         let text = doc.to_string();

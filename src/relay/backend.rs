@@ -108,6 +108,7 @@ impl RelayBackend {
             tls: s.tls.is_some(),
             trusted_cert_names: cert.map(|c| c.trusted_names()).unwrap_or(&[]),
             cert_problem: cert.and_then(|c| c.problem.as_deref()),
+            trusted_cert_issuer: cert.and_then(|c| c.trusted_issuer()),
         }
     }
 

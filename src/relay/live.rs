@@ -198,6 +198,7 @@ pub(super) fn setup(
             tls: false,
             trusted_cert_names: &[],
             cert_problem: None,
+            trusted_cert_issuer: None,
         };
         inbound
             .attribute(&facts, None)
