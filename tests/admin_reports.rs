@@ -333,19 +333,15 @@ async fn charts(c: &fantoccini::Client) -> Value {
 
 /// Waits until the Reports view has drawn the period `since`.
 async fn drawn(c: &fantoccini::Client, since: &str) {
-    let want = since.to_string();
-    until("the Reports view drawn", || {
-        let want = want.clone();
-        async move {
-            let loaded = c
-                .execute(
-                    "return document.querySelector('#reports-view').dataset.loaded || ''",
-                    vec![],
-                )
-                .await
-                .unwrap();
-            (loaded == Value::from(want)).then_some(())
-        }
+    until("the Reports view drawn", || async move {
+        let loaded = c
+            .execute(
+                "return document.querySelector('#reports-view').dataset.loaded || ''",
+                vec![],
+            )
+            .await
+            .unwrap();
+        (loaded == since).then_some(())
     })
     .await;
 }
