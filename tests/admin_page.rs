@@ -3,82 +3,21 @@
 //! the token, see the connectors of the config file, disable one and see the change in the
 //! API and the file, search the trace for a message that went through the relay, and look at
 //! the queue; suspend and resume a delivery queue in Retry in the Queues view; import a
-//! pasted connector script with a preview before applying it. The
-//! screenshots land in the target dir (and in `docs/` with `UPDATE_SCREENSHOTS=1`).
+//! pasted connector script with a preview before applying it. The browser and the page
+//! actions are in `support/browser.rs`; the screenshots land in the target dir (and in
+//! `docs/` with `UPDATE_SCREENSHOTS=1`).
 
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::{Value, json};
+use support::browser::*;
 use support::http::{http, start_relay_from_file, until};
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// chromedriver on a free loopback port, killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn chromedriver() -> Driver {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (installed by scripts/install-deps.sh: apt chromium-driver)");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    until("chromedriver listens", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    driver
-}
-
-/// A headless Chromium with no network beyond loopback and a fresh profile.
-async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1400,900",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a Chromium session through chromedriver")
-}
 
 fn config_text(dir: &Path, onprem: SocketAddr) -> String {
     format!(
@@ -119,104 +58,6 @@ ValidationRecipients = ["postmaster@contoso.test"]
         key = certs("relay.contoso.test.key"),
         dir = dir.display(),
     )
-}
-
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn type_into(c: &Client, css: &str, text: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .send_keys(text)
-        .await
-        .unwrap();
-}
-
-async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The input of the editor's field for `key`.
-fn field(key: &str) -> String {
-    format!("#editor .field[data-key='{key}'] .field-input")
-}
-
-/// The `value` property of the element `css` (what an input holds now).
-async fn value(c: &Client, css: &str) -> String {
-    let e = c.find(Locator::Css(css)).await.unwrap();
-    e.prop("value").await.unwrap().unwrap_or_default()
-}
-
-/// Waits until the button `css` is enabled (the editor enables Save once the form as it is
-/// has been checked by the relay).
-async fn wait_enabled(c: &Client, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let e = c.find(Locator::Css(css)).await.unwrap();
-        if e.attr("disabled").await.unwrap().is_none() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{css} stays disabled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until no element matches `css`.
-async fn wait_gone(c: &Client, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !c.find_all(Locator::Css(css)).await.unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{css} is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `css` matches at least one element whose text contains `want`.
-async fn wait_for_text(c: &Client, css: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut seen = Vec::new();
-        for e in c.find_all(Locator::Css(css)).await.unwrap() {
-            let t = e.text().await.unwrap_or_default();
-            if t.contains(want) {
-                return;
-            }
-            seen.push(t);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {css} containing {want:?}; saw {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn save_screenshot(png: &[u8], name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::write(&path, png).unwrap();
-    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
-        std::fs::create_dir_all(&docs).unwrap();
-        std::fs::write(docs.join(name), png).unwrap();
-    }
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

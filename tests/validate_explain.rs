@@ -131,7 +131,7 @@ ValidationRecipients = ["check@partner.test", "someone@elsewhere.test"] # two do
         "elsewhere.test is normally carried by the default MX route",
         &format!("[ ok ] NextHops    127.0.0.1 [{}]", sink.addr()),
         "[ ok ] Connect     127.0.0.1 [127.0.0.1]",
-        "[ ok ] TLS         TLSv1_3 TLS13_",
+        "[ ok ] TLS         TLSv1.3 TLS13_",
         "[ ok ] Certificate CertificateValidation: chain ok, dates ok, not revoked (RevocationLists); name not checked; presented \"CN=sink.test, O=connector-relay tests\"",
         "[ ok ] Reply       250 ",
         "Result: validated",
@@ -425,7 +425,7 @@ SmartHosts = ["{broken}"]
     assert_eq!(a.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(a.recipient.as_deref(), Some("x@a.test"));
     assert!(
-        a.tls.as_deref().unwrap().starts_with("TLSv1_3 TLS13_"),
+        a.tls.as_deref().unwrap().starts_with("TLSv1.3 TLS13_"),
         "{a:?}"
     );
     assert!(

@@ -1,6 +1,7 @@
 //! The admin HTTP API on `[Relay] AdminListen` (spec: `shared/spec/config.md`, "Admin
 //! API"): the connector list and changes, connector validation, the policy explainer, the
-//! message trace, the queue, status, `/metrics`, and the web page that uses them.
+//! message trace and its reports, the queue, status, `/metrics`, and the web page that
+//! uses them.
 //!
 //! Every request needs `Authorization: Bearer <token>`, the content of `AdminTokenFile`
 //! (created with 32 random bytes, mode 0600, when missing); otherwise 401 with a JSON error.
@@ -20,6 +21,7 @@ mod import;
 mod ops;
 mod page;
 mod queue;
+mod reports;
 mod serve;
 mod status;
 
@@ -154,6 +156,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/api/explain", post(ops::explain))
         .route("/api/trace", get(ops::trace))
+        .route("/api/reports", get(reports::reports))
         .route("/api/queue", get(queue::list))
         .route("/api/queue/{id}", axum::routing::delete(queue::delete))
         .route("/api/queue/{id}/retry", post(queue::retry))
@@ -168,6 +171,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/index.html", get(page::index))
         .route("/app.js", get(page::script))
         .route("/editor.js", get(page::editor))
+        .route("/reports.js", get(page::reports_script))
         .route("/app.css", get(page::style))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

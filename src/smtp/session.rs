@@ -1099,12 +1099,7 @@ enum Line {
 }
 
 fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "unknown".to_string(),
-    };
+    let version = super::tls::version_name(conn.protocol_version());
     let cipher = conn
         .negotiated_cipher_suite()
         .map(|c| format!("{:?}", c.suite()))

@@ -5,10 +5,12 @@
 //! the metrics.
 //!
 //! [`store`] keeps the rows in `DataDir/trace.sqlite`, [`query`] reads them back (the
-//! `trace` command, the admin API), [`time`] parses the `--since` / `--until` bounds and
+//! `trace` command, the admin API), [`reports`] aggregates them (the Reports view, the
+//! `report` command), [`time`] parses the `--since` / `--until` bounds and
 //! [`table`] prints rows for people.
 
 pub mod query;
+pub mod reports;
 pub mod store;
 pub mod table;
 pub mod time;

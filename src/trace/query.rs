@@ -96,6 +96,23 @@ impl TraceFilter {
 pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {
     let file = store::path(data_dir);
     let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    let conn = open_read_only(data_dir)?;
+    let (sql, args) = build(q);
+    let mut st = conn.prepare(&sql).map_err(|e| fail(&e))?;
+    let mut rows: Vec<TraceEvent> = st
+        .query_map(rusqlite::params_from_iter(args), read_row)
+        .map_err(|e| fail(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(&e))?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// A read-only connection to the store in `data_dir` (it works while the relay writes);
+/// an error naming the file when there is no store or it cannot be opened.
+pub(super) fn open_read_only(data_dir: &Path) -> Result<Connection, String> {
+    let file = store::path(data_dir);
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
     if !file.exists() {
         return Err(fail(
             &"no trace store here (the relay creates it in its DataDir when it starts)",
@@ -108,15 +125,7 @@ pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String>
     .map_err(|e| fail(&e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| fail(&e))?;
-    let (sql, args) = build(q);
-    let mut st = conn.prepare(&sql).map_err(|e| fail(&e))?;
-    let mut rows: Vec<TraceEvent> = st
-        .query_map(rusqlite::params_from_iter(args), read_row)
-        .map_err(|e| fail(&e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(&e))?;
-    rows.reverse();
-    Ok(rows)
+    Ok(conn)
 }
 
 /// The SQL and its arguments: the newest `limit` qualifying rows, newest first.

@@ -2,6 +2,7 @@
 //! SMTP dialog helper that asserts exact replies, and maildir polling.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dns;
 pub mod downstream;
 pub mod http;
