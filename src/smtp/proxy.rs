@@ -122,7 +122,7 @@ fn parse_v1(buf: &[u8]) -> Parse {
         // Spec §2.1: after UNKNOWN the receiver ignores everything up to the CRLF.
         Some("UNKNOWN") => None,
         Some(family @ ("TCP4" | "TCP6")) => match v1_addresses(family, fields) {
-            Ok(source) => Some(source),
+            Ok(source) => Some(canonical(source)),
             Err(why) => return malformed(why),
         },
         _ => return malformed("PROXY v1 protocol is not TCP4, TCP6 or UNKNOWN"),
@@ -131,6 +131,12 @@ fn parse_v1(buf: &[u8]) -> Parse {
         header: Header { version: 1, source },
         len: lf + 1,
     }
+}
+
+/// An IPv4 client written IPv4-mapped (`::ffff:192.0.2.1`, as a dual-stack balancer may)
+/// is that IPv4 client: in Received:, the trace and the per-source limits alike.
+fn canonical(source: SocketAddr) -> SocketAddr {
+    SocketAddr::new(source.ip().to_canonical(), source.port())
 }
 
 /// `SRC DST SPORT DPORT` of a v1 `TCP4`/`TCP6` line: the source address and port.
@@ -198,7 +204,7 @@ fn parse_v2(buf: &[u8]) -> Parse {
         None
     } else {
         match v2_source(family, transport, block) {
-            Ok(source) => source,
+            Ok(source) => source.map(canonical),
             Err(why) => return malformed(why),
         }
     };
@@ -505,6 +511,12 @@ mod tests {
         );
         assert_eq!(len, whole);
         prefixes_incomplete(&bytes, len);
+
+        // IPv4 written IPv4-mapped in an INET6 block is the IPv4 client.
+        let mapped = v2_header(src, addr("[2001:db8::1]:25"), &[]);
+        assert_eq!(done(&mapped).0.source, Some(src));
+        let v1 = b"PROXY TCP6 ::ffff:203.0.113.9 2001:db8::1 56324 25\r\n";
+        assert_eq!(done(v1).0.source, Some(src));
 
         let src6 = addr("[2001:db8::9]:4000");
         let bytes = v2_header(src6, addr("[2001:db8::1]:25"), &[]);
