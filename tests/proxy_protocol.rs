@@ -376,3 +376,98 @@ async fn per_source_limits_count_the_carried_address() {
     fourth.cmd("QUIT", "221").await;
     drop((first, second));
 }
+
+/// A real HAProxy (Debian's, installed by scripts/install-deps.sh) run in the foreground,
+/// killed when dropped.
+struct HaProxy(std::process::Child);
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The haproxy binary, if installed (Debian puts it in /usr/sbin).
+fn haproxy_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// HAProxy in front of `relay`: `send-proxy` on port `v1`, `send-proxy-v2` on port `v2`,
+/// both connecting to the relay from the balancer's address.
+fn start_haproxy(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    relay: SocketAddr,
+    v1: u16,
+    v2: u16,
+) -> HaProxy {
+    let cfg = format!(
+        r#"
+global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend smtp_v1
+    bind 127.0.0.1:{v1}
+    default_backend relay_v1
+frontend smtp_v2
+    bind 127.0.0.1:{v2}
+    default_backend relay_v2
+backend relay_v1
+    server relay {relay} send-proxy source {BALANCER}
+backend relay_v2
+    server relay {relay} send-proxy-v2 source {BALANCER}
+"#
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy starts");
+    HaProxy(child)
+}
+
+#[tokio::test]
+async fn real_haproxy_send_proxy_v1_and_v2() {
+    let Some(bin) = haproxy_binary() else {
+        eprintln!(
+            "SKIPPED real_haproxy_send_proxy_v1_and_v2: haproxy is not installed (scripts/install-deps.sh installs it)"
+        );
+        return;
+    };
+    let lab = Lab::start("").await;
+    let (v1, v2) = (support::free_port(), support::free_port());
+    let _haproxy = start_haproxy(&bin, lab.dir.path(), lab.smtp(), v1, v2);
+    support::wait_listening(v1).await;
+    support::wait_listening(v2).await;
+    for (port, from) in [(v1, "127.0.0.10"), (v2, "127.0.0.10")] {
+        // 127.0.0.10 is the OnPremises connector of `relay_config`; HAProxy's own address
+        // toward the relay is the balancer's.
+        let to = SocketAddr::new(ip("127.0.0.1"), port);
+        let mut d = Dialog::connect_from(ip(from), to).await;
+        let ehlo = d.cmd("EHLO exchange.contoso.test", "250").await;
+        assert!(ehlo.contains(&format!("[{from}]")), "port {port}: {ehlo}");
+        d.cmd("MAIL FROM:<app@contoso.test>", "250").await;
+        d.cmd("RCPT TO:<someone@fabrikam.test>", "250").await;
+        d.cmd("QUIT", "221").await;
+    }
+    // A client HAProxy forwards that is not on-premises: relaying is refused for it.
+    let to = SocketAddr::new(ip("127.0.0.1"), v2);
+    let mut d = Dialog::connect_from(ip("127.0.0.77"), to).await;
+    let ehlo = d.cmd("EHLO outsider.example", "250").await;
+    assert!(ehlo.contains("[127.0.0.77]"), "{ehlo}");
+    d.cmd("MAIL FROM:<x@outsider.example>", "250").await;
+    d.cmd("RCPT TO:<someone@fabrikam.test>", "550 5.7.64").await;
+}
