@@ -469,10 +469,10 @@ cleanup() {
 # Waits (10 minutes at most) until the sink has n messages more than base and the target's
 # queue is empty.
 wait_sink() { # target, base, n
-    local deadline count
+    local base=${2:-0} deadline count # base: empty from a sink that has not counted yet
     deadline=$(awk -v t="$(now)" 'BEGIN { printf "%.3f", t + 600 }')
     while :; do
-        count=$(( $(sink_count) - $2 ))
+        count=$(( $(sink_count) - base ))
         if [ "$count" -ge "$3" ]; then
             if [ "$1" = relay ] && relay_queue_empty; then break; fi
             if [ "$1" = postfix ] && postfix_queue_empty; then break; fi
