@@ -6,6 +6,10 @@
 //! logged at most once per 10 s. A connection that would leave fewer than
 //! [`crate::fds::SMTP_FLOOR`] descriptors free is answered and closed at once.
 //!
+//! A connection from a `ProxyProtocolFrom` balancer starts with a PROXY protocol header
+//! ([`super::proxy`]), read in the connection's own task; the limits and the session then
+//! see the client address it carries.
+//!
 //! Live reload: what a connection is served with ([`Setup`]: session config, backend,
 //! exemption rule) sits in an `ArcSwap`. Each accepted connection takes the current setup
 //! once and keeps it for its whole life, so a reload changes the next session and never one

@@ -358,7 +358,11 @@ pub fn check_proxy_header(data: &[u8]) {
                 assert!(data.starts_with(&proxy::V2_SIGNATURE) && len >= 16);
             }
             if let Some(source) = header.source {
-                assert_eq!(source.ip(), source.ip().to_canonical(), "IPv4-mapped client");
+                assert_eq!(
+                    source.ip(),
+                    source.ip().to_canonical(),
+                    "IPv4-mapped client"
+                );
             }
             assert_eq!(proxy::parse(&data[..len]), verdict, "the header alone");
             more.splice(len..len, b"\r\n".iter().copied());
@@ -367,13 +371,20 @@ pub fn check_proxy_header(data: &[u8]) {
         }
         Parse::Incomplete => data.len(),
         Parse::Invalid(_) => {
-            assert!(matches!(proxy::parse(&more), Parse::Invalid(_)), "invalid, then valid");
+            assert!(
+                matches!(proxy::parse(&more), Parse::Invalid(_)),
+                "invalid, then valid"
+            );
             return;
         }
     };
     for cut in [0, end / 2, h % end.max(1), end.saturating_sub(1)] {
         if cut < end {
-            assert_eq!(proxy::parse(&data[..cut]), Parse::Incomplete, "prefix of {cut}");
+            assert_eq!(
+                proxy::parse(&data[..cut]),
+                Parse::Incomplete,
+                "prefix of {cut}"
+            );
         }
     }
 }
