@@ -315,10 +315,7 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
 /// Is `ip` one of `ProxyProtocolFrom`'s balancers? An IPv4-mapped IPv6 peer (a dual-stack
 /// listener) counts as its IPv4 address.
 pub fn from_proxy(nets: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = ip.to_canonical();
     nets.iter().any(|n| n.contains(&ip))
 }
 
@@ -398,20 +395,11 @@ impl Opening {
     }
 }
 
-/// The reply to a balancer whose header is missing, malformed or late. Before the banner
-/// nothing else can be said; the 421 reaches whoever reads the balancer's logs (or the
-/// client, through it) and tells them to try again later, where a bare close says nothing.
-fn proxy_header_refusal() -> Reply {
-    Reply::new(
-        421,
-        "4.7.0",
-        "PROXY protocol header missing or malformed, closing connection",
-    )
-}
-
 /// A balancer's connection without a usable header: logged with the reason, counted in
 /// `connector_relay_proxy_header_errors_total{reason}`, recorded in the trace (rule
-/// `ProxyProtocol`), answered [`proxy_header_refusal`] and closed.
+/// `ProxyProtocol`), answered `421 4.7.0` and closed. Before the banner nothing else can
+/// be said; the 421 reaches whoever reads the balancer's logs (or the client, through it)
+/// and says "try later", where a bare close says nothing.
 fn proxy_refused<B: Backend>(
     setup: &Setup<B>,
     stream: TcpStream,
@@ -421,7 +409,11 @@ fn proxy_refused<B: Backend>(
     let reason = e.reason();
     metrics::counter!("connector_relay_proxy_header_errors_total", "reason" => reason).increment(1);
     tracing::warn!(%peer, reason, "PROXY protocol header refused: {}", e.describe());
-    let reply = proxy_header_refusal();
+    let reply = Reply::new(
+        421,
+        "4.7.0",
+        "PROXY protocol header missing or malformed, closing connection",
+    );
     setup
         .backend
         .connection_refused(peer, "ProxyProtocol", &reply);
