@@ -471,3 +471,34 @@ async fn real_haproxy_send_proxy_v1_and_v2() {
     d.cmd("MAIL FROM:<x@outsider.example>", "250").await;
     d.cmd("RCPT TO:<someone@fabrikam.test>", "550 5.7.64").await;
 }
+
+#[tokio::test]
+async fn proxy_protocol_from_changes_on_reload() {
+    let sink = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let write = |keys: &str| {
+        let text = relay_config(dir.path(), sink.addr(), keys) + CONNECTORS;
+        std::fs::write(&path, text).unwrap();
+    };
+    write("");
+    let (relay, _token) = support::http::start_relay_from_file(&path, dir.path()).await;
+    let smtp = relay.smtp_addrs[0];
+    let claim = v1_header(addr("203.0.113.9:40000"), smtp);
+
+    // Not listed yet: the header is bytes before the greeting.
+    let mut d = Dialog::new(balancer_conn(smtp, &claim).await);
+    let reply = d.read_reply().await;
+    assert!(reply.starts_with("554 5.5.0"), "before the reload: {reply}");
+
+    write(&format!("ProxyProtocolFrom = [\"{BALANCER}\"]"));
+    let reloaded = relay.reload().await.expect("reload accepted");
+    assert!(
+        reloaded.restart_needed.is_empty(),
+        "{:?}",
+        reloaded.restart_needed
+    );
+    let mut d = via_balancer(smtp, &claim).await;
+    let ehlo = d.cmd("EHLO app.contoso.test", "250").await;
+    assert!(ehlo.contains("[203.0.113.9]"), "after the reload: {ehlo}");
+}

@@ -310,21 +310,19 @@ async fn read_untimed(stream: &mut TcpStream) -> Result<Header, ReadError> {
     }
 }
 
-/// A v1 header for `source` → `dest` (tests, the benchmark's client).
+/// A v1 header for `source` → `dest` (tests, the benchmark's client). Addresses of two
+/// families are both written as IPv6 (the IPv4 one IPv4-mapped), as in [`v2_header`].
 pub fn v1_header(source: SocketAddr, dest: SocketAddr) -> Vec<u8> {
-    let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        source.ip(),
-        dest.ip(),
-        source.port(),
-        dest.port()
-    )
-    .into_bytes()
+    let (family, src, dst) = match (source.ip(), dest.ip()) {
+        (s @ IpAddr::V4(_), d @ IpAddr::V4(_)) => ("TCP4", s, d),
+        (s, d) => ("TCP6", IpAddr::V6(v6(s)), IpAddr::V6(v6(d))),
+    };
+    let (sport, dport) = (source.port(), dest.port());
+    format!("PROXY {family} {src} {dst} {sport} {dport}\r\n").into_bytes()
 }
 
 /// A v2 `PROXY` header for `source` → `dest` over TCP, with `tlvs` appended (raw TLV
-/// bytes, possibly empty). Both addresses must be of one family.
+/// bytes, possibly empty). Addresses of two families are both written as IPv6.
 pub fn v2_header(source: SocketAddr, dest: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
     let mut addresses = Vec::with_capacity(36);
     let family = match (source.ip(), dest.ip()) {
@@ -413,6 +411,10 @@ mod tests {
         );
         assert_eq!(&line[len..], b"EHLO x\r\n", "the bytes after it are left");
         prefixes_incomplete(line, len);
+
+        let mixed = v1_header(addr("203.0.113.9:1"), addr("[2001:db8::1]:25"));
+        assert_eq!(mixed, b"PROXY TCP6 ::ffff:203.0.113.9 2001:db8::1 1 25\r\n");
+        assert_eq!(done(&mixed).0.source, Some(addr("203.0.113.9:1")));
 
         let line = b"PROXY TCP6 2001:db8::9 2001:db8::1 65535 0\r\n";
         let (h, len) = done(line);
