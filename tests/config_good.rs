@@ -732,3 +732,35 @@ TlsSenderCertificateIssuer = ["Woodgrove CA 1", " CN=Woodgrove CA 2 "]
         ]
     );
 }
+
+#[test]
+fn proxy_protocol_from_takes_addresses_cidrs_and_ranges() {
+    let loaded = load(
+        r#"
+[Relay]
+ProxyProtocolFrom = ["10.0.0.5", "10.1.0.0/24", "2001:db8::1", "192.168.0.0-192.168.1.255", "10.2.0.1/24"]
+"#,
+    );
+    assert_eq!(
+        loaded.policy.relay.proxy_protocol_from,
+        vec![
+            net("10.0.0.5/32"),
+            net("10.1.0.0/24"),
+            net("2001:db8::1/128"),
+            net("192.168.0.0/23"),
+            net("10.2.0.0/24"),
+        ]
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0]
+            .to_string()
+            .contains("ProxyProtocolFrom: 10.2.0.1/24 has host bits set"),
+        "{}",
+        loaded.warnings[0]
+    );
+    assert!(
+        load("").policy.relay.proxy_protocol_from.is_empty(),
+        "none by default"
+    );
+}

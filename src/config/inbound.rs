@@ -3,7 +3,7 @@
 use toml_edit::TableLike;
 
 use super::reader::{Ctx, Lines, Reader};
-use super::values::{domain_pattern, ip_ranges};
+use super::values::domain_pattern;
 use super::{CONNECTOR_SOURCES, CONNECTOR_TYPES, Env, connector_name, text};
 use crate::policy::{ConnectorType, DomainPattern, InboundConnector};
 
@@ -24,7 +24,11 @@ pub(crate) fn build(
         sender_domains: r
             .parsed_list(ctx, "SenderDomains", domain_pattern)
             .unwrap_or_default(),
-        sender_ip_addresses: sender_ips(ctx, &mut r),
+        sender_ip_addresses: r
+            .ip_nets(ctx, "SenderIPAddresses")
+            .into_iter()
+            .map(|(net, _)| net)
+            .collect(),
         tls_sender_certificate_name: r.parsed(ctx, "TlsSenderCertificateName", domain_pattern),
         tls_sender_certificate_issuer: r
             .parsed_list(ctx, "TlsSenderCertificateIssuer", issuer_name)
@@ -50,32 +54,6 @@ pub(crate) fn build(
         rules(ctx, &c, &lines, env);
     }
     (c, lines)
-}
-
-/// `SenderIPAddresses`: CIDRs with host bits set are normalized with a warning, because the
-/// administrator may have meant a single host.
-fn sender_ips(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<ipnet::IpNet> {
-    let key = "SenderIPAddresses";
-    let mut nets = Vec::new();
-    for (s, line) in r.strings(ctx, key).unwrap_or_default() {
-        match ip_ranges(&s) {
-            Ok(parsed) => {
-                if let Some(given) = parsed.truncated_from {
-                    ctx.warn(
-                        line,
-                        key,
-                        format!(
-                            "{given} has host bits set; it is read as {}",
-                            parsed.nets[0]
-                        ),
-                    );
-                }
-                nets.extend(parsed.nets);
-            }
-            Err(e) => ctx.error(line, key, e),
-        }
-    }
-    nets
 }
 
 /// `TlsSenderCertificateIssuer`: an issuer DN (`CN=Fabrikam CA, O=Fabrikam`) or CN, kept

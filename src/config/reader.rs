@@ -261,6 +261,30 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
+    /// An array of IP addresses, CIDR ranges and Exchange address ranges
+    /// ([`super::values::ip_ranges`]), each network with the line of its entry; invalid entries
+    /// are reported and dropped. A CIDR with host bits set is normalized with a warning, since
+    /// the administrator may have meant a single host.
+    pub fn ip_nets(&mut self, ctx: &mut Ctx, key: &'static str) -> Vec<(ipnet::IpNet, usize)> {
+        let mut nets = Vec::new();
+        for (s, line) in self.strings(ctx, key).unwrap_or_default() {
+            match super::values::ip_ranges(&s) {
+                Ok(parsed) => {
+                    if let Some(given) = parsed.truncated_from {
+                        let reason = format!(
+                            "{given} has host bits set; it is read as {}",
+                            parsed.nets[0]
+                        );
+                        ctx.warn(line, &self.name(key), reason);
+                    }
+                    nets.extend(parsed.nets.into_iter().map(|n| (n, line)));
+                }
+                Err(e) => ctx.error(line, &self.name(key), e),
+            }
+        }
+        nets
+    }
+
     /// Each string of an array run through `parse`; invalid entries are reported and dropped.
     pub fn parsed_list<T>(
         &mut self,

@@ -22,8 +22,19 @@ fn relay_line(policy: &Policy) -> String {
             .iter()
             .map(|a| format!("{a} (implicit TLS)")),
     );
+    // Said only when set: behind a balancer, whose headers the listeners then require.
+    let proxy = match r.proxy_protocol_from.as_slice() {
+        [] => String::new(),
+        nets => format!(
+            "; PROXY protocol required from {}",
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
-        "Relay    {} listen {}; STARTTLS {}; accepted domains: {}",
+        "Relay    {} listen {}{proxy}; STARTTLS {}; accepted domains: {}",
         r.fqdn,
         join_or_dash(&listen),
         if r.tls_certificate.is_some() {

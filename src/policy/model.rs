@@ -69,6 +69,9 @@ pub struct RelaySettings {
     /// `SourceIPv6PrefixLength` (extension): IPv6 clients count per prefix of this length
     /// in the per-source limits (32..=128).
     pub source_ipv6_prefix_length: u8,
+    /// `ProxyProtocolFrom` (extension): load balancers whose connections must start with a
+    /// PROXY protocol header; the client address it carries is the session's.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// `MaxOutboundConnections`: delivery attempts under way in all (each holds at most
     /// one connection); counted in the open-files budget at start.
     pub max_outbound_connections: usize,

@@ -208,6 +208,8 @@ pub(super) fn setup(
         cfg,
         backend,
         exempt,
+        // Live: a reload changes which balancers are trusted for the next connections.
+        proxy_from: r.proxy_protocol_from.clone().into(),
     }
 }
 
