@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod docker;
 pub mod downstream;
 pub mod http;
 pub mod https_sink;
