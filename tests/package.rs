@@ -361,10 +361,14 @@ fn deliver_as_the_unit(c: &Container) {
             .success()
             .then_some(())
     });
-    let trace = c.must(&format!(
-        "runuser -u connector-relay -- connector-relay trace --config {CONF} --recipient bob@contoso.test"
-    ));
-    assert!(trace.contains("Delivered"), "{trace}");
+    // The trace, as the administrator reads it (its writer flushes in batches).
+    poll(READY, "the Delivered trace row", || {
+        c.must(&format!(
+            "runuser -u connector-relay -- connector-relay trace --config {CONF} --recipient bob@contoso.test"
+        ))
+        .contains("Delivered")
+        .then_some(())
+    });
     let state = c.must(
         "stat -c '%n %U %a' /var/lib/connector-relay/admin.token /var/lib/connector-relay/trace.sqlite",
     );
