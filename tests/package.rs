@@ -58,7 +58,12 @@ fn packages() -> &'static Packages {
         let v1 = build_deb(dir.path(), &[]);
         // The upgrade: the same binary, a newer version, a changed default config.
         let packaging = dir.path().join("packaging");
-        must(Command::new("cp").arg("-r").arg(repo().join("packaging")).arg(&packaging));
+        must(
+            Command::new("cp")
+                .arg("-r")
+                .arg(repo().join("packaging"))
+                .arg(&packaging),
+        );
         let conf = packaging.join("relay.toml");
         let text = std::fs::read_to_string(&conf).unwrap();
         std::fs::write(&conf, format!("{text}{V2_MARK}\n")).unwrap();
@@ -98,9 +103,19 @@ fn unit_file_passes_systemd_analyze() {
     // A root with the unpacked package, the system's own units (what the unit refers to:
     // network-online.target, sysinit.target) and the /bin/kill of ExecReload.
     let root = tempfile::tempdir().unwrap();
-    must(Command::new("dpkg-deb").arg("-x").arg(&packages().v1).arg(root.path()));
+    must(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&packages().v1)
+            .arg(root.path()),
+    );
     let units = root.path().join("usr/lib/systemd/system");
-    must(Command::new("cp").arg("-a").arg("/usr/lib/systemd/system/.").arg(&units));
+    must(
+        Command::new("cp")
+            .arg("-a")
+            .arg("/usr/lib/systemd/system/.")
+            .arg(&units),
+    );
     let bin = root.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     must(Command::new("cp").arg("/bin/kill").arg(&bin));
@@ -113,12 +128,8 @@ fn unit_file_passes_systemd_analyze() {
         "systemd-analyze verify:\n{}",
         text(&out)
     );
-    let out = run(Command::new("systemd-analyze").args([
-        "security",
-        "--offline=yes",
-        &root_arg,
-        UNIT,
-    ]));
+    let out =
+        run(Command::new("systemd-analyze").args(["security", "--offline=yes", &root_arg, UNIT]));
     let report = text(&out);
     let exposure = report
         .lines()
@@ -236,19 +247,28 @@ fn check_layout(c: &Container) {
         ("/etc/connector-relay", "root:connector-relay 2770"),
         ("/etc/connector-relay/tls", "root:connector-relay 750"),
         (CONF, "root:connector-relay 640"),
-        ("/var/lib/connector-relay", "connector-relay:connector-relay 750"),
-        ("/var/lib/connector-relay/spool", "connector-relay:connector-relay 750"),
-        ("/var/log/connector-relay", "connector-relay:connector-relay 750"),
-        ("/var/log/connector-relay/protocol", "connector-relay:connector-relay 750"),
+        (
+            "/var/lib/connector-relay",
+            "connector-relay:connector-relay 750",
+        ),
+        (
+            "/var/lib/connector-relay/spool",
+            "connector-relay:connector-relay 750",
+        ),
+        (
+            "/var/log/connector-relay",
+            "connector-relay:connector-relay 750",
+        ),
+        (
+            "/var/log/connector-relay/protocol",
+            "connector-relay:connector-relay 750",
+        ),
         ("/usr/bin/connector-relay", "root:root 755"),
         (UNIT, "root:root 644"),
     ];
     let paths: Vec<&str> = expected.iter().map(|(p, _)| *p).collect();
     let stats = c.must(&format!("stat -c '%n %U:%G %a' {}", paths.join(" ")));
-    let stats: HashMap<&str, &str> = stats
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let stats: HashMap<&str, &str> = stats.lines().filter_map(|l| l.split_once(' ')).collect();
     for (path, want) in expected {
         assert_eq!(stats.get(path).copied(), Some(want), "{path}");
     }
@@ -338,8 +358,14 @@ fn deliver_as_the_unit(c: &Container) {
         status.contains(&format!("Uid:\t{0}\t{0}\t{0}\t{0}", uid.trim())),
         "{status}"
     );
-    assert!(status.contains(&format!("CapEff:\t{net_bind_service}")), "{status}");
-    assert!(status.contains(&format!("CapAmb:\t{net_bind_service}")), "{status}");
+    assert!(
+        status.contains(&format!("CapEff:\t{net_bind_service}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("CapAmb:\t{net_bind_service}")),
+        "{status}"
+    );
 
     let reply = tokio_block_on(async {
         let mut d = dialog(relay.addr).await;
@@ -372,15 +398,15 @@ fn deliver_as_the_unit(c: &Container) {
     let state = c.must(
         "stat -c '%n %U %a' /var/lib/connector-relay/admin.token /var/lib/connector-relay/trace.sqlite",
     );
-    assert!(
-        state.contains("admin.token connector-relay 600"),
-        "{state}"
-    );
+    assert!(state.contains("admin.token connector-relay 600"), "{state}");
     assert!(state.contains("trace.sqlite connector-relay"), "{state}");
     // ExecReload: SIGHUP reloads.
     c.must(&format!("kill -HUP {}", relay.pid));
     poll(READY, "the reload", || {
-        relay.log(c).contains("configuration reloaded").then_some(())
+        relay
+            .log(c)
+            .contains("configuration reloaded")
+            .then_some(())
     });
     relay.stop(c);
 }
@@ -439,7 +465,9 @@ impl Relay {
                 "relay log:\n{}",
                 text(&log)
             );
-            text(&log).contains("listening addr=0.0.0.0:25").then_some(())
+            text(&log)
+                .contains("listening addr=0.0.0.0:25")
+                .then_some(())
         });
         let pid = c.must(
             "for p in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in \
@@ -457,7 +485,9 @@ impl Relay {
     fn stop(self, c: &Container) {
         c.must(&format!("kill -TERM {}", self.pid));
         poll(READY, "the relay to stop", || {
-            self.log(c).contains("INFO connector_relay: stopped").then_some(())
+            self.log(c)
+                .contains("INFO connector_relay: stopped")
+                .then_some(())
         });
         poll(READY, "the relay's exit", || {
             (!c.exists(&format!("/proc/{}/cmdline", self.pid))
@@ -557,7 +587,10 @@ fn production_image_runs_as_the_system_user() {
     c.spawn("exec connector-relay sink --listen 127.0.0.1:2626 --maildir /tmp/sink > /tmp/sink.log 2>&1");
     let uid = c.must("id -u connector-relay");
     let status = c.must("grep '^Uid:' /proc/1/status");
-    assert!(status.contains(&format!("Uid:\t{}\t", uid.trim())), "{status}");
+    assert!(
+        status.contains(&format!("Uid:\t{}\t", uid.trim())),
+        "{status}"
+    );
     assert_ne!(uid.trim(), "0");
     let addr: SocketAddr = format!("{}:25", c.ip()).parse().unwrap();
     poll(READY, "the image's relay on port 25", || {

@@ -185,7 +185,9 @@ async fn failed_start(journal_stream: impl Fn(u64, u64) -> String) -> String {
         .unwrap();
     let status = next_state(&sock).await;
     assert!(
-        status.starts_with(&format!("STATUS=cannot start: cannot listen on 127.0.0.1:{port}")),
+        status.starts_with(&format!(
+            "STATUS=cannot start: cannot listen on 127.0.0.1:{port}"
+        )),
         "{status}"
     );
     let log = tokio::task::spawn_blocking(move || {
@@ -227,7 +229,10 @@ async fn journal_format_when_stderr_is_the_journal() {
     assert!(error.starts_with("<3>ERROR "), "{error}");
     // Every tracing line (the plain `connector-relay: ...` line repeats the error for a
     // terminal whatever RUST_LOG says).
-    for line in journal.lines().filter(|l| !l.starts_with("connector-relay: ")) {
+    for line in journal
+        .lines()
+        .filter(|l| !l.starts_with("connector-relay: "))
+    {
         assert!(line.starts_with('<'), "no priority: {line}\n{journal}");
     }
 
@@ -289,7 +294,11 @@ fn completions_and_man_pages_come_from_the_cli() {
     assert!(page.contains("\\-\\-log\\-format"), "{page}");
     let dir = tempfile::tempdir().unwrap();
     output(&["man", "--out-dir", dir.path().to_str().unwrap()]);
-    for page in ["connector-relay.1", "connector-relay-run.1", "connector-relay-queue-retry.1"] {
+    for page in [
+        "connector-relay.1",
+        "connector-relay-run.1",
+        "connector-relay-queue-retry.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.contains(".SH NAME"), "{page}");
     }
