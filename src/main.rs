@@ -759,6 +759,24 @@ fn listening_status(handle: &relay::RelayHandle) -> String {
     format!("listening on {}", smtp.join(", "))
 }
 
+/// The service status line after a reload (a refused config leaves the running one).
+fn reload_status(
+    handle: &relay::RelayHandle,
+    reloaded: &Result<relay::Reloaded, relay::ReloadError>,
+) -> String {
+    match reloaded {
+        Ok(done) => format!(
+            "{}; configuration generation {}",
+            listening_status(handle),
+            done.generation
+        ),
+        Err(e) => format!(
+            "{}; reload refused, the running configuration stays: {e}",
+            listening_status(handle)
+        ),
+    }
+}
+
 fn run_sink(opts: sink::SinkOptions) -> ExitCode {
     runtime().block_on(async move {
         let mut signals = Signals::catch();
@@ -807,11 +825,8 @@ async fn wait_for_stop(signals: &mut Signals, relay: Option<&relay::RelayHandle>
                 Some(r) => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     service::reloading();
-                    let status = match r.reload_for(relay::Trigger::Sighup).await {
-                        Ok(done) => format!("{}; configuration generation {}", listening_status(r), done.generation),
-                        Err(e) => format!("{}; reload refused, the running configuration stays: {e}", listening_status(r)),
-                    };
-                    service::ready(&status);
+                    let reloaded = r.reload_for(relay::Trigger::Sighup).await;
+                    service::ready(&reload_status(r, &reloaded));
                 }
                 None => tracing::info!("SIGHUP ignored"),
             },
