@@ -345,7 +345,7 @@ fn check_examples(c: &Container) {
 /// The gateway example (left in place by `check_examples`) run as the unit runs it: a
 /// message to port 25 is delivered to its mail server (a sink in the container).
 fn deliver_as_the_unit(c: &Container) {
-    c.spawn("exec connector-relay sink --listen 127.0.0.1:2626 --maildir /tmp/sink > /tmp/sink.log 2>&1");
+    start_sink(c);
     let unit = c.must(&format!("cat {UNIT}"));
     let relay = Relay::start(c, &unit);
     let status = c.must(&format!(
@@ -533,6 +533,20 @@ fn as_the_unit(unit: &str, caps: bool) -> String {
     )
 }
 
+/// The mail server behind the relay: a sink on 127.0.0.1:2626 in the container, listening
+/// before the relay could try it (a refused first attempt would wait for the retry).
+fn start_sink(c: &Container) {
+    c.spawn(
+        "exec connector-relay sink --listen 127.0.0.1:2626 --maildir /tmp/sink > /tmp/sink.log 2>&1",
+    );
+    poll(READY, "the sink", || {
+        c.sh("grep -q 'sink listening' /tmp/sink.log")
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
 /// An SMTP dialog with the container (from the host's own address on the bridge, where
 /// `Dialog::connect`'s loopback source cannot reach), after its `220`.
 async fn dialog(addr: SocketAddr) -> Dialog {
@@ -584,7 +598,7 @@ fn production_image_runs_as_the_system_user() {
         must(Command::new("docker").args(["inspect", "-f", "{{.Config.User}}", &image])).trim(),
         "connector-relay"
     );
-    c.spawn("exec connector-relay sink --listen 127.0.0.1:2626 --maildir /tmp/sink > /tmp/sink.log 2>&1");
+    start_sink(&c);
     let uid = c.must("id -u connector-relay");
     let status = c.must("grep '^Uid:' /proc/1/status");
     assert!(
