@@ -25,8 +25,12 @@ ENTRYPOINT ["/usr/local/bin/connector-relay"]
 CMD ["run", "--config", "/etc/connector-relay/relay.toml"]
 
 FROM ${RUST_IMAGE} AS builder
+# No .git in the image: `--version` names the revision given here (build.rs), e.g.
+# --build-arg GIT_REV=$(git rev-parse --short=12 HEAD).
+ARG GIT_REV=unknown
+ENV CONNECTOR_RELAY_GIT_REV=${GIT_REV}
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY bench bench
 COPY src src
 # No debug info in the image (the release profile keeps line tables for the benchmark).

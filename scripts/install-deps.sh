@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
 # interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
 # page is tested in a real headless Chromium driven over WebDriver), unbound, nsd and
-# ldnsutils for the DNSSEC/DANE lab, haproxy for the PROXY protocol test; and, through
+# ldnsutils for the DNSSEC/DANE lab, haproxy for the PROXY protocol test, binutils and
+# systemd (systemd-analyze) for the Debian package's test; and, through
 # scripts/lab-deps.sh, Docker Engine, Compose and debootstrap for the hybrid lab.
 set -euo pipefail
 need=()
@@ -19,6 +20,10 @@ command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
 # PROXY protocol behind a real load balancer (tests/proxy_protocol.rs; the test skips loudly
 # without it). Debian installs it in /usr/sbin.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# The Debian package (scripts/build-deb.sh, tests/package.rs): objdump for its Depends, and
+# systemd-analyze to verify its unit file.
+command -v objdump >/dev/null 2>&1 || need+=(binutils)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

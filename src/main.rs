@@ -8,16 +8,34 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use connector_relay::{config, fds, ops, relay, sink, trace};
+use clap::{CommandFactory, Parser, Subcommand};
+use connector_relay::logging::{self, LogFormat};
+use connector_relay::{config, fds, ops, relay, service, sink, trace};
+
+/// `--version`: the package version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("CONNECTOR_RELAY_GIT_REV"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "connector-relay",
-    version,
+    version = VERSION,
     about = "An SMTP relay that enforces Exchange-style connector policy"
 )]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Auto,
+        env = "CONNECTOR_RELAY_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -185,6 +203,18 @@ enum Cmd {
         #[command(subcommand)]
         command: connector_relay::admin::cli::QueueCmd,
     },
+    /// Print a shell completion script for this command line (the Debian package installs
+    /// them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of this command line (roff); with --out-dir, write it and one
+    /// page per subcommand (connector-relay-run.1, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -199,16 +229,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal, not in log files and journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(cli.log_format);
     match cli.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "connector-relay",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { out_dir } => man_cmd(out_dir.as_deref()),
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
         Cmd::Sink {
@@ -417,6 +449,21 @@ fn export_cmd(path: &Path, format: &str) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `man`: the pages clap_mangen renders from the same definition as `--help`.
+fn man_cmd(out_dir: Option<&Path>) -> ExitCode {
+    let written = match out_dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("connector-relay man: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -764,6 +811,7 @@ fn run(path: &Path) -> ExitCode {
         config_path: Some(path.to_path_buf()),
         ..relay::StartOptions::default()
     };
+    tracing::info!(version = VERSION, config = %path.display(), "starting");
     runtime().block_on(async move {
         let mut signals = Signals::catch();
         let handle = match relay::start_with_options(policy, options).await {
@@ -771,15 +819,52 @@ fn run(path: &Path) -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("connector-relay: {e}");
+                service::status(&format!("cannot start: {e}"));
                 return ExitCode::from(2);
             }
         };
+        // start_with_options returns once the spool is recovered and every listener bound.
+        service::ready(&listening_status(&handle));
         wait_for_stop(&mut signals, Some(&handle)).await;
+        service::stopping();
         tracing::info!("shutting down: draining sessions");
-        handle.shutdown(Duration::from_secs(30)).await;
+        handle.shutdown(DRAIN).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// How long a stop lets open SMTP transactions finish (the unit's TimeoutStopSec covers it
+/// and the queue's stop after it).
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// The service status line: where the relay listens.
+fn listening_status(handle: &relay::RelayHandle) -> String {
+    let smtp: Vec<String> = handle
+        .smtp_addrs
+        .iter()
+        .chain(&handle.implicit_tls_addrs)
+        .map(ToString::to_string)
+        .collect();
+    format!("listening on {}", smtp.join(", "))
+}
+
+/// The service status line after a reload (a refused config leaves the running one).
+fn reload_status(
+    handle: &relay::RelayHandle,
+    reloaded: &Result<relay::Reloaded, relay::ReloadError>,
+) -> String {
+    match reloaded {
+        Ok(done) => format!(
+            "{}; configuration generation {}",
+            listening_status(handle),
+            done.generation
+        ),
+        Err(e) => format!(
+            "{}; reload refused, the running configuration stays: {e}",
+            listening_status(handle)
+        ),
+    }
 }
 
 fn run_sink(opts: sink::SinkOptions) -> ExitCode {
@@ -829,7 +914,9 @@ async fn wait_for_stop(signals: &mut Signals, relay: Option<&relay::RelayHandle>
             _ = signals.hup.recv() => match relay {
                 Some(r) => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    let _ = r.reload_for(relay::Trigger::Sighup).await;
+                    service::reloading();
+                    let reloaded = r.reload_for(relay::Trigger::Sighup).await;
+                    service::ready(&reload_status(r, &reloaded));
                 }
                 None => tracing::info!("SIGHUP ignored"),
             },

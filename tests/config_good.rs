@@ -91,6 +91,10 @@ fn spec_example_relay() {
     );
     assert_eq!(r.admin_token_file, PathBuf::from("var/admin.token"));
     assert_eq!(r.protocol_log_dir, PathBuf::from("var/log/protocol"));
+    assert_eq!(
+        r.send_protocol_log_max_age,
+        Duration::from_secs(30 * 86_400)
+    );
     assert_eq!(r.trace_retention_days, 30);
     assert_eq!(r.srs_secret_file, PathBuf::from("var/srs.key"));
     assert_eq!(r.bare_newline_policy, BareNewlinePolicy::Reject);

@@ -551,6 +551,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         admin_listen: "127.0.0.1:8025".parse().unwrap(),
         admin_token_file: PathBuf::from("var/admin.token"),
         protocol_log_dir: PathBuf::from("var/log/protocol"),
+        send_protocol_log_max_age: Duration::from_secs(30 * 86_400),
         trace_retention_days: 30,
         srs_secret_file: PathBuf::from("var/srs.key"),
         bare_newline_policy: BareNewlinePolicy::Reject,

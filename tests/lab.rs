@@ -15,13 +15,15 @@
 //! debootstrap) and the peer image are cached by tag: the first run takes a few minutes,
 //! later ones well under a minute.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::docker::{BASE_IMAGE, base_image, must, ok, poll, repo, run, text, unavailable};
 
-const BASE_IMAGE: &str = "connector-relay-lab/debian:bookworm";
 const PEER_IMAGE: &str = "connector-relay-lab/peer:bookworm";
 /// The lab's network (docker-compose.yml); a second lab on it cannot start.
 const SUBNET: &str = "10.225.25.0/24";
@@ -41,44 +43,8 @@ const SERVICES: &[&str] = &[
     "mta-sts",
 ];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs `cmd` and panics with its output unless it succeeds.
-fn must(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn skip(why: &str) {
-    eprintln!("\n======================================================================");
-    eprintln!("SKIPPED tests/lab.rs (hybrid lab): {why}");
-    eprintln!("Install with scripts/install-deps.sh and start a Docker daemon to run it.");
-    eprintln!("======================================================================\n");
+    support::docker::skip("tests/lab.rs (hybrid lab)", why);
 }
 
 /// `docker compose` (v2) when the plugin works, else `docker-compose` (v1).
@@ -188,11 +154,7 @@ impl Drop for Lab {
 /// The base image (debootstrap, cached by tag), the peer image (layer cache), and the relay
 /// image from this build's binary.
 fn build_images(relay_image: &str) {
-    must(
-        Command::new("bash")
-            .arg(repo().join("scripts/lab-base-image.sh"))
-            .current_dir(repo()),
-    );
+    base_image();
     let t = Instant::now();
     must(
         Command::new("docker")
@@ -226,17 +188,6 @@ fn build_images(relay_image: &str) {
         "label=connector-relay-lab",
     ]));
     eprintln!("lab: images ready in {:?}", t.elapsed());
-}
-
-fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "lab: gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// The relay's trace rows for one recipient, through the admin API, asked from inside the
@@ -311,8 +262,8 @@ fn send_via_postfix(lab: &Lab, service: &str, from: &str, to: &str) {
 
 #[test]
 fn hybrid_lab_scenarios() {
-    if !ok(Command::new("docker").arg("info")) {
-        return skip("no Docker daemon answers `docker info`");
+    if let Some(why) = unavailable() {
+        return skip(&why);
     }
     let Some(compose) = compose_program() else {
         return skip("neither `docker compose` nor `docker-compose` is installed");
@@ -321,10 +272,6 @@ fn hybrid_lab_scenarios() {
         return skip(&format!(
             "network {net} already uses the lab's subnet {SUBNET} (a lab that is up?)"
         ));
-    }
-    let base_cached = ok(Command::new("docker").args(["image", "inspect", BASE_IMAGE]));
-    if !base_cached && unsafe { libc::geteuid() } != 0 {
-        return skip("the Debian base image must be made once as root (scripts/lab-base-image.sh)");
     }
     let started = Instant::now();
     let project = format!("crlab{}", std::process::id());

@@ -69,6 +69,8 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         .unwrap_or_else(|| "127.0.0.1:8025".parse().expect("valid literal"));
     let admin_token_file = path(ctx, &mut r, "AdminTokenFile", "var/admin.token");
     let protocol_log_dir = path(ctx, &mut r, "ProtocolLogDir", "var/log/protocol");
+    // Set-TransportService -SendProtocolLogMaxAge: 30 days, 00:00:00 keeps every file.
+    let send_protocol_log_max_age = timespan(ctx, &mut r, "SendProtocolLogMaxAge", "30.00:00:00");
     let trace_retention_days = r.int(ctx, "TraceRetentionDays", 30, 1, i64::from(u32::MAX)) as u32;
     let srs_secret_file = path(ctx, &mut r, "SrsSecretFile", "var/srs.key");
     let bare_newline_policy = r
@@ -146,6 +148,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         admin_listen,
         admin_token_file,
         protocol_log_dir,
+        send_protocol_log_max_age,
         trace_retention_days,
         srs_secret_file,
         bare_newline_policy,

@@ -263,7 +263,10 @@ impl Deliverer {
                 TlsContext::new(None, crls)
             })
             .map_err(|e| e.to_string());
-        let protocol_log = protolog::ProtocolLog::new(policy.relay.protocol_log_dir.clone());
+        let protocol_log = protolog::ProtocolLog::new(
+            policy.relay.protocol_log_dir.clone(),
+            policy.relay.send_protocol_log_max_age,
+        );
         Deliverer {
             policy,
             resolver,

@@ -51,6 +51,9 @@ pub struct RelaySettings {
     pub admin_listen: SocketAddr,
     pub admin_token_file: PathBuf,
     pub protocol_log_dir: PathBuf,
+    /// `SendProtocolLogMaxAge`: protocol log files last written longer ago are removed;
+    /// zero keeps them all.
+    pub send_protocol_log_max_age: Duration,
     pub trace_retention_days: u32,
     pub srs_secret_file: PathBuf,
     pub bare_newline_policy: BareNewlinePolicy,

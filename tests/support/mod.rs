@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod dns;
+pub mod docker;
 pub mod downstream;
 pub mod http;
 pub mod https_sink;
