@@ -93,10 +93,7 @@ pub fn remove_connector(doc: &mut DocumentMut, direction: Direction, name: &str)
     let Some(array) = doc.get_mut(section).and_then(Item::as_array_of_tables_mut) else {
         return false;
     };
-    let Some(i) = array
-        .iter()
-        .position(|t| written_name(t) == Some(name))
-    else {
+    let Some(i) = array.iter().position(|t| written_name(t) == Some(name)) else {
         return false;
     };
     array.remove(i);
