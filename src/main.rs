@@ -28,6 +28,10 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "config/relay.toml")]
         config: PathBuf,
+        /// This node's name in the message trace (several nodes sharing one config and one
+        /// PostgreSQL trace store); default: the host name.
+        #[arg(long, value_parser = node_name)]
+        node: Option<String>,
     },
     /// Load and validate the config; print a summary of the connectors.
     Check {
@@ -189,7 +193,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Cmd::Check { config } => check(&config),
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, node } => run(&config, node),
         Cmd::Sink {
             listen,
             maildir,
@@ -596,7 +600,8 @@ fn trace_cmd(path: &Path, filter: &trace::TraceFilter, json: bool) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let rows = match trace::query(&loaded.policy.relay.data_dir, &q) {
+    let at = trace::backend::Location::of(&loaded.policy.relay);
+    let rows = match trace::query_store(&at, &q) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("connector-relay trace: {e}");
@@ -661,7 +666,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn run(path: &Path) -> ExitCode {
+/// `--node`: a name people read in the trace (no control characters, at most 255).
+fn node_name(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+        return Err("a node name is 1 to 255 printable characters".into());
+    }
+    Ok(t.to_string())
+}
+
+fn run(path: &Path, node: Option<String>) -> ExitCode {
     let loaded = match load(path) {
         Ok(l) => l,
         Err(code) => return code,
@@ -672,6 +686,7 @@ fn run(path: &Path) -> ExitCode {
     let policy = Arc::new(loaded.policy);
     let options = relay::StartOptions {
         config_path: Some(path.to_path_buf()),
+        node,
         ..relay::StartOptions::default()
     };
     runtime().block_on(async move {

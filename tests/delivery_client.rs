@@ -552,6 +552,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         admin_token_file: PathBuf::from("var/admin.token"),
         protocol_log_dir: PathBuf::from("var/log/protocol"),
         trace_retention_days: 30,
+        trace_store: Default::default(),
         srs_secret_file: PathBuf::from("var/srs.key"),
         bare_newline_policy: BareNewlinePolicy::Reject,
         dnssec_validation: connector_relay::dns::DnssecValidation::Off,

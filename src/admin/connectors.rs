@@ -650,9 +650,11 @@ pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
     if head == a.len() && head == b.len() {
         return Vec::new();
     }
+    // A changed region may span `[Relay]` lines: a TraceStore URL's password stays hidden.
+    let shown = |sign: char, l: &&str| format!("{sign}{}", crate::trace::target::redact_urls(l));
     let mut out = vec![format!("@@ line {}", head + 1)];
-    out.extend(a[head..a.len() - tail].iter().map(|l| format!("-{l}")));
-    out.extend(b[head..b.len() - tail].iter().map(|l| format!("+{l}")));
+    out.extend(a[head..a.len() - tail].iter().map(|l| shown('-', l)));
+    out.extend(b[head..b.len() - tail].iter().map(|l| shown('+', l)));
     out
 }
 
@@ -757,5 +759,7 @@ MtaStsMode = "None"
         let d = diff("a\nb\nc\n", "a\nB\nx\nc\n");
         assert_eq!(d, ["@@ line 2", "-b", "+B", "+x"]);
         assert!(diff("a\n", "a\n").is_empty());
+        let d = diff("x\n", "TraceStore = \"postgresql://u:pw@db/t\"\n");
+        assert_eq!(d[2], "+TraceStore = \"postgresql://u:***@db/t\"");
     }
 }

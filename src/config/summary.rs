@@ -22,8 +22,13 @@ fn relay_line(policy: &Policy) -> String {
             .iter()
             .map(|a| format!("{a} (implicit TLS)")),
     );
+    // The trace store only when it is not the default (the URL's password hidden).
+    let trace = match &r.trace_store {
+        crate::trace::StoreTarget::Sqlite => String::new(),
+        other => format!("; trace store: {}", other.describe()),
+    };
     format!(
-        "Relay    {} listen {}; STARTTLS {}; accepted domains: {}",
+        "Relay    {} listen {}; STARTTLS {}; accepted domains: {}{trace}",
         r.fqdn,
         join_or_dash(&listen),
         if r.tls_certificate.is_some() {

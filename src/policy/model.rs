@@ -52,6 +52,8 @@ pub struct RelaySettings {
     pub admin_token_file: PathBuf,
     pub protocol_log_dir: PathBuf,
     pub trace_retention_days: u32,
+    /// `TraceStore`: SQLite under `data_dir`, or a PostgreSQL a fleet shares.
+    pub trace_store: crate::trace::StoreTarget,
     pub srs_secret_file: PathBuf,
     pub bare_newline_policy: BareNewlinePolicy,
     /// `DnssecValidation` (extension): where DANE's DNSSEC status comes from.

@@ -11,8 +11,8 @@
 //! the modification time, size and inode of the config file and of every certificate, key,
 //! CA and CRL file it names). One mutex serializes all of them.
 //!
-//! Listener addresses, directories, the admin listener and token, the DNS servers and the
-//! connection limits are fixed for the relay's life: a change to them is logged ("restart
+//! Listener addresses, directories, the admin listener and token, the DNS servers, the
+//! trace store and the connection limits are fixed for the relay's life: a change to them is logged ("restart
 //! needed") and the running values stay (they are copied into the new policy, so the
 //! policy in effect always says what is in effect).
 
@@ -529,6 +529,7 @@ fn keep_fixed(old: &Policy, new: &mut Policy) -> Vec<&'static str> {
         inbound_connections_reserved_for_on_premises => "InboundConnectionsReservedForOnPremises",
         source_ipv6_prefix_length => "SourceIPv6PrefixLength",
         max_outbound_connections => "MaxOutboundConnections",
+        trace_store => "TraceStore",
     );
     changed
 }
