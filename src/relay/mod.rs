@@ -82,6 +82,8 @@ pub struct RelayHandle {
     pub events: Events,
     trace: trace_store::Writer,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// `SpoolDir/lock`, released last (after the spool's checkpoint).
+    _spool_lock: crate::queue::adopt::SpoolLock,
 }
 
 impl RelayHandle {
@@ -294,6 +296,8 @@ pub async fn start_with_options(
         path: r.spool_dir.display().to_string(),
         source,
     };
+    // One relay per spool: held until this relay's handle is gone (or the process).
+    let spool_lock = crate::queue::adopt::SpoolLock::acquire(&r.spool_dir).map_err(spool_err)?;
     let spool = Arc::new(Spool::open(&r.spool_dir).map_err(spool_err)?);
     let (recovered, corrupt) = spool.recover().map_err(spool_err)?;
     for (id, reason) in &corrupt {
@@ -479,6 +483,7 @@ pub async fn start_with_options(
         events,
         trace,
         admin: Some(admin),
+        _spool_lock: spool_lock,
     };
     for (listeners, implicit_tls) in [(plain, false), (implicit, true)] {
         for l in listeners {

@@ -244,6 +244,26 @@ impl Control {
         self.shared.resolver.clone()
     }
 
+    /// Moves the messages of a gone node's spool into this relay's spool and queues them
+    /// (`queue adopt`; see [`crate::queue::adopt`]). Blocking.
+    pub fn adopt_spool(
+        &self,
+        from: &Path,
+    ) -> Result<crate::queue::adopt::Adoption, crate::queue::adopt::AdoptError> {
+        let (report, queued) = crate::queue::adopt::adopt(from, &self.shared.spool)?;
+        for r in queued {
+            self.shared.queue.adopt(r);
+        }
+        tracing::info!(
+            from = %from.display(),
+            adopted = report.adopted.len(),
+            already_here = report.already_here.len(),
+            corrupt = report.corrupt.len(),
+            "spool adopted"
+        );
+        Ok(report)
+    }
+
     /// The message trace the relay writes.
     pub fn events(&self) -> crate::trace::Events {
         self.shared.events.clone()

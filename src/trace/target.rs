@@ -66,7 +66,11 @@ impl PgUrl {
             url: text.to_string(),
         };
         let config = postgres::Config::from_str(&url.for_client()).map_err(|e| {
-            let why = e.to_string();
+            // "invalid connection string", then what is wrong (which option).
+            let why = match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            };
             // The client's message names the option at fault; never let it echo a secret.
             match password_of(text) {
                 Some(p) if !p.is_empty() && why.contains(p) => {
