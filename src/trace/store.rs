@@ -167,6 +167,9 @@ impl State {
             crate::metrics::trace_rows_dropped("stopped", left as u64);
             tracing::error!(rows = left, "trace store unreachable at stop; rows dropped");
         }
+        // Closing a connection blocks (PostgreSQL's client says goodbye): not here.
+        let store = self.store;
+        blocking(move || drop(store)).await;
     }
 
     /// Writes the batch in hand. A transient failure keeps it (an outage starts, or goes

@@ -8,6 +8,7 @@ pub mod http;
 pub mod https_sink;
 pub mod inject;
 pub mod mtasts;
+pub mod postgres;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
