@@ -30,6 +30,7 @@ fn connector(i: usize, ty: ConnectorType) -> InboundConnector {
         sender_domains: vec![],
         sender_ip_addresses: vec![],
         tls_sender_certificate_name: None,
+        tls_sender_certificate_issuer: Vec::new(),
         require_tls: false,
         restrict_domains_to_ip_addresses: false,
         restrict_domains_to_certificate: false,

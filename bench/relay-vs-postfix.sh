@@ -8,6 +8,7 @@
 #   RELAY_BIN=/path/to/old/connector-relay bash bench/relay-vs-postfix.sh   # another build
 #   bash bench/relay-vs-postfix.sh --scenario outage -n 2000   # smart host down, then back
 #   bash bench/relay-vs-postfix.sh --scenario large --large-n 20  # 1, 10, 50 MB messages
+#   bash bench/relay-vs-postfix.sh --scenario proxy -n 2000   # cost of a PROXY header per session
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
 # instance is left unconfigured and stopped), builds the relay and the latency tool, then:
@@ -21,7 +22,10 @@
 # trusted and an untrusted address, then an idle-sessions probe. Last, the outage scenario:
 # the smart host of both is down (bench/outage.py dead-host: 421 and close, counting the
 # connections), N messages are injected (reused sessions), then the sink comes back, both
-# are flushed (relay admin API retry, postqueue -f) and the drain is timed. Both servers keep
+# are flushed (relay admin API retry, postqueue -f) and the drain is timed. The proxy
+# scenario: one connection per message, directly and through a "balancer" address with a
+# PROXY protocol v2 header (relay ProxyProtocolFrom, Postfix smtpd_upstream_proxy_protocol =
+# haproxy), throughput and connect -> banner, to price the header. Both servers keep
 # their durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
 # See bench/README.md for what each figure means.
 set -euo pipefail
@@ -31,7 +35,7 @@ C=${C:-50}
 IDLE=${IDLE:-10000}
 SIZE=${SIZE:-4096}
 RCPTS=${RCPTS:-"1 10"}
-SCENARIOS=${SCENARIOS:-"plain tls outage"}
+SCENARIOS=${SCENARIOS:-"plain tls outage proxy"}
 OUTAGE_WINDOW=${OUTAGE_WINDOW:-60} # s after the outage injection during which dead-host connections count
 OUTAGE_RETRY=01:00:00 OUTAGE_RETRY_S=3600 # neither server retries on its own within the outage run
 LARGE_SIZES=${LARGE_SIZES:-"1 10 50"} # MB per message in the large scenario, one run each
@@ -44,6 +48,7 @@ SHAPES=${SHAPES:-"reused per-connection"}
 PC_C=${PC_C:-20}                # connections at a time in the per-connection shape (issue 15's 20)
 BANNER=${BANNER:-1000}          # connections per connect -> banner probe, 0 to skip
 TRUSTED_SRC=127.0.0.1           # the OnPremises connector's address (the load's source)
+PROXY_SRC=127.0.0.3             # the "load balancer" of the proxy scenario
 UNTRUSTED_SRC=${UNTRUSTED_SRC:-127.0.0.2} # an anonymous client: no connector lists it
 # [Relay] PreGreetingWait for the relay's config (a time span, e.g. "00:00:00.1", "00:00:00"
 # = off); empty: the key is left out and the relay's default applies (builds without it).
@@ -61,9 +66,11 @@ Options (or the environment variables in brackets):
   -n N               messages per run [N, default 20000]
   -c C               concurrent sessions in the reused shape [C, default 50]
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
-  --scenario S       plain, tls, outage, large or a list, e.g. "plain tls" [SCENARIOS,
-                     default "plain tls outage"]; outage: reused sessions, 1 recipient;
-                     large: plain, reused sessions, 1 recipient, one run per size
+  --scenario S       plain, tls, outage, large, proxy or a list, e.g. "plain tls"
+                     [SCENARIOS, default "plain tls outage proxy"]; outage: reused
+                     sessions, 1 recipient; large: plain, reused sessions, 1 recipient,
+                     one run per size; proxy: plain, one connection per message, 1
+                     recipient, without and with a PROXY v2 header
   --large-sizes "1 10 50"  message sizes in MB of the large scenario [LARGE_SIZES]
   --large-n N        messages per size in the large scenario [LARGE_N, default 20]
   --large-c C        sessions at a time in the large scenario [LARGE_C, default 4]
@@ -84,6 +91,7 @@ Options (or the environment variables in brackets):
   PF_PEERNAME_LOOKUP=yes  Postfix looks up each client's name before its greeting (its
                      default; off here: the relay does not, and a lost answer costs 5 s)
   UNTRUSTED_SRC=IP   the untrusted source of the banner probe (default 127.0.0.2)
+  PROFILE=dev        debug build, for a smoke run of the script (figures meaningless)
   BENCH_DIR=DIR      work directory (default var/bench; must not be tmpfs: fsync is a no-op there)
 EOF
 }
@@ -275,6 +283,8 @@ start_relay() { # scenario
         if [ -n "$PREGREET" ]; then echo "PreGreetingWait = \"$PREGREET\""; fi
         # Room for the largest message of the large scenario (the default is 25 MB).
         if [ "$1" = large ]; then echo "MaxMessageSize = \"100MB\""; fi
+        # The proxy scenario's balancer: its connections carry the load source's address.
+        if [ "$1" = proxy ]; then echo "ProxyProtocolFrom = [\"$PROXY_SRC\"]"; fi
         if [ "$1" = outage ]; then
             # No retry of its own during the outage measurement (the flush starts the drain,
             # as postqueue -f does for Postfix); outbound connection limits at their defaults.
@@ -320,7 +330,7 @@ start_relay() { # scenario
     (cd "$d" && exec "$RELAY" run --config "$d/relay.toml" >"$d/relay.log" 2>&1) &
     RELAY_PID=$!
     wait_listening "$RELAY_PORT" "connector-relay"
-    TARGET_PORT=$RELAY_PORT TARGET_PID=$RELAY_PID
+    TARGET_PORT=$RELAY_PORT TARGET_PID=$RELAY_PID PROXY_PORT=$RELAY_PORT
 }
 stop_relay() { [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; }
 # Queued messages may have no file in spool/msg (their write-ahead log record is their copy
@@ -386,10 +396,18 @@ smtp_tls_secure_cert_match = sink.test
 smtp_tls_CAfile = $CERTS/ca.crt
 EOF
     fi
+    # The proxy scenario: a second smtpd for the balancer (Postfix takes the header per
+    # service, from every client of it; the relay per address, on its one listener).
+    PF_PROXY_PORT=$PF_PORT PF_PROXY_SERVICE=""
+    if [ "$1" = proxy ]; then
+        PF_PROXY_PORT=$(free_port)
+        PF_PROXY_SERVICE="127.0.0.1:$PF_PROXY_PORT inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+    fi
     # Upstream's services without chroot (the Debian package's master.cf chroots, which
     # would need /etc files copied into the queue directory).
     cat >"$PF/etc/master.cf" <<EOF
 127.0.0.1:$PF_PORT inet n - n - - smtpd
+$PF_PROXY_SERVICE
 pickup    unix  n - n 60   1 pickup
 cleanup   unix  n - n -    0 cleanup
 qmgr      unix  n - n 300  1 qmgr
@@ -416,6 +434,7 @@ EOF
     postfix -c "$PF/etc" start >"$PF/start.log" 2>&1 || { cat "$PF/start.log" >&2; die "postfix start failed"; }
     wait_listening "$PF_PORT" "Postfix"
     TARGET_PORT=$PF_PORT TARGET_PID=$(awk '{ print $1 }' "$PF/queue/pid/master.pid")
+    PROXY_PORT=$PF_PROXY_PORT
 }
 stop_postfix() { [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1 || true; }
 postfix_queue_empty() {
@@ -447,6 +466,22 @@ cleanup() {
     if [ "$KEEP" = 1 ]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 
+# Waits (10 minutes at most) until the sink has n messages more than base and the target's
+# queue is empty.
+wait_sink() { # target, base, n
+    local base=${2:-0} deadline count # base: empty from a sink that has not counted yet
+    deadline=$(awk -v t="$(now)" 'BEGIN { printf "%.3f", t + 600 }')
+    while :; do
+        count=$(( $(sink_count) - base ))
+        if [ "$count" -ge "$3" ]; then
+            if [ "$1" = relay ] && relay_queue_empty; then break; fi
+            if [ "$1" = postfix ] && postfix_queue_empty; then break; fi
+        fi
+        awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }' && die "$1: only $count of $3 messages reached the sink after 10 minutes"
+        sleep 0.05
+    done
+}
+
 # ---------------------------------------------------------------- one load run
 # Globals set: INJ (msg/s until the last 250), E2E (msg/s until the sink has every message),
 # PEAK (peak Pss sum, MB), TLSRES ("resumed/handshakes|banner p50|banner p99" of the TLS
@@ -470,16 +505,7 @@ run_load() { # target(relay|postfix), rcpts, shape(reused|per-connection)
             >"$WORK/load.out" 2>&1 || { cat "$WORK/load.out" >&2; die "smtp-source against $target failed"; }
     fi
     t1=$(now)
-    deadline=$(awk -v t="$t1" 'BEGIN { printf "%.3f", t + 600 }')
-    while :; do
-        count=$(( $(sink_count) - base ))
-        if [ "$count" -ge "$N" ]; then
-            if [ "$target" = relay ] && relay_queue_empty; then break; fi
-            if [ "$target" = postfix ] && postfix_queue_empty; then break; fi
-        fi
-        awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }' && die "$target: only $count of $N messages reached the sink after 10 minutes"
-        sleep 0.05
-    done
+    wait_sink "$target" "$base" "$N"
     t2=$(now)
     stop_sampler
     # A run shorter than one sample (Postfix: ~100 processes to read) has no peak yet:
@@ -634,12 +660,49 @@ run_large() { # target
 # BANNER connections one after the other from one source address, each timed from
 # connect() returning to the whole 220 greeting read, then QUIT; no mail. Sets PROBE to
 # "first|p50|p99|p99.9|max" (ms).
-banner_probe() { # source address
-    "$LOADTOOL" --server "127.0.0.1:$TARGET_PORT" --banner-probe "$BANNER" --source "$1" \
-        >"$WORK/banner.out" 2>&1 || { cat "$WORK/banner.out" >&2; die "banner probe from $1 failed"; }
+banner_probe() { # source address [port [more smtp-latency arguments]]
+    local src=$1 port=${2:-$TARGET_PORT}
+    shift; [ $# -eq 0 ] || shift
+    "$LOADTOOL" --server "127.0.0.1:$port" --banner-probe "$BANNER" --source "$src" "$@" \
+        >"$WORK/banner.out" 2>&1 || { cat "$WORK/banner.out" >&2; die "banner probe from $src failed"; }
     local res
     res=$(grep '^RESULT' "$WORK/banner.out")
     PROBE="$(result_kv "$res" first_ms)|$(result_kv "$res" p50_ms)|$(result_kv "$res" p99_ms)|$(result_kv "$res" p999_ms)|$(result_kv "$res" max_ms)"
+}
+
+# ---------------------------------------------------------------- PROXY protocol
+# The price of a PROXY protocol header per session: the same load, one connection per
+# message (PC_C at a time, plain, 1 recipient), sent directly from the load source and then
+# from the balancer address PROXY_SRC with a v2 header that carries the load source's
+# address (so both arms are attributed alike; Postfix: its second smtpd on PROXY_PORT).
+# Then connect -> banner, BANNER connections one after the other, in both arms. Sets
+# R[proxy,target,arm,*] for arm direct|header: inj, e2e (msg/s), banner (p50|p99 ms).
+run_proxy() { # target
+    local target=$1 arm port src hdr base t0 t1 t2 res
+    for arm in direct header; do
+        if [ "$arm" = direct ]; then
+            port=$TARGET_PORT src=$TRUSTED_SRC hdr=()
+        else
+            port=$PROXY_PORT src=$PROXY_SRC hdr=(--proxy-header v2 --proxy-client "$TRUSTED_SRC")
+        fi
+        base=$(sink_count)
+        t0=$(now)
+        "$LOADTOOL" --server "127.0.0.1:$port" --source "$src" "${hdr[@]}" -c "$PC_C" -n "$N" \
+            --size "$SIZE" --per-message-connection >"$WORK/load.out" 2>&1 ||
+            { cat "$WORK/load.out" >&2; die "proxy load ($arm) against $target failed"; }
+        t1=$(now)
+        wait_sink "$target" "$base" "$N"
+        t2=$(now)
+        R[proxy,$target,$arm,inj]=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+        R[proxy,$target,$arm,e2e]=$(awk -v n="$N" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.0f", n / (b - a) }')
+        R[proxy,$target,$arm,banner]="-|-"
+        if [ "$BANNER" -gt 0 ]; then
+            banner_probe "$src" "$port" "${hdr[@]}"
+            res=$(grep '^RESULT' "$WORK/banner.out")
+            R[proxy,$target,$arm,banner]="$(result_kv "$res" p50_ms)|$(result_kv "$res" p99_ms)"
+        fi
+        say "  $target, $arm: injection ${R[proxy,$target,$arm,inj]} msg/s, end-to-end ${R[proxy,$target,$arm,e2e]} msg/s, connect->banner p50|p99 ${R[proxy,$target,$arm,banner]} ms"
+    done
 }
 
 # ---------------------------------------------------------------- idle sessions
@@ -665,16 +728,20 @@ idle_probe() { # target
 install_postfix
 [ "$(stat -f -c %T "$(dirname "$WORK")" 2>/dev/null || echo ?)" = tmpfs ] &&
     die "BENCH_DIR is on tmpfs, where fsync costs nothing; pick a directory on a disk"
+# PROFILE=dev builds in debug (target/debug): for smoke runs of the script only, the
+# figures then say nothing.
+PROFILE=${PROFILE:-release}
+OUT=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 if [ -n "${RELAY_BIN:-}" ]; then
-    say "building the latency tool (release); connector-relay: $RELAY_BIN ..."
-    (cd "$REPO" && cargo build --release --quiet --example smtp-latency)
+    say "building the latency tool ($PROFILE); connector-relay: $RELAY_BIN ..."
+    (cd "$REPO" && cargo build --profile "$PROFILE" --quiet --example smtp-latency)
     RELAY=$RELAY_BIN
 else
-    say "building connector-relay and the latency tool (release) ..."
-    (cd "$REPO" && cargo build --release --quiet --bin connector-relay --example smtp-latency)
-    RELAY=$TARGET/release/connector-relay
+    say "building connector-relay and the latency tool ($PROFILE) ..."
+    (cd "$REPO" && cargo build --profile "$PROFILE" --quiet --bin connector-relay --example smtp-latency)
+    RELAY=$OUT/connector-relay
 fi
-LOADTOOL=$TARGET/release/examples/smtp-latency
+LOADTOOL=$OUT/examples/smtp-latency
 rm -rf "$WORK"; mkdir -p "$WORK"
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -691,13 +758,18 @@ EOF
 
 declare -A R
 # The connect -> banner probe runs in the first scenario other than outage.
-FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx -e outage -e large | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
+FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx -e outage -e large -e proxy | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
 for SCENARIO in $SCENARIOS; do
     say "scenario $SCENARIO"
     start_sink "$SCENARIO"
     for target in relay postfix; do
         if [ "$SCENARIO" = large ]; then run_large "$target"; continue; fi
         if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
+        if [ "$SCENARIO" = proxy ]; then
+            run_proxy "$target"
+            if [ "$target" = relay ]; then stop_relay; else stop_postfix; fi
+            continue
+        fi
         if [ "$SCENARIO" = outage ]; then
             run_outage "$target"
             if [ "$target" = relay ]; then R[outage,relay,dropped]=$RELAY_KEYS_DROPPED; stop_relay; else stop_postfix; fi
@@ -740,7 +812,7 @@ done
 echo
 printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' scenario shape rcpts figure connector-relay Postfix ratio
 for SCENARIO in $SCENARIOS; do
-    [ "$SCENARIO" = outage ] || [ "$SCENARIO" = large ] && continue
+    [ "$SCENARIO" = outage ] || [ "$SCENARIO" = large ] || [ "$SCENARIO" = proxy ] && continue
     for shape in $SHAPES; do
         for r in $RCPTS; do
             for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
@@ -776,6 +848,24 @@ if [[ " $SCENARIOS " == *" large "* ]]; then
         printf '%-6s %-14s %-6s %-22s %s MB (VmHWM)\n' large "$LARGE_N x $mb MB" 1 "relay peak RSS" "${R[large,$mb,relay,hwm]}"
     done
     echo "# large: per size a fresh instance of each server; smtp-source -d -s $LARGE_C -m $LARGE_N -l <size>, plain, 1 recipient, to smtp-sink -c; relay MaxMessageSize = 100MB, Postfix message_size_limit = 104857600; MB/s = MB of message data / time"
+fi
+if [[ " $SCENARIOS " == *" proxy "* ]]; then
+    for arm in direct header; do
+        for f in inj:"injection msg/s" e2e:"end-to-end msg/s"; do
+            k=${f%%:*} label="${f#*:}, $arm"
+            a=${R[proxy,relay,$arm,$k]} b=${R[proxy,postfix,$arm,$k]}
+            printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' proxy per-connection 1 "$label" "$a" "$b" "$(ratio "$a" "$b")"
+        done
+    done
+    for t in relay postfix; do
+        IFS='|' read -r dp50 dp99 <<<"${R[proxy,$t,direct,banner]}"
+        IFS='|' read -r hp50 hp99 <<<"${R[proxy,$t,header,banner]}"
+        awk -v t="$t" -v d="${R[proxy,$t,direct,inj]}" -v h="${R[proxy,$t,header,inj]}" \
+            -v dp50="$dp50" -v dp99="$dp99" -v hp50="$hp50" -v hp99="$hp99" 'BEGIN {
+            printf "proxy  %-14s %-6s %-22s header costs %.1f%% of injection (%.0f us per session); connect->banner p50 %s -> %s ms, p99 %s -> %s ms\n",
+                "per-connection", 1, "cost " t, 100 * (1 - h / d), 1e6 / h - 1e6 / d, dp50, hp50, dp99, hp99 }'
+    done
+    echo "# proxy: $N messages per arm, $PC_C connections at a time, one per message, plain, 1 recipient; header = PROXY v2 from $PROXY_SRC carrying $TRUSTED_SRC (relay ProxyProtocolFrom; Postfix a second smtpd with smtpd_upstream_proxy_protocol = haproxy); us per session = 1/rate(header) - 1/rate(direct), wall time per message at that concurrency"
 fi
 if [[ " $SCENARIOS " == *" outage "* ]]; then
     for f in healthy:"accept msg/s, sink up" inj:"accept msg/s, sink down" pct:"down/up %" \

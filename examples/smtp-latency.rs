@@ -16,6 +16,9 @@
 //! - **idle sessions** (`--idle N`): opens N sessions, reads the banner, says EHLO, then holds
 //!   them for `--hold` seconds, and finally checks with NOOP how many are still alive.
 //!
+//! With `--proxy-header v1|v2` every connection starts with a PROXY protocol header, as
+//! from a load balancer (`bench/relay-vs-postfix.sh --scenario proxy`).
+//!
 //! Like `smtp-source`, it does not pipeline: each command waits for its reply. Sessions are
 //! kept open across messages unless `--per-message-connection`. One `rustls::ClientConfig`
 //! serves every connection, so its in-memory resumption store (TLS 1.3 tickets, TLS 1.2
@@ -98,9 +101,32 @@ struct Args {
     /// `--source`), time connect → complete 220 greeting, QUIT; no mail is sent.
     #[arg(long)]
     banner_probe: Option<usize>,
+    /// Start every connection with a PROXY protocol header (`v1` or `v2`), as a load
+    /// balancer does; the server must list the `--source` address as a balancer.
+    #[arg(long)]
+    proxy_header: Option<ProxyVersion>,
+    /// The client address the PROXY header carries; default: the connection's own.
+    #[arg(long)]
+    proxy_client: Option<IpAddr>,
     /// Seconds to wait for any one reply.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// The PROXY protocol header of `--proxy-header` for a connection from `local` to `server`.
+fn proxy_header(args: &Args, local: SocketAddr) -> Option<Vec<u8>> {
+    use connector_relay::smtp::proxy::{v1_header, v2_header};
+    let client = SocketAddr::new(args.proxy_client.unwrap_or(local.ip()), local.port());
+    Some(match args.proxy_header? {
+        ProxyVersion::V1 => v1_header(client, args.server),
+        ProxyVersion::V2 => v2_header(client, args.server, &[]),
+    })
 }
 
 type Stream = Box<dyn Io>;
@@ -135,11 +161,16 @@ impl Conn {
             }
         };
         tcp.set_nodelay(true)?;
+        let connected = Instant::now();
+        let mut tcp = tcp;
+        if let Some(header) = proxy_header(args, tcp.local_addr()?) {
+            tcp.write_all(&header).await?;
+        }
         Ok(Conn {
             io: BufReader::new(Box::new(tcp)),
             line: String::new(),
             timeout: Duration::from_secs(args.timeout),
-            connected: Instant::now(),
+            connected,
             banner_us: 0,
             resumed: None,
         })

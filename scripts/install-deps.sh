@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
 # interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
-# page is tested in a real headless Chromium driven over WebDriver), and unbound, nsd and
-# ldnsutils for the DNSSEC/DANE lab; and, through scripts/lab-deps.sh, Docker Engine, Compose
-# and debootstrap for the hybrid lab.
+# page is tested in a real headless Chromium driven over WebDriver), unbound, nsd and
+# ldnsutils for the DNSSEC/DANE lab, haproxy for the PROXY protocol test; and, through
+# scripts/lab-deps.sh, Docker Engine, Compose and debootstrap for the hybrid lab.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -16,6 +16,9 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v nsd >/dev/null 2>&1 || need+=(nsd)
 command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
+# PROXY protocol behind a real load balancer (tests/proxy_protocol.rs; the test skips loudly
+# without it). Debian installs it in /usr/sbin.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

@@ -105,6 +105,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the trace's reports: messages per direction and connector, TLS versions,
+    /// messages per bucket, refusals by rule (the admin page's Reports view as tables).
+    Report {
+        #[arg(long, default_value = "config/relay.toml")]
+        config: PathBuf,
+        /// From this time: back from now (24h, 7d, 30d), RFC 3339 or a date; default 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (same forms); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// The bucket of the per-bucket table (15m, 1h, 1d); default chosen from the span.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Connectors named per direction; the rest are summed as Other.
+        #[arg(long, default_value_t = trace::reports::DEFAULT_TOP)]
+        top: usize,
+        /// The report as JSON (as GET /api/reports answers it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a test message through an Outbound (or Send) connector and report every step.
     /// Exit 0 validated (recorded in the config), 1 bad input, 2 config not writable, 3
     /// validation failed.
@@ -247,6 +268,22 @@ fn main() -> ExitCode {
         Cmd::Queue { config, command } => queue_cmd(&config, &command),
         Cmd::Import { files, out } => import_cmd(&files, out.as_deref()),
         Cmd::Export { format, config } => export_cmd(&config, &format),
+        Cmd::Report {
+            config,
+            since,
+            until,
+            bucket,
+            top,
+            json,
+        } => {
+            let filter = trace::reports::ReportFilter {
+                since,
+                until,
+                bucket,
+                top: Some(top),
+            };
+            report_cmd(&config, &filter, json)
+        }
         Cmd::Trace {
             config,
             message_id,
@@ -514,7 +551,7 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
                 return ExitCode::from(2);
             }
         };
-    let report = runtime().block_on(ops::validate(policy, resolver, connector, recipients));
+    let report = runtime().block_on(validate_traced(policy, resolver, connector, recipients));
     print_answer(json, &report, report.to_text());
     if report.error.is_some() {
         return ExitCode::from(1);
@@ -543,6 +580,37 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
     } else {
         ExitCode::from(3)
     }
+}
+
+/// Runs the validation with its `Routed` and `Attempt` events written to the trace store
+/// (`TraceStore`), as the admin API's validation writes them into the running relay's
+/// (SQLite lets both write the same file), naming this host as their node. A store that cannot be opened is said on stderr
+/// and the validation runs anyway: the report does not depend on it.
+async fn validate_traced(
+    policy: Arc<connector_relay::policy::Policy>,
+    resolver: Arc<dyn connector_relay::dns::Resolver>,
+    connector: &str,
+    recipients: &[String],
+) -> ops::ValidationReport {
+    let relay = &policy.relay;
+    let options = trace::store::WriterOptions {
+        retention_days: relay.trace_retention_days,
+        node: config::machine_host_name(),
+        buffer: trace::CHANNEL_CAPACITY,
+    };
+    let store = trace::store::start(&trace::backend::Location::of(relay), options)
+        .map_err(|e| {
+            eprintln!("connector-relay: the validation is not written to the message trace: {e}")
+        })
+        .ok();
+    let events = store.as_ref().map(|(events, _)| events);
+    let report =
+        ops::validate_traced(policy.clone(), resolver, connector, recipients, events).await;
+    if let Some((events, writer)) = store {
+        drop(events);
+        writer.finish().await;
+    }
+    report
 }
 
 /// `explain`: what the relay would decide, without sending anything.
@@ -628,6 +696,34 @@ fn trace_cmd(path: &Path, filter: &trace::TraceFilter, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `connector-relay report`: exit 1 on a bad config or argument, 2 when the store cannot
+/// be read; an empty period is not an error.
+fn report_cmd(path: &Path, filter: &trace::reports::ReportFilter, json: bool) -> ExitCode {
+    let q = match filter.to_query(trace::time::now_ms()) {
+        Ok(q) => q,
+        Err((name, why)) => {
+            eprintln!("connector-relay report: --{name}: {why}");
+            return ExitCode::from(1);
+        }
+    };
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let at = trace::backend::Location::of(&loaded.policy.relay);
+    match trace::reports::report_store(&at, &q) {
+        Ok(r) => {
+            let text = trace::reports::text::render(&r);
+            print_answer(json, &r, text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("connector-relay report: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `connector-relay queue ...`: the config only says where the admin API is and where its

@@ -138,6 +138,7 @@ pub async fn start(opts: SinkOptions) -> Result<SinkHandle, String> {
         backend,
         // The sink has no per-source cap: load generators open many sessions.
         exempt: Arc::new(|_| true),
+        proxy_from: Arc::new([]),
     };
     let shared = server::Server {
         setup: Arc::new(arc_swap::ArcSwap::from_pointee(setup)),

@@ -419,6 +419,172 @@ async fn invalid_changes_are_refused_and_connectors_can_be_created() {
     lab.relay.shutdown(Duration::from_secs(5)).await;
 }
 
+/// DELETE removes a connector's table (whatIf first), live, comments elsewhere kept; it is
+/// refused with a sentence when what is left would be invalid. An array POST creates
+/// connectors together or not at all (the page's email security gateway pair).
+#[tokio::test]
+async fn connectors_are_deleted_and_created_together() {
+    let sink = start_sink().await;
+    let lab = start_lab(sink.addr(), sink.addr()).await;
+    let original = lab.file();
+
+    // whatIf: the lines that would go, nothing written or applied.
+    let fabrikam = lab.connector("To Fabrikam").await["Identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/exchange/connectors/{fabrikam}");
+    let r = lab
+        .send("DELETE", &format!("{path}?whatIf=true"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = r.json();
+    assert_eq!(
+        (a["WhatIf"].clone(), a["Live"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(a["Removed"]["Name"], "To Fabrikam", "{a}");
+    let diff: Vec<&str> = a["Diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    for line in [
+        "-# Fabrikam's gateway",
+        "-[[OutboundConnector]]",
+        "-Name = \"To Fabrikam\"",
+    ] {
+        assert!(diff.contains(&line), "{line:?} in {diff:?}");
+    }
+    assert!(diff.iter().all(|l| !l.starts_with('+')), "{diff:?}");
+    assert_eq!(lab.file(), original, "whatIf wrote");
+    assert_eq!(lab.get(&path).await.status, 200, "whatIf removed it");
+
+    // For real, an inbound connector by its name: the next session is no longer its.
+    assert_eq!(relay_attempt(lab.smtp, "127.0.0.10").await[..3], *"250");
+    let r = lab
+        .send(
+            "DELETE",
+            "/api/exchange/connectors/From%20on-premises",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["Live"], true);
+    let file = lab.file();
+    assert!(!file.contains("From on-premises"), "{file}");
+    assert!(
+        !file.contains("# the Exchange server"),
+        "its own comments go: {file}"
+    );
+    for kept in [
+        "# connector-relay admin API test",
+        "# Fabrikam's gateway",
+        "Name = \"To on-premises\"",
+    ] {
+        assert!(file.contains(kept), "{kept:?} kept: {file}");
+    }
+    assert!(
+        relay_attempt(lab.smtp, "127.0.0.10")
+            .await
+            .starts_with("550 5.7.64"),
+        "the removal is live"
+    );
+    let r = lab
+        .send(
+            "DELETE",
+            "/api/exchange/connectors/From%20on-premises",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let anonymous = http(lab.admin, "DELETE", &path, None, None).await;
+    assert_eq!(anonymous.status, 401);
+
+    // Two connectors in one change; a bad value in the second refuses both, with its index.
+    let inbound = json!({"Direction": "Inbound", "Name": "From Gateway", "ConnectorType": "Partner",
+        "SenderDomains": ["*"], "SenderIPAddresses": ["127.0.0.30"],
+        "RestrictDomainsToIPAddresses": true, "RequireTls": true});
+    let outbound = |hosts: Value| {
+        json!({"Direction": "Outbound", "Name": "To Gateway",
+        "RecipientDomains": ["*"], "UseMXRecord": false, "SmartHosts": hosts})
+    };
+    let before = lab.file();
+    let bad = json!([inbound.clone(), outbound(json!(["bad host!"]))]);
+    let r = lab
+        .send("POST", "/api/exchange/connectors", Some(bad))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let a = r.json();
+    assert_eq!(
+        (a["index"].clone(), a["key"].clone()),
+        (json!(1), json!("SmartHosts")),
+        "{a}"
+    );
+    assert_eq!(lab.file(), before, "neither was written");
+    let r = lab
+        .send(
+            "POST",
+            "/api/exchange/connectors",
+            Some(json!([{"Name": "x"}])),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        (r.json()["index"].clone(), r.json()["key"].clone()),
+        (json!(0), json!("Direction"))
+    );
+
+    let pair = json!([inbound, outbound(json!(["127.0.0.31:2525"]))]);
+    let r = lab
+        .send(
+            "POST",
+            "/api/exchange/connectors?whatIf=true",
+            Some(pair.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["Connectors"][1]["RecipientSummary"],
+        "* via 127.0.0.31:2525"
+    );
+    assert_eq!(lab.file(), before, "whatIf wrote");
+    let r = lab
+        .send("POST", "/api/exchange/connectors", Some(pair))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let a = r.json();
+    assert_eq!(a["Live"], true);
+    assert_eq!(a["Connectors"][0]["Name"], "From Gateway", "{a}");
+    assert_eq!(a["Connectors"][1]["Name"], "To Gateway", "{a}");
+    assert_eq!(
+        lab.connector("From Gateway").await["RestrictDomainsToIPAddresses"],
+        true
+    );
+    assert_eq!(lab.connector("To Gateway").await["Scenario"], "Internet");
+
+    // A file made invalid on disk meanwhile: the removal would leave it invalid, so it is
+    // refused (409) with a sentence, and nothing changes.
+    let broken = lab.file().replace("[Relay]\n", "[Relay]\nNoSuchKey = 1\n");
+    std::fs::write(&lab.config, &broken).unwrap();
+    let r = lab
+        .send("DELETE", "/api/exchange/connectors/To%20Gateway", None)
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let a = r.json();
+    assert_eq!(a["key"], "NoSuchKey", "{a}");
+    let sentence = a["error"].as_str().unwrap();
+    assert!(
+        sentence.starts_with("OutboundConnector \"To Gateway\" was not removed: without it the configuration would be invalid (")
+            && sentence.contains("NoSuchKey: unknown key"),
+        "{sentence}"
+    );
+    assert_eq!(lab.file(), broken);
+    assert_eq!(lab.connector("To Gateway").await["Name"], "To Gateway");
+    lab.relay.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn queue_view_retry_and_delete() {
     let onprem = start_sink().await;

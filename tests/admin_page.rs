@@ -3,82 +3,21 @@
 //! the token, see the connectors of the config file, disable one and see the change in the
 //! API and the file, search the trace for a message that went through the relay, and look at
 //! the queue; suspend and resume a delivery queue in Retry in the Queues view; import a
-//! pasted connector script with a preview before applying it. The
-//! screenshots land in the target dir (and in `docs/` with `UPDATE_SCREENSHOTS=1`).
+//! pasted connector script with a preview before applying it. The browser and the page
+//! actions are in `support/browser.rs`; the screenshots land in the target dir (and in
+//! `docs/` with `UPDATE_SCREENSHOTS=1`).
 
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::{Value, json};
+use support::browser::*;
 use support::http::{http, start_relay_from_file, until};
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// chromedriver on a free loopback port, killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn chromedriver() -> Driver {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (installed by scripts/install-deps.sh: apt chromium-driver)");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    until("chromedriver listens", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    driver
-}
-
-/// A headless Chromium with no network beyond loopback and a fresh profile.
-async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1400,900",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a Chromium session through chromedriver")
-}
 
 fn config_text(dir: &Path, onprem: SocketAddr) -> String {
     format!(
@@ -119,64 +58,6 @@ ValidationRecipients = ["postmaster@contoso.test"]
         key = certs("relay.contoso.test.key"),
         dir = dir.display(),
     )
-}
-
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn type_into(c: &Client, css: &str, text: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .send_keys(text)
-        .await
-        .unwrap();
-}
-
-async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Waits until `css` matches at least one element whose text contains `want`.
-async fn wait_for_text(c: &Client, css: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut seen = Vec::new();
-        for e in c.find_all(Locator::Css(css)).await.unwrap() {
-            let t = e.text().await.unwrap_or_default();
-            if t.contains(want) {
-                return;
-            }
-            seen.push(t);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {css} containing {want:?}; saw {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn save_screenshot(png: &[u8], name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::write(&path, png).unwrap();
-    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
-        std::fs::create_dir_all(&docs).unwrap();
-        std::fs::write(docs.join(name), png).unwrap();
-    }
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +147,8 @@ async fn the_page_lists_toggles_and_traces() {
         }
         let file = std::fs::read_to_string(&config).unwrap();
         assert!(file.contains("IsValidated = true"), "{file}");
+        // The list shows it (IsValidated and LastValidationTimestamp).
+        wait_for_text(&c, &format!("{outbound} td.validated"), "Yes, 20").await;
         let png = c.screenshot().await.unwrap();
         let shot = save_screenshot(&png, "admin-connectors.png");
 
@@ -470,6 +353,220 @@ async fn the_page_imports_a_pasted_script_after_a_preview() {
         assert!(file.contains("dropped EFSkipLastIP = $true"), "the dropped parameter is a comment: {file}");
         let listed = http(admin, "GET", "/api/exchange/connectors", Some(&token), None).await.json();
         assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
+    }
+    .await;
+    c.close().await.unwrap();
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The connector editor: create a "From partner" connector through the form (a bad IP
+/// shows its error next to the field, the preview shows the TOML block before Save), see
+/// it in the list and in force, edit it (prefilled), delete it after the confirmation;
+/// create the email security gateway pair in one change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_editor_creates_edits_and_deletes_connectors_by_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&config, config_text(dir.path(), unused)).unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
+    let admin = relay.admin_addr.expect("admin listener");
+    let smtp = relay.smtp_addrs[0];
+    let file = || std::fs::read_to_string(&config).unwrap();
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    async {
+        c.set_window_size(1400, 1300).await.unwrap();
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
+        wait_for_text(&c, "#connectors tbody tr", "To on-premises").await;
+        let validated = "#connectors tbody tr[data-name='To on-premises'] td.validated";
+        assert_eq!(text(&c, validated).await, "Not validated");
+        let inbound = "#connectors tbody tr[data-name='From on-premises'] td.validated";
+        assert_eq!(text(&c, inbound).await, "\u{2014}");
+
+        // New connector, scenario "From partner"; a bad address is refused on blur, next
+        // to its field, and Save stays disabled.
+        click(&c, "#new-connector").await;
+        click(&c, "#editor button[data-scenario='from-partner']").await;
+        // The issuer field is there (its value is the relay's to accept: left empty here).
+        c.find(Locator::Css(&field("TlsSenderCertificateIssuer")))
+            .await
+            .expect("a certificate issuer field");
+        type_into(&c, &field("Name"), "Partner Woodgrove").await;
+        type_into(&c, &field("SenderDomains"), "woodgrove.test").await;
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.300/32\u{e004}").await;
+        let ip_error = "#editor .field[data-key='SenderIPAddresses'] .field-error";
+        wait_for_text(&c, ip_error, "127.0.0.300/32").await;
+        let save = "#editor button.save";
+        let disabled = c
+            .find(Locator::Css(save))
+            .await
+            .unwrap()
+            .attr("disabled")
+            .await
+            .unwrap();
+        assert!(disabled.is_some(), "Save with an error in the form");
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor-error.png");
+
+        // Fixed: the preview shows the block the file would get; nothing is written yet.
+        c.find(Locator::Css(&field("SenderIPAddresses")))
+            .await
+            .unwrap()
+            .clear()
+            .await
+            .unwrap();
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.40/32").await;
+        click(&c, &field("RestrictDomainsToIPAddresses")).await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(
+            &c,
+            "#editor-diff",
+            "SenderIPAddresses = [\"127.0.0.40/32\"]",
+        )
+        .await;
+        let preview = text(&c, "#editor-diff").await;
+        for want in [
+            "+[[InboundConnector]]",
+            "+Name = \"Partner Woodgrove\"",
+            "+ConnectorType = \"Partner\"",
+            "+SenderDomains = [\"woodgrove.test\"]",
+            "+RestrictDomainsToIPAddresses = true",
+            "+RequireTls = true",
+        ] {
+            assert!(
+                preview.contains(want),
+                "{want:?} in the preview:\n{preview}"
+            );
+        }
+        assert_eq!(text(&c, ip_error).await, "", "the error went");
+        wait_enabled(&c, save).await;
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor.png");
+        assert_eq!(file(), original, "the preview wrote the file");
+
+        // Save: listed, written with the comments kept, and in force for the next session.
+        click(&c, save).await;
+        let row = "#connectors tbody tr[data-name='Partner Woodgrove']";
+        wait_for_text(&c, row, "woodgrove.test").await;
+        wait_for_text(
+            &c,
+            "#message",
+            "Created Partner Woodgrove; the change is live",
+        )
+        .await;
+        let written = file();
+        assert!(
+            written.contains("# A partner that must use TLS."),
+            "{written}"
+        );
+        assert!(
+            written.contains("SenderIPAddresses = [\"127.0.0.40/32\"]"),
+            "{written}"
+        );
+        let mut d = Dialog::connect_from("127.0.0.41".parse().unwrap(), smtp).await;
+        d.cmd("EHLO mail.woodgrove.test", "250").await;
+        d.send(b"MAIL FROM:<a@woodgrove.test>\r\nRCPT TO:<bob@contoso.test>\r\n")
+            .await;
+        let replies = format!("{} {}", d.read_reply().await, d.read_reply().await);
+        assert!(
+            replies.contains("connector \"Partner Woodgrove\""),
+            "{replies}"
+        );
+
+        // Edit: prefilled from the API; two changes, previewed, saved.
+        click(&c, &format!("{row} button.edit")).await;
+        wait_for_text(&c, "#editor h3", "Edit inbound connector").await;
+        assert_eq!(value(&c, &field("Name")).await, "Partner Woodgrove");
+        assert_eq!(value(&c, &field("SenderDomains")).await, "woodgrove.test");
+        assert_eq!(
+            value(&c, &field("SenderIPAddresses")).await,
+            "127.0.0.40/32"
+        );
+        let require_tls = c.find(Locator::Css(&field("RequireTls"))).await.unwrap();
+        assert!(
+            require_tls.is_selected().await.unwrap(),
+            "RequireTls prefilled"
+        );
+        type_into(&c, &field("SenderDomains"), ", *.woodgrove.test").await;
+        click(&c, &field("RequireTls")).await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-diff", "+RequireTls = false").await;
+        let preview = text(&c, "#editor-diff").await;
+        assert!(
+            preview.contains("+SenderDomains = [\"woodgrove.test\", \"*.woodgrove.test\"]"),
+            "{preview}"
+        );
+        wait_enabled(&c, save).await;
+        click(&c, save).await;
+        wait_for_text(&c, "#message", "Saved Partner Woodgrove").await;
+        let written = file();
+        assert!(written.contains("RequireTls = false"), "{written}");
+        assert!(
+            written.contains("SenderDomains = [\"woodgrove.test\", \"*.woodgrove.test\"]"),
+            "{written}"
+        );
+
+        // Delete: the confirmation shows the lines that go; confirmed, the connector is gone.
+        click(&c, &format!("{row} button.delete")).await;
+        wait_for_text(&c, "#delete-confirm pre", "-Name = \"Partner Woodgrove\"").await;
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-editor-delete.png");
+        assert!(file().contains("Partner Woodgrove"), "asking deleted");
+        click(&c, "#delete-confirm button.confirm-delete").await;
+        wait_for_text(&c, "#message", "Deleted Partner Woodgrove").await;
+        wait_gone(&c, row).await;
+        let written = file();
+        assert!(!written.contains("Woodgrove"), "{written}");
+        assert_eq!(
+            written, original,
+            "back to the file as it was, comments and all"
+        );
+        let r = http(
+            admin,
+            "GET",
+            "/api/exchange/connectors/Partner%20Woodgrove",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.body);
+
+        // The email security gateway: two connectors from one form, in one change.
+        click(&c, "#new-connector").await;
+        click(&c, "#editor button[data-scenario='gateway']").await;
+        type_into(&c, "#f-all-Name", "Shield").await;
+        type_into(&c, &field("SenderIPAddresses"), "127.0.0.50").await;
+        type_into(&c, &field("SmartHosts"), "127.0.0.51:2525").await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-diff", "+Name = \"To Shield\"").await;
+        wait_for_text(&c, "#editor-diff", "+Name = \"From Shield\"").await;
+        wait_enabled(&c, save).await;
+        click(&c, save).await;
+        wait_for_text(&c, "#message", "Created From Shield and To Shield").await;
+        wait_for_text(
+            &c,
+            "#connectors tbody tr[data-name='To Shield']",
+            "* via 127.0.0.51:2525",
+        )
+        .await;
+        let list = http(admin, "GET", "/api/exchange/connectors", Some(&token), None)
+            .await
+            .json();
+        let from = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["Name"] == "From Shield")
+            .unwrap();
+        assert_eq!(from["RestrictDomainsToIPAddresses"], true, "{from}");
+        assert_eq!(from["SenderDomains"], json!(["*"]), "{from}");
+        assert_eq!(from["SenderIPAddresses"], json!(["127.0.0.50"]), "{from}");
     }
     .await;
     c.close().await.unwrap();

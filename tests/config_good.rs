@@ -294,12 +294,18 @@ SenderIPAddresses = ["10.0.0.1/24", "192.168.0.0-192.168.1.255", "2001:DB8::1"]
 Name = "Partners"
 AddressSpaces = ["SMTP:*.Contoso.com;2", "fabrikam.com;1", "tailspin.com"]
 DNSRoutingEnabled = false
-SmartHosts = ["Smart.Contoso.com", "[2001:db8::25]:2525", "10.1.1.1:26", "::1", "192.168.0.1/25"]
+SmartHosts = ["Smart.Contoso.com", "[2001:db8::25]:2525", "10.1.1.1:26", "::1"]
 MaxMessageSize = "Unlimited"
 ErrorPolicies = "DowngradeDnsFailures, DowngradeCustomFailures"
 TlsAuthLevel = "certificatevalidation"
 RequireTLS = true
 ConnectionInactivityTimeOut = "00:15:00"
+
+[[OutboundConnector]]
+Name = "Range"
+RecipientDomains = ["range.test"]
+UseMXRecord = false
+SmartHosts = ["192.168.0.1/25"]
 "#,
     );
     let r = &loaded.policy.relay;
@@ -369,11 +375,16 @@ ConnectionInactivityTimeOut = "00:15:00"
                 addr: ip("::1"),
                 port: None
             },
-            SmartHost::Cidr {
-                net: net("192.168.0.0/25"),
-                port: None
-            },
         ]
+    );
+    // An Outbound connector takes a CIDR smart host (New-OutboundConnector allows it); a
+    // Send connector does not (tests/bad_configs: send smart host CIDR).
+    assert_eq!(
+        loaded.policy.outbound[0].smart_hosts,
+        vec![SmartHost::Cidr {
+            net: net("192.168.0.0/25"),
+            port: None
+        }]
     );
     assert_eq!(s.max_message_size, None);
     assert_eq!(
@@ -395,9 +406,17 @@ fn certificates_and_credentials() {
         fs::write(&p, "x").unwrap();
         p.display().to_string()
     };
+    // TlsCertificateName must name a real certificate (its issuer and subject are read).
+    let real = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("certs-test")
+            .join(name)
+            .display()
+            .to_string()
+    };
     let (c1, k1, c2, k2, pw) = (
-        file("a.crt"),
-        file("a.key"),
+        real("mail.fabrikam.test.crt"),
+        real("mail.fabrikam.test.key"),
         file("b.crt"),
         file("b.key"),
         file("pw"),
@@ -415,7 +434,7 @@ SmartHosts = ["smart.contoso.test"]
 RequireTLS = true
 SmartHostAuthMechanism = "BasicAuthRequireTLS"
 AuthenticationCredential = {{ UserName = "relay@contoso.test", PasswordFile = "{pw}" }}
-TlsCertificateName = "<I>CN=Contoso CA<S>CN=relay.contoso.test"
+TlsCertificateName = "<I>CN=connector-relay Test CA, O=connector-relay tests<S>CN=mail.fabrikam.test, O=connector-relay tests"
 "#
     );
     let loaded = load(&text);
@@ -561,4 +580,187 @@ fn partner_sender_ip_addresses_without_restriction_are_flagged_unused() {
     );
     let quiet = load(&partner("RestrictDomainsToIPAddresses = true\n"));
     assert!(quiet.warnings.is_empty(), "{}", render(&quiet.warnings));
+}
+
+#[test]
+fn key_names_are_not_case_sensitive() {
+    // PowerShell parameter names are not: the seeds themselves write `-UseMxRecord` and
+    // `RequireTLS` on an inbound connector. Any case is read as the canonical key.
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    let loaded = load(&format!(
+        r#"
+[Relay]
+fqdn = "relay.contoso.test"
+ACCEPTEDDOMAINS = ["contoso.test"]
+
+[[InboundConnector]]
+name = "From Fabrikam"
+SenderDomains = ["fabrikam.test"]
+RequireTLS = true
+senderipaddresses = ["192.0.2.0/24"]
+restrictdomainstoipaddresses = true
+
+[[OutboundConnector]]
+Name = "To Fabrikam"
+RecipientDomains = ["fabrikam.test"]
+UseMxRecord = false
+smartHosts = ["mail.fabrikam.test"]
+TLSSettings = "EncryptionOnly"
+
+[[SendConnector]]
+Name = "Hub"
+addressspaces = ["SMTP:*;1"]
+DnsRoutingEnabled = false
+SmartHosts = ["hub.contoso.test"]
+RequireTls = true
+smarthostauthmechanism = "BasicAuthRequireTLS"
+AuthenticationCredential = {{ username = "relay", PASSWORDFILE = "{pw}" }}
+"#,
+        pw = pw.path().display()
+    ));
+    assert!(loaded.warnings.is_empty(), "{}", render(&loaded.warnings));
+    let p = &loaded.policy;
+    assert_eq!(p.relay.fqdn, "relay.contoso.test");
+    assert_eq!(p.relay.accepted_domains, vec![exact("contoso.test")]);
+    let i = &p.inbound[0];
+    assert_eq!(i.name, "From Fabrikam");
+    assert!(i.require_tls && i.restrict_domains_to_ip_addresses);
+    assert_eq!(i.sender_ip_addresses, vec![net("192.0.2.0/24")]);
+    let o = &p.outbound[0];
+    assert!(!o.use_mx_record);
+    assert_eq!(o.tls_settings, Some(TlsLevel::EncryptionOnly));
+    let s = &p.send[0];
+    assert!(!s.dns_routing_enabled && s.require_tls);
+    assert_eq!(
+        s.smart_host_auth_mechanism,
+        AuthMechanism::BasicAuthRequireTls
+    );
+    assert_eq!(
+        s.authentication_credential.as_ref().unwrap().user_name,
+        "relay"
+    );
+}
+
+#[test]
+fn on_premises_sender_domains_are_the_organizations_own() {
+    let on_prem = |domains: &str, restrict: &str| {
+        format!(
+            "[Relay]\nAcceptedDomains = [\"contoso.test\", \"*.corp.test\"]\n\n[[InboundConnector]]\n\
+             Name = \"On-premises\"\nConnectorType = \"OnPremises\"\nSenderIPAddresses = [\"192.0.2.0/24\"]\n\
+             SenderDomains = [{domains}]\n{restrict}"
+        )
+    };
+    // Without RestrictDomainsToIPAddresses they do nothing: said where they are written.
+    let loaded = load(&on_prem("\"contoso.test\"", ""));
+    assert_eq!(loaded.warnings.len(), 1, "{}", render(&loaded.warnings));
+    let w = &loaded.warnings[0];
+    assert_eq!((w.line, w.key.as_str()), (8, "SenderDomains"));
+    assert!(w.reason.contains("is not used"), "{w}");
+    // A domain that is not accepted is not the organization's.
+    let loaded = load(&on_prem(
+        "\"contoso.test\", \"a.corp.test\", \"fabrikam.test\"",
+        "RestrictDomainsToIPAddresses = true\n",
+    ));
+    assert_eq!(loaded.warnings.len(), 1, "{}", render(&loaded.warnings));
+    assert!(
+        loaded.warnings[0]
+            .reason
+            .starts_with("\"fabrikam.test\" is not one of the AcceptedDomains"),
+        "{}",
+        loaded.warnings[0]
+    );
+    let quiet = load(&on_prem(
+        "\"contoso.test\", \"*.corp.test\"",
+        "RestrictDomainsToIPAddresses = true\n",
+    ));
+    assert!(quiet.warnings.is_empty(), "{}", render(&quiet.warnings));
+}
+
+#[test]
+fn last_validation_timestamp_in_either_iso_form() {
+    for written in [
+        "\"2016-05-06 14:30:00z\"",
+        "\"2016-05-06T14:30:00Z\"",
+        "\"2025-03-02T10:00:00.0000000\"",
+        "\"2016-05-06T16:30:00+02:00\"",
+        "2016-05-06T14:30:00Z",
+        "2016-05-06 14:30:00",
+    ] {
+        let loaded = load_str(
+            &format!(
+                "[[OutboundConnector]]\nName = \"Fabrikam\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+                 LastValidationTimestamp = {written}\n"
+            ),
+            Path::new("relay.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{written}: {}", render(&e)));
+        let kept = loaded.policy.outbound[0]
+            .last_validation_timestamp
+            .clone()
+            .unwrap();
+        assert!(kept.starts_with("20"), "{written}: {kept}");
+    }
+}
+
+#[test]
+fn tls_sender_certificate_issuer_one_or_several() {
+    let loaded = load(
+        r#"
+[[InboundConnector]]
+Name = "Fabrikam"
+SenderDomains = ["fabrikam.test"]
+RequireTls = true
+TlsSenderCertificateIssuer = "CN=Fabrikam Issuing CA, O=Fabrikam"
+
+[[InboundConnector]]
+Name = "Woodgrove"
+SenderDomains = ["woodgrove.test"]
+RequireTls = true
+TlsSenderCertificateIssuer = ["Woodgrove CA 1", " CN=Woodgrove CA 2 "]
+"#,
+    );
+    assert!(loaded.warnings.is_empty(), "{}", render(&loaded.warnings));
+    assert_eq!(
+        loaded.policy.inbound[0].tls_sender_certificate_issuer,
+        vec!["CN=Fabrikam Issuing CA, O=Fabrikam".to_string()]
+    );
+    assert_eq!(
+        loaded.policy.inbound[1].tls_sender_certificate_issuer,
+        vec![
+            "Woodgrove CA 1".to_string(),
+            "CN=Woodgrove CA 2".to_string()
+        ]
+    );
+}
+
+#[test]
+fn proxy_protocol_from_takes_addresses_cidrs_and_ranges() {
+    let loaded = load(
+        r#"
+[Relay]
+ProxyProtocolFrom = ["10.0.0.5", "10.1.0.0/24", "2001:db8::1", "192.168.0.0-192.168.1.255", "10.2.0.1/24"]
+"#,
+    );
+    assert_eq!(
+        loaded.policy.relay.proxy_protocol_from,
+        vec![
+            net("10.0.0.5/32"),
+            net("10.1.0.0/24"),
+            net("2001:db8::1/128"),
+            net("192.168.0.0/23"),
+            net("10.2.0.0/24"),
+        ]
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0]
+            .to_string()
+            .contains("ProxyProtocolFrom: 10.2.0.1/24 has host bits set"),
+        "{}",
+        loaded.warnings[0]
+    );
+    assert!(
+        load("").policy.relay.proxy_protocol_from.is_empty(),
+        "none by default"
+    );
 }

@@ -562,6 +562,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         max_inbound_connection_rate_per_source: 600,
         inbound_connections_reserved_for_on_premises: 500,
         source_ipv6_prefix_length: 64,
+        proxy_protocol_from: Vec::new(),
         max_outbound_connections: 1000,
         max_per_domain_outbound_connections: 20,
         transient_failure_retry_count: 6,

@@ -453,12 +453,15 @@ fn send(rng: &mut StdRng, i: usize, password_file: &Path, out: &mut String) {
         ))
     ));
     let smart = rng.random_bool(0.5);
+    // ForceHELO gets no ESMTP extensions: `check` refuses it with TLS or AUTH required.
+    let mut needs_esmtp = false;
     if smart {
         out.push_str(&format!(
             "DNSRoutingEnabled = false\nSmartHosts = {}\n",
             list(&some(rng, &["smarthost.test", "192.0.2.30"]))
         ));
         if rng.random_bool(0.3) {
+            needs_esmtp = true;
             out.push_str(&format!(
                 "SmartHostAuthMechanism = \"BasicAuth\"\nAuthenticationCredential = {{ UserName = \"relay's user\", PasswordFile = {} }}\n",
                 toml_str(&password_file.display().to_string())
@@ -469,6 +472,7 @@ fn send(rng: &mut StdRng, i: usize, password_file: &Path, out: &mut String) {
         0 => {}
         1 => out.push_str("IgnoreSTARTTLS = true\n"),
         _ => {
+            needs_esmtp = true;
             out.push_str("RequireTLS = true\n");
             match rng.random_range(0..3) {
                 0 => {}
@@ -482,7 +486,9 @@ fn send(rng: &mut StdRng, i: usize, password_file: &Path, out: &mut String) {
     if rng.random_bool(0.4) {
         out.push_str(&format!("Port = {}\n", rng.random_range(1..65535)));
     }
-    bool_key(rng, out, "ForceHELO");
+    if !needs_esmtp {
+        bool_key(rng, out, "ForceHELO");
+    }
     bool_key(rng, out, "Enabled");
     if rng.random_bool(0.3) {
         out.push_str("Fqdn = \"relay.contoso.test\"\n");

@@ -425,12 +425,37 @@ async fn tls_certificate_name_presents_the_client_certificate() {
         ["O=connector-relay tests, CN=mail.contoso.test"]
     );
 
-    // No matching certificate: deferred, nothing sent.
+    // The relay's own TlsCertificate may be named too.
     let connector = smart_host(
         sink.addr(),
-        &format!("RequireTLS = true\nTlsCertificateName = \"<I>{CA_DN}<S>CN=nobody.test\""),
+        &format!(
+            "RequireTLS = true\nTlsCertificateName = \"<I>{CA_DN}<S>CN=relay.contoso.test, O=connector-relay tests\""
+        ),
     );
     let d = deliverer(&config(dir.path(), &relay_extra, &connector), no_dns());
+    let out = send(&d, &["bob@fabrikam.test"], "hi").await;
+    assert!(out[0].status.is_delivered(), "{out:?}");
+    let m = messages(sink.maildir());
+    assert_eq!(m.len(), 2);
+    assert!(
+        m.iter().any(|m| header(m, "X-Sink-Client-Cert")
+            == ["O=connector-relay tests, CN=relay.contoso.test"]),
+        "{m:?}"
+    );
+
+    // A name that matches no certificate: `check` refuses the config (file:line:key).
+    let nobody = format!("RequireTLS = true\nTlsCertificateName = \"<I>{CA_DN}<S>CN=nobody.test\"");
+    let text = config(dir.path(), &relay_extra, &smart_host(sink.addr(), &nobody));
+    let errors = connector_relay::config::load_str(&text, Path::new("relay.toml")).unwrap_err();
+    assert_eq!(errors[0].key, "TlsCertificateName", "{errors:?}");
+    assert!(
+        errors[0].reason.contains("names no certificate"),
+        "{errors:?}"
+    );
+    // Should the files change under a loaded policy, delivery defers, nothing sent.
+    let mut policy = support::policy(&config(dir.path(), &relay_extra, &connector));
+    policy.send[0].tls_certificate_name = Some(format!("<I>{CA_DN}<S>CN=nobody.test"));
+    let d = Deliverer::new(Arc::new(policy), no_dns());
     let out = send(&d, &["bob@fabrikam.test"], "hi").await;
     let f = temporary(&out[0]);
     assert!(
@@ -443,7 +468,7 @@ async fn tls_certificate_name_presents_the_client_certificate() {
     let d = deliverer(&config(dir.path(), &relay_extra, &connector), no_dns());
     let out = send(&d, &["bob@fabrikam.test"], "hi").await;
     temporary(&out[0]);
-    assert_eq!(messages(sink.maildir()).len(), 1);
+    assert_eq!(messages(sink.maildir()).len(), 2);
 }
 
 #[tokio::test]

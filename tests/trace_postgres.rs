@@ -216,10 +216,26 @@ async fn two_nodes_share_one_postgresql_trace() {
         assert!(!t.contains(PG_PASSWORD), "{t}");
     }
     no_password_in_the_api(&a).await;
+    fleet_report(&b_config).await;
 
     outage(&pg, &a, &a_config, &sink).await;
     a.shutdown(Duration::from_secs(10)).await;
     b.shutdown(Duration::from_secs(10)).await;
+}
+
+/// The reports read the shared store: mail received by either node counts.
+async fn fleet_report(config: &Path) {
+    let c = config.to_str().unwrap().to_string();
+    let out = blocking(move || binary(&["report", "--config", &c, "--since", "1h", "--json"])).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inbound = report["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["direction"] == "Inbound")
+        .unwrap();
+    assert!(inbound["total"].as_u64().unwrap() >= 2, "{report}");
 }
 
 /// The sweep at start deleted the row older than `TraceRetentionDays`, not the recent one.

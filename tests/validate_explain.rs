@@ -131,7 +131,7 @@ ValidationRecipients = ["check@partner.test", "someone@elsewhere.test"] # two do
         "elsewhere.test is normally carried by the default MX route",
         &format!("[ ok ] NextHops    127.0.0.1 [{}]", sink.addr()),
         "[ ok ] Connect     127.0.0.1 [127.0.0.1]",
-        "[ ok ] TLS         TLSv1_3 TLS13_",
+        "[ ok ] TLS         TLSv1.3 TLS13_",
         "[ ok ] Certificate CertificateValidation: chain ok, dates ok, not revoked (RevocationLists); name not checked; presented \"CN=sink.test, O=connector-relay tests\"",
         "[ ok ] Reply       250 ",
         "Result: validated",
@@ -168,6 +168,39 @@ ValidationRecipients = ["check@partner.test", "someone@elsewhere.test"] # two do
         stderr.contains(&format!("LastValidationTimestamp = {ts}")),
         "{stderr}"
     );
+
+    // The validation is in the message trace (DataDir's store), as the admin API's is:
+    // found by the Message-ID the report printed, with the `trace` command.
+    let message_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .expect("the report names the test message")
+        .to_string();
+    let out = run_binary(vec![
+        "trace".into(),
+        "--config".into(),
+        path.display().to_string(),
+        "--message-id".into(),
+        message_id.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    for event in ["Routed", "Attempt"] {
+        let row = rows
+            .iter()
+            .find(|r| r["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} row for {message_id} in {rows:?}"));
+        assert_eq!(row["connector"], "To partner", "{row}");
+        assert!(
+            row["queue_id"].as_str().unwrap().starts_with("validate-"),
+            "{row}"
+        );
+    }
+    let routed = rows.iter().filter(|r| r["event"] == "Routed").count();
+    assert_eq!(routed, 2, "one Routed row per recipient: {rows:?}");
 }
 
 #[tokio::test]
@@ -392,7 +425,7 @@ SmartHosts = ["{broken}"]
     assert_eq!(a.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(a.recipient.as_deref(), Some("x@a.test"));
     assert!(
-        a.tls.as_deref().unwrap().starts_with("TLSv1_3 TLS13_"),
+        a.tls.as_deref().unwrap().starts_with("TLSv1.3 TLS13_"),
         "{a:?}"
     );
     assert!(

@@ -1,6 +1,6 @@
 //! `/api/exchange/connectors`: the connector list (keys as written in the config file, plus
-//! computed fields for a connector page) and changes, validated like `check`, written back
-//! with comments kept and applied live.
+//! computed fields for a connector page), creations (one, or several together), changes
+//! and removals, validated like `check`, written back with comments kept and applied live.
 //!
 //! `Identity` is `in-`, `out-` or `send-` followed by the first 10 hex digits of the SHA-256
 //! of the lower-cased `Name`: stable across restarts and reloads, usable in URLs without
@@ -18,11 +18,13 @@ use serde_json::{Map, Value, json};
 use toml_edit::{DocumentMut, Item};
 
 use super::{AdminState, error, reload_error};
-use crate::config::edit::{Direction, Edit, json_to_toml, toml_to_json};
+use crate::config::edit::{self, Direction, Edit, json_to_toml, toml_to_json};
+use crate::config::{ConfigError, canonical_key};
 use crate::policy::{
     ConnectorType, DomainPattern, InboundConnector, OutboundConnector, Policy, SendConnector,
     SmartHost, TlsLevel,
 };
+use crate::relay::{EditOutcome, ReloadError};
 
 /// Fields the list adds to the written keys; dropped from request bodies, so that what a
 /// client got can be sent back.
@@ -71,10 +73,14 @@ fn written(text: Option<&str>, direction: Direction) -> Vec<Map<String, Value>> 
             .collect(),
         _ => Vec::new(),
     };
+    // Keys under their canonical spelling, however the file writes them.
     items
         .into_iter()
         .map(|v| match v {
-            Value::Object(m) => m,
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(k, v)| (canonical_key(direction, &k).map_or(k, str::to_string), v))
+                .collect(),
             _ => Map::new(),
         })
         .collect()
@@ -193,6 +199,12 @@ fn inbound_tls(c: &InboundConnector) -> String {
     }
     if c.restrict_domains_to_certificate {
         parts.push("domains restricted to the certificate".into());
+    }
+    if !c.tls_sender_certificate_issuer.is_empty() {
+        parts.push(format!(
+            "issued by {}",
+            c.tls_sender_certificate_issuer.join(" or ")
+        ));
     }
     parts.join(", ")
 }
@@ -441,61 +453,258 @@ pub(super) fn key_error(key: &str, reason: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// A refused key of a request body: the key and the sentence.
+type KeyError = (String, String);
+
 /// The keys of a body as an edit: computed fields dropped, `null` = remove the key.
-fn changes(body: Map<String, Value>) -> Result<Vec<(String, Option<toml_edit::Value>)>, Early> {
+fn changes(
+    direction: Direction,
+    body: Map<String, Value>,
+) -> Result<Vec<(String, Option<toml_edit::Value>)>, KeyError> {
     let mut set = Vec::new();
     for (key, value) in body {
         if COMPUTED.contains(&key.as_str()) {
             continue;
         }
+        // Keys are not case-sensitive (PowerShell parameters are not); the file and the
+        // answer use the canonical spelling. An unknown key is left for the loader to name.
+        let key = canonical_key(direction, &key).map_or(key, str::to_string);
         let v = match value {
             Value::Null => None,
-            v => Some(json_to_toml(&v).map_err(|e| Box::new(key_error(&key, e)))?),
+            v => Some(json_to_toml(&v).map_err(|e| (key.clone(), e))?),
         };
         set.push((key, v));
     }
     Ok(set)
 }
 
-/// `POST /api/exchange/connectors`: `{"Direction": "Inbound", "Name": ..., ...}`.
+/// The edit that creates the connector a body describes: `{"Direction": "Inbound", "Name":
+/// ..., ...}`.
+fn new_connector(mut body: Map<String, Value>) -> Result<Edit, KeyError> {
+    let refused = |reason: String| ("Direction".to_string(), reason);
+    let direction = match body.shift_remove("Direction") {
+        Some(Value::String(s)) => Direction::parse(&s).ok_or_else(|| {
+            refused(format!(
+                "{s:?} is not a direction; use \"Inbound\", \"Outbound\" or \"Send\""
+            ))
+        })?,
+        _ => {
+            return Err(refused(
+                "missing; say which kind of connector: \"Inbound\", \"Outbound\" or \"Send\""
+                    .into(),
+            ));
+        }
+    };
+    let mut set: Vec<_> = changes(direction, body)?
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .collect();
+    // A new table starts with its Name, as connectors are written by hand.
+    set.sort_by_key(|(k, _)| k != "Name");
+    Ok(Edit {
+        direction,
+        name: None,
+        set,
+    })
+}
+
+/// `POST /api/exchange/connectors`: `{"Direction": "Inbound", "Name": ..., ...}`, or an
+/// array of such objects, created together or not at all.
 pub(super) async fn create(
     State(state): State<Arc<AdminState>>,
     Query(q): Query<WhatIf>,
     body: Bytes,
 ) -> Response {
-    let mut body = match object(&body) {
+    if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) {
+        return create_several(state, items, q.what_if).await;
+    }
+    let body = match object(&body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let direction = match body.shift_remove("Direction") {
-        Some(Value::String(s)) => match Direction::parse(&s) {
-            Some(d) => d,
-            None => {
-                return key_error(
-                    "Direction",
-                    format!("{s:?} is not a direction; use \"Inbound\", \"Outbound\" or \"Send\""),
-                );
-            }
-        },
-        _ => {
-            return key_error(
-                "Direction",
-                "missing; say which kind of connector: \"Inbound\", \"Outbound\" or \"Send\"",
-            );
+    match new_connector(body) {
+        Ok(edit) => apply(state, edit, q.what_if, StatusCode::CREATED).await,
+        Err((key, reason)) => key_error(&key, reason),
+    }
+}
+
+/// `key_error` for element `index` of an array body.
+fn indexed(mut body: Value, index: usize) -> Response {
+    body["index"] = json!(index);
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// Several connectors in one change (the page's email security gateway scenario: an
+/// inbound connector for the gateway's addresses and an outbound one through it), so
+/// that neither exists without the other. A refusal says which element in `index`.
+async fn create_several(state: Arc<AdminState>, items: Vec<Value>, what_if: bool) -> Response {
+    let mut edits = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let edit = match item {
+            Value::Object(m) => new_connector(m),
+            _ => Err((
+                String::new(),
+                "each element must be a JSON object of connector keys".into(),
+            )),
+        };
+        match edit {
+            Ok(e) => edits.push(e),
+            Err((key, reason)) => return indexed(json!({ "key": key, "error": reason }), i),
         }
+    }
+    if edits.is_empty() {
+        return key_error("", "the array names no connector to create");
+    }
+    let control = state.control.clone();
+    let all = edits.clone();
+    let run = move || {
+        let mut failed = 0;
+        let result = control.edit_with(
+            |text, path| {
+                edit::apply_each(text, path, &all).map_err(|(i, errors)| {
+                    failed = i;
+                    errors
+                })
+            },
+            what_if,
+        );
+        (result, failed)
     };
-    let mut set: Vec<_> = match changes(body) {
-        Ok(s) => s.into_iter().filter(|(_, v)| v.is_some()).collect(),
+    let outcome = match blocking(run).await {
+        Ok((Ok(o), _)) => o,
+        Ok((Err(ReloadError::Invalid(errors)), i)) => {
+            return indexed(super::config_errors_body(&errors), i);
+        }
+        Ok((Err(e), _)) => return reload_error(&e),
+        Err(r) => return r,
+    };
+    let names: Vec<String> = edits.iter().map(created_name).collect();
+    if !what_if {
+        tracing::info!(connectors = ?names, "connectors created together through the admin API");
+    }
+    let created: Vec<Value> = edits
+        .iter()
+        .zip(&names)
+        .map(|(e, n)| {
+            connector_json(Some(&outcome.new_text), &outcome.policy, e.direction, n)
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    let mut body = outcome_json(&outcome, what_if);
+    body.insert("Connectors".into(), Value::Array(created));
+    let status = if what_if {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (status, Json(Value::Object(body))).into_response()
+}
+
+/// The `Name` an edit sets, else the connector it changes.
+fn created_name(edit: &Edit) -> String {
+    edit.set
+        .iter()
+        .find(|(k, _)| k == "Name")
+        .and_then(|(_, v)| v.as_ref()?.as_str().map(str::to_string))
+        .or(edit.name.clone())
+        .unwrap_or_default()
+}
+
+/// Runs blocking work (reading, validating and writing the config file) off the async
+/// threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// What every change answers: `WhatIf`, `Live`, `Generation`, `Diff` (the lines of the
+/// file removed and added), `Warnings`, `RestartNeeded`.
+fn outcome_json(outcome: &EditOutcome, what_if: bool) -> Map<String, Value> {
+    let applied = outcome.applied.as_ref();
+    let body = json!({
+        "WhatIf": what_if,
+        "Live": applied.is_some(),
+        "Generation": applied.map(|a| a.generation),
+        "Diff": diff(&outcome.old_text, &outcome.new_text),
+        "Warnings": outcome.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "RestartNeeded": applied.map(|a| a.restart_needed.clone()).unwrap_or_default(),
+    });
+    match body {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `DELETE /api/exchange/connectors/{id}[?whatIf=true]`: removes the connector's table
+/// from the config file (Remove-InboundConnector), through the same path as every change;
+/// 409 when what is left would not be a valid configuration.
+pub(super) async fn remove(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Query(q): Query<WhatIf>,
+) -> Response {
+    let live = state.control.live();
+    let (direction, name) = match resolve(&live.policy, &id) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    // A new table starts with its Name, as connectors are written by hand.
-    set.sort_by_key(|(k, _)| k != "Name");
-    let edit = Edit {
-        direction,
-        name: None,
-        set,
+    let removed = connector_json(live.text.as_deref(), &live.policy, direction, &name);
+    let (control, n, what_if) = (state.control.clone(), name.clone(), q.what_if);
+    let run = move || {
+        let mut found = true;
+        let result = control.edit_with(
+            |text, path| match edit::remove(text, path, direction, &n) {
+                Ok(Some(edited)) => Ok(edited),
+                Ok(None) => {
+                    found = false;
+                    Err(vec![ConfigError {
+                        file: path.to_path_buf(),
+                        line: 0,
+                        key: "Name".into(),
+                        reason: format!("the config file has no {} named {n:?} any more (it was changed on disk; the relay reloads it within a few seconds)", direction.section()),
+                    }])
+                }
+                Err(errors) => Err(errors),
+            },
+            what_if,
+        );
+        (result, found)
     };
-    apply(state, edit, q.what_if, StatusCode::CREATED).await
+    let outcome = match blocking(run).await {
+        Ok((Ok(o), _)) => o,
+        Ok((Err(ReloadError::Invalid(errors)), found)) => {
+            return not_removed(direction, &name, &errors, found);
+        }
+        Ok((Err(e), _)) => return reload_error(&e),
+        Err(r) => return r,
+    };
+    if !what_if {
+        tracing::info!(?direction, connector = %name, "connector removed through the admin API");
+    }
+    let mut body = outcome_json(&outcome, what_if);
+    body.insert("Removed".into(), removed.unwrap_or(Value::Null));
+    Json(Value::Object(body)).into_response()
+}
+
+/// 409 for a removal that was refused: the connector stays, the sentence says why, the
+/// problems are listed as for any refused change.
+fn not_removed(direction: Direction, name: &str, errors: &[ConfigError], found: bool) -> Response {
+    let why = match errors.first() {
+        Some(first) if found => {
+            format!("without it the configuration would be invalid ({first}); nothing was changed")
+        }
+        Some(first) => first.reason.clone(),
+        None => "the configuration would be invalid".into(),
+    };
+    let mut body = super::config_errors_body(errors);
+    body["error"] = json!(format!(
+        "{} {name:?} was not removed: {why}",
+        direction.section()
+    ));
+    (StatusCode::CONFLICT, Json(body)).into_response()
 }
 
 /// The connector `id` names and the request's JSON object (404 / 400 otherwise).
@@ -529,9 +738,9 @@ pub(super) async fn update(
             ),
         );
     }
-    let set = match changes(body) {
+    let set = match changes(direction, body) {
         Ok(s) => s,
-        Err(r) => return *r,
+        Err((key, reason)) => return key_error(&key, reason),
     };
     if set.is_empty() {
         return key_error("", "the body names no key to change");
@@ -573,21 +782,15 @@ pub(super) async fn set_status(
 async fn apply(state: Arc<AdminState>, edit: Edit, what_if: bool, created: StatusCode) -> Response {
     let control = state.control.clone();
     let e = edit.clone();
-    let outcome = match tokio::task::spawn_blocking(move || control.edit(&e, what_if)).await {
+    let outcome = match blocking(move || control.edit(&e, what_if)).await {
         Ok(Ok(o)) => o,
         Ok(Err(err)) => {
             tracing::info!(direction = ?edit.direction, connector = edit.name.as_deref().unwrap_or(""), error = %err, "connector change refused");
             return reload_error(&err);
         }
-        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(r) => return r,
     };
-    let new_name = edit
-        .set
-        .iter()
-        .find(|(k, _)| k == "Name")
-        .and_then(|(_, v)| v.as_ref()?.as_str().map(str::to_string))
-        .or(edit.name.clone())
-        .unwrap_or_default();
+    let new_name = created_name(&edit);
     let old_name = edit.name.clone().unwrap_or_default();
     let keys: Vec<&str> = edit.set.iter().map(|(k, _)| k.as_str()).collect();
     if !what_if {
@@ -611,19 +814,11 @@ async fn apply(state: Arc<AdminState>, edit: Edit, what_if: bool, created: Statu
         edit.direction,
         &new_name,
     );
-    let applied = outcome.applied.as_ref();
-    let body = json!({
-        "WhatIf": what_if,
-        "Live": applied.is_some(),
-        "Generation": applied.map(|a| a.generation),
-        "Connector": connector,
-        "Changes": changes,
-        "Diff": diff(&outcome.old_text, &outcome.new_text),
-        "Warnings": outcome.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "RestartNeeded": applied.map(|a| a.restart_needed.clone()).unwrap_or_default(),
-    });
+    let mut body = outcome_json(&outcome, what_if);
+    body.insert("Connector".into(), connector.unwrap_or(Value::Null));
+    body.insert("Changes".into(), Value::Array(changes));
     let status = if what_if { StatusCode::OK } else { created };
-    (status, Json(body)).into_response()
+    (status, Json(Value::Object(body))).into_response()
 }
 
 /// The written keys of the connector `name` in `text`.
@@ -636,8 +831,11 @@ fn table(text: &str, direction: Direction, name: &str) -> Option<Map<String, Val
         .find(|t| t.get("Name").and_then(Value::as_str) == Some(name))
 }
 
-/// The changed region of the file: `@@ line N`, then `-old` and `+new` lines. Edits touch
-/// one table, so trimming the common head and tail finds it without a full diff.
+/// The changed lines of the file, in hunks: `@@ line N` (N: where the hunk starts in the
+/// new file, which is also its place in the old file for the first hunk), then `-old` and
+/// `+new` lines. The common head and tail are trimmed first; what is left is compared line
+/// by line (longest common subsequence), so that two connectors added in two sections are
+/// two hunks rather than one region repeating everything between them.
 pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
@@ -647,15 +845,80 @@ pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
         .zip(b[head..].iter().rev())
         .take_while(|(x, y)| x == y)
         .count();
-    if head == a.len() && head == b.len() {
-        return Vec::new();
-    }
+    let (a_mid, b_mid) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
     // A changed region may span `[Relay]` lines: a TraceStore URL's password stays hidden.
-    let shown = |sign: char, l: &&str| format!("{sign}{}", crate::trace::target::redact_urls(l));
-    let mut out = vec![format!("@@ line {}", head + 1)];
-    out.extend(a[head..a.len() - tail].iter().map(|l| shown('-', l)));
-    out.extend(b[head..b.len() - tail].iter().map(|l| shown('+', l)));
+    let shown = |sign: char, l: &str| format!("{sign}{}", crate::trace::target::redact_urls(l));
+    let mut out = Vec::new();
+    let (mut line, mut removed, mut added) = (head + 1, Vec::new(), Vec::new());
+    let mut flush = |line: usize, removed: &mut Vec<&str>, added: &mut Vec<&str>| {
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        out.push(format!("@@ line {line}"));
+        out.extend(removed.drain(..).map(|l| shown('-', l)));
+        out.extend(added.drain(..).map(|l| shown('+', l)));
+    };
+    let mut new_line = head + 1;
+    for step in line_steps(a_mid, b_mid) {
+        match step {
+            Step::Keep => {
+                flush(line, &mut removed, &mut added);
+                new_line += 1;
+                line = new_line;
+            }
+            Step::Remove(l) => removed.push(l),
+            Step::Add(l) => {
+                added.push(l);
+                new_line += 1;
+            }
+        }
+    }
+    flush(line, &mut removed, &mut added);
     out
+}
+
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    Keep,
+    Remove(&'a str),
+    Add(&'a str),
+}
+
+/// The steps from `a` to `b` keeping a longest common subsequence of lines. Past a size
+/// that would make the table large (an edit never gets there; a wholesale rewrite might)
+/// everything is removed and added.
+fn line_steps<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Step<'a>> {
+    const MAX_CELLS: usize = 4_000_000;
+    let (n, m) = (a.len(), b.len());
+    if (n + 1).saturating_mul(m + 1) > MAX_CELLS {
+        let removed = a.iter().map(|l| Step::Remove(l));
+        return removed.chain(b.iter().map(|l| Step::Add(l))).collect();
+    }
+    // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut steps) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            steps.push(Step::Keep);
+            (i, j) = (i + 1, j + 1);
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            steps.push(Step::Add(b[j]));
+            j += 1;
+        } else {
+            steps.push(Step::Remove(a[i]));
+            i += 1;
+        }
+    }
+    steps
 }
 
 #[cfg(test)]
@@ -761,5 +1024,10 @@ MtaStsMode = "None"
         assert!(diff("a\n", "a\n").is_empty());
         let d = diff("x\n", "TraceStore = \"postgresql://u:pw@db/t\"\n");
         assert_eq!(d[2], "+TraceStore = \"postgresql://u:***@db/t\"");
+        // Two tables added in two places: two hunks, at their lines in the new file.
+        let d = diff("[a]\nx\n[b]\ny\n", "[a]\nx\nnew a\n[b]\ny\nnew b\n");
+        assert_eq!(d, ["@@ line 3", "+new a", "@@ line 6", "+new b"]);
+        let d = diff("1\n2\n3\n4\n", "1\n4\n");
+        assert_eq!(d, ["@@ line 2", "-2", "-3"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The admin HTTP API on `[Relay] AdminListen` (spec: `shared/spec/config.md`, "Admin
 //! API"): the connector list and changes, connector validation, the policy explainer, the
-//! message trace, the queue, status, `/metrics`, and the web page that uses them.
+//! message trace and its reports, the queue, status, `/metrics`, and the web page that
+//! uses them.
 //!
 //! Every request needs `Authorization: Bearer <token>`, the content of `AdminTokenFile`
 //! (created with 32 random bytes, mode 0600, when missing); otherwise 401 with a JSON error.
@@ -20,6 +21,7 @@ mod import;
 mod ops;
 mod page;
 mod queue;
+mod reports;
 mod serve;
 mod status;
 
@@ -139,7 +141,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route(
             "/api/exchange/connectors/{id}",
-            get(connectors::get_one).put(connectors::update),
+            get(connectors::get_one)
+                .put(connectors::update)
+                .delete(connectors::remove),
         )
         .route("/api/exchange/import", post(import::import))
         .route(
@@ -152,6 +156,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/api/explain", post(ops::explain))
         .route("/api/trace", get(ops::trace))
+        .route("/api/reports", get(reports::reports))
         .route("/api/queue", get(queue::list))
         .route("/api/queue/adopt", post(queue::adopt))
         .route("/api/queue/{id}", axum::routing::delete(queue::delete))
@@ -166,6 +171,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/", get(page::index))
         .route("/index.html", get(page::index))
         .route("/app.js", get(page::script))
+        .route("/editor.js", get(page::editor))
+        .route("/reports.js", get(page::reports_script))
         .route("/app.css", get(page::style))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -209,14 +216,22 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// 400 for a refused configuration: the first problem as `key` and `error` (the sentence),
 /// every problem in `errors`.
 pub fn config_errors(errors: &[ConfigError]) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(config_errors_body(errors)),
+    )
+        .into_response()
+}
+
+/// The body of [`config_errors`].
+pub fn config_errors_body(errors: &[ConfigError]) -> Value {
     let first = errors.first();
-    let body = json!({
+    json!({
         "key": first.map(|e| e.key.as_str()).unwrap_or(""),
         "error": first.map(|e| e.reason.as_str()).unwrap_or("invalid configuration"),
         "line": first.map(|e| e.line).unwrap_or(0),
         "errors": errors.iter().map(config_error_json).collect::<Vec<_>>(),
-    });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    })
 }
 
 pub fn config_error_json(e: &ConfigError) -> Value {

@@ -6,10 +6,20 @@ use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
+/// The connector editor (create, edit, delete), kept apart from `app.js`.
+const EDITOR: &str = include_str!("page/editor.js");
 const STYLE: &str = include_str!("page/app.css");
+const REPORTS: &str = include_str!("page/reports.js");
 
 /// The paths of the page, served without the token.
-pub(super) const PATHS: [&str; 4] = ["/", "/index.html", "/app.js", "/app.css"];
+pub(super) const PATHS: [&str; 6] = [
+    "/",
+    "/index.html",
+    "/app.js",
+    "/editor.js",
+    "/app.css",
+    "/reports.js",
+];
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -34,6 +44,15 @@ pub(super) async fn index() -> Response {
 
 pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(super) async fn editor() -> Response {
+    asset("text/javascript; charset=utf-8", EDITOR)
+}
+
+/// The Reports view (its own file: charts drawn as inline SVG, no library).
+pub(super) async fn reports_script() -> Response {
+    asset("text/javascript; charset=utf-8", REPORTS)
 }
 
 pub(super) async fn style() -> Response {

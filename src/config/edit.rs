@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Key, Table, Value};
 
-use super::{ConfigError, Loaded, load_str};
+use super::{ConfigError, Loaded, canonical_key, load_str};
 
 /// Which array of connector tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,15 +77,94 @@ pub fn find_connector<'a>(
     doc.get_mut(direction.section())
         .and_then(Item::as_array_of_tables_mut)?
         .iter_mut()
-        .find(|t| t.get("Name").and_then(Item::as_str) == Some(name))
+        .find(|t| written_name(t) == Some(name))
+}
+
+/// The `Name` of a connector table, whatever the case of the key (`name = "..."`).
+pub fn written_name(t: &Table) -> Option<&str> {
+    super::reader::find_key(t, "Name").and_then(|(_, v)| v.as_str())
+}
+
+/// Removes the connector table called `name` in `direction`, with the comment lines directly
+/// above its header (they are part of the table in `toml_edit`: they describe it). The
+/// section disappears with its last table. False when there is no such table.
+pub fn remove_connector(doc: &mut DocumentMut, direction: Direction, name: &str) -> bool {
+    let section = direction.section();
+    let Some(array) = doc.get_mut(section).and_then(Item::as_array_of_tables_mut) else {
+        return false;
+    };
+    let Some(i) = array
+        .iter()
+        .position(|t| written_name(t) == Some(name))
+    else {
+        return false;
+    };
+    array.remove(i);
+    if array.is_empty() {
+        doc.remove(section);
+    }
+    true
+}
+
+fn parse(text: &str, file: &Path) -> Result<DocumentMut, Vec<ConfigError>> {
+    text.parse()
+        .map_err(|e: toml_edit::TomlError| err(file, "", e.message().trim().to_string()))
+}
+
+/// The edited document as text, validated like `check`.
+fn validated(doc: &DocumentMut, old_text: &str, file: &Path) -> Result<Edited, Vec<ConfigError>> {
+    let new_text = doc.to_string();
+    let loaded = load_str(&new_text, file)?;
+    Ok(Edited {
+        old_text: old_text.to_string(),
+        new_text,
+        loaded,
+    })
+}
+
+/// Removes the connector `name` from config `text` and validates what is left like
+/// `check`. Nothing is written. `Ok(None)` when there is no such connector in the text.
+pub fn remove(
+    text: &str,
+    file: &Path,
+    direction: Direction,
+    name: &str,
+) -> Result<Option<Edited>, Vec<ConfigError>> {
+    let mut doc = parse(text, file)?;
+    if !remove_connector(&mut doc, direction, name) {
+        return Ok(None);
+    }
+    validated(&doc, text, file).map(Some)
+}
+
+/// Applies `edits` one after the other (several connectors created together, such as the
+/// two of an email security gateway), validating after each, so that an error is told
+/// with the index of the edit that caused it. Nothing is written.
+pub fn apply_each(
+    text: &str,
+    file: &Path,
+    edits: &[Edit],
+) -> Result<Edited, (usize, Vec<ConfigError>)> {
+    let mut current = text.to_string();
+    let mut last = None;
+    for (i, e) in edits.iter().enumerate() {
+        let edited = apply(&current, file, e).map_err(|errors| (i, errors))?;
+        current = edited.new_text.clone();
+        last = Some(edited);
+    }
+    match last {
+        Some(mut edited) => {
+            edited.old_text = text.to_string();
+            Ok(edited)
+        }
+        None => Err((0, err(file, "", "there is no change to make"))),
+    }
 }
 
 /// Applies `edit` to config `text` (from `file`, named in errors) and validates the result
 /// like `check`. Nothing is written.
 pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigError>> {
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| err(file, "", e.message().trim().to_string()))?;
+    let mut doc = parse(text, file)?;
     let table = match &edit.name {
         Some(name) => find_connector(&mut doc, edit.direction, name).ok_or_else(|| {
             err(
@@ -98,7 +177,7 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
             let new_name = edit
                 .set
                 .iter()
-                .find(|(k, _)| k == "Name")
+                .find(|(k, _)| k.eq_ignore_ascii_case("Name"))
                 .and_then(|(_, v)| v.as_ref())
                 .and_then(Value::as_str)
                 .ok_or_else(|| err(file, "Name", "a new connector needs a Name"))?
@@ -126,24 +205,20 @@ pub fn apply(text: &str, file: &Path, edit: &Edit) -> Result<Edited, Vec<ConfigE
         }
     };
     for (key, value) in &edit.set {
+        // Written in the canonical spelling, whatever spelling the caller or the file used.
+        let key = canonical_key(edit.direction, key).unwrap_or(key);
         match value {
-            None => {
-                table.remove(key);
-            }
+            None => table.retain(|k, _| !k.eq_ignore_ascii_case(key)),
             Some(v) => set_keeping_decor(table, key, v.clone()),
         }
     }
-    let new_text = doc.to_string();
-    let loaded = load_str(&new_text, file)?;
-    Ok(Edited {
-        old_text: text.to_string(),
-        new_text,
-        loaded,
-    })
+    validated(&doc, text, file)
 }
 
-/// Sets `key`, keeping the comment and spacing around an existing value.
+/// Sets `key`, keeping the comment and spacing around an existing value. A key written in
+/// another case (`useMxRecord`) is renamed to `key` where it stands.
 fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
+    rename_in_place(table, key);
     if let Some(old) = table.get_mut(key).and_then(Item::as_value_mut) {
         let decor = old.decor().clone();
         *value.decor_mut() = decor;
@@ -151,6 +226,43 @@ fn set_keeping_decor(table: &mut Table, key: &str, mut value: Value) {
     } else {
         table.insert(key, Item::Value(value));
     }
+}
+
+/// Renames every key of a `direction` connector table written in another case than the
+/// canonical one (`useMxRecord` → `UseMXRecord`), where it stands. Unknown keys stay.
+pub fn canonical_keys_in_place(table: &mut Table, direction: Direction) {
+    let odd: Vec<&'static str> = table
+        .iter()
+        .filter_map(|(k, _)| canonical_key(direction, k).filter(|c| *c != k))
+        .collect();
+    for key in odd {
+        rename_in_place(table, key);
+    }
+}
+
+/// Renames the key spelled like `key` in another case to `key`, keeping its position and
+/// the comments around it (the table is rebuilt in order: toml_edit cannot rename a key).
+fn rename_in_place(table: &mut Table, key: &str) {
+    let other = table
+        .iter()
+        .any(|(k, _)| k != key && k.eq_ignore_ascii_case(key));
+    if !other {
+        return;
+    }
+    let mut rebuilt = table.clone();
+    rebuilt.clear();
+    for (k, item) in table.iter() {
+        let written = table.key(k).expect("a key of the table").clone();
+        let new_key = if k.eq_ignore_ascii_case(key) {
+            Key::new(key)
+                .with_leaf_decor(written.leaf_decor().clone())
+                .with_dotted_decor(written.dotted_decor().clone())
+        } else {
+            written
+        };
+        rebuilt.insert_formatted(&new_key, item.clone());
+    }
+    *table = rebuilt;
 }
 
 /// Reads `path`, applies `edit`, validates, and (unless `what_if`) writes the file back
@@ -572,6 +684,130 @@ RestrictDomainsToIPAddresses = true
         );
         let out = apply(TEXT, Path::new("relay.toml"), &e).unwrap();
         assert!(!out.new_text.contains("RestrictDomainsToIPAddresses"));
+    }
+
+    #[test]
+    fn removing_a_connector_keeps_the_other_comments() {
+        let text = format!(
+            "{TEXT}\n# the second one\n[[InboundConnector]]\nName = \"On-prem\"\nConnectorType = \"OnPremises\"\nSenderIPAddresses = [\"127.0.0.10\"] # the server\n# the end\n"
+        );
+        let file = Path::new("relay.toml");
+        let out = remove(&text, file, Direction::Inbound, "On-prem")
+            .unwrap()
+            .expect("found");
+        assert_eq!(out.loaded.policy.inbound.len(), 1);
+        assert!(out.new_text.starts_with(TEXT), "{}", out.new_text);
+        assert!(
+            !out.new_text.contains("the second one"),
+            "its own comment goes"
+        );
+        assert!(!out.new_text.contains("On-prem"));
+
+        let out = remove(TEXT, file, Direction::Inbound, "Fabrikam")
+            .unwrap()
+            .expect("found");
+        assert!(
+            !out.new_text.contains("InboundConnector"),
+            "{}",
+            out.new_text
+        );
+        assert!(
+            out.new_text
+                .contains("Fqdn = \"relay.contoso.test\" # our name")
+        );
+        assert!(out.loaded.policy.inbound.is_empty());
+
+        assert!(
+            remove(TEXT, file, Direction::Inbound, "Nobody")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            remove(TEXT, file, Direction::Outbound, "Fabrikam")
+                .unwrap()
+                .is_none()
+        );
+        // What is left must be valid: here the rest of the file is not.
+        let broken = TEXT.replace("[Relay]\n", "[Relay]\nNoSuchKey = 1\n");
+        let errors = remove(&broken, file, Direction::Inbound, "Fabrikam").unwrap_err();
+        assert_eq!(errors[0].key, "NoSuchKey", "{errors:?}");
+    }
+
+    #[test]
+    fn several_edits_are_applied_together_or_not_at_all() {
+        let file = Path::new("relay.toml");
+        let new = |name: &str, ips: &str| Edit {
+            direction: Direction::Inbound,
+            name: None,
+            set: vec![
+                ("Name".into(), Some(Value::from(name))),
+                ("ConnectorType".into(), Some(Value::from("OnPremises"))),
+                (
+                    "SenderIPAddresses".into(),
+                    Some(json_to_toml(&serde_json::json!([ips])).unwrap()),
+                ),
+            ],
+        };
+        let out = apply_each(TEXT, file, &[new("A", "127.0.0.1"), new("B", "127.0.0.2")]).unwrap();
+        assert_eq!(out.old_text, TEXT);
+        assert_eq!(out.loaded.policy.inbound.len(), 3);
+        let (i, errors) =
+            apply_each(TEXT, file, &[new("A", "127.0.0.1"), new("B", "not-an-ip")]).unwrap_err();
+        assert_eq!((i, errors[0].key.as_str()), (1, "SenderIPAddresses"));
+        assert!(apply_each(TEXT, file, &[]).is_err());
+    }
+
+    #[test]
+    fn keys_are_written_in_the_canonical_spelling() {
+        let text = "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+                    useMxRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n";
+        // The connector is found by a lower-case `name`; a key given in another case by the
+        // caller is written canonically; a key the file spells otherwise is renamed where
+        // it stands, its comment kept.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![
+                ("USEMXRECORD".into(), Some(Value::from(false))),
+                ("tlsSettings".into(), Some(Value::from("EncryptionOnly"))),
+            ],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert_eq!(
+            out.new_text,
+            "[[OutboundConnector]]\nname = \"Hub\"\nRecipientDomains = [\"fabrikam.test\"]\n\
+             UseMXRecord = false # written as in the cmdlet example\nSmartHosts = [\"hub.test\"]\n\
+             TlsSettings = \"EncryptionOnly\"\n"
+        );
+        assert_eq!(
+            out.loaded.policy.outbound[0].tls_settings,
+            Some(crate::policy::TlsLevel::EncryptionOnly)
+        );
+        // Removing a key removes it in whatever case it is written.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("SmartHOSTS".into(), None), ("UseMXRecord".into(), None)],
+        };
+        let out = apply(text, Path::new("relay.toml"), &e).unwrap();
+        assert!(
+            !out.new_text.to_lowercase().contains("smarthosts"),
+            "{}",
+            out.new_text
+        );
+        assert!(
+            !out.new_text.to_lowercase().contains("usemxrecord"),
+            "{}",
+            out.new_text
+        );
+        // An unknown key is kept as given, for the loader to name.
+        let e = Edit {
+            direction: Direction::Outbound,
+            name: Some("Hub".into()),
+            set: vec![("Colour".into(), Some(Value::from("blue")))],
+        };
+        let errors = apply(text, Path::new("relay.toml"), &e).unwrap_err();
+        assert_eq!(errors[0].key, "Colour");
     }
 
     #[test]

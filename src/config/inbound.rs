@@ -3,9 +3,9 @@
 use toml_edit::TableLike;
 
 use super::reader::{Ctx, Lines, Reader};
-use super::values::{domain_pattern, ip_ranges};
+use super::values::domain_pattern;
 use super::{CONNECTOR_SOURCES, CONNECTOR_TYPES, Env, connector_name, text};
-use crate::policy::{ConnectorType, InboundConnector};
+use crate::policy::{ConnectorType, DomainPattern, InboundConnector};
 
 pub(crate) fn build(
     ctx: &mut Ctx,
@@ -24,8 +24,15 @@ pub(crate) fn build(
         sender_domains: r
             .parsed_list(ctx, "SenderDomains", domain_pattern)
             .unwrap_or_default(),
-        sender_ip_addresses: sender_ips(ctx, &mut r),
+        sender_ip_addresses: r
+            .ip_nets(ctx, "SenderIPAddresses")
+            .into_iter()
+            .map(|(net, _)| net)
+            .collect(),
         tls_sender_certificate_name: r.parsed(ctx, "TlsSenderCertificateName", domain_pattern),
+        tls_sender_certificate_issuer: r
+            .parsed_list(ctx, "TlsSenderCertificateIssuer", issuer_name)
+            .unwrap_or_default(),
         require_tls: r.bool(ctx, "RequireTls", false),
         restrict_domains_to_ip_addresses: r.bool(ctx, "RestrictDomainsToIPAddresses", false),
         restrict_domains_to_certificate: r.bool(ctx, "RestrictDomainsToCertificate", false),
@@ -49,30 +56,10 @@ pub(crate) fn build(
     (c, lines)
 }
 
-/// `SenderIPAddresses`: CIDRs with host bits set are normalized with a warning, because the
-/// administrator may have meant a single host.
-fn sender_ips(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<ipnet::IpNet> {
-    let key = "SenderIPAddresses";
-    let mut nets = Vec::new();
-    for (s, line) in r.strings(ctx, key).unwrap_or_default() {
-        match ip_ranges(&s) {
-            Ok(parsed) => {
-                if let Some(given) = parsed.truncated_from {
-                    ctx.warn(
-                        line,
-                        key,
-                        format!(
-                            "{given} has host bits set; it is read as {}",
-                            parsed.nets[0]
-                        ),
-                    );
-                }
-                nets.extend(parsed.nets);
-            }
-            Err(e) => ctx.error(line, key, e),
-        }
-    }
-    nets
+/// `TlsSenderCertificateIssuer`: an issuer DN (`CN=Fabrikam CA, O=Fabrikam`) or CN, kept
+/// as written (compared without case and spacing, see `policy::dn`).
+fn issuer_name(s: &str) -> Result<String, String> {
+    crate::policy::dn::parse_dn_or_cn(s).map(|()| s.trim().to_string())
 }
 
 fn rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, env: &Env) {
@@ -108,6 +95,8 @@ fn rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, env: &Env) {
         );
     }
     identification_rules(ctx, c, lines);
+    issuer_rules(ctx, c, lines);
+    on_premises_domain_rules(ctx, c, lines, env);
     // -TlsSenderCertificateName "specifies the certificate used by the sender's domain when
     // the RequireTls parameter is set to $true".
     if c.tls_sender_certificate_name.is_some() && !c.require_tls {
@@ -134,8 +123,7 @@ fn rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, env: &Env) {
     // -AssociatedAcceptedDomains: "the accepted domains that the connector applies to".
     for domain in &c.associated_accepted_domains {
         let name = domain.to_string();
-        let probe = name.trim_start_matches("*.");
-        if !env.accepted_domains.iter().any(|a| a.matches(probe)) {
+        if !is_accepted_pattern(env, domain) {
             ctx.error(
                 lines.of("AssociatedAcceptedDomains"),
                 "AssociatedAcceptedDomains",
@@ -163,5 +151,60 @@ fn identification_rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines) {
             "a Partner connector needs at least one of SenderDomains, SenderIPAddresses or TlsSenderCertificateName",
         ),
         _ => {}
+    }
+}
+
+/// Is every domain `pattern` covers an accepted domain (`*.contoso.com` is when contoso.com
+/// is, as Exchange's usage of `*.` includes the domain itself)?
+fn is_accepted_pattern(env: &Env, pattern: &DomainPattern) -> bool {
+    let name = pattern.to_string();
+    let probe = name.trim_start_matches("*.");
+    env.accepted_domains.iter().any(|a| a.matches(probe))
+}
+
+/// `TlsSenderCertificateIssuer` (extension key, the admin centre's "Require certificate
+/// from specific issuer", shown under Require TLS): a certificate is only presented under
+/// TLS, so the connector must require it.
+fn issuer_rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines) {
+    let key = "TlsSenderCertificateIssuer";
+    if !c.tls_sender_certificate_issuer.is_empty() && !c.require_tls {
+        ctx.error(
+            lines.of(key),
+            key,
+            "requires RequireTls = true (a certificate is only presented under TLS)",
+        );
+    }
+}
+
+/// `SenderDomains` of an OnPremises connector: the organization's own domains ("Use this
+/// value for accepted domains ... that are also specified by the SenderDomains parameter").
+/// They never attribute a session (a sender domain is forgeable; the connector is
+/// recognized by IP or certificate): they only count with RestrictDomainsToIPAddresses,
+/// which refuses mail from them sent from elsewhere.
+fn on_premises_domain_rules(ctx: &mut Ctx, c: &InboundConnector, lines: &Lines, env: &Env) {
+    if c.connector_type != ConnectorType::OnPremises || c.sender_domains.is_empty() {
+        return;
+    }
+    let key = "SenderDomains";
+    if !c.restrict_domains_to_ip_addresses {
+        ctx.warn(
+            lines.of(key),
+            key,
+            "is not used: an OnPremises connector is recognized by SenderIPAddresses or TlsSenderCertificateName, never by the sender's domain; with RestrictDomainsToIPAddresses = true, mail from these domains is refused unless it comes from SenderIPAddresses",
+        );
+    }
+    for domain in c
+        .sender_domains
+        .iter()
+        .filter(|d| !is_accepted_pattern(env, d))
+    {
+        ctx.warn(
+            lines.of(key),
+            key,
+            format!(
+                "{:?} is not one of the AcceptedDomains in [Relay]; an OnPremises connector's SenderDomains are the organization's own domains",
+                domain.to_string()
+            ),
+        );
     }
 }

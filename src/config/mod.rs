@@ -146,6 +146,8 @@ fn build(ctx: &mut Ctx, root: &toml_edit::Table) -> Policy {
         accepted_domains: relay.accepted_domains.clone(),
         has_external_dns: !relay.external_dns_servers.is_empty(),
         dnssec: relay.dnssec_validation,
+        certificates: relay.client_identities(),
+        own_certificate: relay.tls_certificate.is_some() && relay.tls_private_key.is_some(),
     };
     let inbound: Vec<_> = inbound
         .into_iter()
@@ -184,10 +186,46 @@ fn build(ctx: &mut Ctx, root: &toml_edit::Table) -> Policy {
 }
 
 /// What connector validation needs to know about `[Relay]`.
+#[derive(Default)]
 pub(crate) struct Env {
     pub accepted_domains: Vec<crate::policy::DomainPattern>,
     pub has_external_dns: bool,
     pub dnssec: crate::dns::DnssecValidation,
+    /// The identities a Send connector can present: `[Relay] Certificates`, then the
+    /// relay's own `TlsCertificate` (with its key).
+    pub certificates: Vec<crate::policy::CertificateIdentity>,
+    /// `[Relay] TlsCertificate` and `TlsPrivateKey` are set (what `DomainSecureEnabled`
+    /// presents without a `TlsCertificateName`).
+    pub own_certificate: bool,
+}
+
+/// The canonical spelling of a connector key (`useMxRecord` → `UseMXRecord`): the name the
+/// loader asks for. `None` for a key the section does not have.
+pub fn canonical_key(direction: edit::Direction, key: &str) -> Option<&'static str> {
+    static KEYS: std::sync::OnceLock<[Vec<&'static str>; 3]> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(|| edit::Direction::all().map(section_keys));
+    let i = edit::Direction::all()
+        .iter()
+        .position(|d| *d == direction)
+        .expect("every direction is listed");
+    keys[i]
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(key))
+        .copied()
+}
+
+/// The keys of a connector section, as its builder asks for them (read off a build of an
+/// empty table, so the list cannot drift from the loader).
+fn section_keys(direction: edit::Direction) -> Vec<&'static str> {
+    let mut ctx = Ctx::new("", Path::new(""));
+    let env = Env::default();
+    let table = toml_edit::Table::new();
+    let lines = match direction {
+        edit::Direction::Inbound => inbound::build(&mut ctx, &table, 1, &env).1,
+        edit::Direction::Outbound => outbound::build(&mut ctx, &table, 1, &env).1,
+        edit::Direction::Send => send::build(&mut ctx, &table, 1, &env).1,
+    };
+    lines.known
 }
 
 /// The line of a table's header (`[Relay]`), falling back to its key's line.

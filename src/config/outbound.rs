@@ -79,25 +79,41 @@ pub(crate) fn build(
     (c, lines)
 }
 
-/// A string (`"2016-05-06 14:30:00z"`, as the cmdlet documents) or a TOML date-time; kept as
-/// text because the relay only displays it.
+/// A date-time (Set-OutboundConnector: `DateTime`), as a TOML date-time (what `validate`
+/// writes: RFC 3339, UTC) or a string in either ISO form: `"2016-05-06 14:30:00z"` (the
+/// cmdlet's example) or `"2016-05-06T14:30:00Z"`, fractions of a second and offsets
+/// allowed, no offset meaning UTC as the cmdlet documents (Exchange's JSON output reads
+/// `"2025-03-02T10:00:00.0000000"`). Kept as written: the relay only displays it.
 fn last_validation_timestamp(ctx: &mut Ctx, r: &mut Reader<'_>) -> Option<String> {
-    let (item, line) = r.item(ctx, "LastValidationTimestamp")?;
-    if let Some(s) = item.as_str() {
-        return Some(s.to_string());
-    }
-    if let Some(dt) = item.as_datetime() {
-        return Some(dt.to_string());
-    }
-    ctx.error(
-        line,
-        "LastValidationTimestamp",
-        format!(
+    let key = "LastValidationTimestamp";
+    let (item, line) = r.item(ctx, key)?;
+    let checked = match (item.as_str(), item.as_datetime()) {
+        (Some(s), _) => date_time(s).map(|()| s.to_string()),
+        (_, Some(dt)) => whole_date_time(dt, &dt.to_string()).map(|()| dt.to_string()),
+        _ => Err(format!(
             "expected a date-time such as \"2016-05-06 14:30:00z\", found {}",
             super::reader::describe(item)
-        ),
-    );
-    None
+        )),
+    };
+    checked.map_err(|e| ctx.error(line, key, e)).ok()
+}
+
+/// An ISO 8601 / RFC 3339 date and time of day (`T` or a space between them).
+fn date_time(s: &str) -> Result<(), String> {
+    let dt: toml_edit::Datetime = s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a date-time; write it as \"2016-05-06 14:30:00z\" or \"2016-05-06T14:30:00Z\"")
+    })?;
+    whole_date_time(&dt, s)
+}
+
+/// A date alone or a time alone is not a timestamp.
+fn whole_date_time(dt: &toml_edit::Datetime, written: &str) -> Result<(), String> {
+    if dt.date.is_some() && dt.time.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "{written:?} is not a whole date-time; give the date and the time, e.g. \"2016-05-06 14:30:00z\""
+    ))
 }
 
 /// `ValidationRecipients`: mailbox addresses `local@domain`.
@@ -133,6 +149,19 @@ fn rules(ctx: &mut Ctx, c: &OutboundConnector, lines: &Lines) {
                 );
             }
         }
+    }
+    // TlsSettings DomainValidation: "the certificate ... matches the domain specified in the
+    // TlsDomain parameter". Behind smart hosts the recipient's domain (the fallback for
+    // MX routes) is not a name a smart host carries, so every message would be deferred.
+    if c.tls_settings == Some(TlsLevel::DomainValidation)
+        && !c.use_mx_record
+        && c.tls_domain.is_none()
+    {
+        ctx.error(
+            lines.of("TlsSettings"),
+            "TlsSettings",
+            "\"DomainValidation\" with smart hosts (UseMXRecord = false) requires TlsDomain, the name the smart host certificate must carry; without it the recipient's domain would be required and every message deferred",
+        );
     }
     // TlsDomain: "This parameter is only used if the TlsSettings parameter is set to
     // DomainValidation" -- harmless otherwise, so a warning.

@@ -81,6 +81,8 @@ impl Ctx {
 pub(crate) struct Lines {
     pub header: usize,
     keys: HashMap<&'static str, usize>,
+    /// Every key a getter asked for, in the canonical spelling: the keys the table may have.
+    pub known: Vec<&'static str>,
 }
 
 impl Lines {
@@ -102,7 +104,8 @@ pub(crate) struct Reader<'a> {
     /// Prefix for keys in messages: "" for a section, "AuthenticationCredential." for a
     /// nested table.
     prefix: String,
-    known: Vec<&'static str>,
+    /// The spelling each canonical key was found under (`useMxRecord` for `UseMXRecord`).
+    spelled: HashMap<&'static str, &'a str>,
     pub lines: Lines,
 }
 
@@ -111,10 +114,10 @@ impl<'a> Reader<'a> {
         Reader {
             table,
             prefix: prefix.to_string(),
-            known: Vec::new(),
+            spelled: HashMap::new(),
             lines: Lines {
                 header,
-                keys: HashMap::new(),
+                ..Lines::default()
             },
         }
     }
@@ -123,15 +126,18 @@ impl<'a> Reader<'a> {
         format!("{}{key}", self.prefix)
     }
 
-    /// The raw item of `key`, if present, with the line of the key.
+    /// The raw item of `key`, if present, with the line of the key. The key may be written
+    /// in any case, as PowerShell parameter names may (`-UseMxRecord`); a key written twice
+    /// in different cases is reported by [`Self::finish`].
     pub fn item(&mut self, ctx: &Ctx, key: &'static str) -> Option<(&'a Item, usize)> {
-        self.known.push(key);
-        let (k, item) = self.table.get_key_value(key)?;
+        self.lines.known.push(key);
+        let (k, item) = find_key(self.table, key)?;
         let line = match ctx.line(k.span()) {
             0 => self.lines.header,
             n => n,
         };
         self.lines.keys.insert(key, line);
+        self.spelled.insert(key, k.get());
         Some((item, line))
     }
 
@@ -255,6 +261,30 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
+    /// An array of IP addresses, CIDR ranges and Exchange address ranges
+    /// ([`super::values::ip_ranges`]), each network with the line of its entry; invalid entries
+    /// are reported and dropped. A CIDR with host bits set is normalized with a warning, since
+    /// the administrator may have meant a single host.
+    pub fn ip_nets(&mut self, ctx: &mut Ctx, key: &'static str) -> Vec<(ipnet::IpNet, usize)> {
+        let mut nets = Vec::new();
+        for (s, line) in self.strings(ctx, key).unwrap_or_default() {
+            match super::values::ip_ranges(&s) {
+                Ok(parsed) => {
+                    if let Some(given) = parsed.truncated_from {
+                        let reason = format!(
+                            "{given} has host bits set; it is read as {}",
+                            parsed.nets[0]
+                        );
+                        ctx.warn(line, &self.name(key), reason);
+                    }
+                    nets.extend(parsed.nets.into_iter().map(|n| (n, line)));
+                }
+                Err(e) => ctx.error(line, &self.name(key), e),
+            }
+        }
+        nets
+    }
+
     /// Each string of an array run through `parse`; invalid entries are reported and dropped.
     pub fn parsed_list<T>(
         &mut self,
@@ -308,31 +338,74 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reports every key no getter asked for, suggesting the intended spelling when close.
+    /// Reports every key no getter asked for, suggesting the intended spelling when close,
+    /// and every key written a second time in another case.
     pub fn finish(self, ctx: &mut Ctx, section: &str) {
         for (key, _) in self.table.iter() {
-            if self.known.contains(&key) {
-                continue;
-            }
             let line = match ctx.line(self.table.key(key).and_then(|k| k.span())) {
                 0 => self.lines.header,
                 n => n,
             };
-            let hint = match suggest(key, &self.known) {
-                Some(k) => format!("; did you mean {k:?}? (key names are case-sensitive)"),
-                // Small nested tables: listing the valid keys is the quickest help.
-                None if self.known.len() <= 4 => {
-                    format!("; the valid keys are {}", self.known.join(" and "))
-                }
-                None => String::new(),
-            };
-            ctx.error(
-                line,
-                &self.name(key),
-                format!("unknown key in {section}{hint}"),
-            );
+            let canonical = self
+                .lines
+                .known
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(key));
+            match canonical {
+                Some(k) => self.twice(ctx, k, key, line),
+                None => self.unknown(ctx, section, key, line),
+            }
         }
     }
+
+    /// `written` is a spelling of known key `canonical`: an error unless it is the one the
+    /// getter took (another spelling of the same key was used).
+    fn twice(&self, ctx: &mut Ctx, canonical: &'static str, written: &str, line: usize) {
+        let Some(&taken) = self.spelled.get(canonical) else {
+            return;
+        };
+        if taken == written {
+            return;
+        }
+        ctx.error(
+            line,
+            &self.name(canonical),
+            format!(
+                "is written twice, as {taken:?} on line {} and as {written:?} here (key names are not case-sensitive); keep one",
+                self.lines.of(canonical)
+            ),
+        );
+    }
+
+    fn unknown(&self, ctx: &mut Ctx, section: &str, key: &str, line: usize) {
+        let known = &self.lines.known;
+        let hint = match suggest(key, known) {
+            Some(k) => format!("; did you mean {k:?}?"),
+            // Small nested tables: listing the valid keys is the quickest help.
+            None if known.len() <= 4 => {
+                format!("; the valid keys are {}", known.join(" and "))
+            }
+            None => String::new(),
+        };
+        ctx.error(
+            line,
+            &self.name(key),
+            format!("unknown key in {section}{hint}"),
+        );
+    }
+}
+
+/// The entry of `key` in `table`, whatever the case it is written in (the exact spelling
+/// first; otherwise the first spelling in file order).
+pub(crate) fn find_key<'a>(
+    table: &'a dyn TableLike,
+    key: &str,
+) -> Option<(&'a toml_edit::Key, &'a Item)> {
+    if let Some(found) = table.get_key_value(key) {
+        return Some(found);
+    }
+    let (written, _) = table.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))?;
+    table.get_key_value(written)
 }
 
 /// Matches `s` against `values` ignoring case; the error lists what is accepted.

@@ -102,6 +102,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // per prefix of this length by the per-source limits, since one host usually holds a
     // whole /64 (RFC 4291 §2.5.1 interface identifiers).
     let source_ipv6_prefix_length = r.int(ctx, "SourceIPv6PrefixLength", 64, 32, 128) as u8;
+    let proxy_protocol_from = proxy_protocol_from(ctx, &mut r);
     let max_outbound_connections = r.int(ctx, "MaxOutboundConnections", 1000, 1, i64::MAX) as usize;
     let max_per_domain_outbound_connections =
         r.int(ctx, "MaxPerDomainOutboundConnections", 20, 1, i64::MAX) as usize;
@@ -160,6 +161,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         max_inbound_connection_rate_per_source,
         inbound_connections_reserved_for_on_premises,
         source_ipv6_prefix_length,
+        proxy_protocol_from,
         max_outbound_connections,
         max_per_domain_outbound_connections,
         transient_failure_retry_count,
@@ -180,6 +182,25 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         rules(ctx, &settings, &lines);
     }
     settings
+}
+
+/// `ProxyProtocolFrom` (extension key): the load balancers whose connections start with a
+/// PROXY protocol header naming the real client. A range covering every address would let
+/// any client claim any address (and with it an OnPremises connector's trust), so it is
+/// refused.
+fn proxy_protocol_from(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<ipnet::IpNet> {
+    let key = "ProxyProtocolFrom";
+    let nets = r.ip_nets(ctx, key);
+    for (net, line) in &nets {
+        if net.prefix_len() == 0 {
+            ctx.error(
+                *line,
+                key,
+                format!("{net} covers every address: any client could then claim any address in a PROXY protocol header; name the load balancers' own addresses"),
+            );
+        }
+    }
+    nets.into_iter().map(|(net, _)| net).collect()
 }
 
 /// Rules between `[Relay]` keys.
@@ -313,7 +334,7 @@ pub fn key_line(text: &str, key: &str) -> usize {
     let Some(relay) = doc.get("Relay").and_then(|i| i.as_table_like()) else {
         return 0;
     };
-    match relay.get_key_value(key) {
+    match super::reader::find_key(relay, key) {
         Some((k, _)) => line_of(k.span()),
         None => line_of(doc.as_table().key("Relay").and_then(|k| k.span())),
     }

@@ -13,7 +13,7 @@ use super::values::{address_space, domain_pattern, host_name, smart_host};
 use super::{Env, connector_name, text};
 use crate::policy::{
     AuthMechanism, Credential, DomainPattern, ErrorPolicy, ProtocolLoggingLevel, SendConnector,
-    TlsLevel,
+    SmartHost, TlsLevel,
 };
 
 const AUTH_MECHANISMS: [(&str, AuthMechanism); 4] = [
@@ -61,7 +61,7 @@ pub(crate) fn build(
             .unwrap_or_default(),
         dns_routing_enabled: r.bool(ctx, "DNSRoutingEnabled", true),
         smart_hosts: r
-            .parsed_list(ctx, "SmartHosts", smart_host)
+            .parsed_list(ctx, "SmartHosts", send_smart_host)
             .unwrap_or_default(),
         port: r.int(ctx, "Port", 25, 1, 65535) as u16,
         require_tls: r.bool(ctx, "RequireTLS", false),
@@ -246,6 +246,18 @@ fn error_policies(ctx: &mut Ctx, r: &mut Reader<'_>) -> Vec<ErrorPolicy> {
     policies
 }
 
+/// Set-SendConnector -SmartHosts: an FQDN or an IP address ("If you enter an IP address,
+/// you must enter the IP address as a literal"); unlike an Outbound connector's, not a
+/// CIDR range.
+fn send_smart_host(s: &str) -> Result<SmartHost, String> {
+    match smart_host(s)? {
+        SmartHost::Cidr { .. } => Err(format!(
+            "{s:?} is an address range; a Send connector's smart host is a host name or one IP address written as a literal (CIDR ranges are for Outbound connectors)"
+        )),
+        host => Ok(host),
+    }
+}
+
 /// `<I>issuer<S>subject`, the SmtpX509Identifier format of -TlsCertificateName.
 fn tls_certificate_name(s: &str) -> Result<String, String> {
     let ok = s
@@ -273,6 +285,8 @@ fn rules(ctx: &mut Ctx, c: &SendConnector, lines: &Lines, env: &Env) {
     tls_rules(ctx, c, lines);
     auth_rules(ctx, c, lines);
     domain_secure_rules(ctx, c, lines);
+    certificate_rules(ctx, c, lines, env);
+    force_helo_rules(ctx, c, lines);
     if c.use_external_dns_servers_enabled && !env.has_external_dns {
         ctx.error(
             lines.of("UseExternalDNSServersEnabled"),
@@ -426,4 +440,72 @@ fn domain_secure_rules(ctx: &mut Ctx, c: &SendConnector, lines: &Lines) {
             ),
         );
     }
+}
+
+/// The certificate a connector presents must exist, or every delivery fails with 4.7.320:
+/// `TlsCertificateName` must name one of `[Relay] Certificates` or the relay's own
+/// `TlsCertificate` (as delivery searches them), and `DomainSecureEnabled` without a name
+/// presents `TlsCertificate`, which must then be set.
+fn certificate_rules(ctx: &mut Ctx, c: &SendConnector, lines: &Lines, env: &Env) {
+    if let Some(name) = &c.tls_certificate_name {
+        if crate::delivery::identity::find(name, &env.certificates).is_err() {
+            ctx.error(
+                lines.of("TlsCertificateName"),
+                "TlsCertificateName",
+                format!(
+                    "{name:?} names no certificate: none of [Relay] Certificates, nor [Relay] TlsCertificate, has that issuer and subject, so every delivery would fail (4.7.320)"
+                ),
+            );
+        }
+    } else if c.domain_secure_enabled && !env.own_certificate {
+        ctx.error(
+            lines.of("DomainSecureEnabled"),
+            "DomainSecureEnabled",
+            "has no certificate to present: set TlsCertificateName, or [Relay] TlsCertificate and TlsPrivateKey (mutual TLS needs a client certificate)",
+        );
+    }
+}
+
+/// ForceHELO: HELO gets no ESMTP extensions (RFC 5321 §4.1.1.1), so STARTTLS and AUTH are
+/// never offered: whatever needs them can never be met and every message would defer.
+fn force_helo_rules(ctx: &mut Ctx, c: &SendConnector, lines: &Lines) {
+    if !c.force_helo {
+        return;
+    }
+    let mut needs = Vec::new();
+    if c.require_tls {
+        needs.push("RequireTLS = true".to_string());
+    }
+    if let Some(level) = c.tls_auth_level {
+        needs.push(format!("TlsAuthLevel = {:?}", level_name(level)));
+    }
+    if c.domain_secure_enabled {
+        needs.push("DomainSecureEnabled = true".to_string());
+    }
+    if c.smart_host_auth_mechanism != AuthMechanism::None {
+        let (name, _) = AUTH_MECHANISMS
+            .iter()
+            .find(|(_, m)| *m == c.smart_host_auth_mechanism)
+            .expect("every mechanism is listed");
+        needs.push(format!("SmartHostAuthMechanism = {name:?}"));
+    }
+    if needs.is_empty() {
+        return;
+    }
+    ctx.error(
+        lines.of("ForceHELO"),
+        "ForceHELO",
+        format!(
+            "cannot be true with {}: HELO gets no ESMTP extensions, so STARTTLS and AUTH are never offered and every message would be deferred",
+            needs.join(", ")
+        ),
+    );
+}
+
+fn level_name(level: TlsLevel) -> &'static str {
+    TLS_LEVELS
+        .iter()
+        .find(|(_, l)| *l == level)
+        .map(|(n, _)| *n)
+        .expect("every level is listed")
 }

@@ -27,8 +27,19 @@ fn relay_line(policy: &Policy) -> String {
         crate::trace::StoreTarget::Sqlite => String::new(),
         other => format!("; trace store: {}", other.describe()),
     };
+    // Said only when set: behind a balancer, whose headers the listeners then require.
+    let proxy = match r.proxy_protocol_from.as_slice() {
+        [] => String::new(),
+        nets => format!(
+            "; PROXY protocol required from {}",
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
-        "Relay    {} listen {}; STARTTLS {}; accepted domains: {}{trace}",
+        "Relay    {} listen {}{proxy}; STARTTLS {}; accepted domains: {}{trace}",
         r.fqdn,
         join_or_dash(&listen),
         if r.tls_certificate.is_some() {

@@ -938,10 +938,8 @@ pub async fn starttls(
     let (_, session) = stream.get_ref();
     let peer_cert = session.peer_certificates().and_then(|c| c.first());
     let info = TlsInfo {
-        version: session
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default(),
+        // Spelled as inbound sessions spell it, so reports count both directions alike.
+        version: crate::smtp::tls::version_name(session.protocol_version()),
         cipher: session
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))

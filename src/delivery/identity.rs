@@ -3,11 +3,9 @@
 //!
 //! Matching of `<I>issuer<S>subject`: the issuer and subject of each certificate file's
 //! first certificate are rendered by x509-parser (`C=US, O=Contoso, CN=mail.contoso.com`,
-//! RDNs in certificate order) and compared with the two halves of the value after
-//! normalisation: attribute types and values compared without case, whitespace around `=`
-//! and `,` ignored, runs of whitespace collapsed. The RDN order may be either the
-//! certificate's or the reverse (Windows' `Get-ExchangeCertificate` prints
-//! `CN=..., O=..., C=...`), so a value copied from Exchange matches as well.
+//! RDNs in certificate order) and compared with the two halves of the value as
+//! [`crate::policy::dn`] compares names (without case, either RDN order, so a value copied
+//! from Windows' `Get-ExchangeCertificate` matches as well).
 //!
 //! The certificate is presented by replacing the client certificate resolver of whichever
 //! rustls configuration the TLS level chose (`TlsContext` itself is not changed).
@@ -21,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, SignatureScheme};
 
 use crate::policy::CertificateIdentity;
+use crate::policy::dn::dn_matches;
 
 /// A loaded client identity: the chain and its signing key.
 #[derive(Debug, Clone)]
@@ -28,24 +27,6 @@ pub struct ClientIdentity {
     key: Arc<CertifiedKey>,
     /// The subject as x509-parser renders it (logs).
     pub subject: String,
-}
-
-/// Normalised RDN list of a DN string.
-fn rdns(dn: &str) -> Vec<String> {
-    dn.split(',')
-        .map(|rdn| {
-            let (k, v) = rdn.split_once('=').unwrap_or(("", rdn));
-            let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
-            format!("{}={}", k.trim(), v).to_lowercase()
-        })
-        .filter(|r| r != "=")
-        .collect()
-}
-
-/// Does `wanted` (as written in the config) name the DN `actual` (x509-parser's text)?
-pub fn dn_matches(wanted: &str, actual: &str) -> bool {
-    let (w, a) = (rdns(wanted), rdns(actual));
-    w == a || w.iter().rev().eq(a.iter())
 }
 
 /// Splits `<I>issuer<S>subject`.
@@ -61,7 +42,8 @@ fn names_of(path: &Path) -> Result<(String, String), String> {
     Ok((cert.issuer().to_string(), cert.subject().to_string()))
 }
 
-/// The entry of `[Relay] Certificates` that `TlsCertificateName` names.
+/// The identity that `TlsCertificateName` names, among `certificates` (the relay's
+/// [`crate::policy::RelaySettings::client_identities`]).
 pub fn find<'a>(
     name: &str,
     certificates: &'a [CertificateIdentity],
@@ -76,7 +58,7 @@ pub fn find<'a>(
         }
     }
     Err(format!(
-        "TlsCertificateName {name:?}: no certificate in [Relay] Certificates has that issuer and subject"
+        "TlsCertificateName {name:?}: no certificate in [Relay] Certificates (nor the relay's TlsCertificate) has that issuer and subject"
     ))
 }
 
@@ -129,18 +111,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dn_matching() {
-        let actual = "O=connector-relay tests, CN=connector-relay Test CA";
-        assert!(dn_matches(
-            "O=connector-relay tests, CN=connector-relay Test CA",
-            actual
-        ));
-        assert!(dn_matches(
-            "cn = Connector-Relay  Test CA,o=connector-relay tests",
-            actual
-        ));
-        assert!(!dn_matches("CN=connector-relay Test CA", actual));
-        assert!(!dn_matches("O=other, CN=connector-relay Test CA", actual));
+    fn split_names() {
         assert_eq!(
             split_name("<I>CN=ca<S>CN=me, O=x"),
             Some(("CN=ca", "CN=me, O=x"))

@@ -494,7 +494,8 @@ impl Deliverer {
         let relay = &self.policy.relay;
         let (cert, key) = match (&route.send.tls_certificate_name, route.send.domain_secure) {
             (Some(name), _) => {
-                let c = identity::find(name, &relay.certificates).map_err(fail)?;
+                let identities = relay.client_identities();
+                let c = identity::find(name, &identities).map_err(fail)?;
                 (c.certificate.clone(), c.private_key.clone())
             }
             (None, true) => match (&relay.tls_certificate, &relay.tls_private_key) {

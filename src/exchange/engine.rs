@@ -165,13 +165,15 @@ fn base_drafts(file: &str, text: &str) -> Result<Vec<Draft>, ImportError> {
                 file: file.to_string(),
                 line: 0,
             };
+            // Keys under their canonical spelling, however the base file writes them.
             let keys: Vec<(String, Value, Source)> = t
                 .iter()
-                .filter_map(|(k, item)| item_value(item).map(|v| (k.to_string(), v, at.clone())))
+                .filter_map(|(k, item)| {
+                    let k = crate::config::canonical_key(d, k).unwrap_or(k);
+                    item_value(item).map(|v| (k.to_string(), v, at.clone()))
+                })
                 .collect();
-            let name = t
-                .get("Name")
-                .and_then(Item::as_str)
+            let name = crate::config::edit::written_name(t)
                 .unwrap_or_default()
                 .to_string();
             out.push(Draft {
@@ -506,17 +508,7 @@ impl Engine {
             .parse()
             .map_err(|e: toml_edit::TomlError| fail(e.message().to_string()))?;
         for (d, name) in &self.removed {
-            if let Some(array) = doc
-                .get_mut(d.section())
-                .and_then(Item::as_array_of_tables_mut)
-            {
-                let idx = array
-                    .iter()
-                    .position(|t| t.get("Name").and_then(Item::as_str) == Some(name));
-                if let Some(idx) = idx {
-                    array.remove(idx);
-                }
-            }
+            crate::config::edit::remove_connector(&mut doc, *d, name);
         }
         for draft in self.drafts.iter().filter(|x| x.touched) {
             let section = draft.direction.section();
@@ -538,6 +530,7 @@ impl Engine {
                     array.iter_mut().last().expect("just pushed")
                 }
             };
+            crate::config::edit::canonical_keys_in_place(table, draft.direction);
             write_table(table, draft);
         }
         let text = doc.to_string();

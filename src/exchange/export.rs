@@ -55,6 +55,8 @@ fn tables(doc: &DocumentMut, d: Direction) -> Vec<Table> {
                         Item::Table(t) => Value::InlineTable(t.clone().into_inline_table()),
                         _ => return None,
                     };
+                    // Keys are not case-sensitive in the config: written canonically.
+                    let k = crate::config::canonical_key(d, k).unwrap_or(k);
                     Some((k.to_string(), v))
                 })
                 .collect()
@@ -119,6 +121,9 @@ fn ps_value(key: &str, v: &Value) -> String {
 fn warnings(table: &Table) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in table {
+        if k == "TlsSenderCertificateIssuer" {
+            out.push("# TlsSenderCertificateIssuer is a connector-relay extension key (the admin centre's \"Require certificate from specific issuer\"): Exchange has no such parameter; set it in the admin centre".to_string());
+        }
         if k == "SmartHosts"
             && let Some(a) = v.as_array()
         {

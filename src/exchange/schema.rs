@@ -53,6 +53,9 @@ pub const INBOUND: &[(&str, Kind)] = &[
     ("SenderDomains", Kind::List),
     ("SenderIPAddresses", Kind::List),
     ("TlsSenderCertificateName", Kind::Text),
+    // Extension key (the admin centre's "Require certificate from specific issuer"): taken
+    // back from an export of the relay's own config; export flags it for Exchange.
+    ("TlsSenderCertificateIssuer", Kind::List),
     ("RequireTls", Kind::Bool),
     ("RestrictDomainsToIPAddresses", Kind::Bool),
     ("RestrictDomainsToCertificate", Kind::Bool),

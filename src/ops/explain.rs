@@ -191,6 +191,7 @@ pub fn explain(
         tls,
         trusted_cert_names: names,
         cert_problem: cert.as_ref().and_then(|c| c.problem.as_deref()),
+        trusted_cert_issuer: cert.as_ref().and_then(|c| c.trusted_issuer()),
     };
     let inbound = InboundPolicy::new(policy);
     let describe = |a: Option<Attribution>, sender_domain: Option<&str>| {
@@ -217,6 +218,7 @@ pub fn explain(
                 tls: false,
                 trusted_cert_names: &[],
                 cert_problem: None,
+                trusted_cert_issuer: None,
                 ..facts
             };
             match inbound
@@ -469,8 +471,9 @@ fn refusal_why(r: &Refusal, domain: &str) -> String {
         Refusal::RelayDenied { .. } => format!(
             "{domain} is not an accepted domain, and the session is not attributed to an OnPremises connector that applies to it"
         ),
-        Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses: the connector was chosen by the sender's domain, and the client IP is not in its SenderIPAddresses".into(),
+        Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses: the sender's domain is in the connector's SenderDomains, and the client IP is not in its SenderIPAddresses".into(),
         Refusal::CertificateRequired { .. } => "RestrictDomainsToCertificate (or TlsSenderCertificateName with RequireTls): no trusted client certificate with a matching name".into(),
+        Refusal::IssuerRequired { .. } => "TlsSenderCertificateIssuer: no trusted client certificate issued by one of the connector's issuers".into(),
         Refusal::RoutingInLocalPart { .. } => "routing characters in the local part at an accepted domain are only taken from OnPremises connectors".into(),
         Refusal::TlsRequired { .. } => "RequireTls: the session is not under TLS".into(),
     }

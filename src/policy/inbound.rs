@@ -15,6 +15,11 @@
 //! 4. a `Partner` connector without `SenderDomains`, by IP (longest prefix) and then by
 //!    certificate name (most specific), ties: lowest index.
 //!
+//! Not attribution: the `SenderDomains` of OnPremises connectors with
+//! `RestrictDomainsToIPAddresses` are indexed apart ([`InboundTable::restricting_on_premises`]):
+//! they never choose a connector, they only hold the organization's own domains to that
+//! connector's addresses (`restrict.rs`).
+//!
 //! Certificate names: a name is compared case-insensitively and without a trailing dot. A
 //! plain name matches `mail.contoso.com` (that name only), `*.contoso.com` (contoso.com and
 //! every subdomain) and `*`. A name holding a `*` (a wildcard SAN such as `*.contoso.com`)
@@ -75,6 +80,9 @@ pub struct InboundTable {
     partner_ip: IpIndex,
     /// Rule 4: `TlsSenderCertificateName` of enabled Partner connectors without `SenderDomains`.
     partner_cert: PatternIndex,
+    /// Not attribution: `SenderDomains` of enabled OnPremises connectors with
+    /// `RestrictDomainsToIPAddresses`, for [`Self::restricting_on_premises`].
+    on_premises_domains: PatternIndex,
     /// Every connector's own `SenderIPAddresses` (enabled or not), for [`Self::ip_allowed`].
     allowed_ips: AllowedIps,
     /// Every connector's own `TlsSenderCertificateName`, for [`Self::cert_allowed`].
@@ -100,7 +108,14 @@ impl InboundTable {
             }
             let i = u32::try_from(i).expect("fewer than 2^32 inbound connectors");
             let (ip, cert) = match c.connector_type {
-                ConnectorType::OnPremises => (&mut t.on_premises_ip, &mut t.on_premises_cert),
+                ConnectorType::OnPremises => {
+                    if c.restrict_domains_to_ip_addresses {
+                        for d in &c.sender_domains {
+                            t.on_premises_domains.insert(d, i);
+                        }
+                    }
+                    (&mut t.on_premises_ip, &mut t.on_premises_cert)
+                }
                 ConnectorType::Partner if c.sender_domains.is_empty() => {
                     (&mut t.partner_ip, &mut t.partner_cert)
                 }
@@ -149,6 +164,17 @@ impl InboundTable {
             return found(i, AttributedBy::Certificate);
         }
         None
+    }
+
+    /// The enabled OnPremises connector with `RestrictDomainsToIPAddresses` whose
+    /// `SenderDomains` match `sender_domain` (most specific pattern, ties: lowest index).
+    /// Its domains are the organization's own: mail from them is accepted only from its
+    /// `SenderIPAddresses`, whatever connector the session is attributed to. An OnPremises
+    /// connector is never *attributed* by a sender domain, which anyone can write.
+    pub fn restricting_on_premises(&self, sender_domain: &str) -> Option<usize> {
+        self.on_premises_domains
+            .lookup_domain(&normalize_name(sender_domain))
+            .map(|(_, i)| i as usize)
     }
 
     /// Is `ip` in the `SenderIPAddresses` of connector `index`? (`RestrictDomainsToIPAddresses`.)
@@ -458,6 +484,7 @@ mod tests {
             sender_domains: vec![],
             sender_ip_addresses: vec![],
             tls_sender_certificate_name: None,
+            tls_sender_certificate_issuer: vec![],
             require_tls: false,
             restrict_domains_to_ip_addresses: false,
             restrict_domains_to_certificate: false,
@@ -599,6 +626,38 @@ mod tests {
         assert_eq!(attr(&t, "192.0.2.1", &[], Some("contoso.test")), None);
         assert_eq!(
             attr(&t, "10.0.0.1", &[], Some("contoso.test")),
+            Some((0, Ip))
+        );
+    }
+
+    #[test]
+    fn on_premises_domains_restricted_to_their_addresses() {
+        let restricted = |domains: &[&str], ips: &[&str]| {
+            let mut c = on_prem(ips, None);
+            c.sender_domains = domains.iter().map(|d| pat(d)).collect();
+            c.restrict_domains_to_ip_addresses = true;
+            c
+        };
+        let mut unrestricted = on_prem(&["10.9.0.0/16"], None);
+        unrestricted.sender_domains = vec![pat("other.test")];
+        let t = InboundTable::new(&[
+            restricted(&["*.contoso.test"], &["10.0.0.0/8"]), // 0
+            restricted(&["sales.contoso.test"], &["192.0.2.0/24"]), // 1
+            disabled(restricted(&["fabrikam.test"], &["10.0.0.0/8"])), // 2
+            unrestricted,                                     // 3
+            partner(&["northwind.test"], &["198.51.100.0/24"], None), // 4
+        ]);
+        let r = |d: &str| t.restricting_on_premises(d);
+        assert_eq!(r("contoso.test"), Some(0));
+        assert_eq!(r("Mail.Contoso.Test."), Some(0));
+        assert_eq!(r("sales.contoso.test"), Some(1)); // the most specific pattern
+        assert_eq!(r("fabrikam.test"), None); // disabled
+        assert_eq!(r("other.test"), None); // without RestrictDomainsToIPAddresses
+        assert_eq!(r("northwind.test"), None); // a Partner's domains attribute instead
+        // It is not attribution: the domain never makes a session OnPremises.
+        assert_eq!(attr(&t, "203.0.113.1", &[], Some("contoso.test")), None);
+        assert_eq!(
+            attr(&t, "10.1.1.1", &[], Some("contoso.test")),
             Some((0, Ip))
         );
     }

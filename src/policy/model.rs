@@ -71,6 +71,9 @@ pub struct RelaySettings {
     /// `SourceIPv6PrefixLength` (extension): IPv6 clients count per prefix of this length
     /// in the per-source limits (32..=128).
     pub source_ipv6_prefix_length: u8,
+    /// `ProxyProtocolFrom` (extension): load balancers whose connections must start with a
+    /// PROXY protocol header; the client address it carries is the session's.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// `MaxOutboundConnections`: delivery attempts under way in all (each holds at most
     /// one connection); counted in the open-files budget at start.
     pub max_outbound_connections: usize,
@@ -98,6 +101,21 @@ pub struct RelaySettings {
     pub back_pressure: BackPressureSettings,
     /// TLS-RPT (RFC 8460) reporting: the `TlsRpt*` extension keys.
     pub tlsrpt: TlsRptSettings,
+}
+
+impl RelaySettings {
+    /// The identities a Send connector's `TlsCertificateName` may name, in the order they
+    /// are searched: `Certificates`, then the relay's own `TlsCertificate` (with its key).
+    pub fn client_identities(&self) -> Vec<CertificateIdentity> {
+        let own = match (&self.tls_certificate, &self.tls_private_key) {
+            (Some(certificate), Some(private_key)) => Some(CertificateIdentity {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            }),
+            _ => None,
+        };
+        self.certificates.iter().cloned().chain(own).collect()
+    }
 }
 
 /// One back-pressure threshold as written.
@@ -255,6 +273,10 @@ pub struct InboundConnector {
     pub sender_domains: Vec<DomainPattern>,
     pub sender_ip_addresses: Vec<IpNet>,
     pub tls_sender_certificate_name: Option<DomainPattern>,
+    /// `TlsSenderCertificateIssuer` (extension key, EAC "Require certificate from specific
+    /// issuer"): issuer DNs or CNs; a session attributed to the connector must present a
+    /// trusted certificate issued by one of them. Empty: no requirement.
+    pub tls_sender_certificate_issuer: Vec<String>,
     pub require_tls: bool,
     pub restrict_domains_to_ip_addresses: bool,
     pub restrict_domains_to_certificate: bool,

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use super::dn::issuer_matches;
 use super::inbound::{AttributedBy, Attribution, Facts, InboundTable};
 use super::{ConnectorType, InboundConnector, Policy};
 
@@ -17,6 +18,8 @@ pub struct SessionFacts<'a> {
     /// Why a presented certificate does not count (untrusted, expired, ...), if one was
     /// presented; `None` when none was presented or it is trusted.
     pub cert_problem: Option<&'a str>,
+    /// The issuer DN of the client certificate when it is trusted (x509-parser's text).
+    pub trusted_cert_issuer: Option<&'a str>,
 }
 
 /// Why a command is refused, naming the connector (replies.md).
@@ -34,6 +37,14 @@ pub enum Refusal {
     /// 550 5.7.51 at RCPT TO.
     CertificateRequired {
         connector: String,
+        wanted: String,
+        problem: String,
+    },
+    /// `TlsSenderCertificateIssuer` (extension): no trusted client certificate from one of
+    /// the issuers: 550 5.7.51 at RCPT TO.
+    IssuerRequired {
+        connector: String,
+        /// The configured issuers, quoted and joined with "or".
         wanted: String,
         problem: String,
     },
@@ -78,6 +89,17 @@ impl Refusal {
                     "TenantInboundAttribution; connector \"{connector}\" requires a TLS client certificate for {wanted}: {problem}"
                 ),
             ),
+            Refusal::IssuerRequired {
+                connector,
+                wanted,
+                problem,
+            } => (
+                550,
+                "5.7.51",
+                format!(
+                    "TenantInboundAttribution; connector \"{connector}\" requires a certificate issued by {wanted}: {problem}"
+                ),
+            ),
             Refusal::RelayDenied { connector: None } => (
                 550,
                 "5.7.64",
@@ -106,6 +128,7 @@ impl Refusal {
             Refusal::TlsRequired { .. } => "RequireTls",
             Refusal::IpNotAllowed { .. } => "RestrictDomainsToIPAddresses",
             Refusal::CertificateRequired { .. } => "RestrictDomainsToCertificate",
+            Refusal::IssuerRequired { .. } => "TlsSenderCertificateIssuer",
             Refusal::RelayDenied { .. } => "RelayWithoutOnPremisesAttribution",
             Refusal::RoutingInLocalPart { .. } => "UntrustedRoutingInLocalPart",
         }
@@ -115,7 +138,8 @@ impl Refusal {
         match self {
             Refusal::TlsRequired { connector }
             | Refusal::IpNotAllowed { connector, .. }
-            | Refusal::CertificateRequired { connector, .. } => Some(connector),
+            | Refusal::CertificateRequired { connector, .. }
+            | Refusal::IssuerRequired { connector, .. } => Some(connector),
             Refusal::RelayDenied { connector } => connector.as_deref(),
             Refusal::RoutingInLocalPart { .. } => None,
         }
@@ -215,7 +239,8 @@ impl InboundPolicy {
     }
 
     /// RCPT TO: the attributed connector's restrictions (when it applies to this
-    /// recipient), then the anti-relay rule.
+    /// recipient), the OnPremises connectors' hold on their own domains, then the anti-relay
+    /// rule.
     pub fn check_rcpt(
         &self,
         policy: &Policy,
@@ -226,44 +251,9 @@ impl InboundPolicy {
     ) -> Result<(), Refusal> {
         let applying = attribution.filter(|a| applies_to(&policy.inbound[a.index], rcpt_domain));
         if let Some(a) = applying {
-            let c = &policy.inbound[a.index];
-            if c.restrict_domains_to_ip_addresses
-                && a.by == AttributedBy::SenderDomain
-                && !self.table.ip_allowed(a.index, facts.ip)
-            {
-                return Err(Refusal::IpNotAllowed {
-                    connector: c.name.clone(),
-                    domain: sender_domain.unwrap_or_default().to_string(),
-                    ip: facts.ip,
-                });
-            }
-            let cert_required = c.restrict_domains_to_certificate
-                || (c.require_tls && c.tls_sender_certificate_name.is_some());
-            if cert_required && !self.table.cert_allowed(a.index, facts.trusted_cert_names) {
-                let wanted = c
-                    .tls_sender_certificate_name
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into());
-                let problem = if !facts.tls {
-                    "the session is not under TLS".to_string()
-                } else if let Some(p) = facts.cert_problem {
-                    format!("the certificate presented does not count ({p})")
-                } else if facts.trusted_cert_names.is_empty() {
-                    "no client certificate was presented".to_string()
-                } else {
-                    format!(
-                        "the certificate names {} do not match",
-                        facts.trusted_cert_names.join(", ")
-                    )
-                };
-                return Err(Refusal::CertificateRequired {
-                    connector: c.name.clone(),
-                    wanted,
-                    problem,
-                });
-            }
+            self.check_connector(policy, facts, a, sender_domain)?;
         }
+        self.check_on_premises_domains(policy, facts, sender_domain, rcpt_domain)?;
         if is_accepted(policy, rcpt_domain) {
             return Ok(());
         }
@@ -273,6 +263,127 @@ impl InboundPolicy {
                 connector: other.map(|c| c.name.clone()),
             }),
         }
+    }
+
+    /// The restrictions of the connector the transaction is attributed to.
+    fn check_connector(
+        &self,
+        policy: &Policy,
+        facts: &SessionFacts<'_>,
+        a: Attribution,
+        sender_domain: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let c = &policy.inbound[a.index];
+        // A connector chosen by its SenderDomains holds them to its SenderIPAddresses.
+        if c.restrict_domains_to_ip_addresses && a.by == AttributedBy::SenderDomain {
+            self.ip_restriction(policy, a.index, facts, sender_domain.unwrap_or_default())?;
+        }
+        let cert_required = c.restrict_domains_to_certificate
+            || (c.require_tls && c.tls_sender_certificate_name.is_some());
+        if cert_required && !self.table.cert_allowed(a.index, facts.trusted_cert_names) {
+            let wanted = c
+                .tls_sender_certificate_name
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into());
+            let problem = certificate_problem(facts, || match facts.trusted_cert_names {
+                [] => "the certificate presented has no DNS name".to_string(),
+                names => format!("the certificate names {} do not match", names.join(", ")),
+            });
+            return Err(Refusal::CertificateRequired {
+                connector: c.name.clone(),
+                wanted,
+                problem,
+            });
+        }
+        check_issuer(c, facts)
+    }
+
+    /// `RestrictDomainsToIPAddresses` of OnPremises connectors (Set-InboundConnector: it
+    /// "rejects mail from the domains specified by the SenderDomains parameter if the mail
+    /// originates from an IP address that isn't specified by the SenderIPAddresses
+    /// parameter"). Their domains are the organization's own, so the rule holds whatever
+    /// connector the session is attributed to (anonymous, Partner, another OnPremises one),
+    /// for the recipients the connector applies to.
+    fn check_on_premises_domains(
+        &self,
+        policy: &Policy,
+        facts: &SessionFacts<'_>,
+        sender_domain: Option<&str>,
+        rcpt_domain: &str,
+    ) -> Result<(), Refusal> {
+        let Some(domain) = sender_domain else {
+            return Ok(());
+        };
+        match self.table.restricting_on_premises(domain) {
+            Some(index) if applies_to(&policy.inbound[index], rcpt_domain) => {
+                self.ip_restriction(policy, index, facts, domain)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Connector `index` accepts mail from `domain` only from its own SenderIPAddresses.
+    fn ip_restriction(
+        &self,
+        policy: &Policy,
+        index: usize,
+        facts: &SessionFacts<'_>,
+        domain: &str,
+    ) -> Result<(), Refusal> {
+        if self.table.ip_allowed(index, facts.ip) {
+            return Ok(());
+        }
+        Err(Refusal::IpNotAllowed {
+            connector: policy.inbound[index].name.clone(),
+            domain: domain.to_string(),
+            ip: facts.ip,
+        })
+    }
+}
+
+/// `TlsSenderCertificateIssuer`: a trusted client certificate issued by one of the
+/// connector's issuers (by DN, or by the issuer's CN alone).
+fn check_issuer(c: &InboundConnector, facts: &SessionFacts<'_>) -> Result<(), Refusal> {
+    if c.tls_sender_certificate_issuer.is_empty() {
+        return Ok(());
+    }
+    let issued_by_one = facts.trusted_cert_issuer.is_some_and(|issuer| {
+        c.tls_sender_certificate_issuer
+            .iter()
+            .any(|wanted| issuer_matches(wanted, issuer))
+    });
+    if issued_by_one {
+        return Ok(());
+    }
+    let wanted: Vec<String> = c
+        .tls_sender_certificate_issuer
+        .iter()
+        .map(|w| format!("{w:?}"))
+        .collect();
+    Err(Refusal::IssuerRequired {
+        connector: c.name.clone(),
+        wanted: wanted.join(" or "),
+        problem: certificate_problem(facts, || {
+            format!(
+                "the certificate presented was issued by {:?}",
+                facts.trusted_cert_issuer.unwrap_or_default()
+            )
+        }),
+    })
+}
+
+/// Why the session's client certificate does not satisfy a connector: no TLS, a certificate
+/// that does not count, none at all, or else `mismatch` (a trusted one, the wrong one).
+fn certificate_problem(facts: &SessionFacts<'_>, mismatch: impl FnOnce() -> String) -> String {
+    if !facts.tls {
+        "the session is not under TLS".to_string()
+    } else if let Some(p) = facts.cert_problem {
+        format!("the certificate presented does not count ({p})")
+    } else if facts.trusted_cert_names.is_empty() && facts.trusted_cert_issuer.is_none() {
+        "no client certificate was presented".to_string()
+    } else {
+        mismatch()
     }
 }
 

@@ -72,6 +72,7 @@ impl RelayBackend {
             event = "rejected",
             stage = "MAIL",
             client_ip = %s.peer.ip(),
+            via_proxy = via_proxy(s),
             address = mail_from(tx),
             rule = "BackPressure",
             level = level.as_str(),
@@ -108,6 +109,7 @@ impl RelayBackend {
             tls: s.tls.is_some(),
             trusted_cert_names: cert.map(|c| c.trusted_names()).unwrap_or(&[]),
             cert_problem: cert.and_then(|c| c.problem.as_deref()),
+            trusted_cert_issuer: cert.and_then(|c| c.trusted_issuer()),
         }
     }
 
@@ -147,7 +149,7 @@ impl RelayBackend {
         let mut e = self.event(EventKind::Rejected, s, tx);
         e.rule = Some(rule.to_string());
         e.reply = Some(reply.to_string());
-        e.detail = Some(format!("refused at {stage}"));
+        e.detail = Some(with_proxy(s, format!("refused at {stage}")));
         e
     }
 
@@ -169,6 +171,7 @@ impl RelayBackend {
             event = "rejected",
             stage,
             client_ip = %s.peer.ip(),
+            via_proxy = via_proxy(s),
             address,
             rule = r.rule(),
             connector = r.connector().unwrap_or(""),
@@ -184,6 +187,20 @@ impl RelayBackend {
         }
         self.events.emit(e);
         reply
+    }
+}
+
+/// The load balancer's IP when the client came through one (`ProxyProtocolFrom`), for the
+/// logs; empty otherwise.
+fn via_proxy(s: &SessionInfo) -> String {
+    s.proxy.map(|p| p.ip().to_string()).unwrap_or_default()
+}
+
+/// A trace detail with the balancer named when the client came through one.
+fn with_proxy(s: &SessionInfo, detail: String) -> String {
+    match s.proxy {
+        Some(p) => format!("{detail}; client via proxy {}", p.ip()),
+        None => detail,
     }
 }
 
@@ -206,6 +223,7 @@ impl Backend for RelayBackend {
         tracing::debug!(
             event = "attribution",
             client_ip = %s.peer.ip(),
+            via_proxy = via_proxy(s),
             tls = s.tls.is_some(),
             cert_subject = s.client_cert.as_ref().map(|c| c.subject.as_str()).unwrap_or(""),
             cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
@@ -225,6 +243,7 @@ impl Backend for RelayBackend {
         tracing::info!(
             event = "attribution",
             client_ip = %s.peer.ip(),
+            via_proxy = via_proxy(s),
             sender = sender.as_deref().unwrap_or(""),
             connector = attribution.map(|a| self.policy.inbound[a.index].name.as_str()).unwrap_or(""),
             by = ?attribution.map(|a| a.by),
@@ -245,6 +264,7 @@ impl Backend for RelayBackend {
                 event = "rejected",
                 stage = "RCPT",
                 client_ip = %s.peer.ip(),
+            via_proxy = via_proxy(s),
                 address = %to,
                 rule = "srs",
                 reason = %e,
@@ -345,18 +365,19 @@ impl Backend for RelayBackend {
         match stored {
             Ok(()) => {
                 tracing::info!(
-                    event = "received",
-                    id = %id,
-                    client_ip = %s.peer.ip(),
-                    helo = s.helo.as_deref().unwrap_or(""),
-                    tls_version = s.tls.as_ref().map(|t| t.version.as_str()).unwrap_or(""),
-                    tls_cipher = s.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or(""),
-                    cert_subject = s.client_cert.as_ref().map(|c| c.subject.as_str()).unwrap_or(""),
-                    from = %env.mail_from,
-                    rcpts = env.recipients.len(),
-                    connector = env.inbound_connector.as_deref().unwrap_or(""),
-                    "message accepted"
-                );
+                        event = "received",
+                        id = %id,
+                        client_ip = %s.peer.ip(),
+                via_proxy = via_proxy(s),
+                        helo = s.helo.as_deref().unwrap_or(""),
+                        tls_version = s.tls.as_ref().map(|t| t.version.as_str()).unwrap_or(""),
+                        tls_cipher = s.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or(""),
+                        cert_subject = s.client_cert.as_ref().map(|c| c.subject.as_str()).unwrap_or(""),
+                        from = %env.mail_from,
+                        rcpts = env.recipients.len(),
+                        connector = env.inbound_connector.as_deref().unwrap_or(""),
+                        "message accepted"
+                    );
                 let reply = Reply::ok(format!("Ok: queued as {id}"));
                 // Before the queue can deliver: Received comes first in the trace.
                 for rcpt in &env.recipients {
@@ -366,10 +387,8 @@ impl Backend for RelayBackend {
                     e.recipient = Some(rcpt.clone());
                     e.connector = env.inbound_connector.clone();
                     e.reply = Some(reply.to_string());
-                    e.detail = Some(format!(
-                        "{size} bytes, {} recipient(s)",
-                        env.recipients.len()
-                    ));
+                    let detail = format!("{size} bytes, {} recipient(s)", env.recipients.len());
+                    e.detail = Some(with_proxy(s, detail));
                     self.events.emit(e);
                 }
                 self.queue.submit(id.clone(), env, message_id);
@@ -414,7 +433,7 @@ impl Backend for RelayBackend {
         // A `Rejected` event without a reply: none could be delivered.
         let mut e = self.event(EventKind::Rejected, s, tx);
         e.rule = Some(rule.to_string());
-        e.detail = Some(detail);
+        e.detail = Some(with_proxy(s, detail));
         self.events.emit(e);
     }
 

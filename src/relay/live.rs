@@ -198,6 +198,7 @@ pub(super) fn setup(
             tls: false,
             trusted_cert_names: &[],
             cert_problem: None,
+            trusted_cert_issuer: None,
         };
         inbound
             .attribute(&facts, None)
@@ -207,6 +208,8 @@ pub(super) fn setup(
         cfg,
         backend,
         exempt,
+        // Live: a reload changes which balancers are trusted for the next connections.
+        proxy_from: r.proxy_protocol_from.clone().into(),
     }
 }
 

@@ -35,6 +35,11 @@ impl ClientCertInfo {
     pub fn trusted_names(&self) -> &[String] {
         if self.trusted { &self.names } else { &[] }
     }
+
+    /// The issuer DN that counts for policy: none unless the certificate is trusted.
+    pub fn trusted_issuer(&self) -> Option<&str> {
+        self.trusted.then_some(self.issuer.as_str())
+    }
 }
 
 /// Judges client certificates after the handshake.

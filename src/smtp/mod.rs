@@ -6,6 +6,7 @@ pub mod client_cert;
 pub mod command;
 pub mod data;
 pub mod pregreet;
+pub mod proxy;
 pub mod reply;
 pub mod sasl;
 

@@ -6,22 +6,29 @@
 //! logged at most once per 10 s. A connection that would leave fewer than
 //! [`crate::fds::SMTP_FLOOR`] descriptors free is answered and closed at once.
 //!
+//! A connection from a `ProxyProtocolFrom` balancer starts with a PROXY protocol header
+//! ([`super::proxy`]), read in the connection's own task; the limits and the session then
+//! see the client address it carries.
+//!
 //! Live reload: what a connection is served with ([`Setup`]: session config, backend,
 //! exemption rule) sits in an `ArcSwap`. Each accepted connection takes the current setup
 //! once and keeps it for its whole life, so a reload changes the next session and never one
 //! in progress.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
+use super::proxy;
 use super::reply::Reply;
 use super::session::{Backend, Session, SessionConfig};
 use crate::fds::{Floor, Reporter};
@@ -222,6 +229,8 @@ pub struct Setup<B: Backend> {
     pub backend: Arc<B>,
     /// Client IPs exempt from the per-source cap (OnPremises servers).
     pub exempt: ExemptFn,
+    /// `ProxyProtocolFrom`: peers whose connections start with a PROXY protocol header.
+    pub proxy_from: Arc<[IpNet]>,
 }
 
 /// What every listener of one server shares.
@@ -288,30 +297,127 @@ pub async fn serve<B: Backend>(listener: TcpListener, implicit_tls: bool, server
         }
         // This connection's setup, kept until it closes (live reload: see the module doc).
         let current = setup.load_full();
+        let opening = Opening {
+            limits: limits.clone(),
+            draining: draining.clone(),
+            implicit_tls,
+        };
+        if from_proxy(&current.proxy_from, peer.ip()) {
+            // The header is read in the connection's own task: a slow balancer must not
+            // hold the accept loop up.
+            tokio::spawn(async move { opening.via_proxy(&current, stream, peer).await });
+        } else if let Some(session) = opening.admit(&current, stream, peer, None) {
+            tokio::spawn(session);
+        }
+    }
+}
+
+/// Is `ip` one of `ProxyProtocolFrom`'s balancers? An IPv4-mapped IPv6 peer (a dual-stack
+/// listener) counts as its IPv4 address.
+pub fn from_proxy(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// What starting a session from an accepted connection needs besides its setup.
+struct Opening {
+    limits: Arc<Limits>,
+    draining: watch::Receiver<bool>,
+    implicit_tls: bool,
+}
+
+impl Opening {
+    /// A connection from a balancer of `ProxyProtocolFrom`: its PROXY protocol header is
+    /// required, and the client address it carries is the session's from then on (limits,
+    /// attribution, Received:, trace). Without a usable header the connection is answered
+    /// `421 4.7.0` and closed, counted and logged (see [`proxy_refused`]).
+    async fn via_proxy<B: Backend>(
+        self,
+        setup: &Setup<B>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        match proxy::read_header(&mut stream).await {
+            Ok(header) => {
+                let client = header.source.unwrap_or(peer);
+                if *self.draining.borrow() {
+                    refuse(stream, Reply::service_unavailable());
+                } else if let Some(session) = self.admit(setup, stream, client, Some(peer)) {
+                    session.await;
+                }
+            }
+            Err(e) => proxy_refused(setup, stream, peer, &e),
+        }
+    }
+
+    /// Passes `client` through the connection limits and builds its session, or refuses
+    /// the connection (`None`). `proxy`: the balancer the client came through.
+    fn admit<B: Backend>(
+        &self,
+        setup: &Setup<B>,
+        stream: TcpStream,
+        client: SocketAddr,
+        proxy: Option<SocketAddr>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let Setup {
             cfg,
             backend,
             exempt,
-        } = &*current;
-        let trusted = exempt(peer.ip());
-        let (permits, source) = match admit(&limits, trusted, peer.ip()) {
+            ..
+        } = setup;
+        let trusted = exempt(client.ip());
+        let (permits, source) = match admit(&self.limits, trusted, client.ip()) {
             Ok(x) => x,
             Err((rule, reply)) => {
-                tracing::warn!(%peer, "connection refused: {rule} reached");
-                backend.connection_refused(peer, rule, &reply);
+                let via = proxy.map(|p| p.to_string()).unwrap_or_default();
+                tracing::warn!(peer = %client, via, "connection refused: {rule} reached");
+                backend.connection_refused(client, rule, &reply);
                 refuse(stream, reply);
-                continue;
+                return None;
             }
         };
-        let local = stream.local_addr().unwrap_or(peer);
-        let session = Session::new(cfg.clone(), backend.clone(), peer, local, draining.clone())
-            .trusted(trusted);
-        tokio::spawn(async move {
+        let local = stream.local_addr().unwrap_or(client);
+        let session = Session::new(
+            cfg.clone(),
+            backend.clone(),
+            client,
+            local,
+            self.draining.clone(),
+        )
+        .trusted(trusted)
+        .via_proxy(proxy);
+        let implicit_tls = self.implicit_tls;
+        Some(async move {
             session.run(stream, implicit_tls).await;
             drop(source);
             drop(permits);
-        });
+        })
     }
+}
+
+/// A balancer's connection without a usable header: logged with the reason, counted in
+/// `connector_relay_proxy_header_errors_total{reason}`, recorded in the trace (rule
+/// `ProxyProtocol`), answered `421 4.7.0` and closed. Before the banner nothing else can
+/// be said; the 421 reaches whoever reads the balancer's logs (or the client, through it)
+/// and says "try later", where a bare close says nothing.
+fn proxy_refused<B: Backend>(
+    setup: &Setup<B>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    e: &proxy::ReadError,
+) {
+    let reason = e.reason();
+    metrics::counter!("connector_relay_proxy_header_errors_total", "reason" => reason).increment(1);
+    tracing::warn!(%peer, reason, "PROXY protocol header refused: {}", e.describe());
+    let reply = Reply::new(
+        421,
+        "4.7.0",
+        "PROXY protocol header missing or malformed, closing connection",
+    );
+    setup
+        .backend
+        .connection_refused(peer, "ProxyProtocol", &reply);
+    refuse(stream, reply);
 }
 
 /// The limits a new connection from `ip` must pass, in order: the session slots

@@ -28,7 +28,10 @@ use crate::policy::inbound::Attribution;
 /// What the session knows about its client. Handed to the backend at every decision.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    /// The client: the connection's peer, or the address a PROXY protocol header carried.
     pub peer: SocketAddr,
+    /// The load balancer the client came through (`ProxyProtocolFrom`), when it did.
+    pub proxy: Option<SocketAddr>,
     pub local: SocketAddr,
     pub helo: Option<String>,
     pub esmtp: bool,
@@ -353,6 +356,7 @@ impl<B: Backend> Session<B> {
             backend,
             info: SessionInfo {
                 peer,
+                proxy: None,
                 local,
                 helo: None,
                 esmtp: false,
@@ -374,8 +378,19 @@ impl<B: Backend> Session<B> {
         self
     }
 
+    /// The client came through the balancer `proxy` (its PROXY protocol header carried the
+    /// client's address, `peer`).
+    pub fn via_proxy(mut self, proxy: Option<SocketAddr>) -> Self {
+        self.info.proxy = proxy;
+        self
+    }
+
     /// Runs the whole session on a TCP connection: greeting, commands, STARTTLS upgrade.
     pub async fn run(mut self, stream: TcpStream, implicit_tls: bool) {
+        if let Some(proxy) = self.info.proxy {
+            tracing::debug!(client = %self.info.peer, %proxy,
+                "client {} via proxy {}", self.info.peer.ip(), proxy.ip());
+        }
         let _ = stream.set_nodelay(true);
         let result = if implicit_tls {
             self.run_implicit_tls(stream).await
@@ -1099,12 +1114,7 @@ enum Line {
 }
 
 fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "unknown".to_string(),
-    };
+    let version = super::tls::version_name(conn.protocol_version());
     let cipher = conn
         .negotiated_cipher_suite()
         .map(|c| format!("{:?}", c.suite()))

@@ -23,6 +23,18 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A negotiated TLS version as the relay spells it everywhere (trace rows of both
+/// directions, `Received:` headers, logs, validation reports): `TLSv1.3`, `TLSv1.2`.
+/// Reports count trace rows by this spelling.
+pub fn version_name(version: Option<rustls::ProtocolVersion>) -> String {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "unknown".to_string(),
+    }
+}
+
 /// The crypto provider used everywhere (ring: no C toolchain beyond cc, fast builds).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -6,12 +6,13 @@
 //! [`store`] is the writer, [`backend`] the store interface with its two implementations,
 //! [`sqlite`] (`DataDir/trace.sqlite`, the default) and [`postgres`] (shared by a fleet,
 //! `[Relay] TraceStore`, see [`target`]); [`query`] reads rows back (the `trace` command,
-//! the admin API), [`time`] parses the `--since` / `--until` bounds and [`table`] prints
-//! rows for people.
+//! the admin API), [`reports`] aggregates them (the Reports view, the `report` command),
+//! [`time`] parses the `--since` / `--until` bounds and [`table`] prints rows for people.
 
 pub mod backend;
 pub mod postgres;
 pub mod query;
+pub mod reports;
 pub mod sqlite;
 pub mod store;
 pub mod table;

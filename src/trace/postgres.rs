@@ -125,6 +125,14 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The rows of a query (the trace query, the reports' aggregations).
+    pub fn rows(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let found = self.client()?.query(sql, args);
+        found.map_err(|e| self.error(e))
+    }
+}
+
 /// Whether retrying later may succeed: everything but data the server refused (classes
 /// 22, data exception, and 23, integrity violation). Connection failures, shutdowns, a
 /// missing database or role, a dropped table, resource limits: an outage.
@@ -202,8 +210,7 @@ impl Backend for Postgres {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
-        let found = self.client()?.query(&sql, &refs);
-        let rows = found.map_err(|e| self.error(e))?;
+        let rows = self.rows(&sql, &refs)?;
         let mut events = rows
             .iter()
             .map(backend::event_of)

@@ -91,26 +91,35 @@ impl Sqlite {
     /// A read-only connection that works while the relay is writing. An error when the
     /// store does not exist.
     pub fn open_read(data_dir: &Path) -> Result<Sqlite, String> {
-        let file = path(data_dir);
-        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
-        if !file.exists() {
-            return Err(fail(
-                &"no trace store here (the relay creates it in its DataDir when it starts)",
-            ));
-        }
-        let conn = Connection::open_with_flags(
-            &file,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| fail(&e))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| fail(&e))?;
-        Ok(Sqlite { conn, file })
+        Ok(Sqlite {
+            conn: open_read_only(data_dir)?,
+            file: path(data_dir),
+        })
     }
 
     fn fail(&self, e: rusqlite::Error) -> StoreError {
         StoreError::permanent(format!("{}: {e}", self.file.display()))
     }
+}
+
+/// A read-only connection to the store in `data_dir` (it works while the relay writes);
+/// an error naming the file when there is no store or it cannot be opened.
+pub(crate) fn open_read_only(data_dir: &Path) -> Result<Connection, String> {
+    let file = path(data_dir);
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    if !file.exists() {
+        return Err(fail(
+            &"no trace store here (the relay creates it in its DataDir when it starts)",
+        ));
+    }
+    let conn = Connection::open_with_flags(
+        &file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(&e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| fail(&e))?;
+    Ok(conn)
 }
 
 /// Version 1 stores had no `node` column.

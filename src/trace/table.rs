@@ -28,27 +28,36 @@ pub fn render(rows: &[TraceEvent]) -> String {
         }
         row
     };
-    let header = columns(HEADERS.iter().map(|h| h.to_string()).collect());
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| columns(cells(r))).collect();
-    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
+    let lines: Vec<Vec<String>> = std::iter::once(HEADERS.map(str::to_string).to_vec())
+        .chain(rows.iter().map(cells))
+        .map(columns)
+        .collect();
+    aligned(&lines)
+}
+
+/// Lines of cells as aligned text: every column as wide as its widest cell plus two
+/// spaces, the last column not padded, no trailing blanks.
+pub fn aligned(lines: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for line in lines {
+        for (i, c) in line.iter().enumerate() {
+            let n = c.chars().count();
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(n),
+                None => widths.push(n),
+            }
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&cells) {
-        let mut line = String::new();
-        for (i, c) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(c);
-            } else {
-                let pad = widths[i] - c.chars().count();
-                line.push_str(c);
-                line.push_str(&" ".repeat(pad + 2));
+    for line in lines {
+        let mut text = String::new();
+        for (i, c) in line.iter().enumerate() {
+            text.push_str(c);
+            if i + 1 < line.len() {
+                text.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
             }
         }
-        out.push_str(line.trim_end());
+        out.push_str(text.trim_end());
         out.push('\n');
     }
     out

@@ -36,6 +36,41 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     })
 }
 
+/// A duration alone (`15m`, `1h`, `6h`, `1d`, `1h30m`; units s, m, h, d, w) in
+/// milliseconds: the reports' `bucket`.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    relative(text.trim()).unwrap_or_else(|| {
+        Err(format!(
+            "cannot read {text:?} as a duration: expected numbers with units s, m, h, d or w \
+             (15m, 1h, 1d, 1h30m)"
+        ))
+    })
+}
+
+/// Milliseconds as [`parse_duration`] reads them, in the largest units that fit: `1d`,
+/// `6h`, `1h30m`; `0s` for zero, and whole seconds only (the rest is dropped).
+pub fn format_duration(ms: i64) -> String {
+    const UNITS: [(i64, &str); 5] = [
+        (7 * 86_400_000, "w"),
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    let mut rest = ms.max(0);
+    let mut out = String::new();
+    for (size, unit) in UNITS {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
 /// `Some` when `t` looks like a duration (digits then a unit letter); its milliseconds, or
 /// why it is not one.
 fn relative(t: &str) -> Option<Result<i64, String>> {
@@ -219,5 +254,26 @@ mod tests {
             parse_since("2x", NOW).unwrap_err().contains("unknown unit"),
             "the error names the problem"
         );
+    }
+
+    #[test]
+    fn durations_read_and_print_back() {
+        for (text, ms) in [
+            ("15m", 900_000),
+            ("1h", 3_600_000),
+            ("6h", 21_600_000),
+            ("1d", 86_400_000),
+            ("1w", 604_800_000),
+            ("1h30m", 5_400_000),
+            ("1d2h3m4s", 93_784_000),
+        ] {
+            assert_eq!(parse_duration(text), Ok(ms), "{text}");
+            assert_eq!(format_duration(ms), text);
+        }
+        assert_eq!(parse_duration(" 2h "), Ok(7_200_000));
+        assert_eq!(format_duration(0), "0s");
+        for bad in ["", "h", "2", "2026-11-27", "2x", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }

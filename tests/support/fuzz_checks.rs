@@ -12,14 +12,16 @@ use connector_relay::message::headers::{InboundHeaderPolicy, rewrite_inbound, re
 use connector_relay::policy::BareNewlinePolicy;
 use connector_relay::smtp::command::{self, Command};
 use connector_relay::smtp::data::{DataError, DataReader};
+use connector_relay::smtp::proxy::{self, Parse};
 
 /// The fuzz targets, by corpus directory name.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "command_parser",
     "dot_reader",
     "header_rewriter",
     "config_loader",
     "reply_reader",
+    "proxy_header",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -30,6 +32,7 @@ pub fn check(target: &str, data: &[u8]) {
         "header_rewriter" => check_header_rewriter(data),
         "config_loader" => check_config_loader(data),
         "reply_reader" => check_reply_reader(data),
+        "proxy_header" => check_proxy_header(data),
         _ => panic!("unknown fuzz target {target}"),
     }
 }
@@ -332,5 +335,56 @@ pub fn check_reply_reader(data: &[u8]) {
         let mut cuts = cuts;
         cuts.sort_unstable();
         assert_eq!(read_replies(data, &cuts), whole, "split at {cuts:?}");
+    }
+}
+
+/// `smtp::proxy::parse`, the listener's PROXY protocol header parser: a whole header is no
+/// longer than the input and than its version allows (v1: 107 bytes), starts with its
+/// signature, and carries no IPv4-mapped client; every shorter prefix of a whole header or
+/// of an incomplete input is incomplete (so the reader only ever takes header bytes); bytes
+/// after a whole header, or after an invalid input, change nothing.
+pub fn check_proxy_header(data: &[u8]) {
+    let verdict = proxy::parse(data);
+    let h = fnv(data) as usize;
+    let mut more = data.to_vec();
+    more.extend_from_slice(b"EHLO x\r\n");
+    let end = match verdict {
+        Parse::Done { header, len } => {
+            assert!(len <= data.len(), "{len} > {}", data.len());
+            if header.version == 1 {
+                assert!(data.starts_with(b"PROXY ") && len <= proxy::V1_MAX);
+                assert!(data[..len].ends_with(b"\r\n"));
+            } else {
+                assert!(data.starts_with(&proxy::V2_SIGNATURE) && len >= 16);
+            }
+            if let Some(source) = header.source {
+                assert_eq!(
+                    source.ip(),
+                    source.ip().to_canonical(),
+                    "IPv4-mapped client"
+                );
+            }
+            assert_eq!(proxy::parse(&data[..len]), verdict, "the header alone");
+            more.splice(len..len, b"\r\n".iter().copied());
+            assert_eq!(proxy::parse(&more), verdict, "bytes after the header");
+            len
+        }
+        Parse::Incomplete => data.len(),
+        Parse::Invalid(_) => {
+            assert!(
+                matches!(proxy::parse(&more), Parse::Invalid(_)),
+                "invalid, then valid"
+            );
+            return;
+        }
+    };
+    for cut in [0, end / 2, h % end.max(1), end.saturating_sub(1)] {
+        if cut < end {
+            assert_eq!(
+                proxy::parse(&data[..cut]),
+                Parse::Incomplete,
+                "prefix of {cut}"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! SMTP dialog helper that asserts exact replies, and maildir polling.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dns;
 pub mod downstream;
 pub mod http;
@@ -21,7 +22,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
+/// A file of certs-test/; an absolute path (a certificate a test generated) as it is.
 pub fn certs(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
     format!("{}/certs-test/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 

@@ -83,12 +83,14 @@ async function loadConnectors() {
     cell(tr, c.Enabled ? "Enabled" : "Disabled", "status " + (c.Enabled ? "status-on" : "status-off"));
     cell(tr, c.Direction === "Inbound" ? c.SenderSummary : "to " + (c.RecipientSummary || ""));
     cell(tr, c.TlsSummary);
-    const actions = cell(tr, "");
+    cell(tr, validated(c), "validated");
+    const actions = cell(tr, "", "actions");
     actions.appendChild(button(c.Enabled ? "Disable" : "Enable", "toggle", () => setEnabled(c, !c.Enabled)));
     if (c.Direction === "Outbound" || c.Direction === "Send") {
       actions.appendChild(document.createTextNode(" "));
       actions.appendChild(button("Validate", "validate", () => validate(c)));
     }
+    editorActions(c, actions); // Edit, Delete: editor.js
     body.appendChild(tr);
   }
 }
