@@ -229,13 +229,13 @@ async fn fleet_report(config: &Path) {
     let out = blocking(move || binary(&["report", "--config", &c, "--since", "1h", "--json"])).await;
     assert!(out.status.success(), "{}", out_text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let inbound = report["directions"]
+    let inbound = report["Directions"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["direction"] == "Inbound")
+        .find(|d| d["Direction"] == "Inbound")
         .unwrap();
-    assert!(inbound["total"].as_u64().unwrap() >= 2, "{report}");
+    assert!(inbound["Total"].as_u64().unwrap() >= 2, "{report}");
 }
 
 /// The sweep at start deleted the row older than `TraceRetentionDays`, not the recent one.
