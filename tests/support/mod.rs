@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod compose;
 pub mod dns;
 pub mod downstream;
 pub mod http;
