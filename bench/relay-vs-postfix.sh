@@ -739,7 +739,8 @@ start_haproxy() { # node ports...
     HAPROXY_PORT=$(free_port)
     local cfg=$WORK/haproxy.cfg n=0 p
     {
-        printf 'global\n    maxconn 50000\n'
+        # Two descriptors per proxied connection, within this shell's open-files limit.
+        printf 'global\n    maxconn %s\n' "$(( $(ulimit -n) / 2 - 100 ))"
         printf 'defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n'
         printf 'frontend smtp\n    bind 127.0.0.1:%s\n    default_backend relays\n' "$HAPROXY_PORT"
         printf 'backend relays\n    balance roundrobin\n    source %s\n' "$BALANCER_SRC"
