@@ -63,7 +63,10 @@ fn fleet_behind_haproxy() {
 
     attribution(&lab, &api);
     shared_config(&lab, &api);
-    eprintln!("fleet: attribution and shared config checked at {:?}", started.elapsed());
+    eprintln!(
+        "fleet: attribution and shared config checked at {:?}",
+        started.elapsed()
+    );
     node_loss(&lab, &api);
     eprintln!("fleet: node loss checked at {:?}", started.elapsed());
 
@@ -105,14 +108,30 @@ impl<'a> Api<'a> {
     }
 
     /// The HTTP status and JSON answer.
-    fn call_status(&self, method: &str, node: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    fn call_status(
+        &self,
+        method: &str,
+        node: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let url = format!("{node}{path}");
         let body = body.map(Value::to_string).unwrap_or_default();
         let out = self.lab.exec(
             "client-1",
             &[
-                "curl", "-s", "-X", method, "-H", &self.auth, "-H",
-                "Content-Type: application/json", "--data-binary", &body, "-w", "\n%{http_code}",
+                "curl",
+                "-s",
+                "-X",
+                method,
+                "-H",
+                &self.auth,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+                "-w",
+                "\n%{http_code}",
                 &url,
             ],
         );
@@ -141,8 +160,15 @@ fn swaks(lab: &Project, client: &str, to: &str, id: &str) {
         let out = lab.exec(
             client,
             &[
-                "swaks", "--server", "10.225.26.10", "--from", "app@contoso.test", "--to", to,
-                "--header", &header,
+                "swaks",
+                "--server",
+                "10.225.26.10",
+                "--from",
+                "app@contoso.test",
+                "--to",
+                to,
+                "--header",
+                &header,
             ],
         );
         out.status.success().then_some(out)
@@ -178,8 +204,8 @@ fn attribution(lab: &Project, api: &Api<'_>) {
     }
 }
 
-/// 2. A change on one node reaches the other through the shared file; changes made at
-/// once through both nodes: every 200 is in the file.
+/// 2. A change on one node reaches the other through the shared file; of the changes made
+///    at once through both nodes, every one answered 200 is in the file.
 fn shared_config(lab: &Project, api: &Api<'_>) {
     let comment = json!({"Comment": "changed through relay-a"});
     let path = "/api/exchange/connectors/App%20one";
@@ -214,7 +240,13 @@ fn shared_config(lab: &Project, api: &Api<'_>) {
                 answered.push(value);
             }
         }
-        let file = must(lab.cmd().args(["exec", "-T", "relay-a", "cat", "/etc/connector-relay/relay.toml"]));
+        let file = must(lab.cmd().args([
+            "exec",
+            "-T",
+            "relay-a",
+            "cat",
+            "/etc/connector-relay/relay.toml",
+        ]));
         for value in answered.iter().filter(|v| v.ends_with(&round.to_string())) {
             assert!(
                 file.contains(&format!("Comment = \"{value}\"")),
@@ -230,7 +262,11 @@ fn shared_config(lab: &Project, api: &Api<'_>) {
 fn sink_ids(lab: &Project) -> BTreeSet<String> {
     let out = lab.exec(
         "sink",
-        &["bash", "-c", "cat /mail/*.eml 2>/dev/null | grep -i '^Message-Id:' || true"],
+        &[
+            "bash",
+            "-c",
+            "cat /mail/*.eml 2>/dev/null | grep -i '^Message-Id:' || true",
+        ],
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -258,10 +294,22 @@ fn load_result(lab: &Project, client: &str, out: &str) -> Option<(Vec<String>, V
 }
 
 fn accepted_so_far(lab: &Project) -> usize {
-    let out = lab.exec("client-1", &["bash", "-c", "grep -c '^250' /tmp/one.out || true"]);
-    let one: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let out = lab.exec("client-2", &["bash", "-c", "grep -c '^250' /tmp/two.out || true"]);
-    one + String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    let out = lab.exec(
+        "client-1",
+        &["bash", "-c", "grep -c '^250' /tmp/one.out || true"],
+    );
+    let one: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let out = lab.exec(
+        "client-2",
+        &["bash", "-c", "grep -c '^250' /tmp/two.out || true"],
+    );
+    one + String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// 3. relay-a killed under load: nothing answered 250 is lost.
@@ -269,15 +317,33 @@ fn node_loss(lab: &Project, api: &Api<'_>) {
     // The on-premises server is down: accepted mail waits in the nodes' spools.
     must(lab.cmd().args(["stop", "-t", "5", "sink"]));
     let n = LOAD.to_string();
-    for (client, tag, out) in [("client-1", "one", "/tmp/one.out"), ("client-2", "two", "/tmp/two.out")] {
-        must(lab.cmd().args(["exec", "-d", client, "bash", "/lab/fleet/load.sh", tag, &n, out]));
+    for (client, tag, out) in [
+        ("client-1", "one", "/tmp/one.out"),
+        ("client-2", "two", "/tmp/two.out"),
+    ] {
+        must(lab.cmd().args([
+            "exec",
+            "-d",
+            client,
+            "bash",
+            "/lab/fleet/load.sh",
+            tag,
+            &n,
+            out,
+        ]));
     }
-    poll(SETTLE, "20 messages accepted", || (accepted_so_far(lab) >= 20).then_some(()));
+    poll(SETTLE, "20 messages accepted", || {
+        (accepted_so_far(lab) >= 20).then_some(())
+    });
     must(lab.cmd().args(["kill", "relay-a"]));
     let killed_at = accepted_so_far(lab);
     eprintln!("fleet: relay-a killed after {killed_at} messages were accepted");
-    let (one, one_failed) = poll(SETTLE, "client-1's load", || load_result(lab, "client-1", "/tmp/one.out"));
-    let (two, two_failed) = poll(SETTLE, "client-2's load", || load_result(lab, "client-2", "/tmp/two.out"));
+    let (one, one_failed) = poll(SETTLE, "client-1's load", || {
+        load_result(lab, "client-1", "/tmp/one.out")
+    });
+    let (two, two_failed) = poll(SETTLE, "client-2's load", || {
+        load_result(lab, "client-2", "/tmp/two.out")
+    });
     eprintln!(
         "fleet: accepted {} + {}, failed {:?} {:?}",
         one.len(),
@@ -289,14 +355,25 @@ fn node_loss(lab: &Project, api: &Api<'_>) {
     for (tag, accepted) in [("one", &one), ("two", &two)] {
         for i in (LOAD * 3 / 4 + 1)..=LOAD {
             let id = format!("<{tag}-{i}@fleet.test>");
-            assert!(accepted.contains(&id), "{id} after the kill was not accepted");
+            assert!(
+                accepted.contains(&id),
+                "{id} after the kill was not accepted"
+            );
         }
     }
 
     // relay-b takes relay-a's spool over; the server comes back.
     let adopted = must(lab.cmd().args([
-        "exec", "-T", "relay-b", "connector-relay", "queue", "adopt", "--from",
-        "/peers/relay-a/spool", "--config", "/etc/connector-relay/relay.toml",
+        "exec",
+        "-T",
+        "relay-b",
+        "connector-relay",
+        "queue",
+        "adopt",
+        "--from",
+        "/peers/relay-a/spool",
+        "--config",
+        "/etc/connector-relay/relay.toml",
     ]));
     eprintln!("fleet: {}", adopted.trim());
     let count: usize = adopted
@@ -305,7 +382,10 @@ fn node_loss(lab: &Project, api: &Api<'_>) {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(count > 0, "relay-a held messages when it was killed: {adopted}");
+    assert!(
+        count > 0,
+        "relay-a held messages when it was killed: {adopted}"
+    );
     must(lab.cmd().args(["start", "sink"]));
 
     let accepted: BTreeSet<String> = one.iter().chain(&two).cloned().collect();
@@ -313,7 +393,11 @@ fn node_loss(lab: &Project, api: &Api<'_>) {
         let ids = sink_ids(lab);
         accepted.is_subset(&ids).then_some(ids)
     });
-    eprintln!("fleet: {} accepted, {} arrived", accepted.len(), arrived.len());
+    eprintln!(
+        "fleet: {} accepted, {} arrived",
+        accepted.len(),
+        arrived.len()
+    );
 
     // One trace query (relay-b; the store is the fleet's) finds every one delivered.
     let rows = poll(SETTLE, "a Delivered row for every accepted message", || {
@@ -323,11 +407,16 @@ fn node_loss(lab: &Project, api: &Api<'_>) {
             .filter(|r| field(r, "event") == "Delivered")
             .map(|r| field(r, "recipient"))
             .collect();
-        let all = accepted.iter().all(|id| delivered.contains(recipient_of(id).as_str()));
+        let all = accepted
+            .iter()
+            .all(|id| delivered.contains(recipient_of(id).as_str()));
         all.then_some(rows)
     });
     let nodes: BTreeSet<&str> = rows.iter().map(|r| field(r, "node")).collect();
-    assert!(nodes.contains("relay-a") && nodes.contains("relay-b"), "{nodes:?}");
+    assert!(
+        nodes.contains("relay-a") && nodes.contains("relay-b"),
+        "{nodes:?}"
+    );
 }
 
 /// The recipient load.sh gives message `<TAG-I@fleet.test>`: `TAG-I@contoso.test`.

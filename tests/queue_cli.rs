@@ -355,19 +355,34 @@ async fn adopt_takes_a_killed_relays_spool_over_once() {
 
     let busy = queue(&b_config, &["adopt", "--from", from]).await;
     assert_eq!(busy.code, 1, "{} {}", busy.stdout, busy.stderr);
-    assert!(busy.stderr.contains("in use by a running relay"), "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains("in use by a running relay"),
+        "{}",
+        busy.stderr
+    );
 
     a.kill().unwrap(); // SIGKILL: part of its spool is still in the write-ahead log
     a.wait().unwrap();
     let run = queue(&b_config, &["adopt", "--from", from]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains(": 5 message(s) adopted"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(": 5 message(s) adopted"),
+        "{}",
+        run.stdout
+    );
     let got = wait_messages(sink.maildir(), 5, Duration::from_secs(30)).await;
     for id in &ids {
-        assert!(got.iter().any(|m| m.contains(id.as_str())), "{id} not delivered");
+        assert!(
+            got.iter().any(|m| m.contains(id.as_str())),
+            "{id} not delivered"
+        );
     }
     let again = queue(&b_config, &["adopt", "--from", from]).await;
-    assert!(again.stdout.contains(": 0 message(s) adopted"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains(": 0 message(s) adopted"),
+        "{}",
+        again.stdout
+    );
     // Delivered once: nothing more arrives.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(messages(sink.maildir()).len(), 5);

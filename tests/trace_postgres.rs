@@ -44,7 +44,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// A node: its config file in `dir` (`extra` in `[Relay]`, contoso.test to `next`) and
 /// the relay started from it under `node`.
-async fn start_node(dir: &Path, node: &str, next: std::net::SocketAddr, extra: &str) -> (RelayHandle, PathBuf) {
+async fn start_node(
+    dir: &Path,
+    node: &str,
+    next: std::net::SocketAddr,
+    extra: &str,
+) -> (RelayHandle, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("relay.toml");
     std::fs::write(&config, relay_config(dir, next, extra)).unwrap();
@@ -66,7 +71,10 @@ async fn rows(config: &Path, q: TraceQuery) -> Result<Vec<TraceEvent>, String> {
     let config = config.to_path_buf();
     blocking(move || {
         let loaded = connector_relay::config::load_file(&config).unwrap();
-        query_store(&Location::of(&loaded.policy.relay), &TraceQuery { limit: 1000, ..q })
+        query_store(
+            &Location::of(&loaded.policy.relay),
+            &TraceQuery { limit: 1000, ..q },
+        )
     })
     .await
 }
@@ -101,7 +109,8 @@ async fn whole_path(config: &Path, id: &str) -> Vec<TraceEvent> {
                 Vec::new()
             }
         };
-        let done = has(&r, "node-a", EventKind::Delivered) && has(&r, "node-b", EventKind::Delivered);
+        let done =
+            has(&r, "node-a", EventKind::Delivered) && has(&r, "node-b", EventKind::Delivered);
         if done || tokio::time::Instant::now() > deadline {
             return r;
         }
@@ -190,7 +199,11 @@ async fn two_nodes_share_one_postgresql_trace() {
         ("node-b", EventKind::Received),
         ("node-b", EventKind::Delivered),
     ] {
-        assert!(has(&path, node, kind), "{node} {kind:?} in {:?}", path_of(&path));
+        assert!(
+            has(&path, node, kind),
+            "{node} {kind:?} in {:?}",
+            path_of(&path)
+        );
     }
     // From either node's config, the same rows; the table names the nodes; no password.
     let from_b = rows(&b_config, by_message_id(id)).await.unwrap();
@@ -204,7 +217,10 @@ async fn two_nodes_share_one_postgresql_trace() {
         .await;
         let t = out_text(&table);
         assert!(table.status.success(), "{t}");
-        assert!(t.contains("NODE") && t.contains("node-a") && t.contains("node-b"), "{t}");
+        assert!(
+            t.contains("NODE") && t.contains("node-a") && t.contains("node-b"),
+            "{t}"
+        );
         assert!(!t.contains(PG_PASSWORD), "{t}");
         let check = blocking({
             let c = c.to_string();
@@ -212,7 +228,10 @@ async fn two_nodes_share_one_postgresql_trace() {
         })
         .await;
         let t = out_text(&check);
-        assert!(t.contains("trace store: PostgreSQL postgresql://relay:***@127.0.0.1"), "{t}");
+        assert!(
+            t.contains("trace store: PostgreSQL postgresql://relay:***@127.0.0.1"),
+            "{t}"
+        );
         assert!(!t.contains(PG_PASSWORD), "{t}");
     }
     no_password_in_the_api(&a).await;
@@ -226,7 +245,8 @@ async fn two_nodes_share_one_postgresql_trace() {
 /// The reports read the shared store: mail received by either node counts.
 async fn fleet_report(config: &Path) {
     let c = config.to_str().unwrap().to_string();
-    let out = blocking(move || binary(&["report", "--config", &c, "--since", "1h", "--json"])).await;
+    let out =
+        blocking(move || binary(&["report", "--config", &c, "--since", "1h", "--json"])).await;
     assert!(out.status.success(), "{}", out_text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let inbound = report["Directions"]
@@ -246,7 +266,10 @@ async fn retention(config: &Path) {
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     while !rows(config, queue_id("RETIRED")).await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the old row is still there");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old row is still there"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let recent = rows(config, queue_id("RECENT")).await.unwrap();
@@ -257,7 +280,11 @@ async fn retention(config: &Path) {
 async fn no_password_in_the_api(relay: &RelayHandle) {
     let token = std::fs::read_to_string(relay.policy().relay.admin_token_file.clone()).unwrap();
     let admin = relay.admin_addr.unwrap();
-    for path in ["/api/status", "/api/trace?recipient=bob@contoso.test", "/metrics"] {
+    for path in [
+        "/api/status",
+        "/api/trace?recipient=bob@contoso.test",
+        "/metrics",
+    ] {
         let r = http::http(admin, "GET", path, Some(token.trim()), None).await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         assert!(!r.body.contains(PG_PASSWORD), "{path}: {}", r.body);
@@ -276,13 +303,20 @@ async fn outage(pg: &TestPostgres, a: &RelayHandle, a_config: &Path, sink: &Sink
     assert_eq!(metric("connector_relay_trace_store_up"), 0.0);
     // The writers wait for the server; their buffers fill, then rows are dropped.
     inject(smtp, onprem(), "carol@contoso.test", "flood", 40, 4).await;
-    assert_eq!(wait_messages(sink.maildir(), 43, WAIT).await.len(), 43, "mail flows");
+    assert_eq!(
+        wait_messages(sink.maildir(), 43, WAIT).await.len(),
+        43,
+        "mail flows"
+    );
     let dropped = until_metric(
         "connector_relay_trace_rows_dropped_total{reason=\"buffer_full\"}",
         |v| v > 0.0,
     )
     .await;
-    assert!(dropped > 0.0, "rows beyond the buffer are dropped and counted");
+    assert!(
+        dropped > 0.0,
+        "rows beyond the buffer are dropped and counted"
+    );
     assert_eq!(
         metric("connector_relay_trace_store_outages_total"),
         down,
@@ -293,7 +327,10 @@ async fn outage(pg: &TestPostgres, a: &RelayHandle, a_config: &Path, sink: &Sink
     // Back: the writers write what they kept and what their buffers hold; rows of mail
     // sent meanwhile would find the buffers still full (dropped, by design), so the
     // next message is sent once the store is up and the rows have stopped coming.
-    assert_eq!(until_metric("connector_relay_trace_store_up", |v| v == 1.0).await, 1.0);
+    assert_eq!(
+        until_metric("connector_relay_trace_store_up", |v| v == 1.0).await,
+        1.0
+    );
     settled(a_config).await;
     let after = inject(smtp, onprem(), "dave@contoso.test", "after", 1, 1).await;
     assert_eq!(wait_messages(sink.maildir(), 44, WAIT).await.len(), 44);
@@ -305,7 +342,11 @@ async fn outage(pg: &TestPostgres, a: &RelayHandle, a_config: &Path, sink: &Sink
     );
     // The batch in hand when the server went away was kept and written once it was back.
     let kept = rows(a_config, by_message_id(&first[0])).await.unwrap();
-    assert!(has(&kept, "node-a", EventKind::Received), "{:?}", path_of(&kept));
+    assert!(
+        has(&kept, "node-a", EventKind::Received),
+        "{:?}",
+        path_of(&kept)
+    );
 }
 
 /// Waits until the number of rows in the store stays the same for a second (bounded).
@@ -327,4 +368,3 @@ async fn settled(config: &Path) {
         last = now;
     }
 }
-

@@ -70,7 +70,11 @@ pub(super) async fn adopt(
     Json(body): Json<Value>,
 ) -> Response {
     use crate::queue::adopt::AdoptError;
-    let Some(from) = body.get("From").and_then(Value::as_str).filter(|f| !f.is_empty()) else {
+    let Some(from) = body
+        .get("From")
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
+    else {
         return super::connectors::key_error("From", "the path of the spool to adopt is needed");
     };
     let (control, from) = (state.control.clone(), std::path::PathBuf::from(from));

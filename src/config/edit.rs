@@ -93,10 +93,7 @@ pub fn remove_connector(doc: &mut DocumentMut, direction: Direction, name: &str)
     let Some(array) = doc.get_mut(section).and_then(Item::as_array_of_tables_mut) else {
         return false;
     };
-    let Some(i) = array
-        .iter()
-        .position(|t| written_name(t) == Some(name))
-    else {
+    let Some(i) = array.iter().position(|t| written_name(t) == Some(name)) else {
         return false;
     };
     array.remove(i);
@@ -909,7 +906,9 @@ RestrictDomainsToIPAddresses = true
             // Another node's writer, on a config directory the nodes share.
             ".relay.toml.node-b.contoso.test.5.tmp",
         ];
-        assert!(temp_path(&path).ends_with(format!(".relay.toml.{host}.{}.tmp", std::process::id())));
+        assert!(
+            temp_path(&path).ends_with(format!(".relay.toml.{host}.{}.tmp", std::process::id()))
+        );
         for name in gone.iter().map(String::as_str).chain(kept) {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }

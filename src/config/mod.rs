@@ -24,8 +24,8 @@ use toml_edit::{ImDocument, Item, TableLike};
 use crate::policy::Policy;
 use reader::{Ctx, Lines, suggest};
 
-pub use relay::machine_host_name;
 pub use relay::key_line as relay_key_line;
+pub use relay::machine_host_name;
 pub use summary::summary;
 pub use units::{parse_size, parse_timespan};
 

@@ -181,7 +181,11 @@ mod tests {
         let lock = SpoolLock::acquire(dir.path()).unwrap();
         let e = SpoolLock::acquire(dir.path()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
         drop(lock);
         SpoolLock::acquire(dir.path()).unwrap();
     }
@@ -195,9 +199,14 @@ mod tests {
         let (old_dir, new_dir) = (tmp.path().join("old"), tmp.path().join("new"));
         let old = Spool::open(&old_dir).unwrap();
         let env = envelope(&["a@contoso.test", "b@contoso.test"]);
-        old.store("M1", &env, b"Subject: one\r\n\r\nbody\r\n").unwrap();
-        old.store("M2", &envelope(&["c@contoso.test"]), b"Subject: two\r\n\r\n")
+        old.store("M1", &env, b"Subject: one\r\n\r\nbody\r\n")
             .unwrap();
+        old.store(
+            "M2",
+            &envelope(&["c@contoso.test"]),
+            b"Subject: two\r\n\r\n",
+        )
+        .unwrap();
         let done = LogRecord::Delivered {
             rcpt: 0,
             detail: "250 ok".into(),
@@ -216,10 +225,7 @@ mod tests {
         assert_eq!(report.adopted, ["M1"]);
         assert_eq!(report.already_here, ["M2"]);
         assert_eq!(queued.len(), 1);
-        assert_eq!(
-            queued[0].states,
-            [RcptState::Delivered, RcptState::Pending]
-        );
+        assert_eq!(queued[0].states, [RcptState::Delivered, RcptState::Pending]);
         let (env1, data1) = new.read("M1").unwrap();
         assert_eq!(env1, env);
         assert_eq!(data1, b"Subject: one\r\n\r\nbody\r\n");

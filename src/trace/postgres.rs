@@ -29,7 +29,8 @@ const SWEEP_CHUNK: i64 = 5000;
 const SCHEMA_LOCK: i64 = 0x636f_6e6e_7472_6163;
 
 fn schema() -> String {
-    let lower = |c: &str| format!("CREATE INDEX IF NOT EXISTS {TABLE}_{c} ON {TABLE} (lower({c}));");
+    let lower =
+        |c: &str| format!("CREATE INDEX IF NOT EXISTS {TABLE}_{c} ON {TABLE} (lower({c}));");
     format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
             id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -127,7 +128,11 @@ impl Postgres {
 
 impl Postgres {
     /// The rows of a query (the trace query, the reports' aggregations).
-    pub fn rows(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub fn rows(
+        &mut self,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         let found = self.client()?.query(sql, args);
         found.map_err(|e| self.error(e))
     }
@@ -176,7 +181,10 @@ fn insert_sql(rows: usize) -> String {
             format!("({})", params.join(", "))
         })
         .collect();
-    format!("INSERT INTO {TABLE} ({COLUMNS}) VALUES {}", values.join(", "))
+    format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        values.join(", ")
+    )
 }
 
 impl Backend for Postgres {

@@ -97,9 +97,7 @@ pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String>
 /// The rows `q` selects from the store `at` names (`[Relay] TraceStore`): what the `trace`
 /// command and the admin API show.
 pub fn query_store(at: &Location<'_>, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {
-    backend::open_reader(at)?
-        .query(q)
-        .map_err(|e| e.message)
+    backend::open_reader(at)?.query(q).map_err(|e| e.message)
 }
 
 /// The SQL and its arguments in `dialect`: the newest `limit` qualifying rows, newest

@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(ids, ["EDGE", "KEPT", "NEW"]);
         let mut written = rows[12_003].clone();
         written.node = Some("node-a".into());
-        assert_eq!(kept[2], written, "a row reads back as written, naming its node");
+        assert_eq!(
+            kept[2], written,
+            "a row reads back as written, naming its node"
+        );
     }
 
     /// A store made before rows named their node gains the column, its old rows none.
@@ -284,7 +287,10 @@ mod tests {
     fn a_version_1_store_gains_the_node_column() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let v1 = SCHEMA.replace("    detail      TEXT,\n    node        TEXT\n", "    detail      TEXT\n");
+            let v1 = SCHEMA.replace(
+                "    detail      TEXT,\n    node        TEXT\n",
+                "    detail      TEXT\n",
+            );
             assert_ne!(v1, SCHEMA);
             let conn = Connection::open(path(dir.path())).unwrap();
             conn.execute_batch(&v1).unwrap();
@@ -295,8 +301,17 @@ mod tests {
             .unwrap();
         }
         let mut store = Sqlite::open(dir.path()).unwrap();
-        store.insert("node-b", &[row(EventKind::Delivered, 2, "NEW")]).unwrap();
-        let rows = query(dir.path(), &TraceQuery { limit: 10, ..Default::default() }).unwrap();
+        store
+            .insert("node-b", &[row(EventKind::Delivered, 2, "NEW")])
+            .unwrap();
+        let rows = query(
+            dir.path(),
+            &TraceQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let nodes: Vec<_> = rows.iter().map(|r| r.node.as_deref()).collect();
         assert_eq!(nodes, [None, Some("node-b")]);
     }

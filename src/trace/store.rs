@@ -59,7 +59,9 @@ impl Writer {
     pub async fn finish(self) {
         let _ = self.stop.send(());
         if tokio::time::timeout(STOP_WAIT, self.join).await.is_err() {
-            tracing::error!("the trace store did not answer within {STOP_WAIT:?} at stop; its last rows are lost");
+            tracing::error!(
+                "the trace store did not answer within {STOP_WAIT:?} at stop; its last rows are lost"
+            );
         }
     }
 }
@@ -187,7 +189,10 @@ impl State {
         .await;
         let (result, rows) = match done {
             Some(r) => r,
-            None => (Err(StoreError::permanent("the trace writer task failed")), Vec::new()),
+            None => (
+                Err(StoreError::permanent("the trace writer task failed")),
+                Vec::new(),
+            ),
         };
         match result {
             Ok(()) => self.store_up(rows.len()),
@@ -244,7 +249,9 @@ impl State {
         match blocking(move || lock(&store).sweep(cutoff)).await {
             Some(Ok(0)) => {}
             Some(Ok(n)) => tracing::info!(rows = n, "trace rows past TraceRetentionDays deleted"),
-            Some(Err(e)) => tracing::warn!(error = %e, "trace retention sweep failed; it runs again in an hour"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "trace retention sweep failed; it runs again in an hour")
+            }
             None => tracing::error!("trace retention sweep task failed"),
         }
     }
@@ -295,7 +302,10 @@ mod tests {
 
     impl Backend for Flaky {
         fn insert(&mut self, node: &str, rows: &[TraceEvent]) -> Result<(), StoreError> {
-            self.calls.lock().unwrap().push((node.to_string(), rows.len()));
+            self.calls
+                .lock()
+                .unwrap()
+                .push((node.to_string(), rows.len()));
             if self.down > 0 {
                 self.down -= 1;
                 return Err(StoreError {
@@ -344,7 +354,12 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(8)).await;
         let seen = calls.lock().unwrap().clone();
         assert_eq!(seen.len(), 5, "{seen:?}");
-        assert!(seen[..4].iter().all(|(n, rows)| n == "node-a" && *rows == 3), "{seen:?}");
+        assert!(
+            seen[..4]
+                .iter()
+                .all(|(n, rows)| n == "node-a" && *rows == 3),
+            "{seen:?}"
+        );
         assert_eq!(seen[4].1, 8, "the buffered rows after the outage: {seen:?}");
         Writer { stop, join }.finish().await;
     }

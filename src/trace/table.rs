@@ -174,8 +174,17 @@ mod tests {
         b.time_ms = 1_795_766_401_000;
         let text = render(&[a, b]);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("TIME                  NODE     EVENT"), "{text}");
-        assert!(lines[1].starts_with("2026-11-27T08:00:00Z  relay-a  Received"), "{text}");
-        assert!(lines[2].starts_with("2026-11-27T08:00:01Z  -        Delivered"), "{text}");
+        assert!(
+            lines[0].starts_with("TIME                  NODE     EVENT"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("2026-11-27T08:00:00Z  relay-a  Received"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("2026-11-27T08:00:01Z  -        Delivered"),
+            "{text}"
+        );
     }
 }

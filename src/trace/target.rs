@@ -208,8 +208,7 @@ mod tests {
     #[test]
     fn sqlite_and_urls() {
         assert_eq!(StoreTarget::parse("SQLite"), Ok(StoreTarget::Sqlite));
-        let t = StoreTarget::parse("postgresql://relay:s3cret@db.contoso.test:5433/trace")
-            .unwrap();
+        let t = StoreTarget::parse("postgresql://relay:s3cret@db.contoso.test:5433/trace").unwrap();
         let StoreTarget::Postgres(url) = &t else {
             panic!("{t:?}")
         };

@@ -160,7 +160,9 @@ impl TestPostgres {
     }
 
     fn home(&self) -> &Path {
-        self.data.parent().expect("the data directory is in the home")
+        self.data
+            .parent()
+            .expect("the data directory is in the home")
     }
 
     /// The URL of the test database, with the password in it.

@@ -44,10 +44,7 @@ impl PostgresReports {
 
 /// The SQLite text in PostgreSQL's terms: `?N` marks as `$N`, its table's name.
 fn dialect_sql(sql: &str) -> String {
-    let mut out = sql.replace(
-        " events",
-        &format!(" {}", Dialect::Postgres.table()),
-    );
+    let mut out = sql.replace(" events", &format!(" {}", Dialect::Postgres.table()));
     for n in (1..=9).rev() {
         out = out.replace(&format!("?{n}"), &Dialect::Postgres.param(n));
     }
