@@ -9,6 +9,7 @@
 #   bash bench/relay-vs-postfix.sh --scenario outage -n 2000   # smart host down, then back
 #   bash bench/relay-vs-postfix.sh --scenario large --large-n 20  # 1, 10, 50 MB messages
 #   bash bench/relay-vs-postfix.sh --scenario proxy -n 2000   # cost of a PROXY header per session
+#   bash bench/relay-vs-postfix.sh --scenario fleet -n 5000    # two nodes behind HAProxy vs one
 #
 # Installs Debian's postfix if missing (it brings smtp-source and smtp-sink; the system
 # instance is left unconfigured and stopped), builds the relay and the latency tool, then:
@@ -25,7 +26,10 @@
 # are flushed (relay admin API retry, postqueue -f) and the drain is timed. The proxy
 # scenario: one connection per message, directly and through a "balancer" address with a
 # PROXY protocol v2 header (relay ProxyProtocolFrom, Postfix smtpd_upstream_proxy_protocol =
-# haproxy), throughput and connect -> banner, to price the header. Both servers keep
+# haproxy), throughput and connect -> banner, to price the header. The fleet scenario (relay
+# only; installs Debian's haproxy): one node directly, one node behind HAProxy
+# (send-proxy-v2), then two nodes behind it, each the load's end-to-end rate, as ratios.
+# Both servers keep
 # their durability: the relay fsyncs its spool before 250, Postfix its queue file (its default).
 # See bench/README.md for what each figure means.
 set -euo pipefail
@@ -49,6 +53,7 @@ PC_C=${PC_C:-20}                # connections at a time in the per-connection sh
 BANNER=${BANNER:-1000}          # connections per connect -> banner probe, 0 to skip
 TRUSTED_SRC=127.0.0.1           # the OnPremises connector's address (the load's source)
 PROXY_SRC=127.0.0.3             # the "load balancer" of the proxy scenario
+BALANCER_SRC=127.0.0.4          # HAProxy's source address toward the nodes (fleet scenario)
 UNTRUSTED_SRC=${UNTRUSTED_SRC:-127.0.0.2} # an anonymous client: no connector lists it
 # [Relay] PreGreetingWait for the relay's config (a time span, e.g. "00:00:00.1", "00:00:00"
 # = off); empty: the key is left out and the relay's default applies (builds without it).
@@ -66,11 +71,13 @@ Options (or the environment variables in brackets):
   -n N               messages per run [N, default 20000]
   -c C               concurrent sessions in the reused shape [C, default 50]
   --rcpts "1 10"     recipients per message, one run each [RCPTS]
-  --scenario S       plain, tls, outage, large, proxy or a list, e.g. "plain tls"
+  --scenario S       plain, tls, outage, large, proxy, fleet or a list, e.g. "plain tls"
                      [SCENARIOS, default "plain tls outage proxy"]; outage: reused
                      sessions, 1 recipient; large: plain, reused sessions, 1 recipient,
                      one run per size; proxy: plain, one connection per message, 1
-                     recipient, without and with a PROXY v2 header
+                     recipient, without and with a PROXY v2 header; fleet: relay only,
+                     plain, 1 recipient, each shape: one node, one behind HAProxy, two
+                     behind HAProxy
   --large-sizes "1 10 50"  message sizes in MB of the large scenario [LARGE_SIZES]
   --large-n N        messages per size in the large scenario [LARGE_N, default 20]
   --large-c C        sessions at a time in the large scenario [LARGE_C, default 4]
@@ -155,6 +162,17 @@ install_postfix() {
         say "stopping the system postfix the package started (this benchmark runs its own)"
         $sudo postfix stop >/dev/null 2>&1 || true
     fi
+}
+
+# Debian's haproxy for the fleet scenario (a private instance; the system one is stopped).
+install_haproxy() {
+    command -v haproxy >/dev/null && return
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing Debian's haproxy ..."
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq haproxy >/dev/null
+    $sudo systemctl stop haproxy >/dev/null 2>&1 || true
 }
 
 # ---------------------------------------------------------------- helpers
@@ -255,9 +273,9 @@ sink_count() {
 
 # ---------------------------------------------------------------- connector-relay
 RELAY_PID=""
-start_relay() { # scenario
+start_relay() { # scenario [node: the fleet scenario's second node, in its own directory]
     RELAY_PORT=$(free_port)
-    local d=$WORK/relay
+    local d=$WORK/relay${2:-}
     RELAY_ADMIN_PORT=$(free_port)
     rm -rf "$d"; mkdir -p "$d"
     {
@@ -285,6 +303,8 @@ start_relay() { # scenario
         if [ "$1" = large ]; then echo "MaxMessageSize = \"100MB\""; fi
         # The proxy scenario's balancer: its connections carry the load source's address.
         if [ "$1" = proxy ]; then echo "ProxyProtocolFrom = [\"$PROXY_SRC\"]"; fi
+        # The fleet scenario's HAProxy connects from its own address with a PROXY v2 header.
+        if [ "$1" = fleet ]; then echo "ProxyProtocolFrom = [\"$BALANCER_SRC\"]"; fi
         if [ "$1" = outage ]; then
             # No retry of its own during the outage measurement (the flush starts the drain,
             # as postqueue -f does for Postfix); outbound connection limits at their defaults.
@@ -336,7 +356,10 @@ stop_relay() { [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null; wait "$RELA
 # Queued messages may have no file in spool/msg (their write-ahead log record is their copy
 # until deferred or checkpointed): ask the relay's /metrics (no token needed on loopback).
 relay_queue_empty() {
-    curl -sf "http://127.0.0.1:$RELAY_ADMIN_PORT/metrics" | grep -qx 'connector_relay_queue_depth 0'
+    local p
+    for p in ${FLEET_ADMIN_PORTS:-$RELAY_ADMIN_PORT}; do
+        curl -sf "http://127.0.0.1:$p/metrics" | grep -qx 'connector_relay_queue_depth 0' || return 1
+    done
 }
 
 # ---------------------------------------------------------------- private Postfix
@@ -461,7 +484,7 @@ dead_count() { local n; n=$(cat "$WORK/dead.count" 2>/dev/null || true); echo "$
 cleanup() {
     stop_sampler 2>/dev/null || true
     stop_dead_host
-    stop_relay; stop_postfix; stop_sink
+    stop_relay; stop_postfix; stop_sink; stop_fleet
     [ -n "${IDLE_PID:-}" ] && kill "$IDLE_PID" 2>/dev/null
     if [ "$KEEP" = 1 ]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -705,6 +728,66 @@ run_proxy() { # target
     done
 }
 
+# ---------------------------------------------------------------- fleet
+# Two relay nodes behind HAProxy against one. Every run: smtp-source from the OnPremises
+# address to HAProxy (or a node), 1 recipient, plain; HAProxy balances connections round
+# robin and starts each with a PROXY v2 header from $BALANCER_SRC, so the nodes attribute
+# the load by its own address. Sets R[fleet,SHAPE,ARM,inj|e2e] for ARM direct (one node,
+# no balancer), one (one node behind HAProxy), two (two nodes behind HAProxy).
+HAPROXY_PID="" FLEET_PIDS=""
+start_haproxy() { # node ports...
+    HAPROXY_PORT=$(free_port)
+    local cfg=$WORK/haproxy.cfg n=0 p
+    {
+        # Two descriptors per proxied connection, within this shell's open-files limit.
+        printf 'global\n    maxconn %s\n' "$(( $(ulimit -n) / 2 - 100 ))"
+        printf 'defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n'
+        printf 'frontend smtp\n    bind 127.0.0.1:%s\n    default_backend relays\n' "$HAPROXY_PORT"
+        printf 'backend relays\n    balance roundrobin\n    source %s\n' "$BALANCER_SRC"
+        for p in "$@"; do n=$((n + 1)); printf '    server node%s 127.0.0.1:%s send-proxy-v2\n' "$n" "$p"; done
+    } >"$cfg"
+    haproxy -f "$cfg" -db >"$WORK/haproxy.log" 2>&1 &
+    HAPROXY_PID=$!
+    wait_listening "$HAPROXY_PORT" "haproxy"
+}
+stop_haproxy() {
+    [ -n "$HAPROXY_PID" ] || return 0
+    kill "$HAPROXY_PID" 2>/dev/null; wait "$HAPROXY_PID" 2>/dev/null || true; HAPROXY_PID=""
+}
+stop_fleet() {
+    stop_haproxy
+    local p
+    for p in $FLEET_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+    FLEET_PIDS="" FLEET_ADMIN_PORTS=""
+}
+fleet_runs() { # arm, target port
+    local shape
+    TARGET_PORT=$2
+    for shape in $SHAPES; do
+        run_load relay 1 "$shape"
+        R[fleet,$shape,$1,inj]=$INJ R[fleet,$shape,$1,e2e]=$E2E
+    done
+}
+run_fleet() {
+    install_haproxy
+    start_relay fleet
+    local p1=$RELAY_PORT
+    FLEET_PIDS=$RELAY_PID FLEET_ADMIN_PORTS=$RELAY_ADMIN_PORT
+    say "  one node, directly"
+    fleet_runs direct "$p1"
+    say "  one node behind HAProxy"
+    start_haproxy "$p1"
+    fleet_runs one "$HAPROXY_PORT"
+    stop_haproxy
+    start_relay fleet 2
+    FLEET_PIDS="$FLEET_PIDS $RELAY_PID" FLEET_ADMIN_PORTS="$FLEET_ADMIN_PORTS $RELAY_ADMIN_PORT"
+    RELAY_PID=""
+    say "  two nodes behind HAProxy"
+    start_haproxy "$p1" "$RELAY_PORT"
+    fleet_runs two "$HAPROXY_PORT"
+    stop_fleet
+}
+
 # ---------------------------------------------------------------- idle sessions
 idle_probe() { # target
     local before during out
@@ -758,10 +841,11 @@ EOF
 
 declare -A R
 # The connect -> banner probe runs in the first scenario other than outage.
-FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx -e outage -e large -e proxy | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
+FIRST_SCENARIO=$(printf '%s\n' $SCENARIOS | grep -vx -e outage -e large -e proxy -e fleet | head -1 || true) FIRST_SHAPE=${SHAPES%% *}
 for SCENARIO in $SCENARIOS; do
     say "scenario $SCENARIO"
     start_sink "$SCENARIO"
+    if [ "$SCENARIO" = fleet ]; then run_fleet; stop_sink; continue; fi
     for target in relay postfix; do
         if [ "$SCENARIO" = large ]; then run_large "$target"; continue; fi
         if [ "$target" = relay ]; then start_relay "$SCENARIO"; else start_postfix "$SCENARIO"; fi
@@ -812,7 +896,7 @@ done
 echo
 printf '%-6s %-14s %-6s %-22s %12s %12s %8s\n' scenario shape rcpts figure connector-relay Postfix ratio
 for SCENARIO in $SCENARIOS; do
-    [ "$SCENARIO" = outage ] || [ "$SCENARIO" = large ] || [ "$SCENARIO" = proxy ] && continue
+    [ "$SCENARIO" = outage ] || [ "$SCENARIO" = large ] || [ "$SCENARIO" = proxy ] || [ "$SCENARIO" = fleet ] && continue
     for shape in $SHAPES; do
         for r in $RCPTS; do
             for f in inj:"injection msg/s" e2e:"end-to-end msg/s" peak:"peak memory MB"; do
@@ -866,6 +950,17 @@ if [[ " $SCENARIOS " == *" proxy "* ]]; then
                 "per-connection", 1, "cost " t, 100 * (1 - h / d), 1e6 / h - 1e6 / d, dp50, hp50, dp99, hp99 }'
     done
     echo "# proxy: $N messages per arm, $PC_C connections at a time, one per message, plain, 1 recipient; header = PROXY v2 from $PROXY_SRC carrying $TRUSTED_SRC (relay ProxyProtocolFrom; Postfix a second smtpd with smtpd_upstream_proxy_protocol = haproxy); us per session = 1/rate(header) - 1/rate(direct), wall time per message at that concurrency"
+fi
+if [[ " $SCENARIOS " == *" fleet "* ]]; then
+    for shape in $SHAPES; do
+        for f in inj:"injection msg/s" e2e:"end-to-end msg/s"; do
+            k=${f%%:*}
+            d=${R[fleet,$shape,direct,$k]} o=${R[fleet,$shape,one,$k]} t=${R[fleet,$shape,two,$k]}
+            printf '%-6s %-14s %-6s %-22s 1 node %s, behind HAProxy %s (%s), 2 nodes behind HAProxy %s (%s of 1 behind it)\n' \
+                fleet "$shape" 1 "${f#*:}" "$d" "$o" "$(ratio "$o" "$d")" "$t" "$(ratio "$t" "$o")"
+        done
+    done
+    echo "# fleet: connector-relay only, N=$N messages per run, 1 recipient, plain; HAProxy (send-proxy-v2, round robin by connection) from $BALANCER_SRC; both nodes on this machine ($(nproc) cores, one disk) share them, so two nodes cannot reach 2x here: the ratio is what a second node adds on the same hardware"
 fi
 if [[ " $SCENARIOS " == *" outage "* ]]; then
     for f in healthy:"accept msg/s, sink up" inj:"accept msg/s, sink down" pct:"down/up %" \

@@ -2,9 +2,10 @@
 # Installs what a fresh machine lacks, idempotently: swaks (README walk-through and the
 # interoperability tests), openssl, and Debian's chromium + chromium-driver (the admin web
 # page is tested in a real headless Chromium driven over WebDriver), unbound, nsd and
-# ldnsutils for the DNSSEC/DANE lab, haproxy for the PROXY protocol test, binutils and
-# systemd (systemd-analyze) for the Debian package's test; and, through
-# scripts/lab-deps.sh, Docker Engine, Compose and debootstrap for the hybrid lab.
+# ldnsutils for the DNSSEC/DANE lab, haproxy for the PROXY protocol test, postgresql for the
+# shared trace store's test, binutils and systemd (systemd-analyze) for the Debian package's
+# test; and, through scripts/lab-deps.sh, Docker Engine, Compose and debootstrap for the
+# container labs (hybrid and fleet) and the package test.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -25,6 +26,9 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 command -v objdump >/dev/null 2>&1 || need+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+# The shared trace store: tests/trace_postgres.rs runs a private cluster of Debian's
+# PostgreSQL (HAProxy above also serves the benchmark's fleet scenario).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -46,6 +46,10 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "config/relay.toml")]
         config: PathBuf,
+        /// This node's name in the message trace (several nodes sharing one config and one
+        /// PostgreSQL trace store); default: the host name.
+        #[arg(long, value_parser = node_name)]
+        node: Option<String>,
     },
     /// Load and validate the config; print a summary of the connectors.
     Check {
@@ -242,7 +246,7 @@ fn main() -> ExitCode {
         }
         Cmd::Man { out_dir } => man_cmd(out_dir.as_deref()),
         Cmd::Check { config } => check(&config),
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, node } => run(&config, node),
         Cmd::Sink {
             listen,
             maildir,
@@ -626,8 +630,8 @@ fn validate(path: &Path, connector: &str, recipients: &[String], json: bool) -> 
 }
 
 /// Runs the validation with its `Routed` and `Attempt` events written to the trace store
-/// under `DataDir`, as the admin API's validation writes them into the running relay's
-/// (SQLite lets both write the same file). A store that cannot be opened is said on stderr
+/// (`TraceStore`), as the admin API's validation writes them into the running relay's
+/// (SQLite lets both write the same file), naming this host as their node. A store that cannot be opened is said on stderr
 /// and the validation runs anyway: the report does not depend on it.
 async fn validate_traced(
     policy: Arc<connector_relay::policy::Policy>,
@@ -636,7 +640,12 @@ async fn validate_traced(
     recipients: &[String],
 ) -> ops::ValidationReport {
     let relay = &policy.relay;
-    let store = trace::store::start(&relay.data_dir, relay.trace_retention_days)
+    let options = trace::store::WriterOptions {
+        retention_days: relay.trace_retention_days,
+        node: config::machine_host_name(),
+        buffer: trace::CHANNEL_CAPACITY,
+    };
+    let store = trace::store::start(&trace::backend::Location::of(relay), options)
         .map_err(|e| {
             eprintln!("connector-relay: the validation is not written to the message trace: {e}")
         })
@@ -706,7 +715,8 @@ fn trace_cmd(path: &Path, filter: &trace::TraceFilter, json: bool) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let rows = match trace::query(&loaded.policy.relay.data_dir, &q) {
+    let at = trace::backend::Location::of(&loaded.policy.relay);
+    let rows = match trace::query_store(&at, &q) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("connector-relay trace: {e}");
@@ -749,7 +759,8 @@ fn report_cmd(path: &Path, filter: &trace::reports::ReportFilter, json: bool) ->
         Ok(l) => l,
         Err(code) => return code,
     };
-    match trace::reports::report(&loaded.policy.relay.data_dir, &q) {
+    let at = trace::backend::Location::of(&loaded.policy.relay);
+    match trace::reports::report_store(&at, &q) {
         Ok(r) => {
             let text = trace::reports::text::render(&r);
             print_answer(json, &r, text);
@@ -798,7 +809,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn run(path: &Path) -> ExitCode {
+/// `--node`: a name people read in the trace (no control characters, at most 255).
+fn node_name(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+        return Err("a node name is 1 to 255 printable characters".into());
+    }
+    Ok(t.to_string())
+}
+
+fn run(path: &Path, node: Option<String>) -> ExitCode {
     let loaded = match load(path) {
         Ok(l) => l,
         Err(code) => return code,
@@ -809,6 +829,7 @@ fn run(path: &Path) -> ExitCode {
     let policy = Arc::new(loaded.policy);
     let options = relay::StartOptions {
         config_path: Some(path.to_path_buf()),
+        node,
         ..relay::StartOptions::default()
     };
     tracing::info!(version = VERSION, config = %path.display(), "starting");

@@ -142,6 +142,25 @@ pub fn dane_outcome(outcome: &'static str) {
     metrics::counter!("connector_relay_dane_outcomes_total", "outcome" => outcome).increment(1);
 }
 
+/// Trace rows that never reached the store: `buffer_full` (the writer's buffer was full,
+/// e.g. during a store outage), `refused` (the store refused a batch), `stopped` (the
+/// store was still unreachable when the relay stopped).
+pub fn trace_rows_dropped(reason: &'static str, rows: u64) {
+    metrics::counter!("connector_relay_trace_rows_dropped_total", "reason" => reason)
+        .increment(rows);
+}
+
+/// The trace store became unreachable (one per outage, however long), and whether it is
+/// reachable now (1) or in an outage (0).
+pub fn trace_store_outage() {
+    metrics::counter!("connector_relay_trace_store_outages_total").increment(1);
+    metrics::gauge!("connector_relay_trace_store_up").set(0.0);
+}
+
+pub fn trace_store_up() {
+    metrics::gauge!("connector_relay_trace_store_up").set(1.0);
+}
+
 /// Time from acceptance (250 to DATA) to delivery of one recipient.
 pub fn delivery_latency(latency: Duration) {
     metrics::histogram!(DELIVERY_LATENCY).record(latency.as_secs_f64());

@@ -210,10 +210,13 @@ async fn the_queues_view_suspends_and_resumes_a_queue_in_retry() {
     let refused = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
-    // One queued message is back pressure Medium: the page shows it in a banner.
+    // One queued message is back pressure Medium: the page shows it in a banner. The disk
+    // thresholds are set far below any machine's free space, so that the banner names the
+    // queue alone whatever the disk the test runs on has left.
     let lab = config_text(dir.path(), refused).replacen(
         "[Relay]\n",
-        "[Relay]\nQueueLengthMediumThreshold = 1\n",
+        "[Relay]\nQueueLengthMediumThreshold = 1\nDiskSpaceHighThreshold = \"1MB\"\n\
+         DiskSpaceMediumThreshold = \"2MB\"\nDiskSpaceNormalThreshold = \"3MB\"\n",
         1,
     );
     std::fs::write(&config, lab).unwrap();

@@ -553,6 +553,7 @@ fn policy_with_send_connector(smart_hosts: Vec<SmartHost>) -> Policy {
         protocol_log_dir: PathBuf::from("var/log/protocol"),
         send_protocol_log_max_age: Duration::from_secs(30 * 86_400),
         trace_retention_days: 30,
+        trace_store: Default::default(),
         srs_secret_file: PathBuf::from("var/srs.key"),
         bare_newline_policy: BareNewlinePolicy::Reject,
         dnssec_validation: connector_relay::dns::DnssecValidation::Off,

@@ -17,12 +17,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::docker::{BASE_IMAGE, base_image, must, ok, poll, repo, run, text, unavailable};
+use support::compose::{self, Project};
+use support::docker::{base_image, poll, text};
 
 const PEER_IMAGE: &str = "connector-relay-lab/peer:bookworm";
 /// The lab's network (docker-compose.yml); a second lab on it cannot start.
@@ -43,150 +42,15 @@ const SERVICES: &[&str] = &[
     "mta-sts",
 ];
 
-fn skip(why: &str) {
-    support::docker::skip("tests/lab.rs (hybrid lab)", why);
-}
-
-/// `docker compose` (v2) when the plugin works, else `docker-compose` (v1).
-fn compose_program() -> Option<Vec<String>> {
-    if ok(Command::new("docker").args(["compose", "version"])) {
-        Some(vec!["docker".into(), "compose".into()])
-    } else if ok(Command::new("docker-compose").arg("version")) {
-        Some(vec!["docker-compose".into()])
-    } else {
-        None
-    }
-}
-
-/// A network already on the lab's subnet (a user's lab that is up) makes `up` fail.
-fn subnet_in_use() -> Option<String> {
-    let ids = run(Command::new("docker").args(["network", "ls", "-q"]));
-    let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
-    ids.split_whitespace().find_map(|id| {
-        let out = run(Command::new("docker").args([
-            "network",
-            "inspect",
-            "-f",
-            "{{.Name}} {{range .IPAM.Config}}{{.Subnet}} {{end}}",
-            id,
-        ]));
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
-        line.contains(SUBNET).then(|| line.trim().to_string())
-    })
-}
-
-/// One compose project; brought down (with its volumes) and its relay image removed on
-/// drop, so a failing assertion leaves nothing behind either.
-struct Lab {
-    compose: Vec<String>,
-    project: String,
-    relay_image: String,
-    down: bool,
-}
-
-impl Lab {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.compose[0]);
-        c.args(&self.compose[1..])
-            .args(["-p", &self.project, "-f"])
-            .arg(repo().join("docker-compose.yml"))
-            .current_dir(repo())
-            .env("LAB_BASE_IMAGE", BASE_IMAGE)
-            .env("LAB_PEER_IMAGE", PEER_IMAGE)
-            .env("LAB_RELAY_IMAGE", &self.relay_image)
-            // No copies to the viewer (it is not started), and the admin port published
-            // on a port the system picks (never a fixed one a developer's relay may hold).
-            .env("LAB_VIEWER", "")
-            .env("LAB_ADMIN_PUBLISH", "127.0.0.1:");
-        c
-    }
-
-    /// `compose exec -T SERVICE ARGS...`
-    fn exec(&self, service: &str, args: &[&str]) -> Output {
-        run(self.cmd().args(["exec", "-T", service]).args(args))
-    }
-
-    fn teardown(&mut self) {
-        if self.down {
-            return;
-        }
-        self.down = true;
-        let out = run(self
-            .cmd()
-            .args(["down", "-v", "--remove-orphans", "-t", "5"]));
-        if !out.status.success() {
-            eprintln!("lab: compose down failed:\n{}", text(&out));
-        }
-        run(Command::new("docker").args(["rmi", "-f", &self.relay_image]));
-    }
-
-    /// What of the project is left, as `docker ... ls` prints it (empty: nothing).
-    fn leftovers(&self) -> String {
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        let mut left = String::new();
-        for what in [
-            &["ps", "-a", "-q", "--filter"][..],
-            &["network", "ls", "-q", "--filter"],
-            &["volume", "ls", "-q", "--filter"],
-        ] {
-            let out = run(Command::new("docker").args(what).arg(&label));
-            left.push_str(String::from_utf8_lossy(&out.stdout).trim());
-        }
-        let image = run(Command::new("docker").args(["image", "inspect", &self.relay_image]));
-        if image.status.success() {
-            left.push_str(&self.relay_image);
-        }
-        left
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if !self.down {
-            // A failure: show what the services said before they are gone.
-            let logs = run(self.cmd().args(["logs", "--no-color", "--tail", "60"]));
-            eprintln!("lab logs:\n{}", text(&logs));
-        }
-        self.teardown();
-    }
-}
+type Lab = Project;
 
 /// The base image (debootstrap, cached by tag), the peer image (layer cache), and the relay
 /// image from this build's binary.
 fn build_images(relay_image: &str) {
     base_image();
     let t = Instant::now();
-    must(
-        Command::new("docker")
-            .args(["build", "-q", "-t", PEER_IMAGE, "--build-arg"])
-            .arg(format!("BASE_IMAGE={BASE_IMAGE}"))
-            .args(["-f", "lab/Dockerfile.peer", "lab"])
-            .current_dir(repo()),
-    );
-    // The binary cargo built for this test run, put where .dockerignore lets it through.
-    let bin_dir = repo().join("lab/bin");
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    let bin = bin_dir.join("connector-relay");
-    let _ = std::fs::remove_file(&bin);
-    let built = Path::new(env!("CARGO_BIN_EXE_connector-relay"));
-    if std::fs::hard_link(built, &bin).is_err() {
-        std::fs::copy(built, &bin).unwrap();
-    }
-    let out = run(Command::new("docker")
-        .args(["build", "-q", "--target", "prebuilt", "-t", relay_image])
-        .arg(format!("--build-arg=BASE_IMAGE={BASE_IMAGE}"))
-        .arg(".")
-        .current_dir(repo()));
-    let _ = std::fs::remove_file(&bin);
-    assert!(out.status.success(), "relay image:\n{}", text(&out));
-    // Images replaced by a newer build of the same tag (a changed Dockerfile.peer).
-    run(Command::new("docker").args([
-        "image",
-        "prune",
-        "-f",
-        "--filter",
-        "label=connector-relay-lab",
-    ]));
+    compose::lab_image(PEER_IMAGE, "Dockerfile.peer");
+    compose::relay_image(relay_image);
     eprintln!("lab: images ready in {:?}", t.elapsed());
 }
 
@@ -262,29 +126,29 @@ fn send_via_postfix(lab: &Lab, service: &str, from: &str, to: &str) {
 
 #[test]
 fn hybrid_lab_scenarios() {
-    if let Some(why) = unavailable() {
-        return skip(&why);
-    }
-    let Some(compose) = compose_program() else {
-        return skip("neither `docker compose` nor `docker-compose` is installed");
+    let Some(compose) = compose::ready("tests/lab.rs (hybrid lab)", SUBNET) else {
+        return;
     };
-    if let Some(net) = subnet_in_use() {
-        return skip(&format!(
-            "network {net} already uses the lab's subnet {SUBNET} (a lab that is up?)"
-        ));
-    }
     let started = Instant::now();
     let project = format!("crlab{}", std::process::id());
     let relay_image = format!("connector-relay-lab/relay:{project}");
     build_images(&relay_image);
-    let mut lab = Lab {
+    let mut lab = Project {
         compose,
         project,
+        file: "docker-compose.yml",
+        env: vec![
+            ("LAB_PEER_IMAGE", PEER_IMAGE.to_string()),
+            // No copies to the viewer (it is not started), and the admin port published
+            // on a port the system picks (never a fixed one a developer's relay may hold).
+            ("LAB_VIEWER", String::new()),
+            ("LAB_ADMIN_PUBLISH", "127.0.0.1:".to_string()),
+        ],
         relay_image,
         down: false,
     };
     eprintln!("lab: {} up ({SUBNET})", lab.project);
-    must(lab.cmd().args(["up", "-d", "--no-build"]).args(SERVICES));
+    support::docker::must(lab.cmd().args(["up", "-d", "--no-build"]).args(SERVICES));
 
     // The relay makes its admin token at start; the API answers once it runs.
     let token = poll(READY, "the relay's admin token", || {

@@ -320,3 +320,71 @@ async fn a_config_with_an_ephemeral_admin_port_is_refused() {
         r.stderr
     );
 }
+
+/// `queue adopt` (README "Node loss"): a relay (the real binary) killed with messages waiting
+/// in its spool; another relay takes them over through the CLI, once, and delivers them. A
+/// spool a live relay holds is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn adopt_takes_a_killed_relays_spool_over_once() {
+    let sink = start_sink().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // Node A: its smart host refuses connections, so what it accepts stays in its spool.
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a_port = free_port();
+    let a_config = a_dir.join("relay.toml");
+    let text = config_text(&a_dir, free_port(), dead).replace(
+        "Listen = [\"127.0.0.1:0\"]",
+        &format!("Listen = [\"127.0.0.1:{a_port}\"]"),
+    );
+    std::fs::write(&a_config, text).unwrap();
+    let mut a = spawn_relay_binary(&a_config, "warn");
+    wait_listening(a_port).await;
+    let a_smtp: SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
+    let onprem = "127.0.0.10".parse().unwrap();
+    let ids = support::inject::inject(a_smtp, onprem, "bob@contoso.test", "adopt", 5, 1).await;
+    // Node B delivers to the sink.
+    let b_config = b_dir.join("relay.toml");
+    std::fs::write(&b_config, config_text(&b_dir, free_port(), sink.addr())).unwrap();
+    let (b, _) = start_relay_from_file(&b_config, &b_dir).await;
+    let from = a_dir.join("spool");
+    let from = from.to_str().unwrap();
+
+    let busy = queue(&b_config, &["adopt", "--from", from]).await;
+    assert_eq!(busy.code, 1, "{} {}", busy.stdout, busy.stderr);
+    assert!(
+        busy.stderr.contains("in use by a running relay"),
+        "{}",
+        busy.stderr
+    );
+
+    a.kill().unwrap(); // SIGKILL: part of its spool is still in the write-ahead log
+    a.wait().unwrap();
+    let run = queue(&b_config, &["adopt", "--from", from]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(": 5 message(s) adopted"),
+        "{}",
+        run.stdout
+    );
+    let got = wait_messages(sink.maildir(), 5, Duration::from_secs(30)).await;
+    for id in &ids {
+        assert!(
+            got.iter().any(|m| m.contains(id.as_str())),
+            "{id} not delivered"
+        );
+    }
+    let again = queue(&b_config, &["adopt", "--from", from]).await;
+    assert!(
+        again.stdout.contains(": 0 message(s) adopted"),
+        "{}",
+        again.stdout
+    );
+    // Delivered once: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(messages(sink.maildir()).len(), 5);
+    b.shutdown(Duration::from_secs(5)).await;
+}

@@ -130,6 +130,8 @@ async fn relayed_and_refused_messages_are_traced_and_printed() {
             certificate: received.certificate.clone(),
             reply: Some(accepted.clone()),
             detail: received.detail.clone(),
+            // The relay's node: the host name unless `run --node` names it.
+            node: Some(connector_relay::config::machine_host_name()),
         }
     );
     let cert = received.certificate.as_deref().unwrap_or_default();
@@ -228,6 +230,7 @@ async fn relayed_and_refused_messages_are_traced_and_printed() {
             certificate: None,
             reply: Some(refusal.into()),
             detail: Some("refused at RCPT".into()),
+            node: Some(connector_relay::config::machine_host_name()),
         }]
     );
 
@@ -262,6 +265,7 @@ async fn relayed_and_refused_messages_are_traced_and_printed() {
         columns,
         [
             "TIME",
+            "NODE",
             "EVENT",
             "QUEUE ID",
             "SENDER",
@@ -279,6 +283,7 @@ async fn relayed_and_refused_messages_are_traced_and_printed() {
         cells,
         [
             trace::time::format_utc(got[0].time_ms).as_str(),
+            connector_relay::config::machine_host_name().as_str(),
             "Rejected",
             "-",
             "mallory@fabrikam.test",
@@ -300,7 +305,7 @@ async fn relayed_and_refused_messages_are_traced_and_printed() {
     for (kind, n) in [("Received", 1), ("Delivered", 1), ("Rejected", 2)] {
         assert_eq!(
             all.lines()
-                .filter(|l| l.split("  ").nth(1) == Some(kind))
+                .filter(|l| l.split("  ").filter(|c| !c.is_empty()).nth(2) == Some(kind))
                 .count(),
             n,
             "{kind}: {all}"

@@ -41,6 +41,14 @@ pub enum QueueCmd {
     ResumeMessage { id: String },
     /// Remove-Message -WithNDR $false: out of the queue and the spool, no DSN.
     Remove { id: String },
+    /// Takes over the spool of a relay node that is gone for good: its messages move into
+    /// this relay's spool (each once, durably) and are delivered from here. Refused while a
+    /// live relay holds that spool.
+    Adopt {
+        /// The dead node's SpoolDir, as the running relay sees it (a mounted volume).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 /// Runs one command; what to print on success, or the error.
@@ -58,6 +66,7 @@ pub async fn run(client: &AdminClient, cmd: &QueueCmd) -> Result<String, ClientE
         QueueCmd::Resume { id } => set_queue_status(client, id, "Active").await,
         QueueCmd::SuspendMessage { id } => set_message_status(client, id, "Suspended").await,
         QueueCmd::ResumeMessage { id } => set_message_status(client, id, "Active").await,
+        QueueCmd::Adopt { from } => adopt(client, from).await,
         QueueCmd::Remove { id } => {
             let path = format!("/api/queue/{}", segment(id));
             client.call(Method::DELETE, &path, None).await?;
@@ -66,6 +75,28 @@ pub async fn run(client: &AdminClient, cmd: &QueueCmd) -> Result<String, ClientE
             ))
         }
     }
+}
+
+async fn adopt(client: &AdminClient, from: &std::path::Path) -> Result<String, ClientError> {
+    // The relay reads the path: relative to this command's directory, not the relay's.
+    let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
+    let body = json!({ "From": from });
+    let r = client
+        .call(Method::POST, "/api/queue/adopt", Some(&body))
+        .await?;
+    let count = |k: &str| r[k].as_array().map_or(0, Vec::len);
+    let mut out = format!(
+        "{}: {} message(s) adopted and queued here, {} already here, {} finished, {} unreadable\n",
+        from.display(),
+        count("Adopted"),
+        count("AlreadyHere"),
+        count("Finished"),
+        count("Corrupt"),
+    );
+    for c in r["Corrupt"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  unreadable {}: {}\n", text(&c[0]), text(&c[1])));
+    }
+    Ok(out)
 }
 
 async fn list(

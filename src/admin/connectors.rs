@@ -846,6 +846,8 @@ pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
         .take_while(|(x, y)| x == y)
         .count();
     let (a_mid, b_mid) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
+    // A changed region may span `[Relay]` lines: a TraceStore URL's password stays hidden.
+    let shown = |sign: char, l: &str| format!("{sign}{}", crate::trace::target::redact_urls(l));
     let mut out = Vec::new();
     let (mut line, mut removed, mut added) = (head + 1, Vec::new(), Vec::new());
     let mut flush = |line: usize, removed: &mut Vec<&str>, added: &mut Vec<&str>| {
@@ -853,8 +855,8 @@ pub(super) fn diff(old: &str, new: &str) -> Vec<String> {
             return;
         }
         out.push(format!("@@ line {line}"));
-        out.extend(removed.drain(..).map(|l| format!("-{l}")));
-        out.extend(added.drain(..).map(|l| format!("+{l}")));
+        out.extend(removed.drain(..).map(|l| shown('-', l)));
+        out.extend(added.drain(..).map(|l| shown('+', l)));
     };
     let mut new_line = head + 1;
     for step in line_steps(a_mid, b_mid) {
@@ -1020,6 +1022,8 @@ MtaStsMode = "None"
         let d = diff("a\nb\nc\n", "a\nB\nx\nc\n");
         assert_eq!(d, ["@@ line 2", "-b", "+B", "+x"]);
         assert!(diff("a\n", "a\n").is_empty());
+        let d = diff("x\n", "TraceStore = \"postgresql://u:pw@db/t\"\n");
+        assert_eq!(d[2], "+TraceStore = \"postgresql://u:***@db/t\"");
         // Two tables added in two places: two hunks, at their lines in the new file.
         let d = diff("[a]\nx\n[b]\ny\n", "[a]\nx\nnew a\n[b]\ny\nnew b\n");
         assert_eq!(d, ["@@ line 3", "+new a", "@@ line 6", "+new b"]);

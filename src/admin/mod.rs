@@ -158,6 +158,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/trace", get(ops::trace))
         .route("/api/reports", get(reports::reports))
         .route("/api/queue", get(queue::list))
+        .route("/api/queue/adopt", post(queue::adopt))
         .route("/api/queue/{id}", axum::routing::delete(queue::delete))
         .route("/api/queue/{id}/retry", post(queue::retry))
         .route("/api/queue/{id}/status", put(queue::set_message_status))

@@ -146,8 +146,12 @@ pub(super) async fn trace(
         Err((name, why)) => return key_error(name, why),
     };
     q.limit = q.limit.min(10_000);
-    let data_dir = state.control.policy().relay.data_dir.clone();
-    match tokio::task::spawn_blocking(move || crate::trace::query(&data_dir, &q)).await {
+    let policy = state.control.policy();
+    let read = move || {
+        let at = crate::trace::backend::Location::of(&policy.relay);
+        crate::trace::query_store(&at, &q)
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(Ok(rows)) => Json(rows).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

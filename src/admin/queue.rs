@@ -62,6 +62,36 @@ fn answer(e: AdminError) -> Response {
     error(status, e.to_string())
 }
 
+/// `POST /api/queue/adopt` `{"From": "/path/to/the/dead/node/spool"}`: takes over the
+/// spool of a node that is gone (README "Running more than one node"). 409 while a live
+/// process holds that spool; 400 for what is not a spool, or this relay's own.
+pub(super) async fn adopt(
+    State(state): State<Arc<AdminState>>,
+    Json(body): Json<Value>,
+) -> Response {
+    use crate::queue::adopt::AdoptError;
+    let Some(from) = body
+        .get("From")
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
+    else {
+        return super::connectors::key_error("From", "the path of the spool to adopt is needed");
+    };
+    let (control, from) = (state.control.clone(), std::path::PathBuf::from(from));
+    match tokio::task::spawn_blocking(move || control.adopt_spool(&from)).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e)) => {
+            let status = match e {
+                AdoptError::Busy(_) => StatusCode::CONFLICT,
+                AdoptError::Refused(_) => StatusCode::BAD_REQUEST,
+                AdoptError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, e.to_string())
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// `GET /api/queue`
 pub(super) async fn list(State(state): State<Arc<AdminState>>) -> Response {
     let now = unix_now();

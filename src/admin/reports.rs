@@ -28,8 +28,12 @@ pub(super) async fn reports(
         Ok(q) => q,
         Err((name, why)) => return key_error(name, why),
     };
-    let data_dir = state.control.policy().relay.data_dir.clone();
-    match tokio::task::spawn_blocking(move || reports::report(&data_dir, &q)).await {
+    let policy = state.control.policy();
+    let read = move || {
+        let at = crate::trace::backend::Location::of(&policy.relay);
+        reports::report_store(&at, &q)
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

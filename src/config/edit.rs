@@ -340,9 +340,31 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// The config writer's temporary file for `path`: `.<name>.<pid>.tmp` beside it.
+/// The config writer's temporary file for `path`: `.<name>.<host>.<pid>.tmp` beside it.
+/// The host name keeps apart the writers of several nodes sharing the config directory
+/// (a volume mounted into containers, where every relay may well be pid 1).
 fn temp_path(path: &Path) -> std::path::PathBuf {
-    parent_dir(path).join(format!(".{}.{}.tmp", file_name(path), std::process::id()))
+    parent_dir(path).join(format!(
+        ".{}.{}.{}.tmp",
+        file_name(path),
+        super::machine_host_name(),
+        std::process::id()
+    ))
+}
+
+/// The pid of a writer's temporary file name after `.<name>.` (`<host>.<pid>.tmp`, or
+/// `<pid>.tmp` as written before host names), if it is this host's.
+fn local_writer_pid(rest: &str) -> Option<u32> {
+    let rest = rest.strip_suffix(".tmp")?;
+    let (host, pid) = match rest.rsplit_once('.') {
+        Some((host, pid)) => (Some(host), pid),
+        None => (None, rest),
+    };
+    let pid = pid.parse::<u32>().ok()?;
+    match host {
+        Some(h) if h != super::machine_host_name() => None,
+        _ => Some(pid),
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -458,9 +480,10 @@ pub fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
 }
 
 /// Removes the temporary files the config writer left beside `path` when it was killed
-/// between creating one and swapping it in (`.<name>.<pid>.tmp`), unless that pid is a
-/// running process other than this one (a `validate` run writing right now). Nothing
-/// else is touched. Returns the files removed.
+/// between creating one and swapping it in (`.<name>.<host>.<pid>.tmp` of this host),
+/// unless that pid is a running process other than this one (a `validate` run writing
+/// right now). Another host's files are another node's business (its pid means nothing
+/// here). Nothing else is touched. Returns the files removed.
 pub fn remove_leftover_temp_files(path: &Path) -> Vec<std::path::PathBuf> {
     let prefix = format!(".{}.", file_name(path));
     let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
@@ -469,11 +492,7 @@ pub fn remove_leftover_temp_files(path: &Path) -> Vec<std::path::PathBuf> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.strip_prefix(&prefix).and_then(local_writer_pid) else {
             continue;
         };
         if pid != std::process::id() && process_alive(pid) {
@@ -873,8 +892,10 @@ RestrictDomainsToIPAddresses = true
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
+        let host = crate::config::machine_host_name();
         let gone = [
             format!(".relay.toml.{dead}.tmp"),
+            format!(".relay.toml.{host}.{dead}.tmp"),
             format!(".relay.toml.{}.tmp", std::process::id()),
         ];
         let kept = [
@@ -882,7 +903,12 @@ RestrictDomainsToIPAddresses = true
             ".relay.toml.x.tmp",
             ".other.toml.5.tmp",
             "relay.toml.displaced-5",
+            // Another node's writer, on a config directory the nodes share.
+            ".relay.toml.node-b.contoso.test.5.tmp",
         ];
+        assert!(
+            temp_path(&path).ends_with(format!(".relay.toml.{host}.{}.tmp", std::process::id()))
+        );
         for name in gone.iter().map(String::as_str).chain(kept) {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }

@@ -25,6 +25,7 @@ use crate::policy::Policy;
 use reader::{Ctx, Lines, suggest};
 
 pub use relay::key_line as relay_key_line;
+pub use relay::machine_host_name;
 pub use summary::summary;
 pub use units::{parse_size, parse_timespan};
 

@@ -30,7 +30,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     let mut r = Reader::new(table, header, "");
     let fqdn = r
         .parsed(ctx, "Fqdn", host_name)
-        .unwrap_or_else(default_fqdn);
+        .unwrap_or_else(machine_host_name);
     let listen = r
         .parsed_list(ctx, "Listen", socket_addr)
         .unwrap_or_else(|| vec!["127.0.0.1:2525".parse().expect("valid literal")]);
@@ -72,6 +72,10 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
     // Set-TransportService -SendProtocolLogMaxAge: 30 days, 00:00:00 keeps every file.
     let send_protocol_log_max_age = timespan(ctx, &mut r, "SendProtocolLogMaxAge", "30.00:00:00");
     let trace_retention_days = r.int(ctx, "TraceRetentionDays", 30, 1, i64::from(u32::MAX)) as u32;
+    // Extension key: the trace store a fleet shares (README "Running more than one node").
+    let trace_store = r
+        .parsed(ctx, "TraceStore", crate::trace::StoreTarget::parse)
+        .unwrap_or_default();
     let srs_secret_file = path(ctx, &mut r, "SrsSecretFile", "var/srs.key");
     let bare_newline_policy = r
         .choice(ctx, "BareNewlinePolicy", &BARE_NEWLINE)
@@ -150,6 +154,7 @@ pub(crate) fn build(ctx: &mut Ctx, table: &dyn TableLike, header: usize) -> Rela
         protocol_log_dir,
         send_protocol_log_max_age,
         trace_retention_days,
+        trace_store,
         srs_secret_file,
         bare_newline_policy,
         dnssec_validation,
@@ -390,7 +395,9 @@ fn duration_of(s: &RelaySettings, key: &str) -> Option<Duration> {
 }
 
 /// The machine's host name, the default `Fqdn`.
-fn default_fqdn() -> String {
+/// The machine's host name, lower case: the default `Fqdn`, and a relay's default node
+/// name in the trace.
+pub fn machine_host_name() -> String {
     gethostname::gethostname()
         .to_string_lossy()
         .trim_end_matches('.')

@@ -22,6 +22,11 @@ fn relay_line(policy: &Policy) -> String {
             .iter()
             .map(|a| format!("{a} (implicit TLS)")),
     );
+    // The trace store only when it is not the default (the URL's password hidden).
+    let trace = match &r.trace_store {
+        crate::trace::StoreTarget::Sqlite => String::new(),
+        other => format!("; trace store: {}", other.describe()),
+    };
     // Said only when set: behind a balancer, whose headers the listeners then require.
     let proxy = match r.proxy_protocol_from.as_slice() {
         [] => String::new(),
@@ -34,7 +39,7 @@ fn relay_line(policy: &Policy) -> String {
         ),
     };
     format!(
-        "Relay    {} listen {}{proxy}; STARTTLS {}; accepted domains: {}",
+        "Relay    {} listen {}{proxy}; STARTTLS {}; accepted domains: {}{trace}",
         r.fqdn,
         join_or_dash(&listen),
         if r.tls_certificate.is_some() {

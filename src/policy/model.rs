@@ -55,6 +55,8 @@ pub struct RelaySettings {
     /// zero keeps them all.
     pub send_protocol_log_max_age: Duration,
     pub trace_retention_days: u32,
+    /// `TraceStore`: SQLite under `data_dir`, or a PostgreSQL a fleet shares.
+    pub trace_store: crate::trace::StoreTarget,
     pub srs_secret_file: PathBuf,
     pub bare_newline_policy: BareNewlinePolicy,
     /// `DnssecValidation` (extension): where DANE's DNSSEC status comes from.

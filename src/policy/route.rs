@@ -591,6 +591,7 @@ pub(crate) mod test_support {
             protocol_log_dir: PathBuf::from("var/log/protocol"),
             send_protocol_log_max_age: Duration::from_secs(30 * 86_400),
             trace_retention_days: 30,
+            trace_store: Default::default(),
             srs_secret_file: PathBuf::from("var/srs.key"),
             bare_newline_policy: BareNewlinePolicy::Reject,
             dnssec_validation: crate::dns::DnssecValidation::Off,

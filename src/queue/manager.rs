@@ -240,6 +240,12 @@ impl QueueHandle {
         let entry = Entry::new(id, env, message_id);
         let _ = self.tx.send(Msg::New(Box::new(entry)));
     }
+
+    /// Schedules a message recovered from a spool, with its recipients' states: one just
+    /// adopted from another node's spool (`queue adopt`), now durably in this one.
+    pub fn adopt(&self, r: Recovered) {
+        let _ = self.tx.send(Msg::New(Box::new(Entry::from_recovered(r))));
+    }
 }
 
 /// Starts the scheduler on the recovered spool content. Outcomes (Delivered, Deferred,

@@ -380,6 +380,48 @@ impl Spool {
         }
     }
 
+    /// Whether a message `id` is in this spool (its file, or its record in the log).
+    pub fn holds(&self, id: &str) -> io::Result<bool> {
+        Ok(self.msg.join(id).exists() || self.wal.read(id)?.is_some())
+    }
+
+    /// Copies message `id` of `other` (a spool at rest: recovered, so the message is a file
+    /// in its `msg/`) into this one, durably: its progress log first, then the message
+    /// file, each through `tmp/`, fsynced and renamed, then both directories fsynced. Once
+    /// this returns, a restart of this spool recovers the message with its recipients'
+    /// states; until the message file is renamed in, it recovers nothing of it (an orphan
+    /// log is removed). File to file: a large message never passes through memory.
+    pub fn copy_in(&self, other: &Spool, id: &str) -> io::Result<()> {
+        let copy = |from: &Path, to: &Path| -> io::Result<()> {
+            let tmp = self.tmp.join(format!("{id}.adopt"));
+            let mut out = File::create(&tmp)?;
+            io::copy(&mut File::open(from)?, &mut out)?;
+            out.sync_all()?;
+            drop(out);
+            fs::rename(&tmp, to)
+        };
+        let log = other.log.join(id);
+        if log.exists() {
+            copy(&log, &self.log.join(id))?;
+            self.log_sync.sync()?;
+        }
+        copy(&other.msg.join(id), &self.msg.join(id))?;
+        self.msg_sync.sync()
+    }
+
+    /// Removes message `id` of a spool at rest (adopted by another spool), the message
+    /// file first, each removal made durable.
+    pub fn discard(&self, id: &str) -> io::Result<()> {
+        for (dir, sync) in [(&self.msg, &self.msg_sync), (&self.log, &self.log_sync)] {
+            match fs::remove_file(dir.join(id)) {
+                Ok(()) => sync.sync()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Recovers every message in the spool. Corrupt message files are moved to `corrupt/`
     /// and reported in the second list; leftovers of interrupted writes are removed (they
     /// were never acknowledged).

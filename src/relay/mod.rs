@@ -82,6 +82,8 @@ pub struct RelayHandle {
     pub events: Events,
     trace: trace_store::Writer,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// `SpoolDir/lock`, released last (after the spool's checkpoint).
+    _spool_lock: crate::queue::adopt::SpoolLock,
 }
 
 impl RelayHandle {
@@ -148,6 +150,12 @@ pub struct StartOptions {
     pub resolver: Option<Arc<dyn Resolver>>,
     /// How often the config and certificate files are checked for changes.
     pub watch_interval: Duration,
+    /// This node's name in the trace rows it writes (`run --node`); `None`: the host name
+    /// (not `Fqdn`: the nodes of a fleet share one config file, so one `Fqdn`).
+    pub node: Option<String>,
+    /// Trace events buffered for the trace writer (what a store outage can absorb before
+    /// rows are dropped and counted).
+    pub trace_buffer: usize,
 }
 
 impl Default for StartOptions {
@@ -156,6 +164,8 @@ impl Default for StartOptions {
             config_path: None,
             resolver: None,
             watch_interval: Duration::from_secs(2),
+            node: None,
+            trace_buffer: crate::trace::CHANNEL_CAPACITY,
         }
     }
 }
@@ -286,6 +296,8 @@ pub async fn start_with_options(
         path: r.spool_dir.display().to_string(),
         source,
     };
+    // One relay per spool: held until this relay's handle is gone (or the process).
+    let spool_lock = crate::queue::adopt::SpoolLock::acquire(&r.spool_dir).map_err(spool_err)?;
     let spool = Arc::new(Spool::open(&r.spool_dir).map_err(spool_err)?);
     let (recovered, corrupt) = spool.recover().map_err(spool_err)?;
     for (id, reason) in &corrupt {
@@ -331,8 +343,20 @@ pub async fn start_with_options(
         })?;
 
     let srs = live::load_srs(&policy)?;
-    let (events, trace) =
-        trace_store::start(&r.data_dir, r.trace_retention_days).map_err(StartError::Trace)?;
+    let node = options
+        .node
+        .clone()
+        .unwrap_or_else(crate::config::machine_host_name);
+    tracing::info!(node = %node, store = %r.trace_store.describe(), "message trace");
+    let (events, trace) = trace_store::start(
+        &crate::trace::backend::Location::of(r),
+        trace_store::WriterOptions {
+            retention_days: r.trace_retention_days,
+            node: node.clone(),
+            buffer: options.trace_buffer,
+        },
+    )
+    .map_err(StartError::Trace)?;
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -459,6 +483,7 @@ pub async fn start_with_options(
         events,
         trace,
         admin: Some(admin),
+        _spool_lock: spool_lock,
     };
     for (listeners, implicit_tls) in [(plain, false), (implicit, true)] {
         for l in listeners {

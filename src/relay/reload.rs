@@ -11,8 +11,8 @@
 //! the modification time, size and inode of the config file and of every certificate, key,
 //! CA and CRL file it names). One mutex serializes all of them.
 //!
-//! Listener addresses, directories, the admin listener and token, the DNS servers and the
-//! connection limits are fixed for the relay's life: a change to them is logged ("restart
+//! Listener addresses, directories, the admin listener and token, the DNS servers, the
+//! trace store and the connection limits are fixed for the relay's life: a change to them is logged ("restart
 //! needed") and the running values stay (they are copied into the new policy, so the
 //! policy in effect always says what is in effect).
 
@@ -242,6 +242,26 @@ impl Control {
     /// The resolver deliveries use (connector validation from the admin API sends with it).
     pub fn resolver(&self) -> Arc<dyn crate::dns::Resolver> {
         self.shared.resolver.clone()
+    }
+
+    /// Moves the messages of a gone node's spool into this relay's spool and queues them
+    /// (`queue adopt`; see [`crate::queue::adopt`]). Blocking.
+    pub fn adopt_spool(
+        &self,
+        from: &Path,
+    ) -> Result<crate::queue::adopt::Adoption, crate::queue::adopt::AdoptError> {
+        let (report, queued) = crate::queue::adopt::adopt(from, &self.shared.spool)?;
+        for r in queued {
+            self.shared.queue.adopt(r);
+        }
+        tracing::info!(
+            from = %from.display(),
+            adopted = report.adopted.len(),
+            already_here = report.already_here.len(),
+            corrupt = report.corrupt.len(),
+            "spool adopted"
+        );
+        Ok(report)
     }
 
     /// The message trace the relay writes.
@@ -529,6 +549,7 @@ fn keep_fixed(old: &Policy, new: &mut Policy) -> Vec<&'static str> {
         inbound_connections_reserved_for_on_premises => "InboundConnectionsReservedForOnPremises",
         source_ipv6_prefix_length => "SourceIPv6PrefixLength",
         max_outbound_connections => "MaxOutboundConnections",
+        trace_store => "TraceStore",
     );
     changed
 }

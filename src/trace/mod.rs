@@ -1,24 +1,29 @@
 //! Message trace: one [`TraceEvent`] per thing that happened to a session, message or
 //! recipient. Emitters (SMTP session, relay backend, queue manager, delivery engine) call
 //! [`Events::emit`], which never blocks: the event is handed to a bounded channel read by the
-//! trace writer (SQLite in `DataDir`, written in batches off the hot path) and counted by
-//! the metrics.
+//! trace writer (written in batches off the hot path) and counted by the metrics.
 //!
-//! [`store`] keeps the rows in `DataDir/trace.sqlite`, [`query`] reads them back (the
-//! `trace` command, the admin API), [`reports`] aggregates them (the Reports view, the
-//! `report` command), [`time`] parses the `--since` / `--until` bounds and
-//! [`table`] prints rows for people.
+//! [`store`] is the writer, [`backend`] the store interface with its two implementations,
+//! [`sqlite`] (`DataDir/trace.sqlite`, the default) and [`postgres`] (shared by a fleet,
+//! `[Relay] TraceStore`, see [`target`]); [`query`] reads rows back (the `trace` command,
+//! the admin API), [`reports`] aggregates them (the Reports view, the `report` command),
+//! [`time`] parses the `--since` / `--until` bounds and [`table`] prints rows for people.
 
+pub mod backend;
+pub mod postgres;
 pub mod query;
 pub mod reports;
+pub mod sqlite;
 pub mod store;
 pub mod table;
+pub mod target;
 pub mod time;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use query::{TraceFilter, TraceQuery, query};
+pub use query::{TraceFilter, TraceQuery, query, query_store};
+pub use target::StoreTarget;
 pub use time::parse_since;
 
 /// What happened.
@@ -104,6 +109,10 @@ pub struct TraceEvent {
     pub reply: Option<String>,
     /// Anything else worth reading (route description, DSN kind, size, ...).
     pub detail: Option<String>,
+    /// The relay node that wrote the row (`run --node`, default the host name): set by the
+    /// store when the row is read back, never by emitters.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl TraceEvent {
@@ -130,6 +139,7 @@ impl TraceEvent {
             certificate: None,
             reply: None,
             detail: None,
+            node: None,
         }
     }
 }
@@ -153,9 +163,14 @@ impl Events {
         Events { tx: None }
     }
 
-    /// A handle and the receiving end for the writer.
+    /// A handle and the receiving end for the writer, buffering [`CHANNEL_CAPACITY`] events.
     pub fn channel() -> (Self, mpsc::Receiver<TraceEvent>) {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        Self::channel_with(CHANNEL_CAPACITY)
+    }
+
+    /// [`Events::channel`] buffering `capacity` events (at least 1).
+    pub fn channel_with(capacity: usize) -> (Self, mpsc::Receiver<TraceEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         (Events { tx: Some(tx) }, rx)
     }
 
@@ -169,6 +184,7 @@ impl Events {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Warn on the first drop and every 1000th: a flood must not flood the log.
                 let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                crate::metrics::trace_rows_dropped("buffer_full", 1);
                 if n % 1000 == 1 {
                     tracing::warn!(dropped = n, "trace channel full; events dropped");
                 }

@@ -13,13 +13,9 @@
 //! when more than `limit` rows qualify, the most recent `limit` are returned.
 
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, Row};
-
-use super::store::{self, COLUMNS};
-use super::{EventKind, TraceEvent};
+use super::TraceEvent;
+use super::backend::{self, Arg, COLUMNS, Dialect, Location};
 
 /// What to look for; `None` fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,59 +87,37 @@ impl TraceFilter {
     }
 }
 
-/// The rows `q` selects, oldest first (see the module documentation). An error when the
-/// store does not exist or cannot be read.
+/// The rows `q` selects from the SQLite store in `data_dir`, oldest first (see the module
+/// documentation). An error when the store does not exist or cannot be read.
 pub fn query(data_dir: &Path, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {
-    let file = store::path(data_dir);
-    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
-    let conn = open_read_only(data_dir)?;
-    let (sql, args) = build(q);
-    let mut st = conn.prepare(&sql).map_err(|e| fail(&e))?;
-    let mut rows: Vec<TraceEvent> = st
-        .query_map(rusqlite::params_from_iter(args), read_row)
-        .map_err(|e| fail(&e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(&e))?;
-    rows.reverse();
-    Ok(rows)
+    let mut store = super::sqlite::Sqlite::open_read(data_dir)?;
+    backend::Backend::query(&mut store, q).map_err(|e| e.message)
 }
 
-/// A read-only connection to the store in `data_dir` (it works while the relay writes);
-/// an error naming the file when there is no store or it cannot be opened.
-pub(super) fn open_read_only(data_dir: &Path) -> Result<Connection, String> {
-    let file = store::path(data_dir);
-    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
-    if !file.exists() {
-        return Err(fail(
-            &"no trace store here (the relay creates it in its DataDir when it starts)",
-        ));
-    }
-    let conn = Connection::open_with_flags(
-        &file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| fail(&e))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| fail(&e))?;
-    Ok(conn)
+/// The rows `q` selects from the store `at` names (`[Relay] TraceStore`): what the `trace`
+/// command and the admin API show.
+pub fn query_store(at: &Location<'_>, q: &TraceQuery) -> Result<Vec<TraceEvent>, String> {
+    backend::open_reader(at)?.query(q).map_err(|e| e.message)
 }
 
-/// The SQL and its arguments: the newest `limit` qualifying rows, newest first.
-fn build(q: &TraceQuery) -> (String, Vec<Value>) {
-    let mut args: Vec<Value> = Vec::new();
-    let mut arg = |v: Value| {
+/// The SQL and its arguments in `dialect`: the newest `limit` qualifying rows, newest
+/// first.
+pub(super) fn build(q: &TraceQuery, dialect: Dialect) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut arg = |v: Arg| {
         args.push(v);
-        format!("?{}", args.len())
+        dialect.param(args.len())
     };
     // One condition per filter, each true of a row that matches that filter.
     let mut filters = Vec::new();
     if let Some(id) = &q.message_id {
         let bare = id.trim().trim_start_matches('<').trim_end_matches('>');
         let (a, b) = (
-            arg(Value::Text(bare.to_string())),
-            arg(Value::Text(format!("<{bare}>"))),
+            arg(Arg::Text(bare.to_string())),
+            arg(Arg::Text(format!("<{bare}>"))),
         );
-        filters.push(format!("message_id IN ({a}, {b})"));
+        let c = |e: &str| dialect.compared("message_id", e);
+        filters.push(format!("{} IN ({}, {})", c("message_id"), c(&a), c(&b)));
     }
     for (column, value) in [
         ("sender", &q.sender),
@@ -156,27 +130,33 @@ fn build(q: &TraceQuery) -> (String, Vec<Value>) {
             if column == "sender" && v == "<>" {
                 v.clear(); // the null sender is stored empty
             }
-            filters.push(format!("{column} = {}", arg(Value::Text(v))));
+            let p = arg(Arg::Text(v));
+            filters.push(format!(
+                "{} = {}",
+                dialect.compared(column, column),
+                dialect.compared(column, &p)
+            ));
         }
     }
     let mut window = Vec::new();
     if let Some(t) = q.since_ms {
-        window.push(format!("time_ms >= {}", arg(Value::Integer(t))));
+        window.push(format!("time_ms >= {}", arg(Arg::Int(t))));
     }
     if let Some(t) = q.until_ms {
-        window.push(format!("time_ms < {}", arg(Value::Integer(t))));
+        window.push(format!("time_ms < {}", arg(Arg::Int(t))));
     }
-    let limit = arg(Value::Integer(q.limit.min(i64::MAX as usize) as i64));
+    let limit = arg(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
     let order = format!("ORDER BY time_ms DESC, id DESC LIMIT {limit}");
+    let table = dialect.table();
     if filters.is_empty() && window.is_empty() {
-        return (format!("SELECT id, {COLUMNS} FROM events {order}"), args);
+        return (format!("SELECT id, {COLUMNS} FROM {table} {order}"), args);
     }
     // Messages: one set of queue ids per filter (and one for the window), intersected.
     let sets: Vec<String> = filters
         .iter()
         .map(|f| f.to_string())
         .chain((!window.is_empty()).then(|| window.join(" AND ")))
-        .map(|c| format!("SELECT queue_id FROM events WHERE queue_id IS NOT NULL AND {c}"))
+        .map(|c| format!("SELECT queue_id FROM {table} WHERE queue_id IS NOT NULL AND {c}"))
         .collect();
     let session: Vec<&String> = filters.iter().chain(&window).collect();
     let session = session
@@ -185,48 +165,21 @@ fn build(q: &TraceQuery) -> (String, Vec<Value>) {
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "SELECT id, {COLUMNS} FROM events WHERE queue_id IN ({sets}) \
+        "SELECT id, {COLUMNS} FROM {table} WHERE queue_id IN ({sets}) \
          UNION ALL \
-         SELECT id, {COLUMNS} FROM events WHERE queue_id IS NULL AND {session} \
+         SELECT id, {COLUMNS} FROM {table} WHERE queue_id IS NULL AND {session} \
          {order}",
         sets = sets.join(" INTERSECT "),
     );
     (sql, args)
 }
 
-fn read_row(r: &Row<'_>) -> rusqlite::Result<TraceEvent> {
-    let name: String = r.get(2)?;
-    let event = EventKind::parse(&name).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            2,
-            rusqlite::types::Type::Text,
-            format!("unknown trace event {name:?}").into(),
-        )
-    })?;
-    Ok(TraceEvent {
-        time_ms: r.get(1)?,
-        event,
-        queue_id: r.get(3)?,
-        message_id: r.get(4)?,
-        sender: r.get(5)?,
-        recipient: r.get(6)?,
-        client_ip: r.get(7)?,
-        helo: r.get(8)?,
-        connector: r.get(9)?,
-        rule: r.get(10)?,
-        host: r.get(11)?,
-        ip: r.get(12)?,
-        tls: r.get(13)?,
-        certificate: r.get(14)?,
-        reply: r.get(15)?,
-        detail: r.get(16)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::store::Store;
+    use crate::trace::EventKind;
+    use crate::trace::backend::Backend;
+    use crate::trace::sqlite::Sqlite;
 
     fn ev(kind: EventKind, t: i64, qid: Option<&str>) -> TraceEvent {
         let mut e = TraceEvent::new(kind);
@@ -239,7 +192,7 @@ mod tests {
     #[test]
     fn filters_select_messages_and_session_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), 30).unwrap();
+        let mut store = Sqlite::open(dir.path()).unwrap();
         let mut a = ev(EventKind::Received, 1000, Some("A"));
         a.sender = Some("Alice@Contoso.test".into());
         a.recipient = Some("bob@contoso.test".into());
@@ -254,7 +207,7 @@ mod tests {
         let mut r = ev(EventKind::Rejected, 2500, None);
         r.sender = Some("alice@contoso.test".into());
         r.recipient = Some("x@fabrikam.test".into());
-        store.insert(&[a, b, r, a2]).unwrap();
+        store.insert("node-a", &[a, b, r, a2]).unwrap();
         let find = |q: TraceQuery| -> Vec<(String, i64)> {
             query(dir.path(), &TraceQuery { limit: 50, ..q })
                 .unwrap()

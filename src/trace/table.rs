@@ -1,12 +1,14 @@
 //! Trace rows as an aligned text table for people (`connector-relay trace`): time (UTC, to
-//! the second), event, queue id, sender, recipient, connector, then one free-form details
-//! column with whatever else the row holds.
+//! the second), the node that wrote the row (when rows name one), event, queue id, sender,
+//! recipient, connector, then one free-form details column with whatever else the row
+//! holds.
 
 use super::time::format_utc;
 use super::{EventKind, TraceEvent};
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 8] = [
     "TIME",
+    "NODE",
     "EVENT",
     "QUEUE ID",
     "SENDER",
@@ -17,9 +19,18 @@ const HEADERS: [&str; 7] = [
 
 /// The rows as lines of text (a header line first), columns separated by two spaces.
 pub fn render(rows: &[TraceEvent]) -> String {
-    let header = HEADERS.map(str::to_string).to_vec();
-    let lines: Vec<Vec<String>> = std::iter::once(header)
-        .chain(rows.iter().map(|r| cells(r).to_vec()))
+    // A NODE column once rows name their node (rows written before nodes were named, or a
+    // hand-made row, have none).
+    let with_node = rows.iter().any(|r| r.node.is_some());
+    let columns = |mut row: Vec<String>| {
+        if !with_node {
+            row.remove(1);
+        }
+        row
+    };
+    let lines: Vec<Vec<String>> = std::iter::once(HEADERS.map(str::to_string).to_vec())
+        .chain(rows.iter().map(cells))
+        .map(columns)
         .collect();
     aligned(&lines)
 }
@@ -52,14 +63,15 @@ pub fn aligned(lines: &[Vec<String>]) -> String {
     out
 }
 
-fn cells(e: &TraceEvent) -> [String; 7] {
+fn cells(e: &TraceEvent) -> Vec<String> {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let sender = match e.sender.as_deref() {
         Some("") => "<>".to_string(),
         _ => or_dash(&e.sender),
     };
-    [
+    vec![
         format_utc(e.time_ms),
+        or_dash(&e.node),
         e.event.as_str().to_string(),
         or_dash(&e.queue_id),
         sender,
@@ -151,5 +163,28 @@ mod tests {
             "2026-11-27T08:00:01Z  Delivered  Q1        <>                   -               To on-premises"
         );
         assert!(lines[0].starts_with("TIME                  EVENT      QUEUE ID  SENDER"));
+    }
+
+    #[test]
+    fn a_node_column_when_rows_name_their_node() {
+        let mut a = TraceEvent::new(EventKind::Received);
+        a.time_ms = 1_795_766_400_000;
+        a.node = Some("relay-a".into());
+        let mut b = TraceEvent::new(EventKind::Delivered);
+        b.time_ms = 1_795_766_401_000;
+        let text = render(&[a, b]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("TIME                  NODE     EVENT"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("2026-11-27T08:00:00Z  relay-a  Received"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("2026-11-27T08:00:01Z  -        Delivered"),
+            "{text}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod compose;
 pub mod dns;
 pub mod docker;
 pub mod downstream;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod https_sink;
 pub mod inject;
 pub mod mtasts;
+pub mod postgres;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

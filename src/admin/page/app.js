@@ -153,6 +153,7 @@ async function searchTrace(ev) {
       const tr = document.createElement("tr");
       tr.className = "event-" + r.event;
       cell(tr, new Date(r.time_ms).toISOString().replace(".000Z", "Z"));
+      cell(tr, r.node, "node");
       cell(tr, r.event, "event");
       cell(tr, r.queue_id);
       cell(tr, r.sender);

@@ -18,10 +18,12 @@
 //! (UTC), so every bucket but the last (the current one) is whole.
 //!
 //! The numbers come from SQL aggregation in the store, one query per series, through the
-//! [`ReportStore`] trait: [`sqlite::SqliteReports`] for `DataDir/trace.sqlite`; a
-//! PostgreSQL store implements the same three methods with the same (standard) SQL, and
-//! [`build`] turns their rows into a [`Report`].
+//! [`ReportStore`] trait: [`sqlite::SqliteReports`] for `DataDir/trace.sqlite`,
+//! [`postgres::PostgresReports`] for a PostgreSQL store (`[Relay] TraceStore`; a fleet's
+//! report covers every node) with the same (standard) SQL, and [`build`] turns their rows
+//! into a [`Report`].
 
+pub mod postgres;
 pub mod sqlite;
 pub mod text;
 
@@ -264,6 +266,17 @@ pub struct RuleCount {
 /// The report of the trace store in `data_dir`.
 pub fn report(data_dir: &Path, q: &ReportQuery) -> Result<Report, String> {
     build(&sqlite::SqliteReports::open(data_dir)?, q)
+}
+
+/// The report of the store `at` names (`[Relay] TraceStore`).
+pub fn report_store(at: &super::backend::Location<'_>, q: &ReportQuery) -> Result<Report, String> {
+    match at.target {
+        super::StoreTarget::Sqlite => report(at.data_dir, q),
+        super::StoreTarget::Postgres(url) => {
+            let store = super::postgres::Postgres::new(url, at.trusted_ca_file, false)?;
+            build(&postgres::PostgresReports::new(store), q)
+        }
+    }
 }
 
 /// The report from a store's rows.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 
 use super::{Direction, ReportQuery, ReportStore};
 use crate::trace::EventKind;
-use crate::trace::query::open_read_only;
+use crate::trace::sqlite::open_read_only;
 use crate::trace::store;
 
 /// Messages per (bucket, connector): each message once per connector, at its first row.

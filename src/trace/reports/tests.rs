@@ -1,6 +1,7 @@
 use super::*;
 use crate::trace::TraceEvent;
-use crate::trace::store::Store;
+use crate::trace::backend::Backend;
+use crate::trace::sqlite::Sqlite;
 
 const NOW: i64 = 1_795_766_400_000; // 2026-11-27T08:00:00Z
 const M: i64 = 60_000;
@@ -98,9 +99,9 @@ fn three_hours(top: usize) -> ReportQuery {
 
 fn filled() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    Store::open(dir.path(), 30)
+    Sqlite::open(dir.path())
         .unwrap()
-        .insert(&rows())
+        .insert("node-a", &rows())
         .unwrap();
     dir
 }
@@ -243,7 +244,7 @@ fn an_empty_period_has_zero_buckets_and_no_share() {
 #[test]
 fn the_queries_use_the_time_index() {
     let dir = filled();
-    let conn = crate::trace::query::open_read_only(dir.path()).unwrap();
+    let conn = crate::trace::sqlite::open_read_only(dir.path()).unwrap();
     for (sql, args) in [
         (sqlite::TRAFFIC, 4),
         (sqlite::TLS, 3),
