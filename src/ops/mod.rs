@@ -3,8 +3,10 @@
 //! decide for such a session?). Library functions: the CLI (`validate`, `explain`) and the
 //! admin API call the same code.
 
+pub mod decide;
 pub mod explain;
 pub mod validate;
+pub mod whatif;
 
 pub use explain::{Explanation, explain};
 pub use validate::{Step, ValidationReport, record, record_edit, validate, validate_traced};

@@ -62,6 +62,16 @@ pub enum AttributedBy {
     SenderDomain,
 }
 
+impl AttributedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributedBy::Certificate => "Certificate",
+            AttributedBy::IpAddress => "IpAddress",
+            AttributedBy::SenderDomain => "SenderDomain",
+        }
+    }
+}
+
 /// The attribution indexes, built once per policy.
 #[derive(Debug, Clone, Default)]
 pub struct InboundTable {

@@ -5,9 +5,11 @@
 //! the metrics.
 //!
 //! [`store`] keeps the rows in `DataDir/trace.sqlite`, [`query`] reads them back (the
-//! `trace` command, the admin API), [`time`] parses the `--since` / `--until` bounds and
-//! [`table`] prints rows for people.
+//! `trace` command, the admin API), [`facts`] is the per-transaction `Session` row's facts
+//! (written by the relay backend, read back by `whatif`), [`time`] parses the `--since` /
+//! `--until` bounds and [`table`] prints rows for people.
 
+pub mod facts;
 pub mod query;
 pub mod store;
 pub mod table;
@@ -35,10 +37,15 @@ pub enum EventKind {
     Failed,
     DsnSent,
     Expired,
+    /// One per mail transaction, when it ends (refused at MAIL FROM, answered at DATA, reset
+    /// or cut off): the facts its decisions were made from, as compact JSON in `detail`
+    /// ([`facts`]), so that they can be made again under another policy (`whatif`). Not
+    /// shown by [`query`]: the other rows say the same to a person.
+    Session,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Received,
         EventKind::Rejected,
         EventKind::Routed,
@@ -48,6 +55,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::DsnSent,
         EventKind::Expired,
+        EventKind::Session,
     ];
 
     /// The kind named by [`EventKind::as_str`].
@@ -66,6 +74,7 @@ impl EventKind {
             EventKind::Failed => "Failed",
             EventKind::DsnSent => "DsnSent",
             EventKind::Expired => "Expired",
+            EventKind::Session => "Session",
         }
     }
 }

@@ -159,8 +159,13 @@ fn build(q: &TraceQuery) -> (String, Vec<Value>) {
     }
     let limit = arg(Value::Integer(q.limit.min(i64::MAX as usize) as i64));
     let order = format!("ORDER BY time_ms DESC, id DESC LIMIT {limit}");
+    // `Session` rows hold the facts `whatif` replays; the other rows say the same to a person.
+    let shown = "event <> 'Session'";
     if filters.is_empty() && window.is_empty() {
-        return (format!("SELECT id, {COLUMNS} FROM events {order}"), args);
+        return (
+            format!("SELECT id, {COLUMNS} FROM events WHERE {shown} {order}"),
+            args,
+        );
     }
     // Messages: one set of queue ids per filter (and one for the window), intersected.
     let sets: Vec<String> = filters
@@ -176,9 +181,9 @@ fn build(q: &TraceQuery) -> (String, Vec<Value>) {
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "SELECT id, {COLUMNS} FROM events WHERE queue_id IN ({sets}) \
+        "SELECT id, {COLUMNS} FROM events WHERE queue_id IN ({sets}) AND {shown} \
          UNION ALL \
-         SELECT id, {COLUMNS} FROM events WHERE queue_id IS NULL AND {session} \
+         SELECT id, {COLUMNS} FROM events WHERE queue_id IS NULL AND {shown} AND {session} \
          {order}",
         sets = sets.join(" INTERSECT "),
     );
@@ -245,7 +250,14 @@ mod tests {
         let mut r = ev(EventKind::Rejected, 2500, None);
         r.sender = Some("alice@contoso.test".into());
         r.recipient = Some("x@fabrikam.test".into());
-        store.insert(&[a, b, r, a2]).unwrap();
+        // Facts rows (one with a message, one without) are not shown.
+        let mut facts = ev(EventKind::Session, 1000, Some("A"));
+        facts.sender = Some("alice@contoso.test".into());
+        let mut refused_facts = ev(EventKind::Session, 2500, None);
+        refused_facts.sender = Some("alice@contoso.test".into());
+        store
+            .insert(&[a, b, r, a2, facts, refused_facts])
+            .unwrap();
         let find = |q: TraceQuery| -> Vec<(String, i64)> {
             query(dir.path(), &TraceQuery { limit: 50, ..q })
                 .unwrap()

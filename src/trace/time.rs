@@ -38,7 +38,7 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
 
 /// `Some` when `t` looks like a duration (digits then a unit letter); its milliseconds, or
 /// why it is not one.
-fn relative(t: &str) -> Option<Result<i64, String>> {
+pub fn relative(t: &str) -> Option<Result<i64, String>> {
     let first = t.chars().next()?;
     let last = t.chars().last()?;
     if !first.is_ascii_digit() || last.is_ascii_digit() || t.contains(['-', ':']) {
