@@ -64,7 +64,13 @@ pub enum RecipientDecision {
 
 impl RecipientDecision {
     pub fn accepted(&self) -> bool {
-        matches!(self, RecipientDecision::Parsed { verdict: Ok(()), .. })
+        matches!(
+            self,
+            RecipientDecision::Parsed {
+                verdict: Ok(()),
+                ..
+            }
+        )
     }
 }
 
@@ -90,7 +96,16 @@ pub fn decide(
     };
     let mut decided: Vec<RecipientDecision> = recipients
         .iter()
-        .map(|r| recipient(policy, inbound, facts, attribution, sender_domain.as_deref(), r))
+        .map(|r| {
+            recipient(
+                policy,
+                inbound,
+                facts,
+                attribution,
+                sender_domain.as_deref(),
+                r,
+            )
+        })
         .collect();
     // Routes: as the queue routes the message made of the accepted recipients.
     let accepted_domains: Vec<&str> = decided

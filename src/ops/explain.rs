@@ -24,12 +24,12 @@ use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 
 use crate::message::srs::is_srs0;
+use crate::policy::Policy;
 use crate::policy::inbound::{AttributedBy, Attribution};
 use crate::policy::restrict::{
     InboundPolicy, Refusal, SessionFacts, is_accepted, is_relay_postmaster,
 };
 use crate::policy::route::{ConnectorKind, RouteDecision};
-use crate::policy::Policy;
 use crate::smtp::Reply;
 use crate::smtp::client_cert::{ClientCertInfo, ClientCertValidator};
 

@@ -243,7 +243,12 @@ mod tests {
             after_id: 0,
         };
         let last = read_sessions(dir.path(), range, |r| {
-            seen.push((r.sender.to_string(), r.stored, r.tls, r.client_ip.to_string()))
+            seen.push((
+                r.sender.to_string(),
+                r.stored,
+                r.tls,
+                r.client_ip.to_string(),
+            ))
         })
         .unwrap();
         assert_eq!(

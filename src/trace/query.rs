@@ -255,9 +255,7 @@ mod tests {
         facts.sender = Some("alice@contoso.test".into());
         let mut refused_facts = ev(EventKind::Session, 2500, None);
         refused_facts.sender = Some("alice@contoso.test".into());
-        store
-            .insert(&[a, b, r, a2, facts, refused_facts])
-            .unwrap();
+        store.insert(&[a, b, r, a2, facts, refused_facts]).unwrap();
         let find = |q: TraceQuery| -> Vec<(String, i64)> {
             query(dir.path(), &TraceQuery { limit: 50, ..q })
                 .unwrap()

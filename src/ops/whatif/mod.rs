@@ -30,8 +30,8 @@ use collect::Collected;
 use replay::{Memo, Shape, recorded_mismatch};
 use report::Tally;
 pub use report::{
-    AcceptedGroup, AttributionChange, Counts, Impact, Mismatches, PeriodText, RefusedGroup,
-    Relay, RelayClient, Replayed, Rerouted, RouteText, SenderCounts,
+    AcceptedGroup, AttributionChange, Counts, Impact, Mismatches, PeriodText, RefusedGroup, Relay,
+    RelayClient, Replayed, Rerouted, RouteText, SenderCounts,
 };
 
 /// The recorded period to replay.

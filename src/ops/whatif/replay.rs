@@ -85,7 +85,9 @@ impl Shape {
 
     /// MAIL FROM was refused by a rule that is not a connector decision.
     pub fn mail_kept(&self) -> bool {
-        self.mail_rule.as_deref().is_some_and(|r| !is_policy_rule(r))
+        self.mail_rule
+            .as_deref()
+            .is_some_and(|r| !is_policy_rule(r))
     }
 }
 
@@ -214,7 +216,9 @@ impl<'p> Decider<'p> {
             .iter()
             .map(|(_, rule)| match rule {
                 Some(rule) if !is_policy_rule(rule) => (Verdict::kept(rule), None),
-                _ => fresh.next().map_or((Verdict::kept("?"), None), rcpt_outcome),
+                _ => fresh
+                    .next()
+                    .map_or((Verdict::kept("?"), None), rcpt_outcome),
             })
             .collect();
         Outcome {
@@ -340,11 +344,7 @@ pub(super) fn recorded_mismatch(g: &Group, shape: &Shape, current: &Outcome) -> 
     let who = format!(
         "{} <{}>",
         g.client_ip,
-        if g.sender.is_empty() {
-            ""
-        } else {
-            &*g.sender
-        }
+        if g.sender.is_empty() { "" } else { &*g.sender }
     );
     if shape.mail_kept() {
         return None;
@@ -402,9 +402,6 @@ mod tests {
             "postmaster@relay.test"
         );
         assert_eq!(reduce_rcpt("a%b@contoso.test"), "a%b@contoso.test");
-        assert_eq!(
-            reduce_rcpt("\"a@b\"@contoso.test"),
-            "\"a@b\"@contoso.test"
-        );
+        assert_eq!(reduce_rcpt("\"a@b\"@contoso.test"), "\"a@b\"@contoso.test");
     }
 }

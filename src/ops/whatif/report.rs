@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::collect::Group;
 use super::replay::{Decider, Outcome, RouteKey, Shape, Verdict, name_or_none};
@@ -16,7 +16,7 @@ const SENDERS_SHOWN: usize = 20;
 const EXAMPLES: usize = 5;
 
 /// What a proposed configuration would have changed in the recorded traffic.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Impact {
     /// One sentence, e.g. `This change would have refused 37 messages from 3 senders in
@@ -45,7 +45,7 @@ pub struct Impact {
     pub assumptions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PeriodText {
     /// RFC 3339.
@@ -55,7 +55,7 @@ pub struct PeriodText {
     pub words: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Replayed {
     /// `Session` rows read (one per recorded transaction).
@@ -70,7 +70,7 @@ pub struct Replayed {
 }
 
 /// Transactions, stored messages and recipients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Counts {
     pub transactions: u64,
@@ -86,7 +86,7 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SenderCounts {
     /// `<>` for the null sender.
@@ -95,7 +95,7 @@ pub struct SenderCounts {
     pub counts: Counts,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RefusedGroup {
     /// `MAIL` or `RCPT`.
@@ -112,7 +112,7 @@ pub struct RefusedGroup {
     pub more_senders: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AcceptedGroup {
     pub stage: String,
@@ -127,7 +127,7 @@ pub struct AcceptedGroup {
     pub more_senders: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Relay {
     /// Recorded recipients outside the accepted domains that would be relayed.
@@ -142,7 +142,7 @@ pub struct Relay {
     pub already_open: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RelayClient {
     pub client_ip: String,
@@ -152,7 +152,7 @@ pub struct RelayClient {
     pub transactions: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RouteText {
     /// `None`: the default MX route.
@@ -161,7 +161,7 @@ pub struct RouteText {
     pub route: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Rerouted {
     pub domain: String,
@@ -171,7 +171,7 @@ pub struct Rerouted {
     pub recipients: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AttributionChange {
     pub from: Option<String>,
@@ -179,7 +179,7 @@ pub struct AttributionChange {
     pub transactions: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Mismatches {
     pub transactions: u64,
@@ -479,12 +479,14 @@ impl Tally {
             clients: self
                 .relay_clients
                 .into_iter()
-                .map(|((client_ip, sender, connector), transactions)| RelayClient {
-                    client_ip,
-                    sender,
-                    connector,
-                    transactions,
-                })
+                .map(
+                    |((client_ip, sender, connector), transactions)| RelayClient {
+                        client_ip,
+                        sender,
+                        connector,
+                        transactions,
+                    },
+                )
                 .collect(),
             anyone: anyone.1,
             already_open: anyone.0 && anyone.1,
@@ -529,7 +531,10 @@ fn accepted_rcpts(o: &Outcome) -> u64 {
     if o.mail != Verdict::Accepted {
         return 0;
     }
-    o.rcpts.iter().filter(|(v, _)| *v == Verdict::Accepted).count() as u64
+    o.rcpts
+        .iter()
+        .filter(|(v, _)| *v == Verdict::Accepted)
+        .count() as u64
 }
 
 /// Recipients accepted under the current config and not under the proposed one.
@@ -582,7 +587,11 @@ fn summary(i: &Impact, t: &Totals) -> String {
                 plural(t.partial_messages, "message", "messages")
             )
         } else {
-            plural(t.refused_transactions, "mail transaction", "mail transactions")
+            plural(
+                t.refused_transactions,
+                "mail transaction",
+                "mail transactions",
+            )
         };
         parts.push(format!(
             "refused {what} from {}",
@@ -609,11 +618,7 @@ fn summary(i: &Impact, t: &Totals) -> String {
             plural(moved, "transaction", "transactions")
         ));
     }
-    let relay = if i.opens_relay {
-        "OPENS RELAY: "
-    } else {
-        ""
-    };
+    let relay = if i.opens_relay { "OPENS RELAY: " } else { "" };
     if parts.is_empty() && !i.opens_relay {
         return format!(
             "This change would not have changed any decision about the {} recorded {}.",
@@ -664,7 +669,11 @@ fn relay_words(r: &Relay) -> String {
     if !r.clients.is_empty() {
         parts.push(format!(
             "{} could relay to any domain",
-            plural(r.clients.len() as u64, "recorded client", "recorded clients")
+            plural(
+                r.clients.len() as u64,
+                "recorded client",
+                "recorded clients"
+            )
         ));
     }
     if r.recipients > 0 {
@@ -682,8 +691,12 @@ impl Impact {
         let mut out = String::new();
         out.push_str(&format!("{}\n\n", self.summary));
         out.push_str(&format!(
-            "Replayed {} recorded transactions from {} to {} ({} distinct fact sets, {} ms)\n",
-            self.replayed.rows,
+            "Replayed {} from {} to {} ({} distinct fact sets, {} ms)\n",
+            plural(
+                self.replayed.rows,
+                "recorded transaction",
+                "recorded transactions"
+            ),
             self.period.since,
             self.period.until,
             self.replayed.decisions,
@@ -698,10 +711,10 @@ impl Impact {
             out.push_str("\nAnother route or TLS level:\n");
             for r in &self.rerouted {
                 out.push_str(&format!(
-                    "  {}: {} recipients of {} messages\n    now: {}\n    then: {}\n",
+                    "  {}: {} of {}\n    current:  {}\n    proposed: {}\n",
                     r.domain,
-                    r.recipients,
-                    r.messages,
+                    plural(r.recipients, "recipient", "recipients"),
+                    plural(r.messages, "message", "messages"),
                     r.from.route,
                     r.to.route
                 ));
@@ -711,22 +724,22 @@ impl Impact {
             out.push_str("\nAnother inbound connector:\n");
             for a in &self.attribution {
                 out.push_str(&format!(
-                    "  {} -> {}: {} transactions\n",
+                    "  {} -> {}: {}\n",
                     name_or_none(a.from.as_deref()),
                     name_or_none(a.to.as_deref()),
-                    a.transactions
+                    plural(a.transactions, "transaction", "transactions")
                 ));
             }
         }
-        let u = &self.unchanged;
-        out.push_str(&format!(
-            "\nUnchanged: {} transactions ({} messages, {} recipients)\n",
-            u.transactions, u.messages, u.recipients
-        ));
+        out.push_str(&format!("\nUnchanged: {}\n", counts_text(&self.unchanged)));
         if self.recorded_mismatches.transactions > 0 {
             out.push_str(&format!(
-                "\nNote: for {} recorded transactions the current config decides otherwise than the relay did (the config changed during the period?), e.g.:\n",
-                self.recorded_mismatches.transactions
+                "\nNote: for {} the current config decides otherwise than the relay did (the config changed during the period?), e.g.:\n",
+                plural(
+                    self.recorded_mismatches.transactions,
+                    "recorded transaction",
+                    "recorded transactions"
+                )
             ));
             for e in &self.recorded_mismatches.examples {
                 out.push_str(&format!("  {e}\n"));
@@ -743,21 +756,23 @@ impl Impact {
         let r = &self.relay;
         let mut out = String::from("\nOPENS RELAY\n");
         if r.anyone {
-            out.push_str("  anyone (an unknown address, no TLS, any sender) could relay to any domain\n");
+            out.push_str(
+                "  anyone (an unknown address, no TLS, any sender) could relay to any domain\n",
+            );
         }
         for c in &r.clients {
             out.push_str(&format!(
-                "  client {} <{}> could relay to any domain through {} ({} transactions)\n",
+                "  client {} <{}> could relay to any domain through {} ({})\n",
                 c.client_ip,
                 c.sender,
                 name_or_none(c.connector.as_deref()),
-                c.transactions
+                plural(c.transactions, "transaction", "transactions")
             ));
         }
         if r.recipients > 0 {
             out.push_str(&format!(
-                "  {} recorded recipients outside the accepted domains would have been relayed\n",
-                r.recipients
+                "  {} outside the accepted domains would have been relayed\n",
+                plural(r.recipients, "recorded recipient", "recorded recipients")
             ));
         }
         out
@@ -775,13 +790,11 @@ impl Impact {
                 .map(|w| format!(" (refused already, by {w})"))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "  at {} by {} of {}{was}: {} transactions, {} messages, {} recipients\n    {}\n",
+                "  at {} by {}{}{was}: {}\n    {}\n",
                 g.stage,
                 g.rule,
-                name_or_none(g.connector.as_deref()),
-                g.counts.transactions,
-                g.counts.messages,
-                g.counts.recipients,
+                of_connector(g.connector.as_deref()),
+                counts_text(&g.counts),
                 g.reply
             ));
             senders_text(out, &g.senders, g.more_senders);
@@ -796,23 +809,37 @@ impl Impact {
         for g in &self.accepted {
             let relay = if g.relay { " RELAY" } else { "" };
             out.push_str(&format!(
-                "  at {}{relay}, was {} of {}: {} transactions, {} recipients\n",
+                "  at {}{relay}, refused until now by {}{}: {}\n",
                 g.stage,
                 g.was_rule,
-                name_or_none(g.was_connector.as_deref()),
-                g.counts.transactions,
-                g.counts.recipients
+                of_connector(g.was_connector.as_deref()),
+                counts_text(&g.counts)
             ));
             senders_text(out, &g.senders, g.more_senders);
         }
     }
 }
 
+/// ` of connector "X"`, or nothing.
+fn of_connector(connector: Option<&str>) -> String {
+    connector.map_or_else(String::new, |c| format!(" of connector \"{c}\""))
+}
+
+fn counts_text(c: &Counts) -> String {
+    format!(
+        "{} ({}, {})",
+        plural(c.transactions, "transaction", "transactions"),
+        plural(c.messages, "message", "messages"),
+        plural(c.recipients, "recipient", "recipients")
+    )
+}
+
 fn senders_text(out: &mut String, senders: &[SenderCounts], more: usize) {
     for s in senders {
         out.push_str(&format!(
-            "    {:<40} {} transactions, {} messages\n",
-            s.sender, s.counts.transactions, s.counts.messages
+            "    {:<40} {}\n",
+            s.sender,
+            counts_text(&s.counts)
         ));
     }
     if more > 0 {
