@@ -48,14 +48,14 @@ pub struct Facts<'a> {
 
 /// The connector a session is attributed to: `index` is its position in the slice given to
 /// [`InboundTable::new`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attribution {
     pub index: usize,
     pub by: AttributedBy,
 }
 
 /// Which fact attributed the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttributedBy {
     Certificate,
     IpAddress,
@@ -159,6 +159,13 @@ impl InboundTable {
             return found(i, AttributedBy::Certificate);
         }
         None
+    }
+
+    /// The Partner connector whose `SenderDomains` match `domain` best (rule 3 alone).
+    pub fn sender_domain_connector(&self, domain: &str) -> Option<usize> {
+        self.partner_domains
+            .lookup_domain(&normalize_name(domain))
+            .map(|(_, i)| i as usize)
     }
 
     /// Is `ip` in the `SenderIPAddresses` of connector `index`? (`RestrictDomainsToIPAddresses`.)

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use crate::ops::decide::{Decisions, RecipientDecision, decide};
 use crate::ops::{parse_recipient, parse_sender};
 use crate::policy::Policy;
+use crate::policy::inbound::Attribution;
 use crate::policy::restrict::{
     InboundPolicy, Refusal, SessionFacts, is_accepted, is_relay_postmaster,
 };
@@ -262,6 +263,27 @@ impl<'p> Decider<'p> {
         decide(self.policy, &self.inbound, &facts, sender, rcpts, &mut rng)
     }
 
+    /// What `ip` means to this policy (see [`IpRole`]).
+    fn ip_role(&self, ip: IpAddr) -> IpRole {
+        let alone = SessionFacts {
+            ip,
+            tls: false,
+            trusted_cert_names: &[],
+            cert_problem: None,
+        };
+        let holding = self
+            .policy
+            .inbound
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                !c.sender_ip_addresses.is_empty() && self.inbound.table().ip_allowed(*i, ip)
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        (self.inbound.attribute(&alone, None), holding)
+    }
+
     /// A newly accepted recipient outside the accepted domains (and not the relay's
     /// postmaster): relaying.
     pub fn is_relay(&self, rcpt: &str) -> bool {
@@ -301,11 +323,28 @@ fn rcpt_outcome(r: &RecipientDecision) -> (Verdict, Option<RouteKey>) {
     }
 }
 
+/// What a client address means to one policy: the connector it attributes a session to
+/// by itself (an OnPremises address, else a Partner one without SenderDomains), and the
+/// connectors whose `SenderIPAddresses` hold it (`RestrictDomainsToIPAddresses`). Two
+/// addresses alike in both policies get the same decisions, so an internet gateway's
+/// thousands of client addresses are a handful of cases.
+type IpRole = (Option<Attribution>, Vec<u32>);
+
+/// What a sender's domain means to one policy: the Partner connector whose
+/// `SenderDomains` match it (the domain counts for nothing else but reply texts).
+type DomainRole = Option<usize>;
+
+/// A shape with its address and sender's domain replaced by their roles in both
+/// policies: shapes with the same key get the same decisions.
+type ShapeKey = (Shape, (IpRole, IpRole), (DomainRole, DomainRole));
+
 /// Both policies' outcomes for every shape, each decided once.
 pub(super) struct Memo<'p> {
     pub current: Decider<'p>,
     pub proposed: Decider<'p>,
-    shapes: HashMap<Shape, usize>,
+    shapes: HashMap<ShapeKey, usize>,
+    ip_roles: HashMap<IpAddr, (IpRole, IpRole)>,
+    domain_roles: HashMap<String, (DomainRole, DomainRole)>,
     pub decided: Vec<(Outcome, Outcome)>,
 }
 
@@ -315,20 +354,50 @@ impl<'p> Memo<'p> {
             current: Decider::new(current),
             proposed: Decider::new(proposed),
             shapes: HashMap::new(),
+            ip_roles: HashMap::new(),
+            domain_roles: HashMap::new(),
             decided: Vec::new(),
         }
     }
 
-    /// The index of `shape`'s outcomes in `decided`, deciding it the first time.
+    /// The index of `shape`'s outcomes in `decided`, deciding it the first time a shape
+    /// of the same key comes.
     pub fn get(&mut self, shape: &Shape) -> usize {
-        if let Some(&i) = self.shapes.get(shape) {
+        let key = self.key(shape);
+        if let Some(&i) = self.shapes.get(&key) {
             return i;
         }
         let outcomes = (self.current.outcome(shape), self.proposed.outcome(shape));
         self.decided.push(outcomes);
         let i = self.decided.len() - 1;
-        self.shapes.insert(shape.clone(), i);
+        self.shapes.insert(key, i);
         i
+    }
+
+    fn key(&mut self, shape: &Shape) -> ShapeKey {
+        let (current, proposed) = (&self.current, &self.proposed);
+        let ip = self
+            .ip_roles
+            .entry(shape.ip)
+            .or_insert_with(|| (current.ip_role(shape.ip), proposed.ip_role(shape.ip)))
+            .clone();
+        // A sender that does not parse keeps its text (its syntax error is the decision).
+        let domain = shape.sender.strip_prefix("s@").unwrap_or_default();
+        let role = |d: &Decider<'_>| d.inbound.table().sender_domain_connector(domain);
+        let sender = *self
+            .domain_roles
+            .entry(domain.to_string())
+            .or_insert_with(|| (role(current), role(proposed)));
+        let generic = Shape {
+            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            sender: if domain.is_empty() {
+                shape.sender.clone()
+            } else {
+                "s@*".to_string()
+            },
+            ..shape.clone()
+        };
+        (generic, ip, sender)
     }
 
     /// How many distinct shapes were decided.
