@@ -140,13 +140,19 @@ struct Client {
 fn client(rng: &mut StdRng) -> Client {
     let roll = rng.random_range(0..100);
     let internal = |rng: &mut StdRng| {
-        let domain = ["contoso.test", "eu.contoso.test", "fabrikam-corp.test"][rng.random_range(0..3)];
+        let domain =
+            ["contoso.test", "eu.contoso.test", "fabrikam-corp.test"][rng.random_range(0..3)];
         format!("user{}@{domain}", rng.random_range(0..20_000))
     };
     let external = |rng: &mut StdRng| {
-        format!("someone{}@ext{}.test", rng.random_range(0..50), rng.random_range(0..2000))
+        format!(
+            "someone{}@ext{}.test",
+            rng.random_range(0..50),
+            rng.random_range(0..2000)
+        )
     };
-    let n = 1 + usize::from(rng.random_range(0..4) == 0) + usize::from(rng.random_range(0..10) == 0);
+    let n =
+        1 + usize::from(rng.random_range(0..4) == 0) + usize::from(rng.random_range(0..10) == 0);
     match roll {
         // On-premises servers: inside and out.
         0..30 => {
@@ -158,7 +164,13 @@ fn client(rng: &mut StdRng) -> Client {
                 cert: None,
                 sender: format!("app{}@contoso.test", rng.random_range(0..500)),
                 rcpts: (0..n)
-                    .map(|_| if rng.random_range(0..10) < 7 { internal(rng) } else { external(rng) })
+                    .map(|_| {
+                        if rng.random_range(0..10) < 7 {
+                            internal(rng)
+                        } else {
+                            external(rng)
+                        }
+                    })
                     .collect(),
             }
         }
@@ -166,7 +178,11 @@ fn client(rng: &mut StdRng) -> Client {
         30..55 => {
             let p = rng.random_range(0..PARTNERS);
             let tls = rng.random_range(0..10) < 8;
-            let i = if rng.random_range(0..20) == 0 { 7 } else { rng.random_range(0..4) };
+            let i = if rng.random_range(0..20) == 0 {
+                7
+            } else {
+                rng.random_range(0..4)
+            };
             Client {
                 ip: partner_ip(p, i).parse().unwrap(),
                 helo: format!("mail.partner{p}.test"),
@@ -180,7 +196,13 @@ fn client(rng: &mut StdRng) -> Client {
         55..95 => {
             let d = rng.random_range(0..5000);
             Client {
-                ip: format!("203.0.{}.{}", rng.random_range(0..64), rng.random_range(1..255)).parse().unwrap(),
+                ip: format!(
+                    "203.0.{}.{}",
+                    rng.random_range(0..64),
+                    rng.random_range(1..255)
+                )
+                .parse()
+                .unwrap(),
                 helo: format!("mx.sender{d}.test"),
                 tls: rng.random_range(0..3) > 0,
                 cert: None,
@@ -190,11 +212,17 @@ fn client(rng: &mut StdRng) -> Client {
         }
         // Relay attempts.
         _ => Client {
-            ip: format!("192.0.2.{}", rng.random_range(1..255)).parse().unwrap(),
+            ip: format!("192.0.2.{}", rng.random_range(1..255))
+                .parse()
+                .unwrap(),
             helo: "spam.example".into(),
             tls: false,
             cert: None,
-            sender: format!("x{}@spam{}.test", rng.random_range(0..1000), rng.random_range(0..100)),
+            sender: format!(
+                "x{}@spam{}.test",
+                rng.random_range(0..1000),
+                rng.random_range(0..100)
+            ),
             rcpts: (0..n).map(|_| external(rng)).collect(),
         },
     }
@@ -249,7 +277,9 @@ fn transaction(
         e.time_ms = time_ms;
         e.client_ip = Some(c.ip.to_string());
         e.helo = Some(c.helo.clone());
-        e.tls = c.tls.then(|| "TLSv1.3 TLS13_AES_256_GCM_SHA384".to_string());
+        e.tls = c
+            .tls
+            .then(|| "TLSv1.3 TLS13_AES_256_GCM_SHA384".to_string());
         e.certificate = c.cert.as_ref().map(|n| format!("CN={n}"));
         e.sender = Some(c.sender.clone());
         e.connector = connector.clone();
@@ -266,7 +296,10 @@ fn transaction(
         out.push(e);
     } else {
         for r in &d.recipients {
-            let RecipientDecision::Parsed { address, verdict, .. } = r else {
+            let RecipientDecision::Parsed {
+                address, verdict, ..
+            } = r
+            else {
                 continue;
             };
             match verdict {
@@ -300,8 +333,18 @@ fn transaction(
                 problem: None,
             }),
             to: to.iter().map(|s| s.as_str().into()).collect(),
-            no: no.iter().map(|(a, r)| (a.as_str().into(), r.as_str().into())).collect(),
-            end: if d.mail.is_err() { "MAIL" } else if to.is_empty() { "CLOSED" } else { "DATA" }.into(),
+            no: no
+                .iter()
+                .map(|(a, r)| (a.as_str().into(), r.as_str().into()))
+                .collect(),
+            end: if d.mail.is_err() {
+                "MAIL"
+            } else if to.is_empty() {
+                "CLOSED"
+            } else {
+                "DATA"
+            }
+            .into(),
         }
         .to_json(),
     );
@@ -310,7 +353,12 @@ fn transaction(
 
 /// `Received`, `Routed`, `Delivered` per recipient and one `Attempt`, as the relay and
 /// the delivery engine write them.
-fn delivered(row: &dyn Fn(EventKind) -> TraceEvent, id: &str, to: &[String], out: &mut Vec<TraceEvent>) {
+fn delivered(
+    row: &dyn Fn(EventKind) -> TraceEvent,
+    id: &str,
+    to: &[String],
+    out: &mut Vec<TraceEvent>,
+) {
     for r in to {
         let mut e = row(EventKind::Received);
         e.queue_id = Some(id.to_string());

@@ -618,14 +618,24 @@ fn summary(i: &Impact, t: &Totals) -> String {
             plural(moved, "transaction", "transactions")
         ));
     }
-    let relay = if i.opens_relay { "OPENS RELAY: " } else { "" };
-    if parts.is_empty() && !i.opens_relay {
-        return format!(
-            "This change would not have changed any decision about the {} recorded {}.",
-            plural(i.replayed.rows, "transaction", "transactions"),
-            i.period.words
-        );
+    let unchanged = format!(
+        "the {} recorded {}",
+        plural(i.replayed.rows, "transaction", "transactions"),
+        i.period.words
+    );
+    match (parts.is_empty(), i.opens_relay) {
+        (true, false) => {
+            return format!("This change would not have changed any decision about {unchanged}.");
+        }
+        (true, true) => {
+            return format!(
+                "OPENS RELAY: with this change {}; it would not have changed any decision about {unchanged}.",
+                relay_words(&i.relay)
+            );
+        }
+        _ => {}
     }
+    let relay = if i.opens_relay { "OPENS RELAY: " } else { "" };
     let mut s = format!("{relay}This change would have {}", parts.join(", "));
     s.push_str(&format!(" {}", i.period.words));
     let senders = top_senders(i);
