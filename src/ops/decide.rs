@@ -57,8 +57,9 @@ pub enum RecipientDecision {
         /// Lower-case domain.
         domain: String,
         verdict: Result<(), Refusal>,
-        /// For an accepted recipient: the route the queue would pick.
-        route: Option<RouteDecision>,
+        /// For an accepted recipient: the route the queue would pick (boxed: a route is
+        /// large, and most decisions in a replay are refusals or have none yet).
+        route: Option<Box<RouteDecision>>,
     },
 }
 
@@ -129,12 +130,12 @@ pub fn decide(
             ..
         } = r
         {
-            *route = Some(select_route_with_rng(
+            *route = Some(Box::new(select_route_with_rng(
                 policy,
                 domain,
                 from_outside_org,
                 route_rng,
-            ));
+            )));
         }
     }
     Decisions {

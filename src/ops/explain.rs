@@ -404,7 +404,7 @@ fn recipient(
             Err(r) => Verdict::refused(r),
         },
         why,
-        route: route.as_ref().map(|d| route_facts(policy, domain, d)),
+        route: route.as_deref().map(|d| route_facts(policy, domain, d)),
     }
 }
 
