@@ -245,12 +245,7 @@ pub(super) struct Tally {
     relay_clients: BTreeMap<(String, String, Option<String>), u64>,
     relay_recipients: u64,
     unchanged: Counts,
-    /// Recorded messages refused whole, and that lose some recipients.
-    lost_messages: u64,
-    partial_messages: u64,
-    refused_transactions: u64,
-    refused_senders: BTreeSet<String>,
-    newly_accepted: u64,
+    totals: Totals,
     mismatches: Mismatches,
 }
 
@@ -288,9 +283,9 @@ impl Tally {
         let accepted_after = accepted_rcpts(proposed);
         if g.stored && accepted_before > 0 {
             if accepted_after == 0 {
-                self.lost_messages += g.count;
+                self.totals.lost_messages += g.count;
             } else if lost_rcpts(current, proposed) > 0 {
-                self.partial_messages += g.count;
+                self.totals.partial_messages += g.count;
             }
         }
         if !changed {
@@ -391,8 +386,8 @@ impl Tally {
             return;
         };
         if was.is_none() {
-            self.refused_transactions += g.count;
-            self.refused_senders.insert(g.sender.to_string());
+            self.totals.refused_transactions += g.count;
+            self.totals.refused_senders.insert(g.sender.to_string());
         }
         let key = (stage, rule.clone(), connector.clone(), was);
         let t = self.refused.entry(key).or_default();
@@ -415,7 +410,7 @@ impl Tally {
             return;
         };
         // MAIL FROM accepted: one command per transaction; RCPT TO: per recipient.
-        self.newly_accepted += if stage == "MAIL" { g.count } else { recipients };
+        self.totals.newly_accepted += if stage == "MAIL" { g.count } else { recipients };
         let key = (stage, rule.clone(), connector.clone(), relay);
         self.accepted.entry(key).or_default().add(g, recipients);
     }
@@ -430,50 +425,6 @@ impl Tally {
 
     /// The report (`open_to_anyone`: under the current and the proposed config).
     pub fn finish(self, anyone: (bool, bool), period: PeriodText, replayed: Replayed) -> Impact {
-        let refused = self
-            .refused
-            .into_iter()
-            .map(|((stage, rule, connector, was), t)| {
-                let (senders, more_senders) = t.senders();
-                RefusedGroup {
-                    stage: stage.to_string(),
-                    rule,
-                    connector,
-                    reply: t.reply.clone(),
-                    was,
-                    counts: t.counts,
-                    senders,
-                    more_senders,
-                }
-            })
-            .collect();
-        let accepted = self
-            .accepted
-            .into_iter()
-            .map(|((stage, was_rule, was_connector, relay), t)| {
-                let (senders, more_senders) = t.senders();
-                AcceptedGroup {
-                    stage: stage.to_string(),
-                    was_rule,
-                    was_connector,
-                    relay,
-                    counts: t.counts,
-                    senders,
-                    more_senders,
-                }
-            })
-            .collect();
-        let rerouted: Vec<Rerouted> = self
-            .rerouted
-            .into_iter()
-            .map(|((domain, from, to), (messages, recipients))| Rerouted {
-                from: route_text(from),
-                to: route_text(to),
-                domain,
-                messages,
-                recipients,
-            })
-            .collect();
         let relay = Relay {
             recipients: self.relay_recipients,
             clients: self
@@ -498,10 +449,10 @@ impl Tally {
             opens_relay,
             period,
             replayed,
-            refused,
-            accepted,
+            refused: refused_groups(self.refused),
+            accepted: accepted_groups(self.accepted),
             relay,
-            rerouted,
+            rerouted: rerouted(self.rerouted),
             attribution: self
                 .attribution
                 .into_iter()
@@ -515,16 +466,59 @@ impl Tally {
             recorded_mismatches: self.mismatches,
             assumptions: Vec::new(),
         };
-        let totals = Totals {
-            lost_messages: self.lost_messages,
-            partial_messages: self.partial_messages,
-            refused_transactions: self.refused_transactions,
-            refused_senders: self.refused_senders,
-            newly_accepted: self.newly_accepted,
-        };
-        impact.summary = summary(&impact, &totals);
+        impact.summary = summary(&impact, &self.totals);
         impact
     }
+}
+
+fn refused_groups(groups: BTreeMap<RefusedKey, GroupTally>) -> Vec<RefusedGroup> {
+    groups
+        .into_iter()
+        .map(|((stage, rule, connector, was), t)| {
+            let (senders, more_senders) = t.senders();
+            RefusedGroup {
+                stage: stage.to_string(),
+                rule,
+                connector,
+                reply: t.reply.clone(),
+                was,
+                counts: t.counts,
+                senders,
+                more_senders,
+            }
+        })
+        .collect()
+}
+
+fn accepted_groups(groups: BTreeMap<AcceptedKey, GroupTally>) -> Vec<AcceptedGroup> {
+    groups
+        .into_iter()
+        .map(|((stage, was_rule, was_connector, relay), t)| {
+            let (senders, more_senders) = t.senders();
+            AcceptedGroup {
+                stage: stage.to_string(),
+                was_rule,
+                was_connector,
+                relay,
+                counts: t.counts,
+                senders,
+                more_senders,
+            }
+        })
+        .collect()
+}
+
+fn rerouted(routes: BTreeMap<(String, RouteKey, RouteKey), (u64, u64)>) -> Vec<Rerouted> {
+    routes
+        .into_iter()
+        .map(|((domain, from, to), (messages, recipients))| Rerouted {
+            from: route_text(from),
+            to: route_text(to),
+            domain,
+            messages,
+            recipients,
+        })
+        .collect()
 }
 
 fn accepted_rcpts(o: &Outcome) -> u64 {
@@ -556,7 +550,9 @@ fn route_text(r: RouteKey) -> RouteText {
 }
 
 /// Totals over every group, for the summary.
+#[derive(Default)]
 struct Totals {
+    /// Recorded messages refused whole, and that lose some recipients.
     lost_messages: u64,
     partial_messages: u64,
     refused_transactions: u64,
