@@ -1,68 +1,84 @@
-//! The first pass: the trace's `Session` rows, counted by identical facts. A busy gateway
-//! repeats itself (the same servers, senders and recipients all week), so millions of rows
-//! become far fewer groups, and each group is parsed and decided once.
+//! The first pass: the trace's `Session` rows, each reduced to what a decision and the
+//! report need and counted with its like. A recipient keeps only its domain (and a local
+//! part that is `postmaster` or carries a route), a certificate only its names and
+//! verdict; the sender is kept whole (the report names senders). A busy gateway repeats
+//! itself — the same servers, senders and recipient domains all week — so millions of
+//! rows become far fewer groups, each parsed and decided once.
 //!
-//! A row is hashed as it comes from SQLite (borrowed, no allocation); only a row unlike
-//! every row before it is copied into a new [`Group`].
+//! A group is a handful of numbers: its strings (senders, connectors, rules, reduced
+//! facts) are stored once each, so the admin API can keep a week's groups between
+//! previews.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
 
-use crate::trace::facts::SessionRow;
+use crate::trace::facts::{CertFacts, SessionRow, TxFacts};
 
-/// Rows with identical facts.
-#[derive(Debug, Clone)]
-pub struct Group {
-    pub client_ip: Box<str>,
-    pub tls: bool,
-    pub sender: Box<str>,
-    pub connector: Option<Box<str>>,
-    pub rule: Option<Box<str>>,
-    pub stored: bool,
-    pub detail: Box<str>,
-    /// How many rows.
-    pub count: u64,
+/// Strings stored once, by number.
+#[derive(Debug, Default)]
+struct Strings {
+    ids: HashMap<Box<str>, u32>,
+    all: Vec<Box<str>>,
 }
 
-impl Group {
-    fn of(row: &SessionRow<'_>) -> Group {
-        Group {
-            client_ip: row.client_ip.into(),
-            tls: row.tls,
-            sender: row.sender.into(),
-            connector: row.connector.map(Into::into),
-            rule: row.rule.map(Into::into),
-            stored: row.stored,
-            detail: row.detail.into(),
-            count: 0,
+impl Strings {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
         }
+        let i = u32::try_from(self.all.len()).expect("fewer than 2^32 strings");
+        self.all.push(s.into());
+        self.ids.insert(s.into(), i);
+        i
     }
 
-    fn matches(&self, row: &SessionRow<'_>) -> bool {
-        *self.client_ip == *row.client_ip
-            && self.tls == row.tls
-            && *self.sender == *row.sender
-            && self.connector.as_deref() == row.connector
-            && self.rule.as_deref() == row.rule
-            && self.stored == row.stored
-            && *self.detail == *row.detail
+    fn get(&self, i: u32) -> &str {
+        &self.all[i as usize]
     }
+}
+
+/// The reduced facts of a row: everything but the time and the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RowKey {
+    ip: IpAddr,
+    tls: bool,
+    stored: bool,
+    sender: u32,
+    connector: Option<u32>,
+    rule: Option<u32>,
+    /// The reduced `TxFacts`, as JSON.
+    facts: u32,
+}
+
+/// Rows with the same reduced facts, as the replay reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'c> {
+    pub client_ip: IpAddr,
+    pub tls: bool,
+    /// The message was stored.
+    pub stored: bool,
+    /// Empty for the null sender.
+    pub sender: &'c str,
+    pub connector: Option<&'c str>,
+    /// The rule that refused MAIL FROM or DATA.
+    pub rule: Option<&'c str>,
+    /// The reduced facts (`TxFacts` JSON: recipients reduced, see the module documentation).
+    pub facts: &'c str,
+    /// How many rows.
+    pub count: u64,
 }
 
 /// Every group of a period, and where reading stopped.
 #[derive(Debug, Default)]
 pub struct Collected {
-    pub groups: Vec<Group>,
-    /// Row hash → indexes in `groups` (several only when two different facts collide).
-    index: HashMap<u64, Vec<u32>>,
-    hasher: std::collections::hash_map::RandomState,
+    groups: HashMap<RowKey, u64>,
+    strings: Strings,
     /// Rows read.
     pub rows: u64,
+    /// Rows in another format (skipped).
+    pub unreadable: u64,
     /// The highest row id read.
     pub last_id: i64,
-    /// Time of the first and last row read (Unix ms; 0 when none).
-    pub first_ms: i64,
-    pub last_ms: i64,
 }
 
 impl Collected {
@@ -70,35 +86,78 @@ impl Collected {
     pub fn add(&mut self, row: &SessionRow<'_>) {
         self.rows += 1;
         self.last_id = self.last_id.max(row.id);
-        if self.first_ms == 0 || row.time_ms < self.first_ms {
-            self.first_ms = row.time_ms;
-        }
-        self.last_ms = self.last_ms.max(row.time_ms);
-        let h = self.hash(row);
-        let slots = self.index.entry(h).or_default();
-        for &i in slots.iter() {
-            let g = &mut self.groups[i as usize];
-            if g.matches(row) {
-                g.count += 1;
-                return;
-            }
-        }
-        let mut g = Group::of(row);
-        g.count = 1;
-        slots.push(u32::try_from(self.groups.len()).expect("fewer than 2^32 groups"));
-        self.groups.push(g);
+        let (Ok(ip), Some(facts)) = (row.client_ip.parse(), TxFacts::parse(row.detail)) else {
+            self.unreadable += 1;
+            return;
+        };
+        let facts = reduce(&facts).to_json();
+        let key = RowKey {
+            ip,
+            tls: row.tls,
+            stored: row.stored,
+            sender: self.strings.id(row.sender),
+            connector: row.connector.map(|c| self.strings.id(c)),
+            rule: row.rule.map(|r| self.strings.id(r)),
+            facts: self.strings.id(&facts),
+        };
+        *self.groups.entry(key).or_default() += 1;
     }
 
-    fn hash(&self, row: &SessionRow<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        row.client_ip.hash(&mut h);
-        row.tls.hash(&mut h);
-        row.sender.hash(&mut h);
-        row.connector.hash(&mut h);
-        row.rule.hash(&mut h);
-        row.stored.hash(&mut h);
-        row.detail.hash(&mut h);
-        h.finish()
+    /// How many groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> impl Iterator<Item = Group<'_>> {
+        let s = &self.strings;
+        self.groups.iter().map(move |(k, &count)| Group {
+            client_ip: k.ip,
+            tls: k.tls,
+            stored: k.stored,
+            sender: s.get(k.sender),
+            connector: k.connector.map(|i| s.get(i)),
+            rule: k.rule.map(|i| s.get(i)),
+            facts: s.get(k.facts),
+            count,
+        })
+    }
+}
+
+/// The facts a decision depends on.
+fn reduce<'a>(f: &'a TxFacts<'a>) -> TxFacts<'a> {
+    TxFacts {
+        v: f.v,
+        by: f.by.clone(),
+        cert: f.cert.as_ref().map(|c| CertFacts {
+            names: c.names.clone(),
+            issuer: "".into(),
+            nb: 0,
+            na: 0,
+            trusted: c.trusted,
+            problem: c.problem.clone(),
+        }),
+        to: f.to.iter().map(|r| reduce_rcpt(r).into()).collect(),
+        no: f
+            .no
+            .iter()
+            .map(|(r, rule)| (reduce_rcpt(r).into(), rule.clone()))
+            .collect(),
+        end: f.end.clone(),
+    }
+}
+
+/// A recipient as far as decisions go: its domain, and a local part that is `postmaster`
+/// (RFC 5321 §4.5.1) or carries a route (`%`, `!`, `@`, or quoted) kept as it is. The
+/// recorded address is the session's (`local@domain`; a domain never holds an `@`).
+pub(super) fn reduce_rcpt(rcpt: &str) -> String {
+    match rcpt.rsplit_once('@') {
+        Some((local, domain)) if local.eq_ignore_ascii_case("postmaster") => {
+            format!("postmaster@{domain}")
+        }
+        Some((local, _)) if local.contains(['%', '!', '@', '"']) => rcpt.to_string(),
+        Some((_, domain)) => format!("u@{domain}"),
+        None => rcpt.to_string(),
     }
 }
 
@@ -121,15 +180,50 @@ mod tests {
     }
 
     #[test]
-    fn identical_rows_are_one_group() {
+    fn rows_alike_once_reduced_are_one_group() {
         let mut c = Collected::default();
-        c.add(&row(1, "a@x.test", "{}"));
-        c.add(&row(2, "a@x.test", "{}"));
-        c.add(&row(3, "b@x.test", "{}"));
-        c.add(&row(4, "a@x.test", "{\"v\":1}"));
-        c.add(&row(5, "a@x.test", "{}"));
-        let counts: Vec<(&str, u64)> = c.groups.iter().map(|g| (&*g.sender, g.count)).collect();
-        assert_eq!(counts, [("a@x.test", 3), ("b@x.test", 1), ("a@x.test", 1)]);
-        assert_eq!((c.rows, c.last_id, c.first_ms, c.last_ms), (5, 5, 10, 50));
+        let to_bob = r#"{"v":1,"to":["bob@contoso.test"],"end":"DATA"}"#;
+        let to_carol = r#"{"v":1,"to":["Carol@contoso.test"],"end":"DATA"}"#;
+        let to_postmaster = r#"{"v":1,"to":["postmaster@contoso.test"],"end":"DATA"}"#;
+        c.add(&row(1, "a@x.test", to_bob));
+        c.add(&row(2, "a@x.test", to_carol));
+        c.add(&row(3, "b@x.test", to_bob));
+        c.add(&row(4, "a@x.test", to_postmaster));
+        c.add(&row(5, "a@x.test", "5000 bytes, 1 recipient(s)"));
+        let mut counts: Vec<(&str, &str, u64)> =
+            c.groups().map(|g| (g.sender, g.facts, g.count)).collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                (
+                    "a@x.test",
+                    r#"{"v":1,"to":["postmaster@contoso.test"],"end":"DATA"}"#,
+                    1
+                ),
+                (
+                    "a@x.test",
+                    r#"{"v":1,"to":["u@contoso.test"],"end":"DATA"}"#,
+                    2
+                ),
+                (
+                    "b@x.test",
+                    r#"{"v":1,"to":["u@contoso.test"],"end":"DATA"}"#,
+                    1
+                ),
+            ]
+        );
+        assert_eq!((c.rows, c.unreadable, c.last_id, c.len()), (5, 1, 5, 3));
+    }
+
+    #[test]
+    fn recipients_keep_only_what_decides() {
+        assert_eq!(reduce_rcpt("bob@contoso.test"), "u@contoso.test");
+        assert_eq!(
+            reduce_rcpt("PostMaster@relay.test"),
+            "postmaster@relay.test"
+        );
+        assert_eq!(reduce_rcpt("a%b@contoso.test"), "a%b@contoso.test");
+        assert_eq!(reduce_rcpt("\"a@b\"@contoso.test"), "\"a@b\"@contoso.test");
     }
 }

@@ -122,18 +122,18 @@ fn replay(
 ) -> Impact {
     let mut memo = Memo::new(current, proposed);
     let mut tally = Tally::default();
-    let mut unreadable = 0;
-    for g in &collected.groups {
-        let Some(shape) = Shape::of(g) else {
+    let mut unreadable = collected.unreadable;
+    for g in collected.groups() {
+        let Some(shape) = Shape::of(&g) else {
             unreadable += g.count;
             continue;
         };
         let i = memo.get(&shape);
         let (was, now) = &memo.decided[i];
-        if let Some(why) = recorded_mismatch(g, &shape, was) {
-            tally.mismatch(g, why);
+        if let Some(why) = recorded_mismatch(&g, &shape, was) {
+            tally.mismatch(&g, why);
         }
-        tally.add(g, &shape, (was, now), &memo.proposed);
+        tally.add(&g, &shape, (was, now), &memo.proposed);
     }
     let anyone = (
         memo.current.open_to_anyone(),
@@ -141,7 +141,7 @@ fn replay(
     );
     let replayed = Replayed {
         rows: collected.rows,
-        groups: collected.groups.len() as u64,
+        groups: collected.len() as u64,
         decisions: memo.len() as u64,
         unreadable,
         milliseconds: started.elapsed().as_millis() as u64,

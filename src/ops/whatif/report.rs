@@ -195,7 +195,7 @@ struct GroupTally {
 }
 
 impl GroupTally {
-    fn add(&mut self, g: &Group, recipients: u64) {
+    fn add(&mut self, g: &Group<'_>, recipients: u64) {
         let messages = if g.stored { g.count } else { 0 };
         self.counts.add(g.count, messages, recipients);
         let sender = if g.sender.is_empty() {
@@ -253,7 +253,7 @@ impl Tally {
     /// Folds in one group: its shape, its current and proposed outcomes.
     pub fn add(
         &mut self,
-        g: &Group,
+        g: &Group<'_>,
         shape: &Shape,
         (current, proposed): (&Outcome, &Outcome),
         decider: &Decider<'_>,
@@ -296,7 +296,7 @@ impl Tally {
     }
 
     /// MAIL FROM decided differently; true when it was.
-    fn mail(&mut self, g: &Group, current: &Outcome, proposed: &Outcome, rcpts: u64) -> bool {
+    fn mail(&mut self, g: &Group<'_>, current: &Outcome, proposed: &Outcome, rcpts: u64) -> bool {
         match (&current.mail, &proposed.mail) {
             (a, b) if a == b => false,
             (Verdict::Accepted, Verdict::Refused { .. }) => {
@@ -319,7 +319,7 @@ impl Tally {
     /// RCPT TO and routes decided differently (MAIL FROM accepted by both); true when any.
     fn rcpts(
         &mut self,
-        g: &Group,
+        g: &Group<'_>,
         shape: &Shape,
         current: &Outcome,
         proposed: &Outcome,
@@ -371,7 +371,7 @@ impl Tally {
 
     fn refuse(
         &mut self,
-        g: &Group,
+        g: &Group<'_>,
         stage: &'static str,
         now: &Verdict,
         was: Option<String>,
@@ -397,7 +397,7 @@ impl Tally {
 
     fn accept(
         &mut self,
-        g: &Group,
+        g: &Group<'_>,
         stage: &'static str,
         was: &Verdict,
         relay: bool,
@@ -416,7 +416,7 @@ impl Tally {
     }
 
     /// A recorded decision the current config does not reproduce.
-    pub fn mismatch(&mut self, g: &Group, why: String) {
+    pub fn mismatch(&mut self, g: &Group<'_>, why: String) {
         self.mismatches.transactions += g.count;
         if self.mismatches.examples.len() < EXAMPLES {
             self.mismatches.examples.push(why);
