@@ -12,8 +12,8 @@
 #    Routed, Attempt, Delivered and Rejected rows, written by the relay's store code, the
 #    verdicts by its decision code);
 # 3. runs `whatif --since 8d` twice (the first may read the file from disk, the second
-#    from the page cache) and prints rows/s and seconds for each, with the report's
-#    counts.
+#    from the page cache) and prints rows/s, seconds and peak memory for each, with the
+#    report's counts.
 # Not a timed test: the figures are for the README's performance notes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +39,9 @@ echo "trace store: $SIZE"
 for run in 1 2; do
     start=$(date +%s.%N)
     set +e
-    "$TARGET/release/connector-relay" whatif --current "$DIR/relay.toml" \
-        --config "$DIR/proposed.toml" --since 8d --json > "$DIR/impact.json"
+    /usr/bin/time -f "%M" -o "$DIR/rss" "$TARGET/release/connector-relay" whatif \
+        --current "$DIR/relay.toml" --config "$DIR/proposed.toml" --since 8d --json \
+        > "$DIR/impact.json"
     code=$?
     set -e
     end=$(date +%s.%N)
@@ -48,15 +49,17 @@ for run in 1 2; do
         echo "whatif failed (exit $code)" >&2
         exit "$code"
     fi
-    python3 - "$DIR/impact.json" "$ROWS" "$start" "$end" "$run" <<'EOF'
+    python3 - "$DIR/impact.json" "$ROWS" "$start" "$end" "$run" "$(tail -1 "$DIR/rss")" <<'EOF'
 import json, sys
 impact = json.load(open(sys.argv[1]))
 rows, start, end, run = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+rss_mb = int(sys.argv[6]) / 1024
 secs = end - start
 r = impact["Replayed"]
 print(f"run {run}: {rows} trace rows ({r['Rows']} transactions, {r['Groups']} groups, "
       f"{r['Decisions']} distinct fact sets) replayed in {secs:.2f} s: "
-      f"{rows / secs:,.0f} rows/s (whatif's own count: {r['Milliseconds']} ms)")
+      f"{rows / secs:,.0f} rows/s, peak RSS {rss_mb:.0f} MB "
+      f"(whatif's own count: {r['Milliseconds']} ms)")
 if run == "2":
     print(impact["Summary"])
 EOF

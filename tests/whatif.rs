@@ -529,6 +529,29 @@ async fn reported_impact_matches_the_live_relay_for_each_change() {
                 (mail.stage.as_str(), mail.was_rule.as_str()),
                 ("MAIL", "RequireTls")
             );
+            // A "current" config that is not the one the traffic was recorded under: no
+            // impact (both sides alike), but the recorded decisions it does not reproduce
+            // are counted and shown.
+            let drifted = replay(&live_config, &live_config, recorded.path());
+            assert!(drifted.refused.is_empty() && drifted.accepted.is_empty());
+            assert_eq!(
+                drifted.recorded_mismatches.transactions,
+                2,
+                "{}",
+                drifted.to_text()
+            );
+            let example = &drifted.recorded_mismatches.examples[0];
+            assert!(
+                example.contains(
+                    "MAIL FROM recorded as accepted, the current config gives refused (RequireTls)"
+                ),
+                "{example}"
+            );
+            assert!(
+                drifted
+                    .to_text()
+                    .contains("decides otherwise than the relay did")
+            );
         }
     }
 }

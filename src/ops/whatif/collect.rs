@@ -9,8 +9,9 @@
 //! facts) are stored once each, so the admin API can keep a week's groups between
 //! previews.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+
+use foldhash::HashMap;
 
 use crate::trace::facts::{CertFacts, SessionRow, TxFacts};
 
@@ -50,9 +51,13 @@ struct RowKey {
     facts: u32,
 }
 
-/// Rows with the same reduced facts, as the replay reads them.
+/// Rows with the same reduced facts, as the replay reads them. The `*_id`s number the
+/// strings: equal ids, equal strings.
 #[derive(Debug, Clone, Copy)]
 pub struct Group<'c> {
+    pub sender_id: u32,
+    pub rule_id: Option<u32>,
+    pub facts_id: u32,
     pub client_ip: IpAddr,
     pub tls: bool,
     /// The message was stored.
@@ -112,6 +117,9 @@ impl Collected {
     pub fn groups(&self) -> impl Iterator<Item = Group<'_>> {
         let s = &self.strings;
         self.groups.iter().map(move |(k, &count)| Group {
+            sender_id: k.sender,
+            rule_id: k.rule,
+            facts_id: k.facts,
             client_ip: k.ip,
             tls: k.tls,
             stored: k.stored,

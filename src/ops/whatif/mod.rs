@@ -27,7 +27,7 @@ use crate::policy::Policy;
 use crate::trace::facts::{SessionRange, read_sessions};
 
 use collect::Collected;
-use replay::{Memo, Shape, recorded_mismatch};
+use replay::{Memo, recorded_mismatch};
 use report::Tally;
 pub use report::{
     AcceptedGroup, AttributionChange, Counts, Impact, Mismatches, PeriodText, RefusedGroup, Relay,
@@ -124,16 +124,15 @@ fn replay(
     let mut tally = Tally::default();
     let mut unreadable = collected.unreadable;
     for g in collected.groups() {
-        let Some(shape) = Shape::of(&g) else {
+        let Some(i) = memo.get(&g) else {
             unreadable += g.count;
             continue;
         };
-        let i = memo.get(&shape);
-        let (was, now) = &memo.decided[i];
-        if let Some(why) = recorded_mismatch(&g, &shape, was) {
+        let d = &memo.decided[i];
+        if let Some(why) = recorded_mismatch(&g, &d.shape, &d.current) {
             tally.mismatch(&g, why);
         }
-        tally.add(&g, &shape, (was, now), &memo.proposed);
+        tally.add(&g, &d.shape, (&d.current, &d.proposed), &memo.proposed);
     }
     let anyone = (
         memo.current.open_to_anyone(),

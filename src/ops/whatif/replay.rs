@@ -6,8 +6,9 @@
 //! Refusals that are not connector decisions (back pressure, size and recipient limits, an
 //! invalid domain or SRS address, a spool error) are kept as recorded on both sides.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+
+use foldhash::HashMap;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -99,8 +100,8 @@ fn is_policy_rule(rule: &str) -> bool {
 fn reduce_sender(sender: &str) -> String {
     match parse_sender(sender) {
         Ok(None) => String::new(),
-        Ok(Some(a)) => format!("s@{}", a.domain),
-        Err(_) => sender.to_string(),
+        Ok(Some(a)) if !a.domain.is_empty() => format!("s@{}", a.domain),
+        _ => sender.to_string(),
     }
 }
 
@@ -322,18 +323,36 @@ type IpRole = (Option<Attribution>, Vec<u32>);
 /// `SenderDomains` match it (the domain counts for nothing else but reply texts).
 type DomainRole = Option<usize>;
 
-/// A shape with its address and sender's domain replaced by their roles in both
-/// policies: shapes with the same key get the same decisions.
-type ShapeKey = (Shape, (IpRole, IpRole), (DomainRole, DomainRole));
+/// How a sender counts in both policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SenderRole {
+    Null,
+    Domain(DomainRole, DomainRole),
+    /// No domain to go by: the sender itself (by its string number).
+    Other(u32),
+}
 
-/// Both policies' outcomes for every shape, each decided once.
+/// Groups with the same key get the same decisions: the same reduced facts, TLS and
+/// recorded refusal, an address of the same roles and a sender of the same role.
+type MemoKey = (u32, bool, Option<u32>, u32, SenderRole);
+
+/// A shape and its outcomes under the current and the proposed config.
+pub(super) struct Decided {
+    pub shape: Shape,
+    pub current: Outcome,
+    pub proposed: Outcome,
+}
+
+/// Both policies' outcomes for every group, each distinct case decided once.
 pub(super) struct Memo<'p> {
     pub current: Decider<'p>,
     pub proposed: Decider<'p>,
-    shapes: HashMap<ShapeKey, usize>,
-    ip_roles: HashMap<IpAddr, (IpRole, IpRole)>,
-    domain_roles: HashMap<String, (DomainRole, DomainRole)>,
-    pub decided: Vec<(Outcome, Outcome)>,
+    /// `None`: facts that cannot be read.
+    keys: HashMap<MemoKey, Option<usize>>,
+    ip_roles: HashMap<IpAddr, u32>,
+    role_ids: HashMap<(IpRole, IpRole), u32>,
+    senders: HashMap<u32, SenderRole>,
+    pub decided: Vec<Decided>,
 }
 
 impl<'p> Memo<'p> {
@@ -341,56 +360,71 @@ impl<'p> Memo<'p> {
         Memo {
             current: Decider::new(current),
             proposed: Decider::new(proposed),
-            shapes: HashMap::new(),
-            ip_roles: HashMap::new(),
-            domain_roles: HashMap::new(),
+            keys: HashMap::default(),
+            ip_roles: HashMap::default(),
+            role_ids: HashMap::default(),
+            senders: HashMap::default(),
             decided: Vec::new(),
         }
     }
 
-    /// The index of `shape`'s outcomes in `decided`, deciding it the first time a shape
-    /// of the same key comes.
-    pub fn get(&mut self, shape: &Shape) -> usize {
-        let key = self.key(shape);
-        if let Some(&i) = self.shapes.get(&key) {
+    /// The index of `g`'s outcomes in `decided`, deciding them the first time a group of
+    /// the same key comes; `None` when its facts cannot be read.
+    pub fn get(&mut self, g: &Group<'_>) -> Option<usize> {
+        let key = (
+            g.facts_id,
+            g.tls,
+            g.rule_id,
+            self.ip_role(g.client_ip),
+            self.sender_role(g),
+        );
+        if let Some(&i) = self.keys.get(&key) {
             return i;
         }
-        let outcomes = (self.current.outcome(shape), self.proposed.outcome(shape));
-        self.decided.push(outcomes);
-        let i = self.decided.len() - 1;
-        self.shapes.insert(key, i);
+        let i = Shape::of(g).map(|shape| {
+            self.decided.push(Decided {
+                current: self.current.outcome(&shape),
+                proposed: self.proposed.outcome(&shape),
+                shape,
+            });
+            self.decided.len() - 1
+        });
+        self.keys.insert(key, i);
         i
     }
 
-    fn key(&mut self, shape: &Shape) -> ShapeKey {
-        let (current, proposed) = (&self.current, &self.proposed);
-        let ip = self
-            .ip_roles
-            .entry(shape.ip)
-            .or_insert_with(|| (current.ip_role(shape.ip), proposed.ip_role(shape.ip)))
-            .clone();
-        // A sender that does not parse keeps its text (its syntax error is the decision).
-        let domain = shape.sender.strip_prefix("s@").unwrap_or_default();
-        let role = |d: &Decider<'_>| d.inbound.table().sender_domain_connector(domain);
-        let sender = *self
-            .domain_roles
-            .entry(domain.to_string())
-            .or_insert_with(|| (role(current), role(proposed)));
-        let generic = Shape {
-            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            sender: if domain.is_empty() {
-                shape.sender.clone()
-            } else {
-                "s@*".to_string()
-            },
-            ..shape.clone()
-        };
-        (generic, ip, sender)
-    }
-
-    /// How many distinct shapes were decided.
+    /// How many distinct cases were decided.
     pub fn len(&self) -> usize {
         self.decided.len()
+    }
+
+    /// The number of `ip`'s roles in both policies.
+    fn ip_role(&mut self, ip: IpAddr) -> u32 {
+        if let Some(&r) = self.ip_roles.get(&ip) {
+            return r;
+        }
+        let roles = (self.current.ip_role(ip), self.proposed.ip_role(ip));
+        let next = self.role_ids.len() as u32;
+        let r = *self.role_ids.entry(roles).or_insert(next);
+        self.ip_roles.insert(ip, r);
+        r
+    }
+
+    fn sender_role(&mut self, g: &Group<'_>) -> SenderRole {
+        if let Some(&r) = self.senders.get(&g.sender_id) {
+            return r;
+        }
+        // The session's `local@domain`: a domain never holds an `@`.
+        let role = match g.sender.rsplit_once('@') {
+            _ if g.sender.is_empty() => SenderRole::Null,
+            Some((_, domain)) if !domain.is_empty() => {
+                let of = |d: &Decider<'_>| d.inbound.table().sender_domain_connector(domain);
+                SenderRole::Domain(of(&self.current), of(&self.proposed))
+            }
+            _ => SenderRole::Other(g.sender_id),
+        };
+        self.senders.insert(g.sender_id, role);
+        role
     }
 }
 
@@ -398,20 +432,22 @@ impl<'p> Memo<'p> {
 /// the config changed during the period, or the facts were not enough. A sentence, or
 /// `None` when they agree.
 pub(super) fn recorded_mismatch(g: &Group<'_>, shape: &Shape, current: &Outcome) -> Option<String> {
-    let who = format!("{} <{}>", g.client_ip, g.sender);
     if shape.mail_kept() {
         return None;
     }
+    let who = || format!("{} <{}>", g.client_ip, g.sender);
     if g.connector != current.attribution.as_deref() {
         return Some(format!(
-            "{who}: recorded inbound connector {}, the current config attributes it to {}",
+            "{}: recorded inbound connector {}, the current config attributes it to {}",
+            who(),
             name_or_none(g.connector),
             name_or_none(current.attribution.as_deref())
         ));
     }
     if shape.mail_rule.as_deref() != current.mail.rule() {
         return Some(format!(
-            "{who}: MAIL FROM recorded as {}, the current config gives {}",
+            "{}: MAIL FROM recorded as {}, the current config gives {}",
+            who(),
             rule_or_accepted(shape.mail_rule.as_deref()),
             rule_or_accepted(current.mail.rule())
         ));
@@ -419,18 +455,22 @@ pub(super) fn recorded_mismatch(g: &Group<'_>, shape: &Shape, current: &Outcome)
     if current.mail != Verdict::Accepted {
         return None;
     }
-    shape
+    let ((rcpt, recorded), (now, _)) = shape
         .rcpts
         .iter()
         .zip(&current.rcpts)
-        .find(|((_, recorded), (now, _))| recorded.as_deref() != now.rule())
-        .map(|((rcpt, recorded), (now, _))| {
-            format!(
-                "{who}: RCPT TO {rcpt} recorded as {}, the current config gives {}",
-                rule_or_accepted(recorded.as_deref()),
-                rule_or_accepted(now.rule())
-            )
-        })
+        .find(|((_, recorded), (now, _))| recorded.as_deref() != now.rule())?;
+    // The recipient is reduced to its domain (or postmaster, or a routed local part).
+    let rcpt = rcpt.strip_prefix("u@").map_or_else(
+        || rcpt.to_string(),
+        |domain| format!("a recipient at {domain}"),
+    );
+    Some(format!(
+        "{}: RCPT TO {rcpt} recorded as {}, the current config gives {}",
+        who(),
+        rule_or_accepted(recorded.as_deref()),
+        rule_or_accepted(now.rule())
+    ))
 }
 
 pub(super) fn name_or_none(name: Option<&str>) -> String {
