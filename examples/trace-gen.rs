@@ -138,93 +138,92 @@ struct Client {
 
 /// A transaction of the traffic mix (see the module documentation).
 fn client(rng: &mut StdRng) -> Client {
-    let roll = rng.random_range(0..100);
-    let internal = |rng: &mut StdRng| {
-        let domain =
-            ["contoso.test", "eu.contoso.test", "fabrikam-corp.test"][rng.random_range(0..3)];
-        format!("user{}@{domain}", rng.random_range(0..20_000))
-    };
-    let external = |rng: &mut StdRng| {
-        format!(
-            "someone{}@ext{}.test",
-            rng.random_range(0..50),
-            rng.random_range(0..2000)
-        )
-    };
+    // One recipient mostly, sometimes two or three.
     let n =
         1 + usize::from(rng.random_range(0..4) == 0) + usize::from(rng.random_range(0..10) == 0);
-    match roll {
-        // On-premises servers: inside and out.
-        0..30 => {
-            let host = rng.random_range(1..=200);
-            Client {
-                ip: format!("10.0.0.{host}").parse().unwrap(),
-                helo: format!("app{host}.contoso.test"),
-                tls: rng.random_range(0..2) == 0,
-                cert: None,
-                sender: format!("app{}@contoso.test", rng.random_range(0..500)),
-                rcpts: (0..n)
-                    .map(|_| {
-                        if rng.random_range(0..10) < 7 {
-                            internal(rng)
-                        } else {
-                            external(rng)
-                        }
-                    })
-                    .collect(),
-            }
-        }
-        // Partners: over TLS with their certificate mostly, from their addresses mostly.
-        30..55 => {
-            let p = rng.random_range(0..PARTNERS);
-            let tls = rng.random_range(0..10) < 8;
-            let i = if rng.random_range(0..20) == 0 {
-                7
-            } else {
-                rng.random_range(0..4)
-            };
-            Client {
-                ip: partner_ip(p, i).parse().unwrap(),
-                helo: format!("mail.partner{p}.test"),
-                tls,
-                cert: tls.then(|| format!("mail.partner{p}.test")),
-                sender: format!("staff{}@partner{p}.test", rng.random_range(0..20)),
-                rcpts: (0..n).map(|_| internal(rng)).collect(),
-            }
-        }
-        // Internet senders to the organization.
-        55..95 => {
-            let d = rng.random_range(0..5000);
-            Client {
-                ip: format!(
-                    "203.0.{}.{}",
-                    rng.random_range(0..64),
-                    rng.random_range(1..255)
-                )
-                .parse()
-                .unwrap(),
-                helo: format!("mx.sender{d}.test"),
-                tls: rng.random_range(0..3) > 0,
-                cert: None,
-                sender: format!("news{}@sender{d}.test", rng.random_range(0..10)),
-                rcpts: (0..n).map(|_| internal(rng)).collect(),
-            }
-        }
-        // Relay attempts.
-        _ => Client {
-            ip: format!("192.0.2.{}", rng.random_range(1..255))
-                .parse()
-                .unwrap(),
-            helo: "spam.example".into(),
-            tls: false,
-            cert: None,
-            sender: format!(
-                "x{}@spam{}.test",
-                rng.random_range(0..1000),
-                rng.random_range(0..100)
-            ),
-            rcpts: (0..n).map(|_| external(rng)).collect(),
-        },
+    match rng.random_range(0..100) {
+        0..30 => on_premises(rng, n),
+        30..55 => partner(rng, n),
+        55..95 => internet(rng, n),
+        _ => relay_attempt(rng, n),
+    }
+}
+
+fn internal(rng: &mut StdRng) -> String {
+    let domain = ["contoso.test", "eu.contoso.test", "fabrikam-corp.test"][rng.random_range(0..3)];
+    format!("user{}@{domain}", rng.random_range(0..20_000))
+}
+
+fn external(rng: &mut StdRng) -> String {
+    let (user, domain) = (rng.random_range(0..50), rng.random_range(0..2000));
+    format!("someone{user}@ext{domain}.test")
+}
+
+/// On-premises servers: mail inside and out.
+fn on_premises(rng: &mut StdRng, n: usize) -> Client {
+    let host = rng.random_range(1..=200);
+    Client {
+        ip: format!("10.0.0.{host}").parse().unwrap(),
+        helo: format!("app{host}.contoso.test"),
+        tls: rng.random_range(0..2) == 0,
+        cert: None,
+        sender: format!("app{}@contoso.test", rng.random_range(0..500)),
+        rcpts: (0..n)
+            .map(|_| {
+                if rng.random_range(0..10) < 7 {
+                    internal(rng)
+                } else {
+                    external(rng)
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Partners: over TLS with their certificate mostly, from their addresses mostly.
+fn partner(rng: &mut StdRng, n: usize) -> Client {
+    let p = rng.random_range(0..PARTNERS);
+    let tls = rng.random_range(0..10) < 8;
+    let i = if rng.random_range(0..20) == 0 {
+        7
+    } else {
+        rng.random_range(0..4)
+    };
+    Client {
+        ip: partner_ip(p, i).parse().unwrap(),
+        helo: format!("mail.partner{p}.test"),
+        tls,
+        cert: tls.then(|| format!("mail.partner{p}.test")),
+        sender: format!("staff{}@partner{p}.test", rng.random_range(0..20)),
+        rcpts: (0..n).map(|_| internal(rng)).collect(),
+    }
+}
+
+/// Internet senders to the organization.
+fn internet(rng: &mut StdRng, n: usize) -> Client {
+    let d = rng.random_range(0..5000);
+    let (a, b) = (rng.random_range(0..64), rng.random_range(1..255));
+    Client {
+        ip: format!("203.0.{a}.{b}").parse().unwrap(),
+        helo: format!("mx.sender{d}.test"),
+        tls: rng.random_range(0..3) > 0,
+        cert: None,
+        sender: format!("news{}@sender{d}.test", rng.random_range(0..10)),
+        rcpts: (0..n).map(|_| internal(rng)).collect(),
+    }
+}
+
+fn relay_attempt(rng: &mut StdRng, n: usize) -> Client {
+    let (user, domain) = (rng.random_range(0..1000), rng.random_range(0..100));
+    Client {
+        ip: format!("192.0.2.{}", rng.random_range(1..255))
+            .parse()
+            .unwrap(),
+        helo: "spam.example".into(),
+        tls: false,
+        cert: None,
+        sender: format!("x{user}@spam{domain}.test"),
+        rcpts: (0..n).map(|_| external(rng)).collect(),
     }
 }
 

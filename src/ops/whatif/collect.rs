@@ -9,28 +9,46 @@
 //! facts) are stored once each, so the admin API can keep a week's groups between
 //! previews.
 
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use foldhash::HashMap;
 
 use crate::trace::facts::{CertFacts, SessionRow, TxFacts};
 
-/// Strings stored once, by number.
+/// Strings stored once, by number: looked up by their hash, compared on a hit (two
+/// strings with the same hash are rare; they are told apart through `collisions`).
 #[derive(Debug, Default)]
 struct Strings {
-    ids: HashMap<Box<str>, u32>,
     all: Vec<Box<str>>,
+    by_hash: HashMap<u64, u32>,
+    collisions: HashMap<u64, Vec<u32>>,
+    // Seeded per process: senders come from the internet, collisions must not be made to order.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Strings {
     fn id(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
+        let h = self.hasher.hash_one(s);
+        match self.by_hash.get(&h) {
+            Some(&i) if *self.all[i as usize] == *s => return i,
+            Some(_) => {
+                let others = self.collisions.entry(h).or_default();
+                if let Some(&i) = others.iter().find(|&&i| *self.all[i as usize] == *s) {
+                    return i;
+                }
+                let i = u32::try_from(self.all.len()).expect("fewer than 2^32 strings");
+                others.push(i);
+                self.all.push(s.into());
+                i
+            }
+            None => {
+                let i = u32::try_from(self.all.len()).expect("fewer than 2^32 strings");
+                self.by_hash.insert(h, i);
+                self.all.push(s.into());
+                i
+            }
         }
-        let i = u32::try_from(self.all.len()).expect("fewer than 2^32 strings");
-        self.all.push(s.into());
-        self.ids.insert(s.into(), i);
-        i
     }
 
     fn get(&self, i: u32) -> &str {
@@ -222,6 +240,25 @@ mod tests {
             ]
         );
         assert_eq!((c.rows, c.unreadable, c.last_id, c.len()), (5, 1, 5, 3));
+    }
+
+    #[test]
+    fn strings_are_stored_once_and_told_apart_on_a_collision() {
+        let mut s = Strings::default();
+        let (a, b) = (s.id("alice@x.test"), s.id("bob@x.test"));
+        assert_ne!(a, b);
+        assert_eq!(s.id("alice@x.test"), a);
+        // A forced collision: another string under `alice`'s hash.
+        let h = s.hasher.hash_one("alice@x.test");
+        s.by_hash.insert(h, b);
+        let c = s.id("alice@x.test");
+        assert_eq!(s.get(c), "alice@x.test");
+        assert_eq!(
+            s.id("alice@x.test"),
+            c,
+            "found again through the collision list"
+        );
+        assert_eq!(s.get(b), "bob@x.test");
     }
 
     #[test]
