@@ -31,7 +31,7 @@ impl Strings {
     fn id(&mut self, s: &str) -> u32 {
         let h = self.hasher.hash_one(s);
         match self.by_hash.get(&h) {
-            Some(&i) if *self.all[i as usize] == *s => return i,
+            Some(&i) if *self.all[i as usize] == *s => i,
             Some(_) => {
                 let others = self.collisions.entry(h).or_default();
                 if let Some(&i) = others.iter().find(|&&i| *self.all[i as usize] == *s) {
