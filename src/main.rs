@@ -180,6 +180,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replay the recorded transactions through a proposed config: what it would have
+    /// refused (by rule, connector and sender), accepted, relayed, or sent by another
+    /// route or TLS level. Exit 0, 1 bad input, 2 trace unreadable, 3 the change opens
+    /// the relay.
+    Whatif {
+        /// The proposed config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The config in effect now (its DataDir holds the trace).
+        #[arg(long, default_value = "config/relay.toml")]
+        current: PathBuf,
+        /// From this time: back from now (7d, 24h), RFC 3339 or a date.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Before this time (same forms as --since); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the impact as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read Exchange connectors (New-/Set-/Remove-*Connector scripts, `Get-*Connector |
     /// ConvertTo-Json` output, Microsoft365DSC blocks) into a config. Without --out the
     /// config is printed; with an existing --out the connectors are changed in it (comments
@@ -297,6 +318,13 @@ fn main() -> ExitCode {
             recipients,
             json,
         } => explain(&config, ip, cert.as_deref(), &sender, &recipients, json),
+        Cmd::Whatif {
+            config,
+            current,
+            since,
+            until,
+            json,
+        } => whatif_cmd(&current, &config, &since, until.as_deref(), json),
         Cmd::Queue { config, command } => queue_cmd(&config, &command),
         Cmd::Import { files, out } => import_cmd(&files, out.as_deref()),
         Cmd::Export { format, config } => export_cmd(&config, &format),
@@ -687,6 +715,65 @@ fn explain(
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `whatif`: the proposed config's impact on the recorded traffic of the current one.
+fn whatif_cmd(
+    current: &Path,
+    proposed: &Path,
+    since: &str,
+    until: Option<&str>,
+    json: bool,
+) -> ExitCode {
+    let now = trace::time::now_ms();
+    let window = match whatif_window(now, since, until) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("connector-relay whatif: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (current, proposed) = match (load(current), load(proposed)) {
+        (Ok(c), Ok(p)) => (c, p),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let data_dir = &current.policy.relay.data_dir;
+    let impact = match ops::whatif::whatif(&current.policy, &proposed.policy, data_dir, window) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("connector-relay whatif: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print_answer(json, &impact, impact.to_text());
+    if impact.opens_relay {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The period of `--since` / `--until`: "in the last 7 days" when it ends now and starts
+/// a duration back.
+fn whatif_window(
+    now: i64,
+    since: &str,
+    until: Option<&str>,
+) -> Result<ops::whatif::Window, String> {
+    let since_ms = trace::parse_since(since, now).map_err(|e| format!("--since: {e}"))?;
+    let until_ms = match until {
+        Some(u) => trace::parse_since(u, now).map_err(|e| format!("--until: {e}"))?,
+        None => now,
+    };
+    if since_ms >= until_ms {
+        return Err("--since must be before --until".into());
+    }
+    let back = trace::time::relative(since.trim()).is_some();
+    Ok(if until.is_none() && back {
+        ops::whatif::Window::last(now, now - since_ms)
+    } else {
+        ops::whatif::Window::between(since_ms, until_ms)
+    })
 }
 
 /// Prints a report as pretty JSON (`--json`) or as its text rendering.

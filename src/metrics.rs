@@ -96,7 +96,7 @@ pub fn observe(event: &TraceEvent) {
         EventKind::Expired => {
             metrics::counter!("connector_relay_messages_expired_total").increment(1)
         }
-        EventKind::Routed | EventKind::Attempt => {}
+        EventKind::Routed | EventKind::Attempt | EventKind::Session => {}
     }
 }
 

@@ -232,14 +232,14 @@ impl Backend for SinkBackend {
         }
     }
 
-    fn rcpt(&self, _s: &SessionInfo, _tx: &Transaction, to: &Address) -> Result<(), Reply> {
+    fn rcpt(&self, _s: &SessionInfo, _tx: &mut Transaction, to: &Address) -> Result<(), Reply> {
         match self.hook.as_ref().and_then(|h| h(&to.to_string())) {
             Some(r) => Err(r),
             None => Ok(()),
         }
     }
 
-    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Message) -> Reply {
+    async fn data(&self, s: &SessionInfo, tx: &mut Transaction, message: Message) -> Reply {
         // The sink has no spill directory: its messages are always whole in memory.
         let Ok(message) = message.into_vec() else {
             return Reply::local_error();

@@ -575,3 +575,151 @@ async fn the_editor_creates_edits_and_deletes_connectors_by_scenario() {
     c.close().await.unwrap();
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+/// How many transactions the trace of `data_dir` holds (its `Session` rows).
+fn recorded_transactions(data_dir: &Path) -> usize {
+    let mut n = 0;
+    let range = connector_relay::trace::facts::SessionRange {
+        since_ms: 0,
+        until_ms: i64::MAX,
+        after_id: 0,
+    };
+    let _ = connector_relay::trace::facts::read_sessions(data_dir, range, |_| n += 1);
+    n
+}
+
+/// The on-premises server's mail: two senders relaying to partners, one local message.
+const ONPREM_MAIL: [(&str, &str); 4] = [
+    ("app1@contoso.test", "x@fabrikam.test"),
+    ("app2@contoso.test", "y@example.net"),
+    ("app1@contoso.test", "z@fabrikam.test"),
+    ("app3@contoso.test", "bob@contoso.test"),
+];
+
+/// Sends [`ONPREM_MAIL`] from the on-premises address; the replies to RCPT TO.
+async fn send_onprem_mail(smtp: SocketAddr) -> Vec<String> {
+    let mut replies = Vec::new();
+    for (from, to) in ONPREM_MAIL {
+        let mut d = Dialog::connect_from("127.0.0.10".parse().unwrap(), smtp).await;
+        d.cmd("EHLO app.contoso.test", "250").await;
+        d.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+        let reply = d.cmd(&format!("RCPT TO:<{to}>"), "").await;
+        if reply.starts_with("250") {
+            d.cmd("DATA", "354").await;
+            d.send(b"Subject: impact\r\n\r\nhello\r\n.\r\n").await;
+            d.expect("250", "end of DATA").await;
+        }
+        d.cmd("QUIT", "221").await;
+        replies.push(reply);
+    }
+    replies
+}
+
+/// The editor's preview shows a change's impact on the recorded mail before it is saved:
+/// narrowing the on-premises addresses would refuse the relayed messages (the sentence and
+/// the senders with their counts), and widening them to everything says OPENS RELAY. Saved,
+/// the narrowing refuses exactly what the preview said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_editor_previews_a_changes_impact_on_recorded_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&config, config_text(dir.path(), unused)).unwrap();
+    let (relay, token) = start_relay_from_file(&config, dir.path()).await;
+    let admin = relay.admin_addr.expect("admin listener");
+    let smtp = relay.smtp_addrs[0];
+    let before = send_onprem_mail(smtp).await;
+    assert!(before.iter().all(|r| r.starts_with("250")), "{before:?}");
+    let data_dir = dir.path().to_path_buf();
+    until("the trace has the transactions", || {
+        let d = data_dir.clone();
+        async move { (recorded_transactions(&d) >= ONPREM_MAIL.len()).then_some(()) }
+    })
+    .await;
+
+    let driver = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    async {
+        c.set_window_size(1400, 1300).await.unwrap();
+        c.goto(&format!("http://{admin}/")).await.unwrap();
+        type_into(&c, "#token", &token).await;
+        click(&c, "#login").await;
+        let row = "#connectors tbody tr[data-name='From on-premises']";
+        wait_for_text(&c, row, "127.0.0.10/32").await;
+
+        // Narrow the on-premises address: the relayed messages would be refused.
+        click(&c, &format!("{row} button.edit")).await;
+        wait_for_text(&c, "#editor h3", "Edit inbound connector").await;
+        let ips = field("SenderIPAddresses");
+        c.find(Locator::Css(&ips)).await.unwrap().clear().await.unwrap();
+        type_into(&c, &ips, "127.0.0.11/32").await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(
+            &c,
+            "#editor-impact .impact-summary",
+            "This change would have refused 3 messages from 2 senders in the last 7 days: app1@contoso.test (2), app2@contoso.test (1).",
+        )
+        .await;
+        let table = text(&c, "#editor-impact table").await;
+        for want in [
+            "Refused at RCPT",
+            "RelayWithoutOnPremisesAttribution",
+            "app1@contoso.test 2 2 2",
+            "app2@contoso.test 1 1 1",
+        ] {
+            assert!(table.contains(want), "{want:?} in the impact table:\n{table}");
+        }
+        assert!(!table.contains("app3@contoso.test"), "local mail stays accepted:\n{table}");
+        assert!(
+            c.find_all(Locator::Css("#editor-impact .impact-relay")).await.unwrap().is_empty(),
+            "narrowing opens nothing"
+        );
+        c.execute(
+            "document.getElementById('editor-preview').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-whatif.png");
+
+        // Everything as on-premises: an open relay, said first and loudly.
+        c.find(Locator::Css(&ips)).await.unwrap().clear().await.unwrap();
+        type_into(&c, &ips, "0.0.0.0/0").await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-impact .impact-relay", "OPENS RELAY").await;
+        wait_for_text(&c, "#editor-impact .impact-relay", "Anyone, from any address, could relay").await;
+        let png = c.screenshot().await.unwrap();
+        save_screenshot(&png, "admin-whatif-relay.png");
+
+        // Saved narrowed: the live relay refuses what the preview listed, and only that.
+        c.find(Locator::Css(&ips)).await.unwrap().clear().await.unwrap();
+        type_into(&c, &ips, "127.0.0.11/32").await;
+        click(&c, "#editor button.check").await;
+        wait_for_text(&c, "#editor-impact .impact-summary", "refused 3 messages").await;
+        wait_enabled(&c, "#editor button.save").await;
+        click(&c, "#editor button.save").await;
+        wait_for_text(&c, "#message", "Saved From on-premises").await;
+    }
+    .await;
+    c.close().await.unwrap();
+    let after = send_onprem_mail(smtp).await;
+    let refused: Vec<&str> = ONPREM_MAIL
+        .iter()
+        .zip(&after)
+        .filter(|(_, r)| r.starts_with("550 5.7.64"))
+        .map(|((from, _), _)| *from)
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "app1@contoso.test",
+            "app2@contoso.test",
+            "app1@contoso.test"
+        ],
+        "{after:?}"
+    );
+    assert!(after[3].starts_with("250"), "{after:?}");
+    relay.shutdown(Duration::from_secs(5)).await;
+}

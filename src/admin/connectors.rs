@@ -592,6 +592,9 @@ async fn create_several(state: Arc<AdminState>, items: Vec<Value>, what_if: bool
         .collect();
     let mut body = outcome_json(&outcome, what_if);
     body.insert("Connectors".into(), Value::Array(created));
+    if what_if {
+        add_impact(&mut body, &state, &outcome).await;
+    }
     let status = if what_if {
         StatusCode::OK
     } else {
@@ -618,6 +621,32 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A preview's `Impact`: the trace of the last 7 days replayed through the configuration
+/// in effect and the one the change would make (`crate::ops::whatif`); `null` with
+/// `ImpactError` when the trace cannot be read.
+pub(super) async fn add_impact(
+    body: &mut Map<String, Value>,
+    state: &Arc<AdminState>,
+    outcome: &EditOutcome,
+) {
+    let (state, proposed) = (state.clone(), outcome.policy.clone());
+    let run = move || {
+        let current = state.control.policy();
+        let now = crate::trace::time::now_ms();
+        let data_dir = current.relay.data_dir.clone();
+        state.impact.impact(&current, &proposed, &data_dir, now)
+    };
+    let (impact, problem) = match blocking(run).await {
+        Ok(Ok(i)) => (serde_json::to_value(i).unwrap_or(Value::Null), None),
+        Ok(Err(e)) => (Value::Null, Some(e)),
+        Err(_) => (Value::Null, Some("the impact preview failed".to_string())),
+    };
+    body.insert("Impact".into(), impact);
+    if let Some(e) = problem {
+        body.insert("ImpactError".into(), json!(e));
+    }
 }
 
 /// What every change answers: `WhatIf`, `Live`, `Generation`, `Diff` (the lines of the
@@ -686,6 +715,9 @@ pub(super) async fn remove(
     }
     let mut body = outcome_json(&outcome, what_if);
     body.insert("Removed".into(), removed.unwrap_or(Value::Null));
+    if what_if {
+        add_impact(&mut body, &state, &outcome).await;
+    }
     Json(Value::Object(body)).into_response()
 }
 
@@ -817,6 +849,9 @@ async fn apply(state: Arc<AdminState>, edit: Edit, what_if: bool, created: Statu
     let mut body = outcome_json(&outcome, what_if);
     body.insert("Connector".into(), connector.unwrap_or(Value::Null));
     body.insert("Changes".into(), Value::Array(changes));
+    if what_if {
+        add_impact(&mut body, &state, &outcome).await;
+    }
     let status = if what_if { StatusCode::OK } else { created };
     (status, Json(Value::Object(body))).into_response()
 }

@@ -93,7 +93,7 @@ pub(super) async fn import(
         );
     }
     let applied = outcome.applied.as_ref();
-    Json(json!({
+    let mut body = json!({
         "WhatIf": what_if,
         "Live": applied.is_some(),
         "Generation": applied.map(|a| a.generation),
@@ -101,6 +101,9 @@ pub(super) async fn import(
         "Notes": imported.notes,
         "Diff": diff(&outcome.old_text, &outcome.new_text),
         "Warnings": outcome.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    }))
-    .into_response()
+    });
+    if let (true, Value::Object(map)) = (what_if, &mut body) {
+        super::connectors::add_impact(map, &state, &outcome).await;
+    }
+    Json(body).into_response()
 }

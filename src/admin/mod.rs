@@ -84,6 +84,8 @@ pub struct AdminState {
     pub queue: QueueHandle,
     /// Session counts (`connector_relay_sessions_in_progress`).
     pub limits: Arc<Limits>,
+    /// The change impact previews' first pass over the trace, kept between requests.
+    pub impact: crate::ops::whatif::ImpactCache,
     token: Token,
     /// `/metrics` without the token: `AdminListen` is a loopback address.
     metrics_open: bool,
@@ -105,6 +107,7 @@ impl AdminState {
             control,
             queue,
             limits,
+            impact: Default::default(),
             token,
             metrics_open: loopback,
         }

@@ -3,12 +3,12 @@
 //! exact replies, acceptance of each recipient, and the route (connector, next hops, TLS
 //! level) each accepted recipient would take. Nothing is sent and nothing is resolved.
 //!
-//! Every decision is made by the code the SMTP session uses: the session's command parser
-//! for the addresses, `ClientCertValidator` for the certificate (against `TrustedCaFile`,
-//! the webpki roots and `RevocationLists`), `InboundPolicy::check_mail` and
-//! `check_recipient` for attribution, restrictions and anti-relay, `message_connector` and
-//! `select_route` for the route. Only the *reasons* (which CIDR, which name, which
-//! pattern matched) are looked up here, for the reader.
+//! Every decision is made by the code the SMTP session uses: `ClientCertValidator` for the
+//! certificate (against `TrustedCaFile`, the webpki roots and `RevocationLists`), then
+//! [`super::decide::decide`] (the session's command parser, `InboundPolicy::check_mail`
+//! and `check_recipient`, `message_connector`, route selection), which the change impact
+//! preview calls too. Only the *reasons* (which CIDR, which name, which pattern matched)
+//! are looked up here, for the reader.
 //!
 //! Assumptions, stated in the output: the session is under TLS when the relay offers
 //! STARTTLS (it has a `TlsCertificate`) or a certificate is given; when that changes the
@@ -24,16 +24,16 @@ use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 
 use crate::message::srs::is_srs0;
+use crate::policy::Policy;
 use crate::policy::inbound::{AttributedBy, Attribution};
 use crate::policy::restrict::{
-    InboundPolicy, Refusal, SessionFacts, is_accepted, is_relay_postmaster, message_connector,
+    InboundPolicy, Refusal, SessionFacts, is_accepted, is_relay_postmaster,
 };
-use crate::policy::route::{ConnectorKind, select_route};
-use crate::policy::{ConnectorType, Policy};
+use crate::policy::route::{ConnectorKind, RouteDecision};
 use crate::smtp::Reply;
 use crate::smtp::client_cert::{ClientCertInfo, ClientCertValidator};
 
-use super::{parse_recipient, parse_sender};
+use super::decide::{RecipientDecision, decide};
 
 /// The explainer's answer.
 #[derive(Debug, Clone, Serialize)]
@@ -198,20 +198,22 @@ pub fn explain(
         a.map(|a| attribution_facts(policy, &inbound, a, &facts, sender_domain))
     };
     let connect_attribution = describe(inbound.attribute(&facts, None), None);
-
-    // MAIL FROM.
-    let (sender_domain, mail_from, attribution) = match parse_sender(sender) {
-        Err(reply) => (None, Verdict::syntax(reply), None),
-        Ok(from) => {
-            let domain = from.as_ref().map(|a| a.domain_lc());
-            let (attribution, verdict) = inbound.check_mail(policy, &facts, domain.as_deref());
-            let verdict = match verdict {
-                Ok(()) => Verdict::accepted(Reply::sender_ok()),
-                Err(r) => Verdict::refused(&r),
-            };
-            (domain, verdict, attribution)
-        }
+    let decided = decide(
+        policy,
+        &inbound,
+        &facts,
+        sender,
+        recipients,
+        &mut rand::rng(),
+    );
+    let sender_domain = decided.sender_domain.clone();
+    let attribution = decided.attribution;
+    let mail_from = match (&decided.sender, &decided.mail) {
+        (Err(reply), _) => Verdict::syntax(reply.clone()),
+        (Ok(_), Ok(())) => Verdict::accepted(Reply::sender_ok()),
+        (Ok(_), Err(r)) => Verdict::refused(r),
     };
+    // The same question in plaintext: `check_mail` again, without TLS and certificate.
     let mail_from_without_tls = (tls && mail_from.accepted)
         .then(|| {
             let plain = SessionFacts {
@@ -230,62 +232,15 @@ pub fn explain(
             }
         })
         .flatten();
-
-    // RCPT TO, each as the session would answer it.
-    let mut explained: Vec<RecipientExplanation> = recipients
+    let mut explained: Vec<RecipientExplanation> = decided
+        .recipients
         .iter()
-        .map(|r| {
-            recipient(
-                policy,
-                &inbound,
-                &facts,
-                attribution,
-                sender_domain.as_deref(),
-                r,
-            )
-        })
+        .map(|r| recipient(policy, attribution, r))
         .collect();
     if !mail_from.accepted {
         for r in &mut explained {
             r.why = format!("{} (not reached: MAIL FROM is refused)", r.why);
         }
-    }
-
-    // Routes: as the queue would route the message made of the accepted recipients.
-    let accepted_domains: Vec<String> = explained
-        .iter()
-        .filter(|r| r.verdict.accepted)
-        .filter_map(|r| {
-            r.recipient
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_ascii_lowercase())
-        })
-        .collect();
-    let from_outside_org = !message_connector(policy, attribution, &accepted_domains)
-        .is_some_and(|c| c.connector_type == ConnectorType::OnPremises);
-    for r in explained.iter_mut().filter(|r| r.verdict.accepted) {
-        let Some((_, domain)) = r.recipient.rsplit_once('@') else {
-            continue;
-        };
-        let domain = domain.to_ascii_lowercase();
-        let decision = select_route(policy, &domain, from_outside_org);
-        let route = &decision.route;
-        r.route = Some(RouteFacts {
-            connector: route.connector.clone(),
-            kind: route.kind.map(|k| match k {
-                ConnectorKind::Outbound => "Outbound".to_string(),
-                ConnectorKind::Send => "Send".to_string(),
-            }),
-            next_hops: route.next_hops_text(&domain),
-            tls_level: route.tls.level_name().to_string(),
-            tls: format!(
-                "{}; {}",
-                route.tls.describe(&domain),
-                crate::delivery::dane::describe_mode(route, policy.relay.dnssec_validation)
-            ),
-            would_route: decision.would_route.clone(),
-            mta_sts: mta_sts_text(route, &domain),
-        });
     }
 
     let attribution = describe(attribution, sender_domain.as_deref());
@@ -395,48 +350,38 @@ fn attribution_facts(
     }
 }
 
+/// One recipient as decided, with why, and its route for the reader.
 fn recipient(
     policy: &Policy,
-    inbound: &InboundPolicy,
-    facts: &SessionFacts<'_>,
     attribution: Option<Attribution>,
-    sender_domain: Option<&str>,
-    text: &str,
+    decided: &RecipientDecision,
 ) -> RecipientExplanation {
-    let mut to = match parse_recipient(text) {
-        Ok(a) => a,
-        Err(reply) => {
+    let (to, domain, verdict, route) = match decided {
+        RecipientDecision::Syntax { text, reply } => {
             return RecipientExplanation {
-                recipient: text.to_string(),
-                verdict: Verdict::syntax(reply),
+                recipient: text.clone(),
+                verdict: Verdict::syntax(reply.clone()),
                 why: "the address does not parse".into(),
                 route: None,
             };
         }
+        RecipientDecision::Parsed {
+            address,
+            domain,
+            verdict,
+            route,
+        } => (address, domain.as_str(), verdict, route),
     };
-    if to.domain.is_empty() {
-        // <postmaster> is the relay's own postmaster (the session does the same).
-        to.domain = policy.relay.fqdn.clone();
-    }
-    let domain = to.domain_lc();
-    let verdict = inbound.check_recipient(
-        policy,
-        facts,
-        attribution,
-        sender_domain,
-        &to.local,
-        &domain,
-    );
-    let mut why = match &verdict {
-        Ok(()) if is_relay_postmaster(policy, &to.local, &domain) => {
+    let mut why = match verdict {
+        Ok(()) if is_relay_postmaster(policy, &to.local, domain) => {
             "the relay's own postmaster (RFC 5321 §4.5.1)".to_string()
         }
-        Ok(()) if is_accepted(policy, &domain) => {
+        Ok(()) if is_accepted(policy, domain) => {
             let pattern = policy
                 .relay
                 .accepted_domains
                 .iter()
-                .filter(|p| p.matches(&domain))
+                .filter(|p| p.matches(domain))
                 .max_by_key(|p| p.specificity());
             format!(
                 "{domain} is an accepted domain (AcceptedDomains {})",
@@ -447,9 +392,9 @@ fn recipient(
             "relaying allowed: the session is attributed to OnPremises connector \"{}\"",
             attribution.map_or("?", |a| policy.inbound[a.index].name.as_str())
         ),
-        Err(r) => refusal_why(r, &domain),
+        Err(r) => refusal_why(r, domain),
     };
-    if is_srs0(&to.local) && (is_accepted(policy, &domain) || domain == policy.relay.fqdn) {
+    if is_srs0(&to.local) && (is_accepted(policy, domain) || domain == policy.relay.fqdn) {
         why.push_str(
             "; an SRS0 address: the relay first checks its signature and age with the SRS secret (not evaluated here) and relays it to the original address",
         );
@@ -458,10 +403,31 @@ fn recipient(
         recipient: to.to_string(),
         verdict: match verdict {
             Ok(()) => Verdict::accepted(Reply::recipient_ok()),
-            Err(r) => Verdict::refused(&r),
+            Err(r) => Verdict::refused(r),
         },
         why,
-        route: None,
+        route: route.as_deref().map(|d| route_facts(policy, domain, d)),
+    }
+}
+
+/// A route as the explainer shows it.
+fn route_facts(policy: &Policy, domain: &str, decision: &RouteDecision) -> RouteFacts {
+    let route = &decision.route;
+    RouteFacts {
+        connector: route.connector.clone(),
+        kind: route.kind.map(|k| match k {
+            ConnectorKind::Outbound => "Outbound".to_string(),
+            ConnectorKind::Send => "Send".to_string(),
+        }),
+        next_hops: route.next_hops_text(domain),
+        tls_level: route.tls.level_name().to_string(),
+        tls: format!(
+            "{}; {}",
+            route.tls.describe(domain),
+            crate::delivery::dane::describe_mode(route, policy.relay.dnssec_validation)
+        ),
+        would_route: decision.would_route.clone(),
+        mta_sts: mta_sts_text(route, domain),
     }
 }
 

@@ -1,10 +1,13 @@
-//! Operations tools of issue 6 that answer an administrator's questions: connector
-//! validation (does this connector deliver?) and the policy explainer (what would the relay
-//! decide for such a session?). Library functions: the CLI (`validate`, `explain`) and the
-//! admin API call the same code.
+//! Operations tools that answer an administrator's questions: connector validation (does
+//! this connector deliver?), the policy explainer (what would the relay decide for such a
+//! session?) and the change impact preview (what would this change have done to the mail
+//! of last week?). Library functions: the CLI (`validate`, `explain`, `whatif`) and the
+//! admin API call the same code; the explainer and the preview decide through [`decide`].
 
+pub mod decide;
 pub mod explain;
 pub mod validate;
+pub mod whatif;
 
 pub use explain::{Explanation, explain};
 pub use validate::{Step, ValidationReport, record, record_edit, validate, validate_traced};

@@ -53,18 +53,28 @@ pub struct Facts<'a> {
 
 /// The connector a session is attributed to: `index` is its position in the slice given to
 /// [`InboundTable::new`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attribution {
     pub index: usize,
     pub by: AttributedBy,
 }
 
 /// Which fact attributed the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttributedBy {
     Certificate,
     IpAddress,
     SenderDomain,
+}
+
+impl AttributedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributedBy::Certificate => "Certificate",
+            AttributedBy::IpAddress => "IpAddress",
+            AttributedBy::SenderDomain => "SenderDomain",
+        }
+    }
 }
 
 /// The attribution indexes, built once per policy.
@@ -174,6 +184,13 @@ impl InboundTable {
     pub fn restricting_on_premises(&self, sender_domain: &str) -> Option<usize> {
         self.on_premises_domains
             .lookup_domain(&normalize_name(sender_domain))
+            .map(|(_, i)| i as usize)
+    }
+
+    /// The Partner connector whose `SenderDomains` match `domain` best (rule 3 alone).
+    pub fn sender_domain_connector(&self, domain: &str) -> Option<usize> {
+        self.partner_domains
+            .lookup_domain(&normalize_name(domain))
             .map(|(_, i)| i as usize)
     }
 

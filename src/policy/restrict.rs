@@ -122,6 +122,16 @@ impl Refusal {
         }
     }
 
+    /// Every name [`Refusal::rule`] gives: the connector-policy rules (a change impact
+    /// preview decides these again; other refusals, such as limits, it keeps as recorded).
+    pub const RULES: [&'static str; 5] = [
+        "RequireTls",
+        "RestrictDomainsToIPAddresses",
+        "RestrictDomainsToCertificate",
+        "RelayWithoutOnPremisesAttribution",
+        "UntrustedRoutingInLocalPart",
+    ];
+
     /// The rule's name for the trace.
     pub fn rule(&self) -> &'static str {
         match self {

@@ -16,7 +16,8 @@ use crate::queue::spool::{Envelope, Spool, unix_now};
 use crate::smtp::Reply;
 use crate::smtp::body::Message;
 use crate::smtp::command::Address;
-use crate::smtp::session::{Backend, SessionInfo, Transaction};
+use crate::smtp::session::{Backend, SessionInfo, Transaction, TxEnd};
+use crate::trace::facts::{self, CertFacts, TxFacts};
 use crate::trace::{EventKind, Events, TraceEvent};
 
 pub(super) struct RelayBackend {
@@ -204,6 +205,29 @@ fn with_proxy(s: &SessionInfo, detail: String) -> String {
     }
 }
 
+/// The facts row's JSON of a transaction (`trace::facts`).
+fn tx_facts<'a>(s: &'a SessionInfo, tx: &'a Transaction, end: TxEnd) -> TxFacts<'a> {
+    TxFacts {
+        v: facts::VERSION,
+        by: tx.attribution.map(|a| a.by.as_str().into()),
+        cert: s.client_cert.as_ref().map(|c| CertFacts {
+            names: c.names.iter().map(|n| n.as_str().into()).collect(),
+            issuer: c.issuer.as_str().into(),
+            nb: c.not_before,
+            na: c.not_after,
+            trusted: c.trusted,
+            problem: c.problem.as_deref().map(Into::into),
+        }),
+        to: tx.recipients.iter().map(|a| a.to_string().into()).collect(),
+        no: tx
+            .refused
+            .iter()
+            .map(|(a, rule)| (a.to_string().into(), (*rule).into()))
+            .collect(),
+        end: end.as_str().into(),
+    }
+}
+
 /// The reverse-path as text; empty for the null sender `<>`.
 fn mail_from(tx: &Transaction) -> String {
     tx.mail_from
@@ -250,53 +274,36 @@ impl Backend for RelayBackend {
             cert_names = ?s.client_cert.as_ref().map(|c| c.names.clone()),
             "transaction attributed"
         );
-        self.back_pressure(s, tx)?;
-        verdict.map_err(|r| self.refuse(s, tx, "MAIL", None, r))
-    }
-
-    fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply> {
-        let domain = to.domain_lc();
-        self.check_routable(s, tx, to, &domain)?;
-        // An SRS bounce: refused unless we issued it (valid hash, fresh timestamp); then it
-        // counts as mail to our (accepted) SRS domain and is relayed to the original address.
-        if let Some(Err(e)) = self.srs_reverse(to, MAX_AGE_DAYS) {
-            tracing::info!(
-                event = "rejected",
-                stage = "RCPT",
-                client_ip = %s.peer.ip(),
-            via_proxy = via_proxy(s),
-                address = %to,
-                rule = "srs",
-                reason = %e,
-                reply = "550 5.1.1",
-                "refused"
-            );
-            let reply = Reply::new(550, "5.1.1", "Invalid SRS address");
-            let mut ev = self.rejected(s, Some(tx), "RCPT", "InvalidSrsAddress", &reply);
-            ev.recipient = Some(to.to_string());
-            ev.detail = Some(format!("refused at RCPT: {e}"));
-            self.events.emit(ev);
+        if let Err(reply) = self.back_pressure(s, tx) {
+            tx.refused_by = Some("BackPressure");
             return Err(reply);
         }
-        // <postmaster> of the relay, routing characters, restrictions, anti-relay.
-        let sender = sender_domain(tx);
-        self.inbound
-            .check_recipient(
-                &self.policy,
-                &self.facts(s),
-                tx.attribution,
-                sender.as_deref(),
-                &to.local,
-                &domain,
-            )
-            .map_err(|r| self.refuse(s, tx, "RCPT", Some(to), r))
+        verdict.map_err(|r| {
+            tx.refused_by = Some(r.rule());
+            self.refuse(s, tx, "MAIL", None, r)
+        })
+    }
+
+    fn transaction_end(&self, s: &SessionInfo, tx: &Transaction, end: TxEnd) {
+        let mut e = self.event(EventKind::Session, s, Some(tx));
+        e.queue_id = tx.queue_id.clone();
+        e.rule = tx.refused_by.map(str::to_string);
+        e.detail = Some(tx_facts(s, tx, end).to_json());
+        self.events.emit(e);
+    }
+
+    fn rcpt(&self, s: &SessionInfo, tx: &mut Transaction, to: &Address) -> Result<(), Reply> {
+        self.check_rcpt(s, tx, to).map_err(|(rule, reply)| {
+            tx.refused.push((to.clone(), rule));
+            reply
+        })
     }
 
     fn spill_dir(&self) -> Option<std::path::PathBuf> {
         Some(self.spool.tmp_dir().to_path_buf())
     }
 
-    async fn data(&self, s: &SessionInfo, tx: &Transaction, message: Message) -> Reply {
+    async fn data(&self, s: &SessionInfo, tx: &mut Transaction, message: Message) -> Reply {
         let id = self.spool.new_id();
         let now = unix_now();
         // The connector counts for the message when it applies to at least one recipient
@@ -392,6 +399,7 @@ impl Backend for RelayBackend {
                     self.events.emit(e);
                 }
                 self.queue.submit(id.clone(), env, message_id);
+                tx.queue_id = Some(id);
                 reply
             }
             Err(e) => {
@@ -402,6 +410,7 @@ impl Backend for RelayBackend {
                 } else {
                     Reply::local_error()
                 };
+                tx.refused_by = Some("SpoolWriteFailed");
                 let mut ev = self.rejected(s, Some(tx), "DATA", "SpoolWriteFailed", &reply);
                 ev.message_id = message_id;
                 ev.detail = Some(format!("refused at DATA: {e}"));
@@ -448,6 +457,51 @@ impl Backend for RelayBackend {
 }
 
 impl RelayBackend {
+    /// RCPT TO's checks in the order the session applies them; a refusal with its rule.
+    fn check_rcpt(
+        &self,
+        s: &SessionInfo,
+        tx: &Transaction,
+        to: &Address,
+    ) -> Result<(), (&'static str, Reply)> {
+        let domain = to.domain_lc();
+        self.check_routable(s, tx, to, &domain)
+            .map_err(|reply| ("InvalidDomain", reply))?;
+        // An SRS bounce: refused unless we issued it (valid hash, fresh timestamp); then it
+        // counts as mail to our (accepted) SRS domain and is relayed to the original address.
+        if let Some(Err(e)) = self.srs_reverse(to, MAX_AGE_DAYS) {
+            tracing::info!(
+                event = "rejected",
+                stage = "RCPT",
+                client_ip = %s.peer.ip(),
+                via_proxy = via_proxy(s),
+                address = %to,
+                rule = "srs",
+                reason = %e,
+                reply = "550 5.1.1",
+                "refused"
+            );
+            let reply = Reply::new(550, "5.1.1", "Invalid SRS address");
+            let mut ev = self.rejected(s, Some(tx), "RCPT", "InvalidSrsAddress", &reply);
+            ev.recipient = Some(to.to_string());
+            ev.detail = Some(format!("refused at RCPT: {e}"));
+            self.events.emit(ev);
+            return Err(("InvalidSrsAddress", reply));
+        }
+        // <postmaster> of the relay, routing characters, restrictions, anti-relay.
+        let sender = sender_domain(tx);
+        self.inbound
+            .check_recipient(
+                &self.policy,
+                &self.facts(s),
+                tx.attribution,
+                sender.as_deref(),
+                &to.local,
+                &domain,
+            )
+            .map_err(|r| (r.rule(), self.refuse(s, tx, "RCPT", Some(to), r)))
+    }
+
     /// A recipient domain that can never be a DNS name (not valid IDNA, an empty label, a
     /// label over 63 octets) is refused at RCPT with `553 5.1.2` (RFC 3463 "bad destination
     /// system address") instead of being accepted and bounced. Address literals are left

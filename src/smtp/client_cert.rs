@@ -24,6 +24,9 @@ pub struct ClientCertInfo {
     /// Every SAN dNSName, or the subject CN when the certificate has no SAN dNSName
     /// (lower-case).
     pub names: Vec<String>,
+    /// Validity period, Unix seconds (`notBefore`, `notAfter`); 0 when unparsable.
+    pub not_before: i64,
+    pub not_after: i64,
     /// Chains to a trusted root, within its dates, not revoked.
     pub trusted: bool,
     /// Why it is not trusted.
@@ -79,13 +82,15 @@ impl ClientCertValidator {
     /// Examines the chain a client presented (leaf first). `None` when it presented none.
     pub fn examine(&self, chain: &[CertificateDer<'static>]) -> Option<ClientCertInfo> {
         let leaf = chain.first()?;
-        let (subject, issuer, names) = match describe(leaf) {
+        let d = match describe(leaf) {
             Ok(d) => d,
             Err(e) => {
                 return Some(ClientCertInfo {
                     subject: String::new(),
                     issuer: String::new(),
                     names: Vec::new(),
+                    not_before: 0,
+                    not_after: 0,
                     trusted: false,
                     problem: Some(format!("unparsable certificate: {e}")),
                 });
@@ -95,9 +100,11 @@ impl ClientCertValidator {
             .verifier
             .verify_client_cert(leaf, &chain[1..], UnixTime::now());
         Some(ClientCertInfo {
-            subject,
-            issuer,
-            names,
+            subject: d.subject,
+            issuer: d.issuer,
+            names: d.names,
+            not_before: d.not_before,
+            not_after: d.not_after,
             trusted: verdict.is_ok(),
             problem: verdict.err().map(|e| e.to_string()),
         })
@@ -114,9 +121,20 @@ pub(crate) fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'stat
     }
 }
 
-/// Subject, issuer and the names that identify the certificate: every SAN dNSName, the
-/// subject CN only when there is no SAN dNSName (RFC 6125 §6.4.4 practice).
-pub fn describe(der: &CertificateDer<'_>) -> Result<(String, String, Vec<String>), String> {
+/// What [`describe`] reads from a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDescription {
+    pub subject: String,
+    pub issuer: String,
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Subject, issuer, validity and the names that identify the certificate: every SAN
+/// dNSName, the subject CN only when there is no SAN dNSName (RFC 6125 §6.4.4 practice).
+pub fn describe(der: &CertificateDer<'_>) -> Result<CertDescription, String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
     let mut names: Vec<String> = Vec::new();
@@ -135,7 +153,14 @@ pub fn describe(der: &CertificateDer<'_>) -> Result<(String, String, Vec<String>
                 .map(|cn| cn.trim_end_matches('.').to_ascii_lowercase()),
         );
     }
-    Ok((cert.subject().to_string(), cert.issuer().to_string(), names))
+    let validity = cert.validity();
+    Ok(CertDescription {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        names,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
 }
 
 /// The handshake side: offers client authentication, accepts any certificate (its trust is

@@ -60,6 +60,37 @@ pub struct Transaction {
     pub recipients: Vec<Address>,
     /// The inbound connector this transaction is attributed to, set by `Backend::mail`.
     pub attribution: Option<Attribution>,
+    /// The recipients refused, each with the rule that refused it (the trace's facts row
+    /// keeps them: an impact preview replays refused recipients too).
+    pub refused: Vec<(Address, &'static str)>,
+    /// The rule that refused MAIL FROM or the message at DATA, if one did.
+    pub refused_by: Option<&'static str>,
+    /// The queue id of the message, once it is stored.
+    pub queue_id: Option<String>,
+}
+
+/// Where a mail transaction ended, for [`Backend::transaction_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxEnd {
+    /// MAIL FROM was refused (`Transaction::refused_by` says by which rule).
+    Mail,
+    /// DATA was answered: stored (`queue_id`) or refused (`refused_by`).
+    Data,
+    /// RSET, EHLO/HELO or STARTTLS reset it before DATA.
+    Reset,
+    /// The session ended before DATA was answered (QUIT, disconnect, timeout, a limit).
+    Closed,
+}
+
+impl TxEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxEnd::Mail => "MAIL",
+            TxEnd::Data => "DATA",
+            TxEnd::Reset => "RSET",
+            TxEnd::Closed => "CLOSED",
+        }
+    }
 }
 
 /// Session limits and features; built once from the policy and shared by all sessions.
@@ -146,10 +177,14 @@ pub trait Backend: Send + Sync + 'static {
     /// A session started, or finished its TLS handshake (facts changed): attribution
     /// can be (re-)evaluated and recorded.
     fn session_facts(&self, _s: &SessionInfo) {}
-    /// MAIL FROM: may refuse the sender; may record its decision in `tx.attribution`.
+    /// MAIL FROM: may refuse the sender (and name the rule in `tx.refused_by`); may record
+    /// its decision in `tx.attribution`.
     fn mail(&self, _s: &SessionInfo, _tx: &mut Transaction) -> Result<(), Reply> {
         Ok(())
     }
+    /// A transaction ended (see [`TxEnd`]): called once for every transaction that got as
+    /// far as MAIL FROM, refused there or not.
+    fn transaction_end(&self, _s: &SessionInfo, _tx: &Transaction, _end: TxEnd) {}
     /// The session refused something by one of its own limits or protocol rules (for the
     /// trace): `stage` is where (`CONNECT`, `SESSION`, `MAIL`, `RCPT`, `DATA`), `rule` names the
     /// setting or rule, `reply` is what the client was told.
@@ -174,19 +209,19 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// A connection was refused before its session started (connection limits).
     fn connection_refused(&self, _peer: SocketAddr, _rule: &'static str, _reply: &Reply) {}
-    /// RCPT TO: may refuse the recipient.
-    fn rcpt(&self, s: &SessionInfo, tx: &Transaction, to: &Address) -> Result<(), Reply>;
+    /// RCPT TO: may refuse the recipient (and record it with its rule in `tx.refused`).
+    fn rcpt(&self, s: &SessionInfo, tx: &mut Transaction, to: &Address) -> Result<(), Reply>;
     /// Where a large message continues once its first part is in memory (see
     /// `smtp::body`); `None` keeps messages whole in memory.
     fn spill_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
-    /// End of DATA: store the message; the reply is the final answer to the client
-    /// (250 only once the message is safely stored).
+    /// End of DATA: store the message (setting `tx.queue_id`); the reply is the final
+    /// answer to the client (250 only once the message is safely stored).
     fn data(
         &self,
         s: &SessionInfo,
-        tx: &Transaction,
+        tx: &mut Transaction,
         message: Message,
     ) -> impl Future<Output = Reply> + Send;
 }
@@ -400,6 +435,14 @@ impl<B: Backend> Session<B> {
         if let Err(e) = result {
             self.write_failed(&e);
         }
+        self.end_transaction(TxEnd::Closed);
+    }
+
+    /// Ends the transaction in progress, if any, and tells the backend how it ended.
+    fn end_transaction(&mut self, end: TxEnd) {
+        if let Some(tx) = self.tx.take() {
+            self.backend.transaction_end(&self.info, &tx, end);
+        }
     }
 
     /// An implicit-TLS listener: handshake first, then the greeting.
@@ -433,7 +476,7 @@ impl<B: Backend> Session<B> {
         self.info.helo = None;
         self.info.esmtp = false;
         self.info.auth_user = None;
-        self.tx = None;
+        self.end_transaction(TxEnd::Reset);
         let mut conn = Conn::new(tls, self.limits);
         self.serve(&mut conn).await?;
         conn.close().await
@@ -606,7 +649,7 @@ impl<B: Backend> Session<B> {
                     }
                 }
                 Command::Rset => {
-                    self.tx = None;
+                    self.end_transaction(TxEnd::Reset);
                     conn.queue(&Reply::ok("Flushed"));
                 }
                 Command::Noop => conn.queue(&Reply::ok("OK")),
@@ -712,7 +755,7 @@ impl<B: Backend> Session<B> {
         esmtp: bool,
     ) {
         // RFC 5321 §4.1.4: EHLO resets any transaction in progress.
-        self.tx = None;
+        self.end_transaction(TxEnd::Reset);
         self.info.helo = Some(name.clone());
         self.info.esmtp = esmtp;
         if !esmtp {
@@ -776,8 +819,7 @@ impl<B: Backend> Session<B> {
             let mut tx = Transaction {
                 mail_from: from,
                 params,
-                recipients: Vec::new(),
-                attribution: None,
+                ..Transaction::default()
             };
             // RFC 1870 §6: a declared size over the limit is refused at MAIL.
             if tx
@@ -788,9 +830,12 @@ impl<B: Backend> Session<B> {
                 let reply = Reply::message_too_big();
                 self.backend
                     .refused(&self.info, Some(&tx), "MAIL", "MaxMessageSize", &reply);
+                tx.refused_by = Some("MaxMessageSize");
+                self.backend.transaction_end(&self.info, &tx, TxEnd::Mail);
                 return reply;
             }
             if let Err(r) = self.backend.mail(&self.info, &mut tx) {
+                self.backend.transaction_end(&self.info, &tx, TxEnd::Mail);
                 return r;
             }
             self.tx = Some(tx);
@@ -832,7 +877,12 @@ impl<B: Backend> Session<B> {
                 tx.recipients.push(to);
                 conn.queue(&Reply::recipient_ok());
             }
-            Err(r) => conn.queue(&r),
+            Err(r) => {
+                // A client may try recipients without end: the refused ones kept for the
+                // trace are bounded like the accepted ones.
+                tx.refused.truncate(self.cfg.max_recipients);
+                conn.queue(&r)
+            }
         }
         false
     }
@@ -1009,7 +1059,7 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
-        let tx = self.tx.take().unwrap_or_default();
+        let mut tx = self.tx.take().unwrap_or_default();
         let refused = match reader.error() {
             Some(DataError::TooBig) => Some(("MaxMessageSize", Reply::message_too_big())),
             Some(DataError::HeaderTooBig) => Some(("MaxHeaderSize", Reply::header_too_big())),
@@ -1021,13 +1071,18 @@ impl<B: Backend> Session<B> {
             Some((rule, reply)) => {
                 self.backend
                     .refused(&self.info, Some(&tx), "DATA", rule, &reply);
+                tx.refused_by = Some(rule);
                 reply
             }
             None => match body.finish().await {
-                Ok(message) => self.backend.data(&self.info, &tx, message).await,
-                Err(e) => self.spill_failed(&tx, &e),
+                Ok(message) => self.backend.data(&self.info, &mut tx, message).await,
+                Err(e) => {
+                    tx.refused_by = Some("SpoolWriteFailed");
+                    self.spill_failed(&tx, &e)
+                }
             },
         };
+        self.backend.transaction_end(&self.info, &tx, TxEnd::Data);
         conn.queue(&reply);
         Ok(None)
     }

@@ -7,9 +7,12 @@
 //! [`sqlite`] (`DataDir/trace.sqlite`, the default) and [`postgres`] (shared by a fleet,
 //! `[Relay] TraceStore`, see [`target`]); [`query`] reads rows back (the `trace` command,
 //! the admin API), [`reports`] aggregates them (the Reports view, the `report` command),
-//! [`time`] parses the `--since` / `--until` bounds and [`table`] prints rows for people.
+//! [`facts`] is the per-transaction `Session` row's facts (written by the relay backend,
+//! read back by `whatif`), [`time`] parses the `--since` / `--until` bounds and [`table`]
+//! prints rows for people.
 
 pub mod backend;
+pub mod facts;
 pub mod postgres;
 pub mod query;
 pub mod reports;
@@ -42,10 +45,15 @@ pub enum EventKind {
     Failed,
     DsnSent,
     Expired,
+    /// One per mail transaction, when it ends (refused at MAIL FROM, answered at DATA, reset
+    /// or cut off): the facts its decisions were made from, as compact JSON in `detail`
+    /// ([`facts`]), so that they can be made again under another policy (`whatif`). Not
+    /// shown by [`query`]: the other rows say the same to a person.
+    Session,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Received,
         EventKind::Rejected,
         EventKind::Routed,
@@ -55,6 +63,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::DsnSent,
         EventKind::Expired,
+        EventKind::Session,
     ];
 
     /// The kind named by [`EventKind::as_str`].
@@ -73,6 +82,7 @@ impl EventKind {
             EventKind::Failed => "Failed",
             EventKind::DsnSent => "DsnSent",
             EventKind::Expired => "Expired",
+            EventKind::Session => "Session",
         }
     }
 }

@@ -148,8 +148,13 @@ pub(super) fn build(q: &TraceQuery, dialect: Dialect) -> (String, Vec<Arg>) {
     let limit = arg(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
     let order = format!("ORDER BY time_ms DESC, id DESC LIMIT {limit}");
     let table = dialect.table();
+    // `Session` rows hold the facts `whatif` replays; the other rows say the same to a person.
+    let shown = "event <> 'Session'";
     if filters.is_empty() && window.is_empty() {
-        return (format!("SELECT id, {COLUMNS} FROM {table} {order}"), args);
+        return (
+            format!("SELECT id, {COLUMNS} FROM {table} WHERE {shown} {order}"),
+            args,
+        );
     }
     // Messages: one set of queue ids per filter (and one for the window), intersected.
     let sets: Vec<String> = filters
@@ -165,9 +170,9 @@ pub(super) fn build(q: &TraceQuery, dialect: Dialect) -> (String, Vec<Arg>) {
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "SELECT id, {COLUMNS} FROM {table} WHERE queue_id IN ({sets}) \
+        "SELECT id, {COLUMNS} FROM {table} WHERE queue_id IN ({sets}) AND {shown} \
          UNION ALL \
-         SELECT id, {COLUMNS} FROM {table} WHERE queue_id IS NULL AND {session} \
+         SELECT id, {COLUMNS} FROM {table} WHERE queue_id IS NULL AND {shown} AND {session} \
          {order}",
         sets = sets.join(" INTERSECT "),
     );
@@ -207,7 +212,14 @@ mod tests {
         let mut r = ev(EventKind::Rejected, 2500, None);
         r.sender = Some("alice@contoso.test".into());
         r.recipient = Some("x@fabrikam.test".into());
-        store.insert("node-a", &[a, b, r, a2]).unwrap();
+        // Facts rows (one with a message, one without) are not shown.
+        let mut facts = ev(EventKind::Session, 1000, Some("A"));
+        facts.sender = Some("alice@contoso.test".into());
+        let mut refused_facts = ev(EventKind::Session, 2500, None);
+        refused_facts.sender = Some("alice@contoso.test".into());
+        store
+            .insert("node-a", &[a, b, r, a2, facts, refused_facts])
+            .unwrap();
         let find = |q: TraceQuery| -> Vec<(String, i64)> {
             query(dir.path(), &TraceQuery { limit: 50, ..q })
                 .unwrap()

@@ -73,7 +73,7 @@ pub fn format_duration(ms: i64) -> String {
 
 /// `Some` when `t` looks like a duration (digits then a unit letter); its milliseconds, or
 /// why it is not one.
-fn relative(t: &str) -> Option<Result<i64, String>> {
+pub fn relative(t: &str) -> Option<Result<i64, String>> {
     let first = t.chars().next()?;
     let last = t.chars().last()?;
     if !first.is_ascii_digit() || last.is_ascii_digit() || t.contains(['-', ':']) {

@@ -2,8 +2,9 @@
 // Exchange admin centre's wizard offers them, edit one, delete one after a confirmation.
 // Every value is checked by the relay itself with `?whatIf=true` (the same validation as
 // `connector-relay check`): an error is shown next to the field whose key it names, and the
-// preview shows the lines the config file would get. Save is enabled only once the form as
-// it is now has been checked.
+// preview shows the lines the config file would get and the change's impact on the mail
+// the relay handled in the last 7 days. Save is enabled only once the form as it is now
+// has been checked.
 //
 // Loaded before app.js, whose helpers (api, $, say, report, button, loadConnectors) it uses
 // only from functions called after the page is loaded; app.js calls editorActions() and
@@ -244,7 +245,8 @@ function openEditor(scenario, original) {
     el("h4", { textContent: "Preview: what the config file would get (nothing is written until you save)" }),
     el("pre", { id: "editor-diff" }),
     el("ul", { id: "editor-summary" }),
-    el("ul", { id: "editor-warnings", className: "warning-list" }));
+    el("ul", { id: "editor-warnings", className: "warning-list" }),
+    el("div", { id: "editor-impact", className: "impact" }));
   box.append(form, preview);
   box.hidden = false;
   refreshVisibility();
@@ -408,7 +410,78 @@ function showPreview(r) {
   const connectors = r.Connectors || [r.Connector];
   listItems("#editor-summary", connectors.filter(Boolean).map(summary));
   listItems("#editor-warnings", ownWarnings(r).map((w) => "Warning: " + w));
+  showImpact($("#editor-impact"), r);
   $("#editor-preview").hidden = false;
+}
+
+// ---- impact on recorded mail ------------------------------------------------------
+
+// The change's impact (the `Impact` of a whatIf answer: the relay replays the last 7
+// days of its trace through the configuration the change would make): a change that
+// opens the relay says so first, then the sentence, then a table of who would be
+// refused or accepted, by rule, with counts, and the recipients that would leave by
+// another route or TLS level.
+function showImpact(box, r) {
+  box.replaceChildren(el("h4", { textContent: "Impact on the mail of the last 7 days" }));
+  const i = r.Impact;
+  if (!i) {
+    box.append(el("p", { className: "hint", textContent: "Not available: " + (r.ImpactError || "no trace") }));
+    return;
+  }
+  if (i.OpensRelay) {
+    box.append(el("p", { className: "impact-relay", role: "alert",
+      textContent: "OPENS RELAY: with this change the relay would pass mail for domains that are not yours. " + relayWords(i.Relay) }));
+  }
+  box.append(el("p", { className: "impact-summary", textContent: i.Summary }));
+  const rows = impactRows(i);
+  if (rows.length) box.append(impactTable(rows));
+  const assumptions = (i.Assumptions || []).map((a) => el("li", { textContent: a }));
+  box.append(el("details", { className: "hint impact-assumptions" },
+    el("summary", { textContent: "What the replay assumes" }), el("ul", {}, ...assumptions)));
+}
+
+function relayWords(relay) {
+  const parts = [];
+  if (relay.Anyone) parts.push("Anyone, from any address, could relay.");
+  for (const c of relay.Clients || []) parts.push(c.ClientIp + " <" + c.Sender + "> could relay through " + (c.Connector || "no connector") + ".");
+  if (relay.Recipients) parts.push(relay.Recipients + " recorded recipient(s) outside the accepted domains would have been relayed.");
+  return parts.join(" ");
+}
+
+// One row per sender and rule: [what, rule, sender, transactions, messages, recipients].
+function impactRows(i) {
+  const rows = [];
+  for (const g of i.Refused || []) {
+    const what = g.Was ? "Refused otherwise (was " + g.Was + ")" : "Refused at " + g.Stage;
+    const rule = g.Rule + (g.Connector ? " (" + g.Connector + ")" : "");
+    for (const s of g.Senders) rows.push(["refused", what, rule, s]);
+    if (g.MoreSenders) rows.push(["refused", what, rule, { Sender: "+" + g.MoreSenders + " more senders" }]);
+  }
+  for (const g of i.Accepted || []) {
+    const what = (g.Relay ? "RELAYED" : "Accepted") + " at " + g.Stage;
+    const rule = "was " + g.WasRule + (g.WasConnector ? " (" + g.WasConnector + ")" : "");
+    for (const s of g.Senders) rows.push([g.Relay ? "relay" : "accepted", what, rule, s]);
+  }
+  for (const m of i.Rerouted || []) {
+    const route = (c) => (c.Connector || "default MX route") + ", TLS " + c.TlsLevel;
+    rows.push(["rerouted", "Rerouted: " + m.Domain, route(m.From) + " \u2192 " + route(m.To),
+      { Sender: "", Transactions: m.Messages, Messages: m.Messages, Recipients: m.Recipients }]);
+  }
+  return rows;
+}
+
+function impactTable(rows) {
+  const head = el("tr");
+  for (const h of ["", "Rule", "Sender", "Transactions", "Messages", "Recipients"]) head.append(el("th", { textContent: h }));
+  const body = el("tbody");
+  for (const [kind, what, rule, s] of rows) {
+    const tr = el("tr", { className: "impact-" + kind });
+    for (const v of [what, rule, s.Sender, s.Transactions, s.Messages, s.Recipients]) {
+      tr.append(el("td", { textContent: v === undefined ? "" : String(v) }));
+    }
+    body.append(tr);
+  }
+  return el("table", { className: "impact-table" }, el("thead", {}, head), body);
 }
 
 // Asks the relay what the form would do (whatIf): errors next to their fields, or the
@@ -487,8 +560,10 @@ async function askDelete(c) {
   box.hidden = false;
   try {
     const r = await api("DELETE", path + "?whatIf=true");
+    const impact = el("div", { className: "impact" });
+    showImpact(impact, r);
     box.append(el("p", { textContent: "These lines are removed from the config file; the change is live at once:" }),
-      showDiffIn(el("pre", { className: "delete-diff" }), r.Diff || []),
+      showDiffIn(el("pre", { className: "delete-diff" }), r.Diff || []), impact,
       el("p", {}, button("Delete", "confirm-delete danger", () => doDelete(c, path)), " ", button("Cancel", "cancel", closeDelete)));
   } catch (e) {
     if (e instanceof Unauthorized) return report(e);
