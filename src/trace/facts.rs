@@ -34,12 +34,8 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
-
-use super::store;
 
 /// The `detail` JSON of a `Session` row (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,20 +119,9 @@ pub fn read_sessions(
     range: SessionRange,
     mut f: impl FnMut(&SessionRow<'_>),
 ) -> Result<i64, String> {
-    let file = store::path(data_dir);
+    let file = super::sqlite::path(data_dir);
     let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
-    if !file.exists() {
-        return Err(fail(
-            &"no trace store here (the relay creates it in its DataDir when it starts)",
-        ));
-    }
-    let conn = Connection::open_with_flags(
-        &file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| fail(&e))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| fail(&e))?;
+    let conn = super::sqlite::open_read_only(data_dir)?;
     // By rowid, not through the time index: Session rows are spread over the whole table,
     // and a scan in rowid order reads each page once, where the index would visit pages
     // in time order, over and over.
